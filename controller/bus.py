@@ -1,0 +1,63 @@
+"""In-process fan-out of stored log records to live subscribers (the API's event stream).
+
+A subscriber that falls too far behind is closed rather than allowed to grow without bound; it
+catches up from the durable log when it reconnects with its last cursor, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+from .store import LogRecord
+
+SUBSCRIBER_QUEUE_LEN = 4096  # ~ minutes of a busy room's events; beyond it, resume from the log
+
+
+class Subscription:
+    def __init__(self, bus: "EventBus") -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[LogRecord | None] = asyncio.Queue(SUBSCRIBER_QUEUE_LEN)
+        self.lagged = False
+
+    def _offer(self, record: LogRecord) -> None:
+        if self.lagged:
+            return
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.lagged = True
+            self._queue = asyncio.Queue(1)
+            self._queue.put_nowait(None)
+
+    async def get(self) -> LogRecord | None:
+        """The next record, or None when this subscriber lagged and must resume from the log."""
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._bus._subscribers.discard(self)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, records: Iterable[LogRecord]) -> None:
+        for record in records:
+            for sub in list(self._subscribers):
+                sub._offer(record)

@@ -1,0 +1,234 @@
+"""The node gateway: a TCP server speaking node link protocol v1 (docs/protocol.md).
+
+Layers: :func:`read_frame` (framing) → :class:`NodeConnection` (one node's session: hello,
+acceptance rules, acks, commands) → :class:`RoomController` (storage and room logic). A bad frame
+closes only the connection it came on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import protocol as p
+from .service import RoomController, wall_ms
+
+log = logging.getLogger("smartroom.gateway")
+
+HELLO_TIMEOUT_S = 5.0          # a node sends hello right after connecting; anything slower is not a node
+WRITE_TIMEOUT_S = 5.0          # a node that cannot take a 60-byte ack in 5 s is gone
+IDLE_GRACE_S = 1.0             # on top of three heartbeat intervals before a silent link is closed
+
+
+@dataclass
+class GatewayStats:
+    accepted: Counter[str] = field(default_factory=Counter)   # by message type
+    rejected: Counter[str] = field(default_factory=Counter)   # by reason (docs/protocol.md §4)
+    duplicates: int = 0
+    connections: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "duplicates": self.duplicates,
+                "connections": self.connections}
+
+
+class _ConnectionEnded(Exception):
+    pass
+
+
+async def read_frame(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
+    """One frame's payload (body + tag). Raises ProtocolError or _ConnectionEnded."""
+    try:
+        header = await asyncio.wait_for(reader.readexactly(p.LENGTH_BYTES), timeout_s)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise p.ProtocolError("malformed_frame", "connection ended inside a length prefix") from exc
+        raise _ConnectionEnded("closed by peer") from exc
+    except TimeoutError as exc:
+        raise _ConnectionEnded(f"silent for {timeout_s:.1f} s") from exc
+    (length,) = struct.unpack(">H", header)
+    p.check_length(length)
+    try:
+        return await asyncio.wait_for(reader.readexactly(length), timeout_s)
+    except asyncio.IncompleteReadError as exc:
+        raise p.ProtocolError("malformed_frame", f"connection ended {len(exc.partial)}/{length} bytes into a frame") from exc
+    except TimeoutError as exc:
+        raise p.ProtocolError("malformed_frame", "frame not completed in time") from exc
+
+
+class NodeConnection:
+    def __init__(self, gateway: "NodeGateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.gateway = gateway
+        self.controller = gateway.controller
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.node: str | None = None
+        self.boot = 0
+        self.key = b""
+        self.sid = 0
+        self.out_seq = 0
+        self.indicator: str | None = None
+        self._send_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, build: Callable[[int], dict[str, object]]) -> None:
+        """Send ``build(s)``; ``s`` is taken under the lock so frames leave in sequence order."""
+        async with self._send_lock:
+            self.out_seq += 1
+            self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
+            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
+
+    async def send_ack(self, seq: int) -> None:
+        await self.send(lambda s: p.ack(self.sid, s, seq))
+
+    async def sync_outputs(self) -> None:
+        """Send the indicator pattern the room state wants, if it is not what the node shows."""
+        if self.node is None:
+            return
+        wanted = self.controller.room.indicator_for(self.node)
+        if wanted != self.indicator:
+            self.indicator = wanted
+            await self.send(lambda s: p.command(self.sid, s, "indicator", p=wanted))
+
+    # ------------------------------------------------------------------ receiving
+    def idle_timeout_s(self) -> float:
+        return 3 * self.controller.config.heartbeat_ms / 1000 + IDLE_GRACE_S
+
+    async def run(self) -> None:
+        stats = self.gateway.stats
+        try:
+            first = await read_frame(self.reader, HELLO_TIMEOUT_S)
+            await self._handle(first, hello_expected=True)
+            while True:
+                await self._handle(await read_frame(self.reader, self.idle_timeout_s()), hello_expected=False)
+        except p.ProtocolError as exc:
+            stats.rejected[exc.reason] += 1
+            log.warning("rejected frame from node=%s peer=%s reason=%s: %s; closing its connection",
+                        self.node or "?", self.peer, exc.reason, exc.detail)
+        except _ConnectionEnded as exc:
+            log.info("node=%s peer=%s connection ended: %s", self.node or "?", self.peer, exc)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            log.info("node=%s peer=%s connection lost: %r", self.node or "?", self.peer, exc)
+
+    async def _handle(self, payload: bytes, *, hello_expected: bool) -> None:
+        body, tag, obj = p.split_payload(payload)
+        msg = p.parse_node_message(obj)
+        if hello_expected and not isinstance(msg, p.Hello):
+            raise p.ProtocolError("hello_required", f"first message is {obj.get('t')!r}")
+        key = self.controller.keys.get(msg.node)
+        if key is None:
+            raise p.ProtocolError("unknown_node", f"no key for node {msg.node!r}")
+        p.verify_tag(key, body, tag)
+        if isinstance(msg, p.Hello):
+            if not hello_expected:
+                raise p.ProtocolError("bad_message", "second hello on one connection")
+            await self._hello(msg, key)
+            return
+        if msg.node != self.node:
+            raise p.ProtocolError("node_mismatch", f"connection is {self.node}, frame says {msg.node}")
+        if msg.boot != self.boot:
+            raise p.ProtocolError("stale_boot", f"connection is boot {self.boot}, frame says {msg.boot}")
+        mark = self.controller.marks.get(msg.node)
+        max_seq = mark.max_seq if mark and mark.boot == msg.boot else 0
+        if isinstance(msg, p.NodeEvent):
+            if msg.seq <= max_seq - p.SEQ_WINDOW:
+                raise p.ProtocolError("seq_out_of_window", f"seq {msg.seq} <= {max_seq} - {p.SEQ_WINDOW}")
+            if msg.seq <= max_seq and await self.controller.is_duplicate(msg):
+                self.gateway.stats.duplicates += 1
+                log.info("node=%s duplicate event boot=%d seq=%d: acked again, not stored", msg.node, msg.boot, msg.seq)
+            else:
+                await self.controller.node_event(msg)
+                self.gateway.stats.accepted["event"] += 1
+            await self.send_ack(msg.seq)
+            return
+        if msg.seq <= max_seq:
+            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
+        if isinstance(msg, p.Heartbeat):
+            await self.controller.node_heartbeat(msg)
+            self.gateway.stats.accepted["hb"] += 1
+            await self.send_ack(msg.seq)
+        else:
+            self.controller.node_reading(msg)
+            self.gateway.stats.accepted["reading"] += 1
+
+    async def _hello(self, hello: p.Hello, key: bytes) -> None:
+        mark = self.controller.marks.get(hello.node)
+        if mark is not None and hello.boot < mark.boot:
+            raise p.ProtocolError("stale_boot", f"boot {hello.boot} < newest seen {mark.boot}")
+        if mark is not None and hello.boot == mark.boot and hello.seq <= mark.max_seq:
+            raise p.ProtocolError("replayed_seq", f"hello seq {hello.seq} <= highest accepted {mark.max_seq}")
+        self.node, self.boot, self.key, self.sid = hello.node, hello.boot, key, hello.nonce
+        await self.controller.node_hello(hello, self.peer)
+        self.gateway.stats.accepted["hello"] += 1
+        await self.send(lambda s: p.welcome(self.sid, s, self.controller.config.heartbeat_ms, wall_ms()))
+        self.gateway.attach(self)  # only now may output updates go to this connection
+        await self.sync_outputs()
+        log.info("node=%s boot=%d fw=%s hw=%s online from %s", hello.node, hello.boot, hello.fw, hello.hw, self.peer)
+
+
+class NodeGateway:
+    def __init__(self, controller: RoomController) -> None:
+        self.controller = controller
+        self.stats = GatewayStats()
+        self.connections: dict[str, NodeConnection] = {}
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        controller.on_outputs_changed(self._schedule_sync)
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._accept, host, port)
+        bound = self._server.sockets[0].getsockname()[1]
+        log.info("node gateway listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections.values()):
+            conn.writer.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def attach(self, conn: NodeConnection) -> None:
+        """A node has one live connection; a new hello replaces (and closes) the old one."""
+        old = self.connections.get(conn.node)  # type: ignore[arg-type]
+        if old is not None and old is not conn:
+            log.info("node=%s reconnected from %s; closing older connection %s", conn.node, conn.peer, old.peer)
+            old.writer.close()
+        self.connections[conn.node] = conn  # type: ignore[index]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self.stats.connections += 1
+        conn = NodeConnection(self, reader, writer)
+        try:
+            await conn.run()
+        finally:
+            self._handlers.discard(task)
+            if conn.node is not None and self.connections.get(conn.node) is conn:
+                del self.connections[conn.node]
+            writer.close()
+
+    def _schedule_sync(self) -> None:
+        for conn in list(self.connections.values()):
+            task = asyncio.create_task(self._sync(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    @staticmethod
+    async def _sync(conn: NodeConnection) -> None:
+        try:
+            await conn.sync_outputs()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            log.info("node=%s could not update outputs: %r", conn.node, exc)

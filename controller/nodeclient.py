@@ -1,0 +1,89 @@
+"""The node side of protocol v1 in CPython: for load generators, tests and commissioning tools.
+
+The real node is ``firmware/`` under MicroPython; this client exists so that a benchmark can put
+fifty nodes' worth of traffic on one machine, and so tests can send exactly the frames they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from typing import Any
+
+from . import protocol as p
+
+
+class NodeClient:
+    def __init__(self, node: str, key: bytes, *, boot: int = 1, hb_ms: int = 10_000) -> None:
+        self.node, self.key, self.boot, self.hb_ms = node, key, boot, hb_ms
+        self.seq = 0
+        self.nonce = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.last_controller_seq = 0
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def base(self, t: str, seq: int | None = None) -> dict[str, Any]:
+        return {"v": 1, "t": t, "n": self.node, "b": self.boot, "s": self.next_seq() if seq is None else seq}
+
+    def hello_msg(self) -> dict[str, Any]:
+        return {**self.base("hello"), "fw": "pyclient", "hw": "cpython", "caps": ["button"], "hb_ms": self.hb_ms,
+                "nonce": self.nonce}
+
+    def event_msg(self, kind: str, src: str, val: int = 1, at_ms: int = 0, seq: int | None = None) -> dict[str, Any]:
+        return {**self.base("event", seq), "k": kind, "src": src, "val": val, "at_ms": at_ms}
+
+    def reading_msg(self, at_ms: int, **measures: int) -> dict[str, Any]:
+        return {**self.base("reading"), "at_ms": at_ms, "m": measures}
+
+    def hb_msg(self, up_ms: int = 0) -> dict[str, Any]:
+        return {**self.base("hb"), "up_ms": up_ms, "q": 0, "heap": 0, "drop": 0}
+
+    async def connect(self, host: str, port: int, *, expect_welcome: bool = True) -> dict[str, Any] | None:
+        self.reader, self.writer = await asyncio.open_connection(host, port)
+        self.last_controller_seq = 0
+        await self.send(self.hello_msg())
+        if expect_welcome:
+            msg = await self.recv()
+            if msg["t"] != "welcome":
+                raise p.ProtocolError("bad_message", f"expected welcome, got {msg['t']}")
+            return msg
+        return None
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.send_raw(p.encode_frame(self.key, obj))
+
+    async def send_raw(self, frame: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(frame)
+        await self.writer.drain()
+
+    async def recv(self) -> dict[str, Any]:
+        """The next controller message, verified (tag, sid, increasing s)."""
+        assert self.reader is not None
+        (length,) = struct.unpack(">H", await self.reader.readexactly(2))
+        obj = p.decode_frame(self.key, struct.pack(">H", length) + await self.reader.readexactly(length))
+        if obj.get("sid") != self.nonce or obj["s"] <= self.last_controller_seq:
+            raise p.ProtocolError("bad_message", f"controller frame for another session or replayed: {obj}")
+        self.last_controller_seq = obj["s"]
+        return obj
+
+    async def recv_ack(self, seq: int) -> dict[str, Any]:
+        """Wait for the ack of ``seq``, skipping commands; returns the ack."""
+        while True:
+            msg = await self.recv()
+            if msg["t"] == "ack" and msg["a"] == seq:
+                return msg
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            self.writer = None

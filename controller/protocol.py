@@ -1,0 +1,260 @@
+"""Node link protocol v1, controller side (specification: docs/protocol.md).
+
+Layered like the node's copy in ``firmware/srnode/proto.py``: framing and tags here, canonical
+JSON here, typed messages as frozen dataclasses for the layers above. Both copies pass
+``tests/vectors/protocol_v1.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1024
+TAG_BYTES = 32
+LENGTH_BYTES = 2
+MIN_FRAME_BYTES = TAG_BYTES + 2  # tag plus "{}"
+SEQ_WINDOW = 1024
+INT_MIN = -(2**31)
+INT_MAX = 2**31 - 1
+
+NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+_PRINTABLE_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]*$')  # printable ASCII minus " and \
+
+EVENT_KINDS = ("button", "presence", "fall", "fault")
+INDICATOR_PATTERNS = ("off", "received", "acknowledged")
+TONE_PATTERNS = ("off", "high", "medium", "low")
+
+
+class ProtocolError(ValueError):
+    """A frame or message that breaks protocol v1; ``reason`` is the counter label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- canonical JSON
+
+
+def _check_value(value: Any, path: str) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise ProtocolError("bad_message", f"{path}: integer out of range")
+        return
+    if isinstance(value, str):
+        if not _PRINTABLE_RE.match(value):
+            raise ProtocolError("bad_message", f"{path}: string must be printable ASCII without quote or backslash")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_value(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _PRINTABLE_RE.match(key):
+                raise ProtocolError("bad_message", f"{path}: bad key {key!r}")
+            _check_value(item, f"{path}.{key}")
+        return
+    raise ProtocolError("bad_message", f"{path}: {type(value).__name__} is not allowed on the wire")
+
+
+def canonical_json(obj: Mapping[str, Any]) -> bytes:
+    """Encode ``obj`` canonically: sorted keys, no spaces, wire-safe values only."""
+    _check_value(dict(obj), "$")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def compute_tag(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).digest()
+
+
+def encode_frame(key: bytes, obj: Mapping[str, Any]) -> bytes:
+    body = canonical_json(obj)
+    length = len(body) + TAG_BYTES
+    if length > MAX_FRAME_BYTES:
+        raise ProtocolError("oversized_frame", f"{length} bytes > {MAX_FRAME_BYTES}")
+    return struct.pack(">H", length) + body + compute_tag(key, body)
+
+
+def check_length(length: int) -> None:
+    if length > MAX_FRAME_BYTES:
+        raise ProtocolError("oversized_frame", f"length {length} > {MAX_FRAME_BYTES}")
+    if length < MIN_FRAME_BYTES:
+        raise ProtocolError("malformed_frame", f"length {length} < {MIN_FRAME_BYTES}")
+
+
+def split_payload(payload: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Split a frame's payload (after the length) into body, tag and parsed object.
+
+    The tag is *not* verified here: the key depends on the node named in the body.
+    """
+    body, tag = payload[:-TAG_BYTES], payload[-TAG_BYTES:]
+    try:
+        obj = json.loads(body.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("malformed_frame", f"body is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed_frame", "body is not a JSON object")
+    return body, tag, obj
+
+
+def verify_tag(key: bytes, body: bytes, tag: bytes) -> None:
+    if not hmac.compare_digest(compute_tag(key, body), tag):
+        raise ProtocolError("bad_mac", "tag does not verify")
+
+
+def decode_frame(key: bytes, frame: bytes) -> dict[str, Any]:
+    """Decode one whole frame (length prefix included) with a known key; for tests and tools."""
+    if len(frame) < LENGTH_BYTES:
+        raise ProtocolError("malformed_frame", "shorter than the length prefix")
+    (length,) = struct.unpack(">H", frame[:LENGTH_BYTES])
+    check_length(length)
+    if len(frame) != LENGTH_BYTES + length:
+        raise ProtocolError("malformed_frame", f"length says {length}, frame has {len(frame) - LENGTH_BYTES}")
+    body, tag, obj = split_payload(frame[LENGTH_BYTES:])
+    verify_tag(key, body, tag)
+    _check_value(obj, "$")
+    return obj
+
+
+# --------------------------------------------------------------------------- typed messages
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node: str
+    boot: int
+    seq: int
+    fw: str
+    hw: str
+    caps: tuple[str, ...]
+    hb_ms: int
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    node: str
+    boot: int
+    seq: int
+    up_ms: int
+    queued: int
+    heap: int
+    dropped: int
+    rssi: int | None = None
+    batt_mv: int | None = None
+    state: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    node: str
+    boot: int
+    seq: int
+    at_ms: int
+    measures: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    node: str
+    boot: int
+    seq: int
+    kind: str
+    src: str
+    val: int
+    at_ms: int
+    features: Mapping[str, int] = field(default_factory=dict)
+
+
+NodeMessage = Hello | Heartbeat | Reading | NodeEvent
+
+
+def _get(obj: Mapping[str, Any], key: str, kind: type, *, lo: int | None = None, hi: int | None = None) -> Any:
+    if key not in obj:
+        raise ProtocolError("bad_message", f"missing field {key!r}")
+    value = obj[key]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError("bad_message", f"field {key!r} must be an integer")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ProtocolError("bad_message", f"field {key!r}={value} out of range")
+    elif not isinstance(value, kind):
+        raise ProtocolError("bad_message", f"field {key!r} must be {kind.__name__}")
+    return value
+
+
+def _int_map(obj: Mapping[str, Any], key: str) -> dict[str, int]:
+    value = obj.get(key, {})
+    if not isinstance(value, dict) or any(isinstance(v, bool) or not isinstance(v, int) for v in value.values()):
+        raise ProtocolError("bad_message", f"field {key!r} must map names to integers")
+    return dict(value)
+
+
+def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
+    """Validate a node → controller body and return its typed message."""
+    _check_value(dict(obj), "$")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_message", f"protocol version {obj.get('v')!r} is not {PROTOCOL_VERSION}")
+    node = _get(obj, "n", str)
+    if not NODE_ID_RE.match(node):
+        raise ProtocolError("bad_message", f"node id {node!r} is not [a-z0-9-]{{1,32}}")
+    boot = _get(obj, "b", int, lo=1)
+    seq = _get(obj, "s", int, lo=1)
+    kind = _get(obj, "t", str)
+    if kind == "hello":
+        caps = _get(obj, "caps", list)
+        if not all(isinstance(c, str) for c in caps):
+            raise ProtocolError("bad_message", "caps must be a list of strings")
+        return Hello(node, boot, seq, _get(obj, "fw", str), _get(obj, "hw", str), tuple(caps),
+                     _get(obj, "hb_ms", int, lo=100), _get(obj, "nonce", int, lo=0))
+    if kind == "hb":
+        rssi = obj.get("rssi")
+        batt = obj.get("batt_mv")
+        for name, value in (("rssi", rssi), ("batt_mv", batt)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ProtocolError("bad_message", f"field {name!r} must be an integer")
+        return Heartbeat(node, boot, seq, _get(obj, "up_ms", int, lo=0), _get(obj, "q", int, lo=0),
+                         _get(obj, "heap", int, lo=0), _get(obj, "drop", int, lo=0), rssi, batt,
+                         _int_map(obj, "state"))
+    if kind == "reading":
+        if not isinstance(obj.get("m"), dict) or not obj["m"]:
+            raise ProtocolError("bad_message", "reading needs a non-empty 'm'")
+        return Reading(node, boot, seq, _get(obj, "at_ms", int, lo=0), _int_map(obj, "m"))
+    if kind == "event":
+        ev_kind = _get(obj, "k", str)
+        if ev_kind not in EVENT_KINDS:
+            raise ProtocolError("bad_message", f"event kind {ev_kind!r} is not one of {EVENT_KINDS}")
+        return NodeEvent(node, boot, seq, ev_kind, _get(obj, "src", str), _get(obj, "val", int),
+                         _get(obj, "at_ms", int, lo=0), _int_map(obj, "x"))
+    raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+
+
+def welcome(sid: int, seq: int, hb_ms: int, time_ms: int) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "t": "welcome", "sid": sid, "s": seq, "hb_ms": hb_ms,
+            "time_ms": time_ms % (INT_MAX + 1)}
+
+
+def ack(sid: int, seq: int, acked: int) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "t": "ack", "sid": sid, "s": seq, "a": acked}
+
+
+def command(sid: int, seq: int, name: str, **fields: Any) -> dict[str, Any]:
+    if name == "indicator" and fields.get("p") not in INDICATOR_PATTERNS:
+        raise ValueError(f"indicator pattern must be one of {INDICATOR_PATTERNS}")
+    if name == "tone" and fields.get("p") not in TONE_PATTERNS:
+        raise ValueError(f"tone pattern must be one of {TONE_PATTERNS}")
+    return {"v": PROTOCOL_VERSION, "t": "cmd", "sid": sid, "s": seq, "c": name, **fields}

@@ -1,0 +1,226 @@
+"""Durable storage: the room's append-only event log, node sequence marks and readings (SQLite, WAL).
+
+Every write runs on one dedicated thread, so SQLite's fsync never blocks the event loop and writes
+are serialised. ``synchronous=FULL`` in WAL mode makes a commit durable when it returns: the
+gateway acks a node's event only after :meth:`Store.append` has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms  INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    data   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_events (
+    node   TEXT NOT NULL,
+    boot   INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    log_id INTEGER NOT NULL REFERENCES log(id),
+    PRIMARY KEY (node, boot, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS node_seq (
+    node    TEXT PRIMARY KEY,
+    boot    INTEGER NOT NULL,
+    max_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (
+    ts_ms   INTEGER NOT NULL,
+    node    TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    value   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_by_measure ON readings (measure, ts_ms);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A room event about to be written: what happened, and its data."""
+
+    kind: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A stored room event; ``id`` is the cursor the API and the event stream page by."""
+
+    id: int
+    ts_ms: int
+    kind: str
+    data: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "ts_ms": self.ts_ms, "kind": self.kind, "data": dict(self.data)}
+
+
+@dataclass(frozen=True, slots=True)
+class SeqMark:
+    node: str
+    boot: int
+    max_seq: int
+
+
+class Store:
+    """SQLite event store. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smartroom-store")
+        self._db: sqlite3.Connection | None = None
+
+    # -- thread plumbing -------------------------------------------------------------------
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._db is not None, "store is not open"
+        return fn(self._db)
+
+    async def open(self) -> None:
+        def _open() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(SCHEMA)
+            return db
+
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._executor, _open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(lambda db: db.close())
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    # -- writes ----------------------------------------------------------------------------
+    async def append(
+        self,
+        ts_ms: int,
+        entries: Iterable[LogEntry],
+        *,
+        node_event: tuple[str, int, int] | None = None,
+        seq_mark: SeqMark | None = None,
+    ) -> list[LogRecord]:
+        """Append ``entries`` in one transaction; durable when this returns.
+
+        ``node_event`` (node, boot, seq) is recorded against the first entry so a resent event is
+        recognised as a duplicate; ``seq_mark`` moves the node's accepted-sequence mark.
+        """
+        entries = list(entries)
+
+        def _append(db: sqlite3.Connection) -> list[LogRecord]:
+            records: list[LogRecord] = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in entries:
+                    cur = db.execute(
+                        "INSERT INTO log (ts_ms, kind, data) VALUES (?, ?, ?)",
+                        (ts_ms, entry.kind, json.dumps(entry.data, separators=(",", ":"))),
+                    )
+                    records.append(LogRecord(cur.lastrowid, ts_ms, entry.kind, entry.data))
+                if node_event is not None:
+                    db.execute(
+                        "INSERT INTO node_events (node, boot, seq, log_id) VALUES (?, ?, ?, ?)",
+                        (*node_event, records[0].id),
+                    )
+                if seq_mark is not None:
+                    _upsert_mark(db, seq_mark)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return records
+
+        return await self._run(_append)
+
+    async def add_readings(self, rows: list[tuple[int, str, str, float]], marks: Iterable[SeqMark] = ()) -> None:
+        """Store readings (ts_ms, node, measure, value) and sequence marks in one transaction."""
+        marks = list(marks)
+
+        def _add(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO readings (ts_ms, node, measure, value) VALUES (?, ?, ?, ?)", rows)
+                for mark in marks:
+                    _upsert_mark(db, mark)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(_add)
+
+    async def save_mark(self, mark: SeqMark) -> None:
+        await self._run(lambda db: _upsert_mark(db, mark))
+
+    # -- reads -----------------------------------------------------------------------------
+    async def has_node_event(self, node: str, boot: int, seq: int) -> bool:
+        def _has(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM node_events WHERE node = ? AND boot = ? AND seq = ?", (node, boot, seq)
+            ).fetchone()
+            return row is not None
+
+        return await self._run(_has)
+
+    async def read_log(self, after: int = 0, limit: int = 100) -> list[LogRecord]:
+        def _read(db: sqlite3.Connection) -> list[LogRecord]:
+            rows = db.execute(
+                "SELECT id, ts_ms, kind, data FROM log WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
+            return [LogRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+        return await self._run(_read)
+
+    async def last_log_id(self) -> int:
+        return await self._run(lambda db: db.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0])
+
+    async def load_marks(self) -> dict[str, SeqMark]:
+        def _load(db: sqlite3.Connection) -> dict[str, SeqMark]:
+            rows = db.execute("SELECT node, boot, max_seq FROM node_seq").fetchall()
+            return {r[0]: SeqMark(r[0], r[1], r[2]) for r in rows}
+
+        return await self._run(_load)
+
+    async def latest_readings(self) -> dict[str, tuple[int, str, float]]:
+        """Newest value per measure: measure -> (ts_ms, node, value)."""
+
+        def _latest(db: sqlite3.Connection) -> dict[str, tuple[int, str, float]]:
+            rows = db.execute(
+                "SELECT measure, ts_ms, node, value FROM readings r WHERE ts_ms = "
+                "(SELECT MAX(ts_ms) FROM readings WHERE measure = r.measure) GROUP BY measure"
+            ).fetchall()
+            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+        return await self._run(_latest)
+
+    async def count_readings(self) -> int:
+        return await self._run(lambda db: db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+
+def _upsert_mark(db: sqlite3.Connection, mark: SeqMark) -> None:
+    db.execute(
+        "INSERT INTO node_seq (node, boot, max_seq) VALUES (?, ?, ?) "
+        "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
+        "WHERE excluded.boot > node_seq.boot OR "
+        "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)",
+        (mark.node, mark.boot, mark.max_seq),
+    )

@@ -1,0 +1,69 @@
+"""Shared test helpers: a room configuration, keys, an SSE reader."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from controller.config import parse_room
+
+ROOM_DOC = {
+    "room": {"id": "4b-12", "name": "Ward 4B room 12"},
+    "beds": [{"id": "A"}],
+    "gateway": {"heartbeat_ms": 10000},
+    "nodes": {
+        "bedside-a": {"bed": "A", "location": "bedside", "indicator": True,
+                      "inputs": {"call": "patient_call", "cancel": "cancel", "pir": "room_presence"}},
+        "bath": {"location": "bathroom", "inputs": {"cord": "bath_emergency", "pir": "bath_presence"}},
+        "env": {"location": "door", "inputs": {"cancel": "cancel", "pir": "room_presence"}},
+        "wearable-a": {"bed": "A", "location": "patient", "inputs": {"pendant": "patient_call"}},
+        "good": {"inputs": {"call": "patient_call"}},
+    },
+}
+
+
+def room_config(heartbeat_ms: int = 10000):
+    doc = json.loads(json.dumps(ROOM_DOC))
+    doc["gateway"]["heartbeat_ms"] = heartbeat_ms
+    return parse_room(doc, "test-room.toml")
+
+
+def node_key(node: str) -> bytes:
+    return bytes((i * 7 + len(node) + sum(node.encode())) % 256 for i in range(32))
+
+
+def keys_for(config) -> dict[str, bytes]:
+    return {node: node_key(node) for node in config.nodes}
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Yield (id, data) for each event on an open SSE response."""
+    event_id, data = None, []
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield int(event_id), json.loads("\n".join(data))
+            event_id, data = None, []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+async def next_event(stream: AsyncIterator[tuple[int, dict[str, Any]]], kind: str, timeout_s: float = 10.0,
+                     **match: Any) -> tuple[int, dict[str, Any]]:
+    """The next stream event of ``kind`` whose data has the given fields."""
+
+    async def find() -> tuple[int, dict[str, Any]]:
+        async for event_id, event in stream:
+            if event["kind"] == kind and all(event["data"].get(k) == v for k, v in match.items()):
+                return event_id, event
+        raise AssertionError(f"stream ended before a {kind} event")
+
+    return await asyncio.wait_for(find(), timeout_s)
