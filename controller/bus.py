@@ -17,22 +17,31 @@ SUBSCRIBER_QUEUE_LEN = 4096  # ~ minutes of a busy room's events; beyond it, res
 class Subscription:
     def __init__(self, bus: "EventBus") -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[LogRecord | None] = asyncio.Queue(SUBSCRIBER_QUEUE_LEN)
+        # Unbounded as a structure, bounded by _offer: the end marker must always fit.
+        self._queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
+        self._ended = False
         self.lagged = False
 
     def _offer(self, record: LogRecord) -> None:
-        if self.lagged:
+        if self._ended:
             return
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= SUBSCRIBER_QUEUE_LEN:
             self.lagged = True
-            self._queue = asyncio.Queue(1)
-            self._queue.put_nowait(None)
+            self.end()
+            return
+        self._queue.put_nowait(record)
+
+    def end(self) -> None:
+        """Make :meth:`get` return None from now on (the stream ends; its client resumes later)."""
+        self._ended = True
+        self._queue.put_nowait(None)  # wakes a waiting get()
 
     async def get(self) -> LogRecord | None:
-        """The next record, or None when this subscriber lagged and must resume from the log."""
-        return await self._queue.get()
+        """The next record, or None when the stream must end (lagged, or shutting down)."""
+        if self._ended:
+            return None
+        record = await self._queue.get()
+        return None if self._ended else record
 
     def close(self) -> None:
         self._bus._subscribers.discard(self)
@@ -56,6 +65,10 @@ class EventBus:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def end_all(self) -> None:
+        for sub in list(self._subscribers):
+            sub.end()
 
     def publish(self, records: Iterable[LogRecord]) -> None:
         for record in records:

@@ -162,8 +162,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     record = await asyncio.wait_for(sub.get(), STREAM_PING_S)
                 except TimeoutError:
                     continue
-                if record is None:  # this client fell behind; it resumes from the log on reconnect
-                    log.warning("event stream subscriber lagged at %d; closing so it resumes", last)
+                if record is None:  # lagged or shutting down: the client resumes from the log
+                    if sub.lagged:
+                        log.warning("event stream subscriber lagged at %d; closing so it resumes", last)
                     break
                 if record.id <= last:
                     continue
@@ -177,11 +178,16 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+async def _end_streams(app: web.Application) -> None:
+    app[CONTROLLER].bus.end_all()
+
+
 def create_app(controller: RoomController, gateway: NodeGateway | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[CONTROLLER] = controller
     if gateway is not None:
         app[GATEWAY] = gateway
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/", index)
     app.router.add_get("/api/v1/room", get_room)
     app.router.add_get("/api/v1/events", get_events)

@@ -1,0 +1,153 @@
+"""REST API and event stream against a real server on loopback."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from controller.nodeclient import NodeClient
+from tests.helpers import next_event, node_key, sse_events
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def press(server, node="bedside-a", src="call", client=None) -> NodeClient:
+    client = client or NodeClient(node, node_key(node))
+    if client.writer is None:
+        await client.connect(server.endpoints.node_host, server.endpoints.node_port)
+    ev = client.event_msg("button", src)
+    await client.send(ev)
+    await client.recv_ack(ev["s"])
+    return client
+
+
+def api(server, path: str) -> str:
+    return server.endpoints.api_url + path
+
+
+async def test_room_lists_calls_highest_priority_first_then_oldest(server, http):
+    bedside = await press(server, "bedside-a", "call")
+    await press(server, "bath", "cord")
+    await press(server, "wearable-a", "pendant")
+    async with http.get(api(server, "/api/v1/room")) as resp:
+        room = await resp.json()
+    assert resp.status == 200
+    assert [(c["type"], c["source"]["node"], c["priority"]) for c in room["calls"]] == [
+        ("bath_emergency", "bath", "high"),
+        ("patient_call", "bedside-a", "medium"),
+        ("patient_call", "wearable-a", "medium"),
+    ]
+    # A repeated press from the same source is counted on its call, not raised again.
+    await press(server, client=bedside)
+    async with http.get(api(server, "/api/v1/room")) as resp:
+        room = await resp.json()
+    assert [c["presses"] for c in room["calls"]] == [1, 2, 1]
+
+
+async def test_events_are_paged_by_cursor(server, http):
+    await press(server)
+    await press(server, "bath", "cord")
+    seen, after = [], 0
+    while True:
+        async with http.get(api(server, f"/api/v1/events?after={after}&limit=2")) as resp:
+            page = await resp.json()
+        seen += page["events"]
+        after = page["next"]
+        if not page["more"]:
+            break
+    ids = [e["id"] for e in seen]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    kinds = [e["kind"] for e in seen]
+    assert kinds.count("call.raised") == 2 and kinds.count("node.event") == 2
+
+
+async def test_ack_flow_and_error_shape(server, http):
+    await press(server)
+    call = server.controller.snapshot()["calls"][0]
+    async with http.post(api(server, f"/api/v1/calls/{call['id']}/ack"), json={"by": "Nurse Kim"}) as resp:
+        acked = await resp.json()
+    assert resp.status == 200
+    assert (acked["state"], acked["acknowledged_by"]) == ("acknowledged", "Nurse Kim")
+    # Acknowledging never clears: the call is still active.
+    assert [c["state"] for c in server.controller.snapshot()["calls"]] == ["acknowledged"]
+
+    cases = [
+        (f"/api/v1/calls/{call['id']}/ack", {"by": "Nurse Lee"}, 409, "already_acknowledged"),
+        ("/api/v1/calls/nope/ack", {"by": "Nurse Lee"}, 404, "call_not_found"),
+        (f"/api/v1/calls/{call['id']}/ack", {"by": ""}, 400, "bad_parameter"),
+        (f"/api/v1/calls/{call['id']}/ack", ["by"], 400, "bad_parameter"),
+    ]
+    for path, body, status, code in cases:
+        async with http.post(api(server, path), json=body) as resp:
+            err = await resp.json()
+        assert resp.status == status
+        assert err == {"error": {"status": status, "code": code, "message": err["error"]["message"]}}
+        assert err["error"]["message"]
+    async with http.post(api(server, f"/api/v1/calls/{call['id']}/ack"), data=b"{not json") as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (400, "bad_json")
+    async with http.get(api(server, "/api/v1/nothing-here")) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (404, "not_found")
+    async with http.get(api(server, "/api/v1/events?limit=0")) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (400, "bad_parameter")
+
+
+async def test_cancel_button_in_the_room_clears_calls(server, http):
+    await press(server, "bedside-a", "call")
+    await press(server, "bath", "cord")
+    await press(server, "env", "cancel")
+    assert server.controller.snapshot()["calls"] == []
+    events = await server.controller.events_after(0, 100)
+    cleared = [e.data for e in events if e.kind == "call.cleared"]
+    assert len(cleared) == 2 and all(c["how"] == "cancel_at_origin" and "env/cancel" in c["by"] for c in cleared)
+
+
+async def test_stream_delivers_live_events(server, http):
+    async with http.get(api(server, "/api/v1/events/stream")) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        stream = sse_events(resp)
+        await press(server)
+        event_id, event = await next_event(stream, "call.raised")
+        assert event["id"] == event_id and event["data"]["node"] == "bedside-a"
+
+
+async def test_stream_resume_with_last_event_id_misses_nothing(server, http):
+    bedside = await press(server)
+    async with http.get(api(server, "/api/v1/events/stream?after=0")) as resp:
+        stream = sse_events(resp)
+        first_id, _ = await next_event(stream, "call.raised")
+    # Disconnected: meanwhile more happens.
+    await press(server, "bath", "cord")
+    await press(server, client=bedside)
+    await press(server, "env", "cancel")
+    stored = [r.id for r in await server.controller.events_after(first_id, 1000)]
+    assert len(stored) >= 6
+    async with http.get(api(server, "/api/v1/events/stream"), headers={"Last-Event-ID": str(first_id)}) as resp:
+        stream = sse_events(resp)
+        got = []
+        async for event_id, _ in stream:
+            got.append(event_id)
+            if len(got) == len(stored):
+                break
+        # and it goes on live from there, still without gap or duplicate
+        await press(server, client=bedside)
+        async for event_id, _ in stream:
+            got.append(event_id)
+            if event_id == server.controller.room.cursor:
+                break
+    assert got == list(range(first_id + 1, server.controller.room.cursor + 1))
+
+
+async def test_bad_last_event_id_is_a_clear_error(server, http):
+    async with http.get(api(server, "/api/v1/events/stream"), headers={"Last-Event-ID": "yesterday"}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "bad_parameter"
+
+
+async def test_dashboard_page_is_served(server, http):
+    async with http.get(api(server, "/")) as resp:
+        page = await resp.text()
+    assert resp.status == 200 and "/api/v1/events/stream" in page and "Acknowledge" in page
