@@ -115,12 +115,12 @@ class SimNode:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_for(self, tag: str, timeout_s: float = 20.0, start: int = 0, **fields: str) -> NodeLine:
-        """The first line (from index ``start``) with ``tag`` and the given field values."""
+    async def wait_for(self, tag: str | None, timeout_s: float = 20.0, start: int = 0, **fields: str) -> NodeLine:
+        """The first line (from index ``start``) with ``tag`` (None: any) and the given field values."""
 
         def match() -> NodeLine | None:
             for line in self.lines[start:]:
-                if line.tag == tag and all(line.fields.get(k) == str(v) for k, v in fields.items()):
+                if tag in (None, line.tag) and all(line.fields.get(k) == str(v) for k, v in fields.items()):
                     return line
             return None
 

@@ -1,0 +1,123 @@
+"""The whole path with real processes on loopback: firmware (MicroPython) → controller → API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from controller.runner import RoomServer
+from controller.simnodes import SimNode
+from tests.helpers import ROOM_DOC, next_event, node_key, sse_events
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def firmware_config(node: str, port: int, tmp: Path, steps: list[dict], *, end_ms: int | None = None,
+                    speed: float = 1, **extra) -> dict:
+    scenario = tmp / f"{node}.scenario.json"
+    scenario.write_text(json.dumps({"steps": steps, **({"end_ms": end_ms} if end_ms else {})}))
+    return {"node_id": node, "key_hex": node_key(node).hex(), "controller": {"host": "127.0.0.1", "port": port},
+            "hw": "sim-esp32s3", "hb_ms": 10000, "sim": {"scenario": str(scenario), "speed": speed,
+                                                          "state_dir": str(tmp / "state" / node), "seed": 7},
+            **extra}
+
+
+BEDSIDE = {"inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}}
+
+
+async def test_call_from_firmware_reaches_sse_and_ack_lights_the_node(server, tmp_path):
+    cfg = firmware_config("bedside-a", server.endpoints.node_port, tmp_path,
+                          [{"at_ms": 300, "pin": "call", "press_ms": 200, "bounce": True}], **BEDSIDE)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.endpoints.api_url + "/api/v1/events/stream") as stream_resp:
+            stream = sse_events(stream_resp)
+            async with SimNode(cfg, tmp_path / "nodes") as node:
+                _, raised = await next_event(stream, "call.raised", timeout_s=20, node="bedside-a")
+                await node.wait_for("indicator", pattern="received")
+                call_id = raised["data"]["call_id"]
+                async with http.post(f"{server.endpoints.api_url}/api/v1/calls/{call_id}/ack",
+                                     json={"by": "Nurse Kim"}) as resp:
+                    assert resp.status == 200
+                await next_event(stream, "call.acknowledged", call_id=call_id)
+                await node.wait_for("indicator", pattern="acknowledged")
+                await node.wait_for("pin", name="led", value=1)
+    # One press with contact bounce is one event and one call.
+    events = await server.controller.events_after(0, 100)
+    assert [e.data["src"] for e in events if e.kind == "node.event"] == ["call"]
+
+
+def _spawn_controller(tmp: Path, api_port: int, node_port: int) -> "asyncio.Future":
+    room = tmp / "room.toml"
+    if not room.exists():
+        lines = ['[room]\nid = "kill-test"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = 10000\n']
+        for node, table in ROOM_DOC["nodes"].items():
+            inputs = ", ".join(f'{k} = "{v}"' for k, v in table["inputs"].items())
+            lines.append(f"[nodes.{node}]\ninputs = {{ {inputs} }}\n")
+        room.write_text("\n".join(lines))
+        (tmp / "keys.json").write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
+    exe = Path(sys.executable).with_name("smartroom")
+    return asyncio.create_subprocess_exec(
+        str(exe), "run", "--config", str(room), "--keys", str(tmp / "keys.json"), "--db", str(tmp / "room.db"),
+        "--api-port", str(api_port), "--node-port", str(node_port), stdout=asyncio.subprocess.PIPE)
+
+
+async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
+    api_port, node_port = free_port(), free_port()
+    proc = await _spawn_controller(tmp_path, api_port, node_port)
+    await asyncio.wait_for(proc.stdout.readline(), 20)  # "room ...: API ... nodes ..." once listening
+    # Presses and presence changes every 150-250 ms for 8 s: some are in flight at the kill.
+    steps = [{"at_ms": 200, "pin": "call", "press_ms": 80, "every_ms": 250, "until_ms": 8000},
+             {"at_ms": 300, "pin": "pir", "level": 1, "every_ms": 300, "until_ms": 8000},
+             {"at_ms": 450, "pin": "pir", "level": 0, "every_ms": 300, "until_ms": 8000}]
+    cfg = firmware_config("bedside-a", node_port, tmp_path, steps,
+                          inputs=[{"name": "call", "kind": "button", "pin": "call"},
+                                  {"name": "pir", "kind": "presence", "pin": "pir"}], indicator={"pin": "led"})
+    async with SimNode(cfg, tmp_path / "nodes") as node:
+        await node.wait_for("acked", timeout_s=20)
+        await node.wait_for("event", start=len(node.lines) + 8, timeout_s=20)  # a few more events first
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        down_at = len(node.lines)
+        await node.wait_for("link", start=down_at, timeout_s=20)  # the node notices ("link down")
+        proc = await _spawn_controller(tmp_path, api_port, node_port)
+        await asyncio.wait_for(proc.stdout.readline(), 20)
+        # The scenario stops making events at 8 s; wait until every event the node kept is acked.
+        await node.wait_for("hb", start=down_at, timeout_s=40)
+        while True:
+            events = {int(l.fields["seq"]) for l in node.lines if l.tag == "event"}
+            done = {int(l.fields["seq"]) for l in node.lines if l.tag in ("acked", "dropped")}
+            if node.lines[-1].node_ms > 9000 and events <= done:
+                break
+            await node.wait_for(None, start=len(node.lines), timeout_s=40)  # any next line
+
+    generated = {int(l.fields["seq"]) for l in node.lines if l.tag == "event"}
+    dropped = {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped"}
+    acked = {int(l.fields["seq"]) for l in node.lines if l.tag == "acked"}
+    assert not {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped" and l.fields.get("kind") == "button"}
+    async with aiohttp.ClientSession() as http:
+        stored, after = [], 0
+        while True:
+            async with http.get(f"http://127.0.0.1:{api_port}/api/v1/events?after={after}&limit=1000") as resp:
+                page = await resp.json()
+            stored += [e["data"] for e in page["events"] if e["kind"] == "node.event"]
+            after = page["next"]
+            if not page["more"]:
+                break
+    proc.terminate()
+    await proc.wait()
+    seqs = [e["seq"] for e in stored if e["node"] == "bedside-a"]
+    assert len(seqs) == len(set(seqs)), "an event was stored twice"
+    assert set(seqs) == generated - dropped == acked, "an event was lost"
+    assert len(generated) >= 40
