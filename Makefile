@@ -7,6 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test setup firmware bench clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "smartroom needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing python3-venv (Debian) ..."; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
