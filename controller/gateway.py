@@ -115,6 +115,9 @@ class NodeConnection:
             log.info("node=%s peer=%s connection ended: %s", self.node or "?", self.peer, exc)
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.info("node=%s peer=%s connection lost: %r", self.node or "?", self.peer, exc)
+        except Exception:  # e.g. the store failed: nothing was acked, so the node will resend
+            stats.rejected["internal_error"] += 1
+            log.exception("node=%s peer=%s: internal error; closing so the node resends", self.node or "?", self.peer)
 
     async def _handle(self, payload: bytes, *, hello_expected: bool) -> None:
         body, tag, obj = p.split_payload(payload)

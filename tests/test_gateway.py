@@ -198,3 +198,30 @@ async def test_readings_are_stored_and_shown(server):
     await server.controller._flush_readings()
     assert await server.controller.store.count_readings() == 3
     await client.close()
+
+
+async def test_store_failure_means_no_ack_and_the_resend_is_stored(server, monkeypatch):
+    real_append = server.controller.store.append
+    failures = []
+
+    async def failing_once(*args, **kwargs):
+        failures.append(1)
+        if len(failures) == 2:  # the first append is the hello's node.online; fail the event's
+            raise OSError("disk full")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(server.controller.store, "append", failing_once)
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    await client.connect(server.endpoints.node_host, server.endpoints.node_port)
+    await client.send(client.event_msg("button", "call"))
+    ev = client.event_msg("button", "call", seq=client.seq)  # the same event, to resend
+    # Only the hello's node.online was stored; the event failed: no ack, connection closed.
+    assert await closed_by_controller(client)
+    assert server.gateway.stats.rejected == {"internal_error": 1}
+    again = NodeClient("bedside-a", node_key("bedside-a"))
+    again.seq = client.seq
+    await again.connect(server.endpoints.node_host, server.endpoints.node_port)
+    await again.send(ev)
+    await again.recv_ack(ev["s"])
+    assert [c["source"]["node"] for c in server.controller.snapshot()["calls"]] == ["bedside-a"]
+    await again.close()
