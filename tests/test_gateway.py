@@ -207,7 +207,7 @@ async def test_store_failure_means_no_ack_and_the_resend_is_stored(server, monke
     async def failing_once(*args, **kwargs):
         failures.append(1)
         if len(failures) == 2:  # the first append is the hello's node.online; fail the event's
-            raise OSError("disk full")
+            raise sqlite3.OperationalError("database or disk is full")
         return await real_append(*args, **kwargs)
 
     monkeypatch.setattr(server.controller.store, "append", failing_once)
