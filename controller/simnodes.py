@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_HEAP = "64K"        # a small ESP32-S3 / Pico W heap left to the application
+DEFAULT_HEAP = "64wK"        # 64 KB on a 32-bit board: the unix port is 64-bit, `w` scales by word size
 STOP_TIMEOUT_S = 3.0        # SIGTERM first; a node that does not exit by then is killed
 
 

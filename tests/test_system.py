@@ -93,6 +93,7 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
         await node.wait_for("link", start=down_at, timeout_s=20)  # the node notices ("link down")
         proc = await _spawn_controller(tmp_path, api_port, node_port)
         await asyncio.wait_for(proc.stdout.readline(), 20)
+        during_outage = [l for l in node.lines[down_at:] if l.tag == "event"]
         # The scenario stops making events at 8 s; wait until every event the node kept is acked.
         await node.wait_for("hb", start=down_at, timeout_s=40)
         while True:
@@ -121,3 +122,4 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     assert len(seqs) == len(set(seqs)), "an event was stored twice"
     assert set(seqs) == generated - dropped == acked, "an event was lost"
     assert len(generated) >= 40
+    assert during_outage, "no event was made while the controller was down: the test proved nothing"
