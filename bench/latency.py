@@ -156,10 +156,10 @@ async def main() -> None:
         latencies_ms: list[float] = []
         missing = 0
         for sim in sims:
-            edge_us = None
+            edge_us = None  # the press edge (active-low call input: level 0) not yet paired with its event
             for line in sim.lines:
-                if line.tag == "edge" and line.fields.get("pin") == "call" and edge_us is None:
-                    edge_us = int(line.fields["wall_us"])
+                if line.tag == "edge" and line.fields.get("pin") == "call" and line.fields.get("level") == "0":
+                    edge_us = int(line.fields["wall_us"]) if edge_us is None else edge_us
                 elif line.tag == "event" and line.fields.get("kind") == "button" and edge_us is not None:
                     got = received.get((sim.node_id, int(line.fields["seq"])))
                     if got is None:
@@ -167,8 +167,6 @@ async def main() -> None:
                     else:
                         latencies_ms.append((got - edge_us) / 1000)
                     edge_us = None
-                elif line.tag == "edge" and line.fields.get("pin") == "call":
-                    pass  # release edge / bounce of the same press
         readings_per_s = (gw["readings_stored"] - stored_before) / elapsed
         print(f"\nbutton edge -> SSE delivery over {len(latencies_ms)} presses ({missing} not delivered before stop):")
         if latencies_ms:
