@@ -121,5 +121,5 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     seqs = [e["seq"] for e in stored if e["node"] == "bedside-a"]
     assert len(seqs) == len(set(seqs)), "an event was stored twice"
     assert set(seqs) == generated - dropped == acked, "an event was lost"
-    assert len(generated) >= 40
+    assert len(generated) >= 20
     assert during_outage, "no event was made while the controller was down: the test proved nothing"
