@@ -1,0 +1,72 @@
+# Unix-port entry: the real firmware on simulated hardware.
+#
+#     micropython -X heapsize=64wK firmware/sim_main.py NODE_CONFIG.json
+#
+# Exits 0 after logging `end` when the scenario's end_ms is reached; on a crash it logs
+# `error ...` and exits 1 (a board would reset).
+import asyncio
+import json
+import sys
+
+from hal import scenario
+from hal.sim import SimHal
+from srnode.runtime import Node
+
+
+def _pinmap(cfg):
+    # Pin maps live in hardware/pinmaps/ beside firmware/; the sim checks pin names against it.
+    name = cfg.get("pinmap")
+    if not name:
+        return None
+    here = sys.argv[0].rsplit("/", 1)[0] if "/" in sys.argv[0] else "."
+    with open("%s/../hardware/pinmaps/%s.json" % (here, name)) as f:
+        return json.load(f)
+
+
+async def _end_at_scenario_end(hal, doc):
+    if await scenario.play(hal, doc):
+        hal.log("end")
+        sys.exit(0)
+
+
+def _fail(hal, e):
+    hal.log("error", "exc=%s msg=%s" % (type(e).__name__, str(e).replace(" ", "_")))
+    sys.print_exception(e)
+    sys.exit(1)
+
+
+async def _main(hal, node, doc):
+    # A task that dies on an exception (not only those the node awaits) ends the node.
+    asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _fail(hal, ctx["exception"]))
+    asyncio.create_task(hal.keep_time())
+    if doc is not None:
+        asyncio.create_task(_end_at_scenario_end(hal, doc))
+    await node.run()
+
+
+def _build(path):
+    # The config is only needed to build the node: it is not kept (its dicts cost heap).
+    with open(path) as f:
+        cfg = json.load(f)
+    hal = SimHal(cfg, _pinmap(cfg))
+    sim = cfg.get("sim", {})
+    doc = scenario.load(sim["scenario"]) if sim.get("scenario") else None
+    return hal, Node(cfg, hal), doc
+
+
+def main(path):
+    hal = None
+    try:
+        hal, node, doc = _build(path)
+        asyncio.run(_main(hal, node, doc))
+    except Exception as e:  # the node failed as a whole: say so on the log contract, exit 1
+        if hal is None:
+            print("@0 error exc=%s msg=%s" % (type(e).__name__, str(e).replace(" ", "_")))
+            sys.exit(1)
+        _fail(hal, e)
+
+
+if len(sys.argv) != 2:
+    print("usage: micropython -X heapsize=64wK sim_main.py NODE_CONFIG.json")
+    sys.exit(2)
+main(sys.argv[1])

@@ -1,0 +1,187 @@
+# The node: builds the drivers its config names, numbers every message (boot, seq), queues
+# events until acked, and keeps heartbeats, readings and the accelerometer going.
+#
+#     node = Node(json.load(open("config.json")), hal)   # hal: hal/board.py or hal/sim.py
+#     asyncio.run(node.run())
+import asyncio
+import gc
+from binascii import unhexlify
+from micropython import const
+
+from srnode import FW_VERSION, proto
+from srnode.equeue import AT_MS, KIND, SEQ, SRC, VAL, X, EventQueue, entry
+from srnode.hmac256 import Hmac256
+from srnode.link import Link
+
+_DEFAULT_HB_MS = const(10000)        # section 3: the controller's offline timer is 3 x hb_ms
+_MIN_HB_MS = const(1000)             # a faster heartbeat would crowd out events on a weak link
+_MAX_HB_MS = const(600000)
+_DEFAULT_READING_MS = const(30000)   # room climate changes over minutes
+_MAX_CALL_INPUTS = const(8)          # section 5's guarantee needs fewer inputs than places
+_INT31 = const(0x7FFFFFFF)           # wire integers are 32-bit signed; uptime wraps there
+_KEY_BYTES = const(32)               # section 6
+_DEFAULT_PORT = const(7700)
+
+
+class Node:
+    def __init__(self, cfg, hal):
+        self._hal = hal
+        self.node_id = cfg["node_id"]
+        self.hw = cfg.get("hw", "unknown")
+        self.hb_ms = cfg.get("hb_ms", _DEFAULT_HB_MS)
+        self._reading_ms = cfg.get("reading_ms", _DEFAULT_READING_MS)
+        state = hal.load_state()
+        self.boot = state.get("boot", 0) + 1
+        state["boot"] = self.boot
+        hal.save_state(state)
+        self._seq = 0
+        self.queue = EventQueue()
+        self._faults = {}
+        self._build(cfg, hal)
+        key = unhexlify(cfg["key_hex"])
+        if len(key) != _KEY_BYTES:
+            raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
+        ctrl = cfg["controller"]
+        self.link = Link(hal, Hmac256(key), self.queue, ctrl["host"], ctrl.get("port", _DEFAULT_PORT), self)
+
+    def _build(self, cfg, hal):
+        caps = []
+        self.inputs = []
+        buttons = 0
+        for spec in cfg.get("inputs", ()):
+            if spec["kind"] == "button":
+                from drivers.button import Button
+                buttons += 1
+                self.inputs.append(Button(hal.pin_in(spec["pin"], True), hal, spec["name"], self.emit))
+            elif spec["kind"] == "presence":
+                from drivers.pir import Presence
+                self.inputs.append(Presence(hal.pin_in(spec["pin"], False), hal, spec["name"], self.emit))
+            else:
+                raise ValueError("unknown input kind " + spec["kind"])
+            if spec["kind"] not in caps:
+                caps.append(spec["kind"])
+        if buttons > _MAX_CALL_INPUTS:
+            raise ValueError("at most %d call inputs per node" % _MAX_CALL_INPUTS)
+        self.indicator = self.tone = None
+        if "indicator" in cfg:
+            from drivers.indicator import Indicator
+            self.indicator = Indicator(hal.pin_out(cfg["indicator"]["pin"]), hal)
+            caps.append("indicator")
+        if "tone" in cfg:
+            from drivers.tone import Tone
+            self.tone = Tone(hal.pin_out(cfg["tone"]["pin"]), hal)
+            caps.append("tone")
+        self._env = []
+        self._accel = None
+        if cfg.get("i2c") or cfg.get("uart") or cfg.get("accel"):
+            from srnode import sensing
+            self._env, self._accel = sensing.build(cfg, hal, caps)
+        self.caps = caps
+
+    # --- messages
+    def next_seq(self):
+        self._seq += 1
+        return self._seq
+
+    def uptime_ms(self):
+        return self._hal.ticks_ms() & _INT31
+
+    def hello_msg(self, nonce):
+        return proto.hello(self.node_id, self.boot, self.next_seq(), FW_VERSION, self.hw, self.caps,
+                           self.hb_ms, nonce)
+
+    def event_msg(self, e):
+        return proto.event(self.node_id, self.boot, e[SEQ], e[KIND], e[SRC], e[VAL], e[AT_MS], e[X])
+
+    def emit(self, kind, src, val, at_ms, x=None):
+        """A driver saw something: number it, queue it, wake the link."""
+        seq = self.next_seq()
+        e = entry(seq, kind, src, val, at_ms & _INT31, x)
+        dropped = self.queue.push(e)
+        extra = ""
+        if x:
+            extra = "".join(" %s=%d" % (k, x[k]) for k in sorted(x))
+        self._hal.log("event", "seq=%d kind=%s src=%s val=%d q=%d%s" % (seq, kind, src, val, len(self.queue), extra))
+        if dropped is not None:
+            self._hal.log("dropped", "seq=%d kind=%s src=%s" % (dropped[SEQ], dropped[KIND], dropped[SRC]))
+        self.link.wake()
+
+    def fault(self, src, code):
+        # One event per new fault; a part that keeps failing the same way stays quiet.
+        if self._faults.get(src) != code:
+            self._faults[src] = code
+            self._hal.log("fault", "src=%s code=%d" % (src, code))
+            self.emit("fault", src, code, self._hal.ticks_ms())
+
+    def clear_fault(self, src):
+        self._faults.pop(src, None)
+
+    # --- from the controller
+    def _adopt_hb(self, hb_ms):
+        if type(hb_ms) is int and _MIN_HB_MS <= hb_ms <= _MAX_HB_MS:
+            self.hb_ms = hb_ms
+            return True
+        return False
+
+    def on_welcome(self, msg):
+        self._adopt_hb(msg.get("hb_ms"))
+
+    def on_cmd(self, msg):
+        c = msg.get("c")
+        p = msg.get("p")
+        try:
+            if c == "indicator" and self.indicator is not None:
+                self.indicator.set(p)
+            elif c == "tone" and self.tone is not None:
+                self.tone.set(p)
+            elif c == "config" and self._adopt_hb(msg.get("hb_ms")):
+                p = "hb_ms:%d" % self.hb_ms
+            else:
+                raise ValueError(c)
+        except (ValueError, TypeError):
+            self._hal.log("reject", "reason=bad_command c=%s" % c)
+            return
+        self._hal.log("cmd", "c=%s p=%s" % (c, p))
+
+    # --- tasks
+    async def run(self):
+        gc.collect()
+        self._hal.log("boot", "node=%s boot=%d heap_free=%d" % (self.node_id, self.boot, gc.mem_free()))
+        tasks = [self.link.run(), self._heartbeats()]
+        tasks += [i.run() for i in self.inputs]
+        for out in (self.indicator, self.tone):
+            if out is not None:
+                tasks.append(out.run())
+        if self._env or self._accel is not None:
+            from srnode import sensing
+            if self._env:
+                tasks.append(sensing.readings(self, self._hal, self._env, self._reading_ms))
+            if self._accel is not None:
+                tasks.append(sensing.accel(self, self._hal, self._accel))
+        await asyncio.gather(*tasks)
+
+    async def _heartbeats(self):
+        hal = self._hal
+        grid_ms = hal.ticks_ms()  # heartbeats keep to a grid: a late one does not delay the next
+        while True:
+            now = hal.ticks_ms()
+            wait_ms = grid_ms + self.hb_ms - now
+            if wait_ms > 0:
+                # in steps of at most the shortest period, so a new hb_ms applies promptly
+                await hal.sleep_ms(min(wait_ms, _MIN_HB_MS))
+                continue
+            grid_ms += self.hb_ms
+            if now - grid_ms >= self.hb_ms:
+                grid_ms = now  # more than a period behind (hb_ms shrank): start a new grid
+            gc.collect()
+            alloc = gc.mem_alloc()
+            free = gc.mem_free()
+            seq = self.next_seq()
+            q = len(self.queue)
+            hal.log("hb", "seq=%d heap_alloc=%d heap_free=%d q=%d" % (seq, alloc, free, q))
+            if self.link.up:
+                state = {}
+                for i in self.inputs:
+                    state[i.name] = i.active
+                self.link.post(proto.heartbeat(self.node_id, self.boot, seq, self.uptime_ms(), q, free,
+                                               self.queue.drops, hal.rssi(), hal.battery_mv(), state))

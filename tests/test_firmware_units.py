@@ -1,0 +1,66 @@
+"""Firmware unit tests, run in MicroPython (the unix port) on the real firmware modules.
+
+Each script in tests/mp/ prints ``FAIL ...`` for a failed check and ends with
+``N passed, N failed``; here each becomes one pytest test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.nodepeer import FIRMWARE, MICROPYTHON, ROOT
+
+MP_TESTS = ROOT / "tests" / "mp"
+MPY_CROSS = MICROPYTHON.with_name("mpy-cross")
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+SCRIPT_TIMEOUT_S = 60
+
+
+def run_mp(script: Path, *args: str, heap: str = "1M") -> str:
+    env = {**os.environ, "MICROPYPATH": f"{FIRMWARE}:.frozen"}
+    result = subprocess.run([str(MICROPYTHON), "-X", f"heapsize={heap}", str(script), *args], env=env,
+                            capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    output = result.stdout + result.stderr
+    found = SUMMARY.findall(output)
+    assert found, f"{script.name} printed no summary (exit {result.returncode}):\n{output}"
+    passed, failed = map(int, found[-1])
+    assert failed == 0 and passed > 0, output
+    return output
+
+
+@pytest.mark.parametrize("name", ["debounce", "drivers", "equeue", "backoff", "fall"])
+def test_mp_script(name: str) -> None:
+    run_mp(MP_TESTS / f"test_{name}.py")
+
+
+def test_protocol_vectors_pass_under_micropython() -> None:
+    run_mp(MP_TESTS / "run_vectors.py", str(ROOT / "tests" / "vectors" / "protocol_v1.json"))
+
+
+def test_every_firmware_module_compiles_with_mpy_cross(tmp_path: Path) -> None:
+    sources = sorted(FIRMWARE.rglob("*.py"))
+    assert len(sources) >= 20
+    failures = []
+    for src in sources:
+        rel = src.relative_to(FIRMWARE)
+        out = tmp_path / rel.with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([str(MPY_CROSS), "-o", str(out), "-s", str(rel), str(rel)], cwd=FIRMWARE,
+                                capture_output=True, text=True)
+        if result.returncode != 0 or not out.exists():
+            failures.append(f"{rel}: {result.stderr.strip()}")
+    assert not failures, "\n".join(failures)
+
+
+def test_mp_harness_reports_failures(tmp_path: Path) -> None:
+    # The runner above must be able to fail: a script with a failing check does.
+    script = tmp_path / "failing.py"
+    script.write_text("import sys\nsys.path.append(%r)\nfrom mpcheck import check, done\n"
+                      "check('one', True)\ncheck('two', False, 'expected')\ndone()\n" % str(MP_TESTS))
+    with pytest.raises(AssertionError, match="FAIL two expected"):
+        run_mp(script)
