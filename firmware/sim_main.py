@@ -38,7 +38,6 @@ def _fail(hal, e):
 async def _main(hal, node, doc):
     # A task that dies on an exception (not only those the node awaits) ends the node.
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _fail(hal, ctx["exception"]))
-    asyncio.create_task(hal.keep_time())
     if doc is not None:
         asyncio.create_task(_end_at_scenario_end(hal, doc))
     await node.run()

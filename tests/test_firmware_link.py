@@ -165,6 +165,26 @@ async def test_welcome_that_fails_verification_is_not_accepted(tmp_path, fault):
     no_errors(node)
 
 
+async def test_failing_sensors_become_fault_events_and_the_node_carries_on(tmp_path):
+    steps = [{"at_ms": 0, "sht3x": {"fault": "crc"}}, {"at_ms": 0, "mhz19b": {"co2_ppm": 700}},
+             {"at_ms": 0, "lis3dh": {"fault": "silent"}},
+             {"at_ms": 5_000, "sht3x": {"fault": "none", "temp_c": 21.0}}]
+    sensors = {k: FULL[k] for k in ("i2c", "uart", "accel")}
+    async with NodePeer({NODE: KEY}) as peer:
+        cfg = node_config(tmp_path, peer.port, steps, speed=10, reading_ms=2000, **sensors)
+        async with FirmwareNode(cfg, tmp_path) as node:
+            crc = await node.wait_line("fault", src="sht3x", code=2)
+            await node.wait_line("fault", src="accel", code=1)
+            first = await node.wait_line("reading")
+            healed = await node.wait_line("reading", start=node.lines.index(first) + 1, temp_mdegc=21000)
+            await peer.wait_frame(lambda c, f: f["t"] == "event" and f["k"] == "fault" and f["src"] == "accel")
+    assert crc.node_ms < first.node_ms and "temp_mdegc" not in first.fields and first.int("co2_ppm") == 700
+    assert healed.int("co2_ppm") == 700
+    faults = sorted((f["src"], f["val"]) for _, f in peer.frames("event") if f["k"] == "fault")
+    assert faults == [("accel", 1), ("sht3x", 2)], "one event per fault, not one per failed reading"
+    no_errors(node)
+
+
 async def test_boot_counter_increments_across_runs(tmp_path):
     async with NodePeer({NODE: KEY}) as peer:
         boots = []

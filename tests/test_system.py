@@ -120,6 +120,9 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     await proc.wait()
     seqs = [e["seq"] for e in stored if e["node"] == "bedside-a"]
     assert len(seqs) == len(set(seqs)), "an event was stored twice"
-    assert set(seqs) == generated - dropped == acked, "an event was lost"
+    # Every event the node kept is stored exactly once. A dropped presence event may be stored too
+    # (sent before the kill, dropped from the full queue while the controller was down).
+    assert generated - dropped <= set(seqs) <= generated, "an event was lost or invented"
+    assert generated - dropped <= acked
     assert len(generated) >= 20
     assert during_outage, "no event was made while the controller was down: the test proved nothing"

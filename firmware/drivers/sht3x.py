@@ -44,8 +44,9 @@ class Sht3x:
         b = self._buf
         if crc8(b, 0) != b[2] or crc8(b, 3) != b[5]:
             raise SensorFault(BAD_CRC)
-        temp_mdegc = -45000 + 175000 * ((b[0] << 8) | b[1]) // 65535
-        rh_mpct = 100000 * ((b[3] << 8) | b[4]) // 65535
+        # datasheet section 4.13, in integers, rounded to the nearest milli-unit
+        temp_mdegc = -45000 + (175000 * ((b[0] << 8) | b[1]) + 32767) // 65535
+        rh_mpct = (100000 * ((b[3] << 8) | b[4]) + 32767) // 65535
         if not _MIN_TEMP_MDEGC <= temp_mdegc <= _MAX_TEMP_MDEGC:
             raise SensorFault(IMPLAUSIBLE)
         out["temp_mdegc"] = temp_mdegc

@@ -17,8 +17,8 @@ _RSSI_DBM = const(-58)          # a typical indoor link a few metres from the ac
 _STATE_FILE = "/state.json"
 # The host can stop the process for a while (CPU steal on a busy VM: 300 ms seen), which at
 # speed 60 would be 18 s of node time passing at once: presses released before the debounce
-# task ever ran, spurious timeouts. keep_time() reads the clock every _KEEP_MS of real time, so a
-# longer gap between two reads is a stall, and node time stands still for it.
+# task ever ran, spurious timeouts. A task (started by the first sleep) reads the clock every
+# _KEEP_MS of real time, so a longer gap between two reads is a stall: node time stands still.
 _KEEP_MS = const(1)
 _STALL_US = const(5000)
 
@@ -86,6 +86,7 @@ class SimHal:
             raise ValueError("sim speed must be > 0")
         self._t0_us = time.ticks_us()   # real time of node time 0, moved on by host stalls
         self._seen_us = self._t0_us     # real time of the last clock read
+        self._keeper = None
         self._state_dir = sim.get("state_dir", ".")
         self._batt_mv = sim.get("batt_mv")
         self._pins = pinmap["pins"] if pinmap else None
@@ -120,11 +121,15 @@ class SimHal:
         self._seen_us = now
         return time.ticks_diff(now, self._t0_us) * self.speed_milli // 1000000
 
-    async def keep_time(self):
-        """Run as a task for the node's life: lets ticks_ms() tell a host stall from idle time."""
+    async def _keep_time(self):
         while True:
             self.ticks_ms()
             await asyncio.sleep_ms(_KEEP_MS)
+
+    def _keep(self):
+        # Without a clock read every _KEEP_MS, any idle wait would look like a stall.
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_time())
 
     def ticks_diff(self, a, b):
         return a - b
@@ -135,6 +140,7 @@ class SimHal:
     async def sleep_ms(self, ms):
         # asyncio wakes on whole real milliseconds and can end a sleep up to 1 real ms early,
         # which at speed 60 is 60 node ms: sleep again until the node time has been reached.
+        self._keep()
         target_ms = self.ticks_ms() + ms
         await asyncio.sleep_ms(self._real_ms(ms) if ms > 0 else 0)
         left_ms = target_ms - self.ticks_ms()
@@ -152,6 +158,7 @@ class SimHal:
             await asyncio.sleep_ms(real_ms)
 
     async def wait_for_ms(self, coro, timeout_ms):
+        self._keep()
         return await asyncio.wait_for_ms(coro, self._real_ms(timeout_ms))
 
     # --- pins, buses
