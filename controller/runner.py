@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +65,3 @@ class RoomServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-
-async def serve_forever(server: RoomServer, stop: asyncio.Event) -> None:
-    async with server:
-        await stop.wait()

@@ -106,10 +106,10 @@ class RoomController:
 
     # ------------------------------------------------------------------ node inputs (from the gateway)
     def accept_mark(self, node: str, boot: int, seq: int) -> SeqMark:
+        """Move the node's highest accepted (boot, seq) forward; it never moves back."""
         mark = self.marks.get(node)
-        if mark is None or boot > mark.boot or seq > mark.max_seq:
-            mark = SeqMark(node, boot, seq if mark is None or boot > mark.boot else max(seq, mark.max_seq))
-            self.marks[node] = mark
+        if mark is None or (boot, seq) > (mark.boot, mark.max_seq):
+            mark = self.marks[node] = SeqMark(node, boot, seq)
         return mark
 
     async def node_hello(self, hello: Hello, peer: str) -> None:
