@@ -73,7 +73,7 @@ class NodeConnection:
         self.key = b""
         self.sid = 0
         self.out_seq = 0
-        self.indicator: str | None = None
+        self.shown: dict[str, str] = {}  # output -> the pattern last sent to the node
         self._send_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ sending
@@ -88,13 +88,17 @@ class NodeConnection:
         await self.send(lambda s: p.ack(self.sid, s, seq))
 
     async def sync_outputs(self) -> None:
-        """Send the indicator pattern the room state wants, if it is not what the node shows."""
+        """Send the reassurance light and tone patterns the room wants, where the node shows others."""
         if self.node is None:
             return
-        wanted = self.controller.room.indicator_for(self.node)
-        if wanted != self.indicator:
-            self.indicator = wanted
-            await self.send(lambda s: p.command(self.sid, s, "indicator", p=wanted))
+        cfg = self.controller.config.nodes.get(self.node)
+        wanted = {"indicator": self.controller.room.indicator_for(self.node)}
+        if cfg is not None and cfg.tone:
+            wanted["tone"] = self.controller.outputs().tone
+        for output, pattern in wanted.items():
+            if self.shown.get(output) != pattern:
+                self.shown[output] = pattern
+                await self.send(lambda s, c=output, pat=pattern: p.command(self.sid, s, c, p=pat))
 
     # ------------------------------------------------------------------ receiving
     def idle_timeout_s(self) -> float:

@@ -1,8 +1,13 @@
 """The room controller: the one place where inputs become stored room events.
 
-Every input (a node's event, a nurse's acknowledgement, a node going offline) goes through
+Every input (a node's event, a nurse's acknowledgement, a deadline falling due) goes through
 :meth:`RoomController._commit`: decide against the current state, store durably, apply, publish,
 update the room's outputs. One lock serialises it, so decisions never race.
+
+Time comes from an injected clock (epoch milliseconds). Deadlines (escalation, reminders, dwell,
+environment durations, node supervision) are computed by the room from stored times; the timer task
+sleeps until the next one and calls :meth:`RoomController.tick`. Tests pass ``timers=False`` and a
+fake clock, and call ``tick()`` themselves after moving the clock.
 """
 
 from __future__ import annotations
@@ -16,16 +21,15 @@ from typing import Any, Callable
 from .bus import EventBus, Subscription
 from .config import RoomConfig
 from .protocol import Heartbeat, Hello, NodeEvent, Reading
-from .room import Room
+from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .store import LogEntry, LogRecord, SeqMark, Store
 
 log = logging.getLogger("smartroom.controller")
 
 READING_FLUSH_S = 0.1       # readings are batched: one fsync per 100 ms, not one per reading
 READING_BATCH_MAX = 2000    # flush early when this many are waiting
-SUPERVISION_PERIOD_S = 0.5  # how often node silence is checked
-MISSED_HEARTBEATS_OFFLINE = 3  # nurse-call supervision: three missed check-ins = offline
-OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the three intervals
+OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed heartbeat intervals
+TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
 MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_ppm": ("co2_ppm", 1),
@@ -38,7 +42,7 @@ def wall_ms() -> int:
 
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
-                 *, clock: Callable[[], int] = wall_ms) -> None:
+                 *, clock: Callable[[], int] = wall_ms, timers: bool = True) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
@@ -51,7 +55,10 @@ class RoomController:
         self._readings: list[tuple[int, str, str, float]] = []
         self._reading_marks: dict[str, SeqMark] = {}
         self._reading_wakeup = asyncio.Event()
+        self._timer_wakeup = asyncio.Event()
+        self._run_timers = timers
         self._tasks: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[object]] = set()
         self.readings_stored = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -64,15 +71,21 @@ class RoomController:
         self.marks = await self.store.load_marks()
         for measure, (ts_ms, node, value) in (await self.store.latest_readings()).items():
             self.room.note_reading(measure, value, node, ts_ms)
-        # Connections did not survive the restart: whoever the log says is online must check in again.
-        for node in [n.id for n in self.room.nodes.values() if n.online]:
-            await self._commit(lambda now, node=node: self.room.decide_offline(node, "controller restarted", now))
+        # Connections did not survive the restart: nodes the log says are online get the usual
+        # supervision time from now to check in again before they count as offline.
+        now = self.clock()
+        for status in self.room.nodes.values():
+            if status.online:
+                status.last_seen_ms = now
         log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
                  len(self.room.calls))
-        self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer"),
-                       asyncio.create_task(self._supervise(), name="supervision")]
+        self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
+        if self._run_timers:
+            self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
 
     async def stop(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -87,13 +100,14 @@ class RoomController:
     async def _commit(self, decide: Callable[[int], list[LogEntry]], *, node_event: tuple[str, int, int] | None = None,
                       seq_mark: SeqMark | None = None) -> list[LogRecord]:
         async with self._lock:
-            now = self.clock()
+            now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
             entries = decide(now)
             if not entries and seq_mark is None:
                 return []
             records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
             self.room.apply_all(records)
         self.bus.publish(records)
+        self._timer_wakeup.set()
         self._outputs_changed()
         return records
 
@@ -130,6 +144,8 @@ class RoomController:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
         await self.store.save_mark(mark)
+        if hb.batt_mv:
+            self._check_reading(hb.node, BATTERY_MEASURE, hb.batt_mv / 1000)
 
     def node_reading(self, reading: Reading) -> None:
         """Queue a reading for the next batch write; readings are never acked or resent."""
@@ -141,13 +157,33 @@ class RoomController:
             value = raw / divisor
             self._readings.append((now, reading.node, name, value))
             self.room.note_reading(name, value, reading.node, now)
+            self._check_reading(reading.node, name, value)
         if len(self._readings) >= READING_BATCH_MAX:
             self._reading_wakeup.set()
 
+    def _check_reading(self, node: str, measure: str, value: float) -> None:
+        """Most readings change nothing; the few that cross a limit are decided again and stored."""
+        if not self.room.decide_reading(node, measure, value, self.clock()):
+            return
+        task = asyncio.create_task(self._commit(lambda now: self.room.decide_reading(node, measure, value, now)))
+        self._pending.add(task)
+        task.add_done_callback(self._reading_committed)
+
+    async def settle(self) -> None:
+        """Wait until alarm changes caused by readings already received are stored."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    def _reading_committed(self, task: asyncio.Task[object]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not store a reading's alarm change", exc_info=task.exception())
+
     async def _reading_writer(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._reading_wakeup.wait(), READING_FLUSH_S)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races the wakeup
+                async with asyncio.timeout(READING_FLUSH_S):
+                    await self._reading_wakeup.wait()
             except TimeoutError:
                 pass
             self._reading_wakeup.clear()
@@ -164,29 +200,76 @@ class RoomController:
         except Exception:  # a full SD card must not stop call handling; the loss is logged
             log.exception("could not store %d readings", len(rows))
 
-    async def _supervise(self) -> None:
+    # ------------------------------------------------------------------ time
+    @property
+    def offline_after_ms(self) -> int:
+        return self.config.supervision.missed_heartbeats * self.config.heartbeat_ms + OFFLINE_GRACE_MS
+
+    async def tick(self) -> list[LogRecord]:
+        """Store everything that has fallen due by now (a chain of deadlines, one link per round)."""
+        done: list[LogRecord] = []
+        while records := await self._commit(lambda now: self.room.decide_tick(now, self.offline_after_ms)):
+            done += records
+        self._outputs_changed()  # a tone silence may have run out
+        return done
+
+    async def _timer_loop(self) -> None:
         while True:
-            await asyncio.sleep(SUPERVISION_PERIOD_S)
-            now = self.clock()
-            limit = MISSED_HEARTBEATS_OFFLINE * self.config.heartbeat_ms + OFFLINE_GRACE_MS
-            for status in list(self.room.nodes.values()):
-                if status.online and status.last_seen_ms is not None and now - status.last_seen_ms > limit:
-                    log.warning("node %s: missed %d heartbeats, offline", status.id, MISSED_HEARTBEATS_OFFLINE)
-                    await self._commit(lambda t, node=status.id: self.room.decide_offline(
-                        node, f"missed {MISSED_HEARTBEATS_OFFLINE} heartbeats", t))
+            due = self.room.next_due_ms(self.clock(), self.offline_after_ms)
+            wait_s = TIMER_IDLE_S if due is None else min(TIMER_IDLE_S, max(0.0, (due - self.clock()) / 1000))
+            self._timer_wakeup.clear()
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._timer_wakeup.wait()
+                continue  # the state changed: the next deadline may have moved
+            except TimeoutError:
+                pass
+            try:
+                await self.tick()
+            except Exception:  # a store failure must not stop the timers; the next round retries
+                log.exception("room timers: could not store what fell due")
+                await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ nurse actions (from the API)
-    async def acknowledge(self, call_id: str, by: str) -> dict[str, Any]:
-        records = await self._commit(lambda now: self.room.decide_ack(call_id, by, now))
+    def _call_json(self, call_id: str) -> dict[str, Any]:
         call = self.room.calls.get(call_id)
-        if call is not None:
-            return call.to_json()
-        return {"id": call_id, "state": "cleared", "acknowledged_at_ms": records[0].data["at_ms"],
-                "acknowledged_by": by}
+        if call is None:
+            return {"id": call_id, "state": "cleared"}
+        return call.to_json(self.room.call_due_ms(call), self.config.escalation_levels)
+
+    async def acknowledge(self, call_id: str, by: str) -> dict[str, Any]:
+        await self._commit(lambda now: self.room.decide_ack(call_id, by, now))
+        return self._call_json(call_id)
+
+    async def clear(self, call_id: str, by: str) -> dict[str, Any]:
+        """A remote clear; refused (and the refusal logged) for calls that must be cancelled in the room."""
+        records = await self._commit(lambda now: self.room.decide_clear(call_id, by, now))
+        refused = [r for r in records if r.kind == "call.clear_refused"]
+        if refused:
+            error = CancelAtOrigin if self.room.calls[call_id].ctype.cancel_at_origin else ClearsItself
+            raise error(refused[0].data["reason"])
+        return self._call_json(call_id)
+
+    async def annunciated(self, call_id: str, endpoint: str) -> None:
+        await self._commit(lambda now: self.room.decide_annunciated(call_id, endpoint, now))
+
+    async def set_fall_risk(self, bed: str, enabled: bool, by: str) -> dict[str, Any]:
+        await self._commit(lambda now: self.room.decide_fall_risk(bed, enabled, by, now))
+        return {"bed": bed, "fall_risk": self.room.fall_risk[bed]}
+
+    async def silence_tone(self, by: str) -> dict[str, Any]:
+        await self._commit(lambda now: self.room.decide_silence(by, now))
+        return self.room.outputs(self.clock()).to_json()
 
     # ------------------------------------------------------------------ reads
     def snapshot(self) -> dict[str, Any]:
-        return self.room.snapshot()
+        return self.room.snapshot(self.clock())
+
+    def outputs(self):  # -> RoomOutputs
+        return self.room.outputs(self.clock())
+
+    async def call_history(self, from_ms: int) -> list[LogRecord]:
+        return await self.store.read_kinds("call.", from_ms)
 
     async def events_after(self, after: int, limit: int) -> list[LogRecord]:
         return await self.store.read_log(after, limit)

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS readings (
     value   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS readings_by_measure ON readings (measure, ts_ms);
+CREATE INDEX IF NOT EXISTS log_by_time ON log (ts_ms);
 """
 
 
@@ -186,6 +187,17 @@ class Store:
             rows = db.execute(
                 "SELECT id, ts_ms, kind, data FROM log WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
             ).fetchall()
+            return [LogRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+        return await self._run(_read)
+
+    async def read_kinds(self, prefix: str, from_ms: int) -> list[LogRecord]:
+        """Records whose kind starts with ``prefix`` (e.g. ``"call."``), stored at or after ``from_ms``."""
+
+        def _read(db: sqlite3.Connection) -> list[LogRecord]:
+            rows = db.execute(
+                "SELECT id, ts_ms, kind, data FROM log WHERE ts_ms >= ? AND kind >= ? AND kind < ? ORDER BY id",
+                (from_ms, prefix, prefix + "\uffff")).fetchall()
             return [LogRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
         return await self._run(_read)

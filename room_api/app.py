@@ -7,7 +7,15 @@ Routes (all JSON unless said):
   GET  /api/v1/events?after=&limit=   the stored event log, paged by cursor
   GET  /api/v1/events/stream      Server-Sent Events; ``id:`` is the log cursor; resume with
                                   ``Last-Event-ID`` (or ``?after=``) and get exactly what was missed
-  POST /api/v1/calls/{id}/ack     a nurse acknowledges a call: {"by": "<name>"}
+  POST /api/v1/calls/{id}/ack     a nurse acknowledges a call: {"by": "<name>"} (never clears it)
+  POST /api/v1/calls/{id}/clear   a nurse clears a routine call remotely: {"by": "<name>"}; refused
+                                  (409 cancel_at_origin / clears_when_resolved) for calls that must be
+                                  cancelled in the room or clear themselves
+  POST /api/v1/room/silence       silence the in-room tone for the configured time: {"by": "<name>"};
+                                  the dome light is unchanged
+  PUT  /api/v1/beds/{bed}/fall-risk   {"enabled": true, "by": "<name>"}: bed-exit alarm on or off
+  GET  /api/v1/reports/response-times?from=&to=   per call: time to acknowledge, to presence, to
+                                  clear, who responded; median and 90th percentile per tier
   GET  /api/v1/gateway            node gateway counters (accepted, rejected by reason, duplicates)
   GET  /api/v1/health             liveness
 
@@ -25,6 +33,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from controller import reports
 from controller.gateway import NodeGateway
 from controller.room import RoomError
 from controller.service import RoomController
@@ -41,6 +50,7 @@ PAGE_LIMIT_DEFAULT = 100
 STREAM_BACKLOG_BATCH = 500
 STREAM_PING_S = 15.0  # comment line on an idle stream, so proxies and browsers keep it open
 MAX_NAME_LEN = 64
+REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
 
 
 class ApiError(web.HTTPException):
@@ -97,16 +107,65 @@ async def get_events(request: web.Request) -> web.Response:
                               "more": len(records) == limit})
 
 
-async def post_ack(request: web.Request) -> web.Response:
+async def _body(request: web.Request) -> dict[str, object]:
     try:
         body = await request.json()
     except ValueError:
-        raise ApiError(400, "bad_json", "body must be a JSON object like {\"by\": \"nurse name\"}") from None
-    by = body.get("by") if isinstance(body, dict) else None
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "body must be a JSON object like {\"by\": \"nurse name\"}")
+    return body
+
+
+def _by(body: dict[str, object]) -> str:
+    by = body.get("by")
     if not isinstance(by, str) or not by.strip() or len(by) > MAX_NAME_LEN:
-        raise ApiError(400, "bad_parameter", f"'by' must name who acknowledges (1 to {MAX_NAME_LEN} characters)")
-    call = await request.app[CONTROLLER].acknowledge(request.match_info["call_id"], by.strip())
-    return web.json_response(call)
+        raise ApiError(400, "bad_parameter", f"'by' must name who does this (1 to {MAX_NAME_LEN} characters)")
+    return by.strip()
+
+
+async def post_ack(request: web.Request) -> web.Response:
+    by = _by(await _body(request))
+    return web.json_response(await request.app[CONTROLLER].acknowledge(request.match_info["call_id"], by))
+
+
+async def post_clear(request: web.Request) -> web.Response:
+    by = _by(await _body(request))
+    return web.json_response(await request.app[CONTROLLER].clear(request.match_info["call_id"], by))
+
+
+async def post_silence(request: web.Request) -> web.Response:
+    by = _by(await _body(request))
+    return web.json_response(await request.app[CONTROLLER].silence_tone(by))
+
+
+async def put_fall_risk(request: web.Request) -> web.Response:
+    body = await _body(request)
+    by = _by(body)
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ApiError(400, "bad_parameter", "'enabled' must be true or false")
+    return web.json_response(await request.app[CONTROLLER].set_fall_risk(request.match_info["bed"], enabled, by))
+
+
+def _time_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return reports.parse_time(raw)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", f"'{name}': {exc}") from None
+
+
+async def get_response_times(request: web.Request) -> web.Response:
+    controller = request.app[CONTROLLER]
+    to_ms = _time_param(request, "to", controller.clock() + 1)
+    from_ms = _time_param(request, "from", to_ms - REPORT_DEFAULT_SPAN_MS)
+    if from_ms > to_ms:
+        raise ApiError(400, "bad_parameter", "'from' must not be after 'to'")
+    records = await controller.call_history(from_ms)
+    return web.json_response(reports.response_times(records, from_ms, to_ms))
 
 
 async def get_gateway(request: web.Request) -> web.Response:
@@ -133,8 +192,18 @@ def _resume_cursor(request: web.Request, controller: RoomController) -> int:
     return controller.room.cursor  # a new client starts with what happens from now on
 
 
+def _endpoint(request: web.Request) -> str:
+    """Who this stream delivers to, as recorded on a call's "annunciated" step."""
+    name = request.query.get("endpoint", "").strip()[:MAX_NAME_LEN]
+    return name or f"event stream @{request.remote or '?'}"
+
+
 async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Every stream client is a nurse endpoint: the first delivery of a call to any of them is
+    recorded as the call's annunciation (a client that connects later annunciates calls still
+    waiting for one)."""
     controller = request.app[CONTROLLER]
+    endpoint = _endpoint(request)
     last = _resume_cursor(request, controller)
     # Subscribe before reading the backlog: anything stored meanwhile is in the queue as well,
     # and ids at or below `last` are skipped, so there is neither a gap nor a duplicate.
@@ -145,6 +214,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 nonlocal last
                 await resp.send(json.dumps(record.to_json(), separators=(",", ":")), id=str(record.id))
                 last = record.id
+                if record.kind == "call.raised":
+                    await controller.annunciated(record.data["call_id"], endpoint)
+
+            async def annunciate_waiting() -> None:
+                for call in list(controller.room.calls.values()):
+                    if call.annunciated_at_ms is None:
+                        await controller.annunciated(call.id, endpoint)
 
             async def catch_up(upto: int | None) -> None:
                 while True:
@@ -157,6 +233,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                         return
 
             await catch_up(None)
+            await annunciate_waiting()
             while resp.is_connected():
                 try:
                     record = await asyncio.wait_for(sub.get(), STREAM_PING_S)
@@ -193,6 +270,10 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None) -
     app.router.add_get("/api/v1/events", get_events)
     app.router.add_get("/api/v1/events/stream", stream_events)
     app.router.add_post("/api/v1/calls/{call_id}/ack", post_ack)
+    app.router.add_post("/api/v1/calls/{call_id}/clear", post_clear)
+    app.router.add_post("/api/v1/room/silence", post_silence)
+    app.router.add_put("/api/v1/beds/{bed}/fall-risk", put_fall_risk)
+    app.router.add_get("/api/v1/reports/response-times", get_response_times)
     app.router.add_get("/api/v1/gateway", get_gateway)
     app.router.add_get("/api/v1/health", get_health)
     app.router.add_static("/static/", STATIC_DIR)

@@ -79,7 +79,7 @@ async def test_ack_flow_and_error_shape(server, http):
         (f"/api/v1/calls/{call['id']}/ack", {"by": "Nurse Lee"}, 409, "already_acknowledged"),
         ("/api/v1/calls/nope/ack", {"by": "Nurse Lee"}, 404, "call_not_found"),
         (f"/api/v1/calls/{call['id']}/ack", {"by": ""}, 400, "bad_parameter"),
-        (f"/api/v1/calls/{call['id']}/ack", ["by"], 400, "bad_parameter"),
+        (f"/api/v1/calls/{call['id']}/ack", ["by"], 400, "bad_json"),
     ]
     for path, body, status, code in cases:
         async with http.post(api(server, path), json=body) as resp:
@@ -102,7 +102,7 @@ async def test_cancel_button_in_the_room_clears_calls(server, http):
     assert server.controller.snapshot()["calls"] == []
     events = await server.controller.events_after(0, 100)
     cleared = [e.data for e in events if e.kind == "call.cleared"]
-    assert len(cleared) == 2 and all(c["how"] == "cancel_at_origin" and "env/cancel" in c["by"] for c in cleared)
+    assert len(cleared) == 2 and all(c["how"] == "in_room_cancel" and "env/cancel" in c["by"] for c in cleared)
 
 
 async def test_stream_delivers_live_events(server, http):

@@ -165,7 +165,7 @@ async def test_welcome_that_fails_verification_is_not_accepted(tmp_path, fault):
     no_errors(node)
 
 
-async def test_failing_sensors_become_fault_events_and_the_node_carries_on(tmp_path):
+async def test_failing_sensors_become_fault_events_recover_and_the_node_carries_on(tmp_path):
     steps = [{"at_ms": 0, "sht3x": {"fault": "crc"}}, {"at_ms": 0, "mhz19b": {"co2_ppm": 700}},
              {"at_ms": 0, "lis3dh": {"fault": "silent"}},
              {"at_ms": 5_000, "sht3x": {"fault": "none", "temp_c": 21.0}}]
@@ -178,10 +178,13 @@ async def test_failing_sensors_become_fault_events_and_the_node_carries_on(tmp_p
             first = await node.wait_line("reading")
             healed = await node.wait_line("reading", start=node.lines.index(first) + 1, temp_mdegc=21000)
             await peer.wait_frame(lambda c, f: f["t"] == "event" and f["k"] == "fault" and f["src"] == "accel")
+            await peer.wait_frame(lambda c, f: f["t"] == "event" and f["k"] == "fault" and f["src"] == "sht3x"
+                                  and f["val"] == 0)
     assert node.lines.index(crc) < node.lines.index(first) and "temp_mdegc" not in first.fields and first.int("co2_ppm") == 700
     assert healed.int("co2_ppm") == 700
     faults = sorted((f["src"], f["val"]) for _, f in peer.frames("event") if f["k"] == "fault")
-    assert faults == [("accel", 1), ("sht3x", 2)], "one event per fault, not one per failed reading"
+    assert faults == [("accel", 1), ("sht3x", 0), ("sht3x", 2)], \
+        "one event per fault, not one per failed reading, and one (val 0) when the part works again"
     no_errors(node)
 
 

@@ -29,8 +29,9 @@ async def test_restart_rebuilds_the_same_active_calls(tmp_path, config, keys):
         after = srv.controller.snapshot()
     assert after["calls"] == before["calls"]
     assert [c["acknowledged_by"] for c in after["calls"]] == ["Nurse Kim", None]
-    # Nodes that were online before the restart are offline until they check in again.
-    assert {n["id"]: n["online"] for n in after["nodes"]}["bedside-a"] is False
+    # A node online before the restart keeps that status: supervision gives it the usual three
+    # heartbeats from the restart to check in again (test_room_rules covers the timing).
+    assert {n["id"]: n["online"] for n in after["nodes"]}["bedside-a"] is True
 
 
 def test_lagging_subscriber_is_ended_others_keep_going(monkeypatch):

@@ -114,7 +114,10 @@ class Node:
             self.emit("fault", src, code, self._hal.ticks_ms())
 
     def clear_fault(self, src):
-        self._faults.pop(src, None)
+        # A part that failed and works again says so once (val 0), so the controller can clear its alarm.
+        if self._faults.pop(src, None) is not None:
+            self._hal.log("fault", "src=%s code=0" % src)
+            self.emit("fault", src, 0, self._hal.ticks_ms())
 
     # --- from the controller
     def _adopt_hb(self, hb_ms):
