@@ -15,7 +15,7 @@ ROOM_DOC = {
     "beds": [{"id": "A"}],
     "gateway": {"heartbeat_ms": 10000},
     "nodes": {
-        "bedside-a": {"bed": "A", "location": "bedside", "indicator": True,
+        "bedside-a": {"bed": "A", "location": "bedside", "indicator": True, "tone": True,
                       "inputs": {"call": "patient_call", "cancel": "cancel", "pir": "room_presence"}},
         "bath": {"location": "bathroom", "inputs": {"cord": "bath_emergency", "pir": "bath_presence"}},
         "env": {"location": "door", "inputs": {"cancel": "cancel", "pir": "room_presence"}},

@@ -151,3 +151,90 @@ async def test_dashboard_page_is_served(server, http):
     async with http.get(api(server, "/")) as resp:
         page = await resp.text()
     assert resp.status == 200 and "/api/v1/events/stream" in page and "Acknowledge" in page
+
+
+async def test_remote_clear_is_refused_for_cancel_at_origin_calls_with_the_reason(server, http):
+    await press(server, "bath", "cord")
+    await press(server, "bedside-a", "call")
+    calls = {c["type"]: c for c in server.controller.snapshot()["calls"]}
+    async with http.post(api(server, f"/api/v1/calls/{calls['bath_emergency']['id']}/clear"),
+                         json={"by": "Nurse Kim"}) as resp:
+        err = (await resp.json())["error"]
+    assert (resp.status, err["code"]) == (409, "cancel_at_origin")
+    assert "cancel button in the room" in err["message"]
+    async with http.post(api(server, f"/api/v1/calls/{calls['patient_call']['id']}/clear"),
+                         json={"by": "Nurse Kim"}) as resp:
+        assert (resp.status, (await resp.json())["state"]) == (200, "cleared")
+    assert [c["type"] for c in server.controller.snapshot()["calls"]] == ["bath_emergency"]
+    async with http.post(api(server, "/api/v1/calls/nope/clear"), json={"by": "Nurse Kim"}) as resp:
+        assert resp.status == 404
+
+
+async def test_silence_and_fall_risk_endpoints(server, http):
+    await press(server, "bedside-a", "call")
+    async with http.get(api(server, "/api/v1/room")) as resp:
+        outputs = (await resp.json())["outputs"]
+    assert (outputs["dome"]["colour"], outputs["tone"]["pattern"]) == ("white", "medium")
+    async with http.post(api(server, "/api/v1/room/silence"), json={"by": "Nurse Kim"}) as resp:
+        silenced = await resp.json()
+    assert silenced["tone"] == {"pattern": "off", "silenced": True} and silenced["dome"]["colour"] == "white"
+    async with http.put(api(server, "/api/v1/beds/A/fall-risk"), json={"enabled": True, "by": "Nurse Kim"}) as resp:
+        assert (resp.status, await resp.json()) == (200, {"bed": "A", "fall_risk": True})
+    for path, body, status, code in [
+        ("/api/v1/beds/Z/fall-risk", {"enabled": True, "by": "Nurse Kim"}, 404, "bed_not_found"),
+        ("/api/v1/beds/A/fall-risk", {"enabled": "yes", "by": "Nurse Kim"}, 400, "bad_parameter"),
+        ("/api/v1/beds/A/fall-risk", {"enabled": True}, 400, "bad_parameter"),
+    ]:
+        async with http.put(api(server, path), json=body) as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (status, code)
+
+
+async def test_first_stream_delivery_annunciates_the_call_once(server, http):
+    async with http.get(api(server, "/api/v1/events/stream?endpoint=station-4B")) as resp:
+        stream = sse_events(resp)
+        await press(server)
+        _, raised = await next_event(stream, "call.raised")
+        _, annunciated = await next_event(stream, "call.annunciated")
+    assert annunciated["data"]["call_id"] == raised["data"]["call_id"]
+    assert annunciated["data"]["by"] == "station-4B"
+    # A later client does not annunciate it again.
+    async with http.get(api(server, "/api/v1/events/stream?after=0&endpoint=phone")) as resp:
+        stream = sse_events(resp)
+        await next_event(stream, "call.annunciated")
+    events = await server.controller.events_after(0, 100)
+    assert [e.data["by"] for e in events if e.kind == "call.annunciated"] == ["station-4B"]
+    assert server.controller.snapshot()["calls"][0]["state"] == "annunciated"
+
+
+async def test_a_stream_client_connecting_later_annunciates_waiting_calls(server, http):
+    await press(server)
+    assert server.controller.snapshot()["calls"][0]["state"] == "raised"
+    async with http.get(api(server, "/api/v1/events/stream")) as resp:
+        _, event = await next_event(sse_events(resp), "call.annunciated")
+    assert event["data"]["by"].startswith("event stream @127.0.0.1")
+
+
+async def test_response_time_report(server, http):
+    await press(server, "bedside-a", "call")
+    await press(server, "bath", "cord")
+    calls = {c["type"]: c for c in server.controller.snapshot()["calls"]}
+    await server.controller.acknowledge(calls["bath_emergency"]["id"], "Nurse Kim")
+    await press(server, "env", "cancel")
+    async with http.get(api(server, "/api/v1/reports/response-times")) as resp:
+        report = await resp.json()
+    assert resp.status == 200
+    rows = {r["type"]: r for r in report["calls"]}
+    bath = rows["bath_emergency"]
+    assert (bath["acknowledged_by"], bath["cleared_how"], bath["present_by"]) == \
+        ("Nurse Kim", "in_room_cancel", "in-room cancel (env/cancel)")
+    assert 0 <= bath["to_ack_s"] <= bath["to_present_s"] <= bath["to_clear_s"]
+    assert rows["patient_call"]["to_ack_s"] is None and rows["patient_call"]["to_clear_s"] is not None
+    assert report["tiers"]["high"]["count"] == 1 and report["tiers"]["medium"]["count"] == 1
+    assert report["responders"]["Nurse Kim"]["acknowledged"] == 1
+    # The window is honoured: a window that ends before the calls has none of them.
+    raised_at = min(r["raised_at_ms"] for r in report["calls"])
+    async with http.get(api(server, f"/api/v1/reports/response-times?from=2026-01-01&to={raised_at}")) as resp:
+        assert (await resp.json())["calls"] == []
+    for query in ("from=yesterday", "from=2026-02-01&to=2026-01-01"):
+        async with http.get(api(server, f"/api/v1/reports/response-times?{query}")) as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (400, "bad_parameter")

@@ -8,11 +8,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from controller.nodeclient import NodeClient
 from controller.runner import RoomServer
 from controller.simnodes import SimNode
 from tests.helpers import ROOM_DOC, next_event, node_key, sse_events
@@ -34,7 +36,8 @@ def firmware_config(node: str, port: int, tmp: Path, steps: list[dict], *, end_m
             **extra}
 
 
-BEDSIDE = {"inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}}
+BEDSIDE = {"inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"},
+           "tone": {"pin": "buzzer"}}
 
 
 async def test_call_from_firmware_reaches_sse_and_ack_lights_the_node(server, tmp_path):
@@ -46,6 +49,7 @@ async def test_call_from_firmware_reaches_sse_and_ack_lights_the_node(server, tm
             async with SimNode(cfg, tmp_path / "nodes") as node:
                 _, raised = await next_event(stream, "call.raised", timeout_s=20, node="bedside-a")
                 await node.wait_for("indicator", pattern="received")
+                await node.wait_for("tone", pattern="medium")  # the in-room tone of a patient call
                 call_id = raised["data"]["call_id"]
                 async with http.post(f"{server.endpoints.api_url}/api/v1/calls/{call_id}/ack",
                                      json={"by": "Nurse Kim"}) as resp:
@@ -53,18 +57,20 @@ async def test_call_from_firmware_reaches_sse_and_ack_lights_the_node(server, tm
                 await next_event(stream, "call.acknowledged", call_id=call_id)
                 await node.wait_for("indicator", pattern="acknowledged")
                 await node.wait_for("pin", name="led", value=1)
+                await node.wait_for("tone", pattern="off")  # answered: the tone stops, the light stays
     # One press with contact bounce is one event and one call.
     events = await server.controller.events_after(0, 100)
     assert [e.data["src"] for e in events if e.kind == "node.event"] == ["call"]
 
 
-def _spawn_controller(tmp: Path, api_port: int, node_port: int) -> "asyncio.Future":
+def _spawn_controller(tmp: Path, api_port: int, node_port: int, extra_toml: str = "") -> "asyncio.Future":
     room = tmp / "room.toml"
     if not room.exists():
-        lines = ['[room]\nid = "kill-test"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = 10000\n']
+        lines = ['[room]\nid = "kill-test"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = 10000\n' + extra_toml]
         for node, table in ROOM_DOC["nodes"].items():
             inputs = ", ".join(f'{k} = "{v}"' for k, v in table["inputs"].items())
-            lines.append(f"[nodes.{node}]\ninputs = {{ {inputs} }}\n")
+            bed = f'bed = "{table["bed"]}"\n' if table.get("bed") else ""
+            lines.append(f"[nodes.{node}]\n{bed}inputs = {{ {inputs} }}\n")
         room.write_text("\n".join(lines))
         (tmp / "keys.json").write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
     exe = Path(sys.executable).with_name("smartroom")
@@ -126,3 +132,46 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     assert generated - dropped <= acked
     assert len(generated) >= 20
     assert during_outage, "no event was made while the controller was down: the test proved nothing"
+
+
+async def test_sigkill_during_active_calls_keeps_them_and_escalation_runs_on_stored_times(tmp_path):
+    api_port, node_port = free_port(), free_port()
+    api = f"http://127.0.0.1:{api_port}/api/v1"
+    proc = await _spawn_controller(tmp_path, api_port, node_port, "[timers.high]\nescalate_s = 5\n")
+    await asyncio.wait_for(proc.stdout.readline(), 20)
+    for node, src in (("bath", "cord"), ("bedside-a", "call")):
+        client = NodeClient(node, node_key(node))
+        await client.connect("127.0.0.1", node_port)
+        ev = client.event_msg("button", src)
+        await client.send(ev)
+        await client.recv_ack(ev["s"])
+        await client.close()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{api}/room") as resp:
+            calls = {c["type"]: c for c in (await resp.json())["calls"]}
+        async with http.post(f"{api}/calls/{calls['patient_call']['id']}/ack", json={"by": "Nurse Kim"}) as resp:
+            assert resp.status == 200
+        async with http.get(f"{api}/room") as resp:
+            before = (await resp.json())["calls"]
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        restarted_ms = time.time_ns() // 1_000_000
+        proc = await _spawn_controller(tmp_path, api_port, node_port)
+        try:
+            await asyncio.wait_for(proc.stdout.readline(), 20)
+            async with http.get(f"{api}/room") as resp:
+                after = (await resp.json())["calls"]
+            keep = ("id", "type", "raised_at_ms", "acknowledged_at_ms", "acknowledged_by", "escalation_level")
+            assert [{k: c[k] for k in keep} for c in after] == [{k: c[k] for k in keep} for c in before]
+            assert [c["acknowledged_by"] for c in after] == [None, "Nurse Kim"]
+            bath = after[0]
+            async with http.get(f"{api}/events/stream?after=0") as resp:
+                _, escalated = await next_event(sse_events(resp), "call.escalated", timeout_s=15,
+                                                call_id=bath["id"])
+        finally:
+            proc.terminate()
+            await proc.wait()
+    data = escalated["data"]
+    assert data["due_ms"] == bath["raised_at_ms"] + 5000, "the deadline is the stored raise time + 5 s"
+    assert data["at_ms"] >= data["due_ms"], "never early"
+    assert data["at_ms"] < restarted_ms + 5000, "not counted again from the restart"
