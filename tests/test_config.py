@@ -387,7 +387,7 @@ def test_defaults_when_sections_are_absent():
     assert config.meaning("bedside-a", "nope") is None and config.meaning("nope", "call") is None
     assert config.nodes["bedside-a"] == NodeConfig("bedside-a", "bedside", "A",
                                                    {"call": "patient_call", "cancel": "cancel", "pir": "room_presence"},
-                                                   indicator=True, tone=False)
+                                                   indicator=True, tone=True)
 
 
 def test_room_config_direct_construction_defaults():

@@ -39,15 +39,16 @@ async def test_hello_welcome_event_ack_and_indicator(server):
     client = NodeClient("bedside-a", node_key("bedside-a"), boot=4)
     welcome = await client.connect(server.endpoints.node_host, server.endpoints.node_port)
     assert welcome["hb_ms"] == 10000 and welcome["sid"] == client.nonce
-    first = await client.recv()  # outputs follow the room state: nothing active -> indicator off
-    assert (first["t"], first["c"], first["p"]) == ("cmd", "indicator", "off")
+    # Outputs follow the room state: nothing active -> reassurance light and in-room tone off.
+    first = [await client.recv(), await client.recv()]
+    assert [(m["t"], m["c"], m["p"]) for m in first] == [("cmd", "indicator", "off"), ("cmd", "tone", "off")]
 
     ev = client.event_msg("button", "call", at_ms=1234)
     await client.send(ev)
-    msgs = [await client.recv(), await client.recv()]
+    msgs = [await client.recv() for _ in range(3)]
     assert {"t": "ack", "a": ev["s"]}.items() <= next(m for m in msgs if m["t"] == "ack").items()
-    cmd = next(m for m in msgs if m["t"] == "cmd")
-    assert (cmd["c"], cmd["p"]) == ("indicator", "received")
+    cmds = [(m["c"], m["p"]) for m in msgs if m["t"] == "cmd"]
+    assert cmds == [("indicator", "received"), ("tone", "medium")]
 
     calls = server.controller.snapshot()["calls"]
     assert [(c["type"], c["source"], c["bed"]) for c in calls] == [
