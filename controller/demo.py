@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import parse_room
+from .room import CALL_TYPES, RoomError
 from .runner import RoomServer
 from .simnodes import NodeLine, SimNode
 from .store import LogRecord
@@ -27,12 +28,18 @@ ROOM = {
     "room": {"id": "demo-4b-12", "name": "Ward 4B · Room 12 (demo)"},
     "beds": [{"id": "A"}],
     "gateway": {"heartbeat_ms": 10_000},
+    # Shorter than a ward's, so the three-minute script shows escalation and an environment alarm.
+    "timers": {"high": {"escalate_s": 10}, "medium": {"escalate_s": 20}},
+    "environment": {"temp_c": {"min_duration_s": 20, "clear_s": 10}},
     "nodes": {
-        "bedside-a": {"bed": "A", "location": "bedside", "indicator": True, "inputs": {"call": "patient_call"}},
+        "bedside-a": {"bed": "A", "location": "bedside", "indicator": True, "tone": True,
+                      "inputs": {"call": "patient_call"}},
         "bath": {"location": "bathroom", "indicator": True,
                  "inputs": {"cord": "bath_emergency", "pir": "bath_presence"}},
-        "door": {"location": "door", "inputs": {"cancel": "cancel", "pir": "room_presence"}},
-        "wearable-a": {"bed": "A", "location": "patient", "indicator": True, "inputs": {"pendant": "patient_call"}},
+        "door": {"location": "door",
+                 "inputs": {"presence": "staff_presence", "cancel": "cancel", "pir": "room_presence"}},
+        "wearable-a": {"bed": "A", "location": "patient", "indicator": True,
+                       "inputs": {"pendant": "patient_call", "ok": "im_ok"}},
     },
 }
 
@@ -59,28 +66,38 @@ NODES: dict[str, dict[str, Any]] = {
     },
     "door": {
         "hw": "sim-esp32s3-devkitc-1",
-        "inputs": [{"name": "cancel", "kind": "button", "pin": "cancel"},
+        "inputs": [{"name": "presence", "kind": "button", "pin": "presence"},
+                   {"name": "cancel", "kind": "button", "pin": "cancel"},
                    {"name": "pir", "kind": "presence", "pin": "pir"}],
         "i2c": [{"part": "sht3x", "bus": 0, "addr": 0x44}], "uart": [{"part": "mhz19b", "bus": 1}],
         "reading_ms": 10_000,
         "steps": [{"at_ms": 0, "sht3x": {"temp_c": 22.4, "rh_pct": 44.0}}, {"at_ms": 0, "co2_ppm": 620},
+                  # A nurse walks in and registers presence: the routine call is answered and cleared.
                   _every({"at_ms": 40_000, "pin": "pir", "level": 1}),
-                  _every({"at_ms": 45_000, "pin": "cancel", "press_ms": 200}),
+                  _every({"at_ms": 42_000, "pin": "presence", "press_ms": 200}),
+                  _every({"at_ms": 55_000, "pin": "presence", "press_ms": 200}),
                   _every({"at_ms": 60_000, "co2_ppm": 910}),
                   _every({"at_ms": 60_000, "pin": "pir", "level": 0}),
+                  # Bathroom emergency: presence does not cancel it; the cancel button in the room does.
                   _every({"at_ms": 110_000, "pin": "pir", "level": 1}),
-                  _every({"at_ms": 115_000, "pin": "cancel", "press_ms": 200}),
+                  _every({"at_ms": 111_000, "pin": "presence", "press_ms": 200}),
+                  _every({"at_ms": 118_000, "pin": "cancel", "press_ms": 200}),
+                  _every({"at_ms": 122_000, "pin": "presence", "press_ms": 200}),
                   _every({"at_ms": 120_000, "sht3x": {"temp_c": 24.6, "rh_pct": 52.0}}),
-                  _every({"at_ms": 160_000, "pin": "cancel", "press_ms": 200}),
+                  _every({"at_ms": 160_000, "pin": "pir", "level": 1}),
+                  _every({"at_ms": 165_000, "pin": "cancel", "press_ms": 200}),
                   _every({"at_ms": 170_000, "pin": "pir", "level": 0}),
                   _every({"at_ms": 175_000, "sht3x": {"temp_c": 22.4, "rh_pct": 44.0}})],
     },
     "wearable-a": {
         "hw": "sim-pico-w",
-        "inputs": [{"name": "pendant", "kind": "button", "pin": "pendant"}],
+        "inputs": [{"name": "pendant", "kind": "button", "pin": "pendant"},
+                   {"name": "ok", "kind": "button", "pin": "ok"}],
         "indicator": {"pin": "led"},
         "accel": {"part": "lis3dh", "bus": 0, "addr": 0x18, "rate_hz": 50},
-        "steps": [_every({"at_ms": 0, "accel": "walk"}), _every({"at_ms": 140_000, "accel": "fall"})],
+        # A fall; the patient presses "I'm OK" inside the window: logged, not silently dropped.
+        "steps": [_every({"at_ms": 0, "accel": "walk"}), _every({"at_ms": 140_000, "accel": "fall"}),
+                  _every({"at_ms": 152_000, "pin": "ok", "press_ms": 300})],
     },
 }
 
@@ -97,8 +114,19 @@ def node_config(node_id: str, key: bytes, host: str, port: int, workdir: Path, s
                     "seed": sum(node_id.encode())}}
 
 
-LABELS = {"patient_call": "patient call", "bath_emergency": "BATHROOM EMERGENCY", "fall": "FALL",
-          "staff_assist": "staff assist", "code_call": "CODE CALL", "technical": "technical alarm"}
+LABELS = {name: (t.label.upper() if t.level == "high" else t.label.lower()) for name, t in CALL_TYPES.items()}
+
+
+# Log record kind -> (tag, text with the record's data fields).
+NARRATION = {
+    "call.repeated": ("REPEAT", "call {call_id} pressed again ({presses}x)"),
+    "call.cleared": ("CLEARED", "call {call_id} cleared by {by} ({how})"),
+    "call.escalated": ("ESCALATE", "call {call_id} not acknowledged: now to {to} (level {level})"),
+    "call.reminded": ("REMIND", "call {call_id} acknowledged but not cleared: re-signalled ({n})"),
+    "call.present": ("PRESENT", "staff in the room for call {call_id}"),
+    "call.clear_refused": ("REFUSED", "{by} cannot clear {call_id}: {reason}"),
+    "call.noted": ("NOTE", "call {call_id}: {note}"),
+}
 
 
 class Narrator:
@@ -114,19 +142,25 @@ class Narrator:
     def room_event(self, record: LogRecord) -> None:
         d = record.data
         calls = self.server.controller.room.calls
-        if record.kind == "call.raised":
+        if record.kind in NARRATION:
+            tag, text = NARRATION[record.kind]
+            self.say(tag, text.format(**d))
+        elif record.kind == "call.raised":
             bed = f" · bed {d['bed']}" if d.get("bed") else ""
             self.say("CALL", f"{LABELS.get(d['type'], d['type'])}{bed} from {d['node']}/{d['input']} "
                              f"-> see it at {self.url}/")
-        elif record.kind == "call.repeated":
-            self.say("REPEAT", f"call {d['call_id']} pressed again ({d['presses']}x)")
         elif record.kind == "call.acknowledged":
             call = calls.get(d["call_id"])
             self.say("ACK", f"{d['by']} acknowledged {LABELS.get(call.type, '') if call else ''} {d['call_id']}")
-        elif record.kind == "call.cleared":
-            self.say("CLEARED", f"call {d['call_id']} cleared by {d['by']}")
+        elif record.kind == "staff.presence":
+            self.say("STAFF", "staff presence registered" if d["present"] else "staff left the room")
+        elif record.kind in ("environment.excursion", "environment.recovered"):
+            state = f"out of range ({d['bound']} limit {d['limit']})" if record.kind.endswith("excursion") else \
+                "back in range"
+            self.say("ENV", f"{d['measure']} {d['value']:g} {state}")
         elif record.kind == "presence.changed":
-            self.say("PRESENCE", f"{d['area']} {'occupied' if d['present'] else 'empty'}")
+            where = f"bed {d['bed']}" if d["area"] == "bed" else d["area"]
+            self.say("PRESENCE", f"{where} {'occupied' if d['present'] else 'empty'}")
         elif record.kind in ("node.online", "node.offline"):
             extra = f" (fw {d['fw']}, {d['hw']}, boot {d['boot']})" if record.kind == "node.online" else \
                 f" ({d['reason']})"
@@ -135,6 +169,8 @@ class Narrator:
     def node_line(self, node: SimNode, line: NodeLine) -> None:
         if line.tag == "indicator":
             self.say("LIGHT", f"{node.node_id} reassurance light: {line.fields.get('pattern')}")
+        elif line.tag == "tone":
+            self.say("TONE", f"{node.node_id} in-room tone: {line.fields.get('pattern')}")
         elif line.tag in ("error", "fault"):
             self.say("NODE!", f"{node.node_id}: {line.raw}")
 
@@ -145,10 +181,10 @@ async def _auto_ack(server: RoomServer, after_s: float, narrator: Narrator) -> N
         await asyncio.sleep(1.0)
         now = server.controller.clock()
         for call in list(server.controller.room.calls.values()):
-            if call.acknowledged_at_ms is None and now - call.raised_at_ms > after_s * 1000:
+            if not call.answered and now - call.phase_since_ms > after_s * 1000:
                 try:
                     await server.controller.acknowledge(call.id, "Nurse Demo (auto)")
-                except Exception as exc:  # someone acknowledged it on the page meanwhile
+                except RoomError as exc:  # someone acknowledged it on the page meanwhile
                     narrator.say("ACK", f"auto-acknowledge skipped: {exc}")
 
 
@@ -175,6 +211,8 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
           f"  data and logs   : {workdir}\n"
           f"Four nodes run the real firmware in MicroPython (64 KB heap). The patient presses the call\n"
           f"button at 12 s; acknowledge it on the dashboard (after {auto_ack_s:.0f} s a demo nurse does).\n"
+          f"Then: staff presence, a bathroom emergency that only the in-room cancel clears, escalation,\n"
+          f"a warm room, and a fall the patient cancels with \"I'm OK\". The script repeats every 3 min.\n"
           f"Ctrl-C stops everything.\n", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
