@@ -147,8 +147,10 @@ class Narrator:
             self.say(tag, text.format(**d))
         elif record.kind == "call.raised":
             bed = f" · bed {d['bed']}" if d.get("bed") else ""
-            self.say("CALL", f"{LABELS.get(d['type'], d['type'])}{bed} from {d['node']}/{d['input']} "
-                             f"-> see it at {self.url}/")
+            det = d.get("detail", {})
+            src = f"from {d['node']}/{d['input']}" if d["node"] else \
+                f"({det['measure']} {det['value']:g})" if "measure" in det else "(room controller)"
+            self.say("CALL", f"{LABELS.get(d['type'], d['type'])}{bed} {src} -> see it at {self.url}/")
         elif record.kind == "call.acknowledged":
             call = calls.get(d["call_id"])
             self.say("ACK", f"{d['by']} acknowledged {LABELS.get(call.type, '') if call else ''} {d['call_id']}")
