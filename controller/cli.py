@@ -73,6 +73,84 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    """Tokens live in the room's database; this works while the controller runs."""
+    import time
+
+    from . import tokens
+
+    if not args.db.exists():
+        if args.action != "create":
+            print(f"smartroom token: {args.db}: no such database (pass the controller's --db)", file=sys.stderr)
+            return 2
+        print(f"smartroom token: {args.db} does not exist yet; creating it for the controller to use",
+              file=sys.stderr)
+    db = tokens.open_db(str(args.db))
+    now = time.time_ns() // 1_000_000
+    try:
+        if args.action == "create":
+            info, secret = tokens.create(db, args.role, args.name, now)
+            tokens.audit(db, tokens.AuditEntry(now, f"(command line) {os.environ.get('USER', '?')}", None,
+                                               "token create", f"{info.name} ({info.role})", 201, None))
+            print(f"token {info.id} '{info.name}' role {info.role}. Shown once; keep it secret:\n{secret}")
+        elif args.action == "revoke":
+            info = tokens.revoke(db, args.name, now)
+            tokens.audit(db, tokens.AuditEntry(now, f"(command line) {os.environ.get('USER', '?')}", None,
+                                               "token revoke", f"{info.name} ({info.role})", 200, None))
+            print(f"revoked token {info.id} '{info.name}' ({info.role})")
+        else:
+            for info in tokens.list_tokens(db, include_revoked=args.all):
+                state = "active" if info.revoked_ms is None else "revoked"
+                print(f"{info.id:>4}  {info.role:<11} {state:<8} {info.name}")
+    except tokens.TokenError as exc:
+        print(f"smartroom token: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    return 0
+
+
+def _falls_eval(args: argparse.Namespace) -> int:
+    from .falls.evaluate import RunnerError, evaluate
+    from .falls.sisfall import DatasetError, dataset_root, iter_trials, parse_subjects
+    from .simnodes import FirmwareNotFound
+
+    try:
+        subjects = parse_subjects(args.subjects) if args.subjects else None
+        params = None
+        if args.params is not None:
+            params = json.loads(args.params.read_text())
+            if not isinstance(params, dict):
+                raise ValueError(f"{args.params}: expected a JSON object of detector parameters")
+        root = dataset_root(args.path)
+        skipped: list[Path] = []
+        trials = list(iter_trials(root, subjects, skipped=skipped))
+        if not trials:
+            raise DatasetError(f"{root}: no trials" + (f" for subjects {args.subjects}" if subjects else ""))
+    except (OSError, ValueError) as exc:   # DatasetError and json.JSONDecodeError are ValueErrors
+        print(f"smartroom falls eval: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(done: int, total: int, elapsed_s: float) -> None:
+        if done % 50 == 0 or done == total:
+            print(f"  {done}/{total} trials, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
+
+    try:
+        result = evaluate(trials, args.rate_hz, params, progress, firmware=args.firmware, source=str(root),
+                          skipped=skipped)
+    except FirmwareNotFound as exc:
+        print(f"smartroom falls eval: {exc}", file=sys.stderr)
+        return 2
+    except (RunnerError, DatasetError) as exc:
+        print(f"smartroom falls eval: {exc}", file=sys.stderr)
+        return 1
+    print(result.report())
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartroom", description="Smart hospital room controller.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -97,10 +175,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=_demo)
 
+    token = sub.add_parser("token", help="create, revoke or list API tokens (stored hashed in the room database)")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    create = token_sub.add_parser("create", help="a new token; its secret is printed once")
+    create.add_argument("--role", required=True, choices=("nurse", "facilities", "admin", "integration"))
+    create.add_argument("--name", required=True, help="who or what holds it, e.g. 'Station 4B' (unique)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by name or id")
+    revoke.add_argument("name", help="the token's name or id")
+    listing = token_sub.add_parser("list", help="the tokens (never their secrets)")
+    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    for p in (create, revoke, listing):
+        p.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the room's SQLite database")
+    token.set_defaults(func=_token)
+
     keygen = sub.add_parser("keygen", help="make a key file for nodes")
     keygen.add_argument("nodes", nargs="+", help="node ids")
     keygen.add_argument("--out", type=Path, help="write here (mode 0600; refuses to overwrite)")
     keygen.set_defaults(func=_keygen)
+
+    falls = sub.add_parser("falls", help="fall detection: evaluate the node's detector on recorded falls")
+    falls_sub = falls.add_subparsers(dest="falls_command", required=True)
+    ev = falls_sub.add_parser(
+        "eval", help="run the firmware's fall detector (in MicroPython) on a SisFall dataset and score it",
+        description="Run the firmware's fall detector, inside MicroPython, on every trial of a dataset in "
+                    "SisFall's layout and score it per trial (docs/falls.md).")
+    ev.add_argument("path", type=Path, help="the SisFall_dataset folder, or the folder holding it")
+    ev.add_argument("--subjects", help="e.g. SA01,SA02 or SA01-SA05 or SA01-SA03,SE01 (default: all)")
+    ev.add_argument("--rate-hz", type=int, choices=(50, 100), default=50, help="the node's sample rate (default 50)")
+    ev.add_argument("--params", type=Path, help="JSON object of detector parameters, passed to FallDetector")
+    ev.add_argument("--firmware", type=Path, default=None, help="firmware folder (default: the repo's firmware/)")
+    ev.add_argument("--json", type=Path, help="also write the results, per trial, to this JSON file")
+    ev.set_defaults(func=_falls_eval)
     return parser
 
 

@@ -21,6 +21,7 @@ from .room import CALL_TYPES, RoomError
 from .runner import RoomServer
 from .simnodes import NodeLine, SimNode
 from .store import LogRecord
+from .tokens import ROLES
 
 CYCLE_MS = 180_000  # the scripted afternoon repeats every three minutes
 
@@ -204,13 +205,17 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
     keys = {node: os.urandom(32) for node in config.nodes}
     server = RoomServer(config, keys, workdir / "room.db", api_port=port, node_port=0)
     endpoints = await server.start()
+    demo_tokens = {role: await server.create_token(role, f"demo {role}") for role in ROLES}
     narrator = Narrator(server, endpoints.api_url)
     print(f"smartroom demo — {config.name}\n"
           f"  nurse dashboard : {endpoints.api_url}/\n"
           f"  room state      : {endpoints.api_url}/api/v1/room\n"
-          f"  live events     : curl -N {endpoints.api_url}/api/v1/events/stream\n"
+          f"  live events     : curl -N -H 'Authorization: Bearer <nurse token>' "
+          f"{endpoints.api_url}/api/v1/events/stream\n"
           f"  node gateway    : {endpoints.node_host}:{endpoints.node_port}\n"
           f"  data and logs   : {workdir}\n"
+          f"API tokens (log in to the pages with one; they are kept in {workdir / 'room.db'}, hashed):\n"
+          + "".join(f"  {role:<11}     : {secret}\n" for role, secret in demo_tokens.items()) +
           f"Four nodes run the real firmware in MicroPython (64 KB heap). The patient presses the call\n"
           f"button at 12 s; acknowledge it on the dashboard (after {auto_ack_s:.0f} s a demo nurse does).\n"
           f"Then: staff presence, a bathroom emergency that only the in-room cancel clears, escalation,\n"

@@ -52,6 +52,11 @@ class RoomServer:
         self.endpoints = Endpoints(f"http://{self._api_host}:{api_port}", self._node_host, node_port)
         return self.endpoints
 
+    async def create_token(self, role: str, name: str) -> str:
+        """A new API token (controller/tokens.py); the secret is returned once and stored hashed."""
+        _, secret = await self.controller.store.create_token(role, name, self.controller.clock())
+        return secret
+
     async def stop(self) -> None:
         await self.gateway.stop()
         if self._runner is not None:

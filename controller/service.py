@@ -250,8 +250,8 @@ class RoomController:
             raise error(refused[0].data["reason"])
         return self._call_json(call_id)
 
-    async def annunciated(self, call_id: str, endpoint: str) -> None:
-        await self._commit(lambda now: self.room.decide_annunciated(call_id, endpoint, now))
+    async def annunciated(self, call_id: str, endpoint: str) -> list[LogRecord]:
+        return await self._commit(lambda now: self.room.decide_annunciated(call_id, endpoint, now))
 
     async def set_fall_risk(self, bed: str, enabled: bool, by: str) -> dict[str, Any]:
         await self._commit(lambda now: self.room.decide_fall_risk(bed, enabled, by, now))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
+from . import tokens
+
 T = TypeVar("T")
 
 SCHEMA = """
@@ -100,6 +102,7 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(SCHEMA)
+            tokens.ensure_schema(db)
             return db
 
         loop = asyncio.get_running_loop()
@@ -201,6 +204,25 @@ class Store:
             return [LogRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
         return await self._run(_read)
+
+    # -- tokens and audit (controller/tokens.py does the work on this thread) ------------
+    async def find_token(self, secret: str) -> tokens.Principal | None:
+        return await self._run(lambda db: tokens.find(db, secret))
+
+    async def create_token(self, role: str, name: str, now_ms: int) -> tuple[tokens.TokenInfo, str]:
+        return await self._run(lambda db: tokens.create(db, role, name, now_ms))
+
+    async def revoke_token(self, name_or_id: str, now_ms: int) -> tokens.TokenInfo:
+        return await self._run(lambda db: tokens.revoke(db, name_or_id, now_ms))
+
+    async def list_tokens(self) -> list[tokens.TokenInfo]:
+        return await self._run(tokens.list_tokens)
+
+    async def audit(self, entry: tokens.AuditEntry) -> None:
+        await self._run(lambda db: tokens.audit(db, entry))
+
+    async def read_audit(self, after_ts_ms: int, limit: int) -> list[tokens.AuditEntry]:
+        return await self._run(lambda db: tokens.read_audit(db, after_ts_ms, limit))
 
     async def last_log_id(self) -> int:
         return await self._run(lambda db: db.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0])

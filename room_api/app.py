@@ -1,23 +1,13 @@
 """The room's REST API and live event stream (aiohttp application factory, no globals).
 
-Routes (all JSON unless said):
-  GET  /                          nurse dashboard (HTML, live over the event stream)
-  GET  /api/v1/room               room state: active calls (highest priority first), presence,
-                                  environment, nodes
-  GET  /api/v1/events?after=&limit=   the stored event log, paged by cursor
-  GET  /api/v1/events/stream      Server-Sent Events; ``id:`` is the log cursor; resume with
-                                  ``Last-Event-ID`` (or ``?after=``) and get exactly what was missed
-  POST /api/v1/calls/{id}/ack     a nurse acknowledges a call: {"by": "<name>"} (never clears it)
-  POST /api/v1/calls/{id}/clear   a nurse clears a routine call remotely: {"by": "<name>"}; refused
-                                  (409 cancel_at_origin / clears_when_resolved) for calls that must be
-                                  cancelled in the room or clear themselves
-  POST /api/v1/room/silence       silence the in-room tone for the configured time: {"by": "<name>"};
-                                  the dome light is unchanged
-  PUT  /api/v1/beds/{bed}/fall-risk   {"enabled": true, "by": "<name>"}: bed-exit alarm on or off
-  GET  /api/v1/reports/response-times?from=&to=   per call: time to acknowledge, to presence, to
-                                  clear, who responded; median and 90th percentile per tier
-  GET  /api/v1/gateway            node gateway counters (accepted, rejected by reason, duplicates)
-  GET  /api/v1/health             liveness
+``ROUTES`` (at the end) lists every route with the roles that may call it; the OpenAPI
+description served at ``/api/v1/openapi.json`` is built from it (room_api/openapi.py), and
+room_api/auth.py enforces it: 401 without a valid bearer token, 403 for a role the route does not
+allow, 429 after repeated failures, and an audit entry for every state-changing request.
+
+The event stream (``/api/v1/events/stream``) is Server-Sent Events whose ``id:`` is the log
+cursor: resume with ``Last-Event-ID`` (or ``?after=``) and get exactly what was missed. The
+first delivery of a call to any stream client is recorded as the call's annunciation.
 
 Errors always have one shape: {"error": {"status": 404, "code": "call_not_found", "message": "..."}}.
 """
@@ -25,24 +15,42 @@ Errors always have one shape: {"error": {"status": 404, "code": "call_not_found"
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from . import metrics as metrics_mod
+from . import openapi
+from .auth import FailedAuthLimiter, make_middleware
+
 from controller import reports
 from controller.gateway import NodeGateway
-from controller.room import RoomError
+from controller.tokens import Principal, TokenError
+from controller.room import TIERS, RoomError
 from controller.service import RoomController
 from controller.store import LogRecord
 
 log = logging.getLogger("smartroom.api")
 
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("smartroom")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 CONTROLLER = web.AppKey("controller", RoomController)
 GATEWAY = web.AppKey("gateway", NodeGateway)
+METRICS = web.AppKey("metrics", metrics_mod.Metrics)
+OPENAPI = web.AppKey("openapi", dict)
+PRINCIPAL = web.RequestKey("principal", Principal)  # who is calling: the token's name and role
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_LIMIT_MAX = 1000
@@ -50,6 +58,7 @@ PAGE_LIMIT_DEFAULT = 100
 STREAM_BACKLOG_BATCH = 500
 STREAM_PING_S = 15.0  # comment line on an idle stream, so proxies and browsers keep it open
 MAX_NAME_LEN = 64
+VERSION = _version()
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
 
 
@@ -117,31 +126,34 @@ async def _body(request: web.Request) -> dict[str, object]:
     return body
 
 
-def _by(body: dict[str, object]) -> str:
+def _by(body: dict[str, object], request: web.Request | None = None) -> str:
+    """Who does it: the body's "by" (a nurse at a shared station names herself), else the token's name."""
     by = body.get("by")
+    if by is None and request is not None and PRINCIPAL in request:
+        return request[PRINCIPAL].name
     if not isinstance(by, str) or not by.strip() or len(by) > MAX_NAME_LEN:
         raise ApiError(400, "bad_parameter", f"'by' must name who does this (1 to {MAX_NAME_LEN} characters)")
     return by.strip()
 
 
 async def post_ack(request: web.Request) -> web.Response:
-    by = _by(await _body(request))
+    by = _by(await _body(request), request)
     return web.json_response(await request.app[CONTROLLER].acknowledge(request.match_info["call_id"], by))
 
 
 async def post_clear(request: web.Request) -> web.Response:
-    by = _by(await _body(request))
+    by = _by(await _body(request), request)
     return web.json_response(await request.app[CONTROLLER].clear(request.match_info["call_id"], by))
 
 
 async def post_silence(request: web.Request) -> web.Response:
-    by = _by(await _body(request))
+    by = _by(await _body(request), request)
     return web.json_response(await request.app[CONTROLLER].silence_tone(by))
 
 
 async def put_fall_risk(request: web.Request) -> web.Response:
     body = await _body(request)
-    by = _by(body)
+    by = _by(body, request)
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise ApiError(400, "bad_parameter", "'enabled' must be true or false")
@@ -177,7 +189,12 @@ async def get_gateway(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "cursor": request.app[CONTROLLER].room.cursor})
+    """Public: liveness and how many calls are active per priority (no patient or call details)."""
+    controller = request.app[CONTROLLER]
+    room = controller.room
+    calls = {tier: sum(1 for c in room.calls.values() if c.ctype.level == tier) for tier in TIERS}
+    return web.json_response({"status": "ok", "room": controller.config.room_id, "name": controller.config.name,
+                              "version": VERSION, "cursor": room.cursor, "active_calls": calls})
 
 
 def _resume_cursor(request: web.Request, controller: RoomController) -> int:
@@ -207,7 +224,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     last = _resume_cursor(request, controller)
     # Subscribe before reading the backlog: anything stored meanwhile is in the queue as well,
     # and ids at or below `last` are skipped, so there is neither a gap nor a duplicate.
-    with controller.subscribe() as sub:
+    metrics = request.app[METRICS]
+    with controller.subscribe() as sub, metrics.subscribers.track_inprogress():
         async with sse_response(request, ping_interval=STREAM_PING_S) as resp:
 
             async def send(record: LogRecord) -> None:
@@ -215,12 +233,18 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 await resp.send(json.dumps(record.to_json(), separators=(",", ":")), id=str(record.id))
                 last = record.id
                 if record.kind == "call.raised":
-                    await controller.annunciated(record.data["call_id"], endpoint)
+                    await annunciate(record.data["call_id"])
+
+            async def annunciate(call_id: str) -> None:
+                call = controller.room.calls.get(call_id)
+                if call is not None and call.annunciated_at_ms is None:
+                    records = await controller.annunciated(call_id, endpoint)
+                    for r in records:
+                        metrics.delivery.observe(max(0, r.data["at_ms"] - call.raised_at_ms) / 1000)
 
             async def annunciate_waiting() -> None:
                 for call in list(controller.room.calls.values()):
-                    if call.annunciated_at_ms is None:
-                        await controller.annunciated(call.id, endpoint)
+                    await annunciate(call.id)
 
             async def catch_up(upto: int | None) -> None:
                 while True:
@@ -255,26 +279,135 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": metrics_mod.CONTENT_TYPE})
+
+
+async def get_tokens(request: web.Request) -> web.Response:
+    tokens = await request.app[CONTROLLER].store.list_tokens()
+    return web.json_response({"tokens": [t.to_json() for t in tokens]})
+
+
+async def post_token(request: web.Request) -> web.Response:
+    body = await _body(request)
+    role, name = body.get("role"), body.get("name")
+    if not isinstance(role, str) or not isinstance(name, str):
+        raise ApiError(400, "bad_parameter", "'role' and 'name' must be strings")
+    controller = request.app[CONTROLLER]
+    try:
+        info, secret = await controller.store.create_token(role, name.strip(), controller.clock())
+    except TokenError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    return web.json_response(dict(info.to_json(), token=secret), status=201)
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    controller = request.app[CONTROLLER]
+    try:
+        info = await controller.store.revoke_token(request.match_info["name"], controller.clock())
+    except TokenError as exc:
+        raise ApiError(404, "token_not_found", str(exc)) from None
+    return web.json_response(info.to_json())
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    after = _int_param(request, "after_ms", 0, 0, 2**62)
+    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    entries = await request.app[CONTROLLER].store.read_audit(after, limit)
+    return web.json_response({"entries": [e.to_json() for e in entries]})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    config = request.app[CONTROLLER].config
+    return web.json_response({
+        "source": config.source, "room": {"id": config.room_id, "name": config.name, "profile": config.profile},
+        "beds": list(config.beds), "heartbeat_ms": config.heartbeat_ms,
+        "escalation_levels": list(config.escalation_levels),
+        "timers": {"tiers": {t: {"escalate_s": v.escalate_s, "reminder_s": v.reminder_s}
+                             for t, v in config.timers.tiers.items()},
+                   "bath_dwell_s": config.timers.bath_dwell_s, "fall_ok_window_s": config.timers.fall_ok_window_s,
+                   "silence_s": config.timers.silence_s},
+        "environment": {m: {"low": r.low, "high": r.high, "hysteresis": r.hysteresis,
+                            "min_duration_s": r.min_duration_s, "clear_s": r.clear_s}
+                        for m, r in config.environment.items()},
+        "nodes": {n.id: {"location": n.location, "bed": n.bed, "inputs": dict(n.inputs), "indicator": n.indicator,
+                         "tone": n.tone} for n in config.nodes.values()},
+    })
+
+
 async def _end_streams(app: web.Application) -> None:
     app[CONTROLLER].bus.end_all()
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    roles: frozenset[str] | None   # None: public (pages and liveness carry no room data)
+    summary: str
+
+
+NURSE = frozenset({"nurse"})
+ROOM_READERS = frozenset({"nurse", "facilities", "admin"})
+FEED_READERS = frozenset({"nurse", "facilities", "admin", "integration"})
+FACILITIES = frozenset({"facilities", "admin"})
+REPORT_READERS = frozenset({"nurse", "admin"})
+ADMIN = frozenset({"admin"})
+SCRAPERS = frozenset({"facilities", "admin", "integration"})
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", index, None, "Nurse page (HTML)"),
+    Route("GET", "/api/v1/health", get_health, None, "Liveness and the room's call counts"),
+    Route("GET", "/api/v1/openapi.json", get_openapi, None, "This API's OpenAPI 3 description"),
+    Route("GET", "/api/v1/room", get_room, ROOM_READERS, "Room state: calls, occupancy, outputs, nodes"),
+    Route("GET", "/api/v1/events", get_events, FEED_READERS, "The stored event log, paged by cursor"),
+    Route("GET", "/api/v1/events/stream", stream_events, FEED_READERS, "Live events (Server-Sent Events)"),
+    Route("POST", "/api/v1/calls/{call_id}/ack", post_ack, NURSE, "Acknowledge a call (never clears it)"),
+    Route("POST", "/api/v1/calls/{call_id}/clear", post_clear, NURSE, "Clear a routine call remotely"),
+    Route("POST", "/api/v1/room/silence", post_silence, NURSE, "Silence the in-room tone"),
+    Route("PUT", "/api/v1/beds/{bed}/fall-risk", put_fall_risk, NURSE, "Bed-exit alarm on or off for a bed"),
+    Route("GET", "/api/v1/reports/response-times", get_response_times, REPORT_READERS, "Response times"),
+    Route("GET", "/api/v1/gateway", get_gateway, FACILITIES, "Node gateway counters"),
+    Route("GET", "/api/v1/config", get_config, ADMIN, "The room's configuration as loaded"),
+    Route("GET", "/api/v1/tokens", get_tokens, ADMIN, "Active API tokens (never their secrets)"),
+    Route("POST", "/api/v1/tokens", post_token, ADMIN, "Create a token; its secret is shown once"),
+    Route("DELETE", "/api/v1/tokens/{name}", delete_token, ADMIN, "Revoke a token by name or id"),
+    Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
+    Route("GET", "/metrics", get_metrics, SCRAPERS, "Prometheus metrics"),
+)
+
+
+def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset[str] | None]:
+    index_: dict[tuple[str, str], frozenset[str] | None] = {(r.method, r.path): r.roles for r in routes}
+
+    def roles_for(request: web.Request) -> frozenset[str] | None:
+        resource = request.match_info.route.resource
+        if resource is None:
+            return None  # 404 / 405: nothing to protect
+        method = "GET" if request.method == "HEAD" else request.method
+        return index_.get((method, resource.canonical))
+
+    return roles_for
+
+
 def create_app(controller: RoomController, gateway: NodeGateway | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    limiter = FailedAuthLimiter(controller.clock)
+    auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
+                           audit=controller.store.audit, limiter=limiter, error=ApiError,
+                           principal_key=PRINCIPAL, clock=controller.clock)
+    app = web.Application(middlewares=[error_middleware, auth])
     app[CONTROLLER] = controller
     if gateway is not None:
         app[GATEWAY] = gateway
+    app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total)
+    app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
-    app.router.add_get("/", index)
-    app.router.add_get("/api/v1/room", get_room)
-    app.router.add_get("/api/v1/events", get_events)
-    app.router.add_get("/api/v1/events/stream", stream_events)
-    app.router.add_post("/api/v1/calls/{call_id}/ack", post_ack)
-    app.router.add_post("/api/v1/calls/{call_id}/clear", post_clear)
-    app.router.add_post("/api/v1/room/silence", post_silence)
-    app.router.add_put("/api/v1/beds/{bed}/fall-risk", put_fall_risk)
-    app.router.add_get("/api/v1/reports/response-times", get_response_times)
-    app.router.add_get("/api/v1/gateway", get_gateway)
-    app.router.add_get("/api/v1/health", get_health)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
     app.router.add_static("/static/", STATIC_DIR)
     return app

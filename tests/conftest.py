@@ -1,6 +1,7 @@
 import pytest
 
 from controller.runner import RoomServer
+from controller.tokens import ROLES
 from tests.helpers import keys_for, room_config
 
 
@@ -16,5 +17,7 @@ def keys(config):
 
 @pytest.fixture
 async def server(tmp_path, config, keys):
+    """A running room; ``server.tokens`` holds one API token per role."""
     async with RoomServer(config, keys, tmp_path / "room.db", api_port=0, node_port=0) as srv:
+        srv.tokens = {role: await srv.create_token(role, f"test {role}") for role in ROLES}
         yield srv

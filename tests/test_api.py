@@ -10,8 +10,9 @@ from tests.helpers import next_event, node_key, sse_events
 
 
 @pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
+async def http(server):
+    """A client with the nurse's token."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.tokens['nurse']}"}) as session:
         yield session
 
 
@@ -183,7 +184,7 @@ async def test_silence_and_fall_risk_endpoints(server, http):
     for path, body, status, code in [
         ("/api/v1/beds/Z/fall-risk", {"enabled": True, "by": "Nurse Kim"}, 404, "bed_not_found"),
         ("/api/v1/beds/A/fall-risk", {"enabled": "yes", "by": "Nurse Kim"}, 400, "bad_parameter"),
-        ("/api/v1/beds/A/fall-risk", {"enabled": True}, 400, "bad_parameter"),
+        ("/api/v1/beds/A/fall-risk", {"enabled": True, "by": ""}, 400, "bad_parameter"),
     ]:
         async with http.put(api(server, path), json=body) as resp:
             assert (resp.status, (await resp.json())["error"]["code"]) == (status, code)
@@ -238,3 +239,39 @@ async def test_response_time_report(server, http):
     for query in ("from=yesterday", "from=2026-02-01&to=2026-01-01"):
         async with http.get(api(server, f"/api/v1/reports/response-times?{query}")) as resp:
             assert (resp.status, (await resp.json())["error"]["code"]) == (400, "bad_parameter")
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} " if labels else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{labels}}} not in /metrics")
+
+
+async def test_metrics_follow_the_room(server, http):
+    scrape = {"Authorization": f"Bearer {server.tokens['integration']}"}
+
+    async def metrics() -> str:
+        async with http.get(api(server, "/metrics"), headers=scrape) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+            return await resp.text()
+
+    before = await metrics()
+    assert _metric(before, "smartroom_active_calls", 'priority="high"') == 0
+    assert _metric(before, "smartroom_call_delivery_seconds_count") == 0
+    async with http.get(api(server, "/api/v1/events/stream")) as resp:
+        stream = sse_events(resp)
+        assert _metric(await metrics(), "smartroom_event_stream_subscribers") == 1
+        await press(server, "bath", "cord")
+        await next_event(stream, "call.annunciated")
+    # A frame that fails its MAC is rejected and counted by reason.
+    bad = NodeClient("bath", bytes(32))
+    await bad.connect(server.endpoints.node_host, server.endpoints.node_port, expect_welcome=False)
+    assert await bad.reader.read() == b"", "the gateway closes a connection whose MAC is wrong"
+    await bad.close()
+    text = await metrics()
+    assert _metric(text, "smartroom_active_calls", 'priority="high"') == 1
+    assert _metric(text, "smartroom_call_delivery_seconds_count") == 1
+    assert _metric(text, "smartroom_nodes", 'state="online"') == 1
+    assert _metric(text, "smartroom_node_messages_rejected_total", 'reason="bad_mac"') == 1
+    assert _metric(text, "smartroom_node_messages_accepted_total", 'type="event"') == 1

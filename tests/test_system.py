@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ BEDSIDE = {"inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indic
 async def test_call_from_firmware_reaches_sse_and_ack_lights_the_node(server, tmp_path):
     cfg = firmware_config("bedside-a", server.endpoints.node_port, tmp_path,
                           [{"at_ms": 300, "pin": "call", "press_ms": 200, "bounce": True}], **BEDSIDE)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth(server.tokens["nurse"])) as http:
         async with http.get(server.endpoints.api_url + "/api/v1/events/stream") as stream_resp:
             stream = sse_events(stream_resp)
             async with SimNode(cfg, tmp_path / "nodes") as node:
@@ -61,6 +62,18 @@ async def test_call_from_firmware_reaches_sse_and_ack_lights_the_node(server, tm
     # One press with contact bounce is one event and one call.
     events = await server.controller.events_after(0, 100)
     assert [e.data["src"] for e in events if e.kind == "node.event"] == ["call"]
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _create_token(tmp: Path) -> str:
+    """A nurse token made the way an administrator makes one: ``smartroom token create``."""
+    exe = Path(sys.executable).with_name("smartroom")
+    out = subprocess.run([str(exe), "token", "create", "--db", str(tmp / "room.db"), "--role", "nurse",
+                          "--name", "test nurse"], check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
 
 
 def _spawn_controller(tmp: Path, api_port: int, node_port: int, extra_toml: str = "") -> "asyncio.Future":
@@ -81,6 +94,7 @@ def _spawn_controller(tmp: Path, api_port: int, node_port: int, extra_toml: str 
 
 async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     api_port, node_port = free_port(), free_port()
+    token = _create_token(tmp_path)
     proc = await _spawn_controller(tmp_path, api_port, node_port)
     await asyncio.wait_for(proc.stdout.readline(), 20)  # "room ...: API ... nodes ..." once listening
     # Presses and presence changes every 150-250 ms for 8 s: some are in flight at the kill.
@@ -113,7 +127,7 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     dropped = {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped"}
     acked = {int(l.fields["seq"]) for l in node.lines if l.tag == "acked"}
     assert not {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped" and l.fields.get("kind") == "button"}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth(token)) as http:
         stored, after = [], 0
         while True:
             async with http.get(f"http://127.0.0.1:{api_port}/api/v1/events?after={after}&limit=1000") as resp:
@@ -137,6 +151,7 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
 async def test_sigkill_during_active_calls_keeps_them_and_escalation_runs_on_stored_times(tmp_path):
     api_port, node_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}/api/v1"
+    token = _create_token(tmp_path)
     proc = await _spawn_controller(tmp_path, api_port, node_port, "[timers.high]\nescalate_s = 5\n")
     await asyncio.wait_for(proc.stdout.readline(), 20)
     for node, src in (("bath", "cord"), ("bedside-a", "call")):
@@ -146,7 +161,7 @@ async def test_sigkill_during_active_calls_keeps_them_and_escalation_runs_on_sto
         await client.send(ev)
         await client.recv_ack(ev["s"])
         await client.close()
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth(token)) as http:
         async with http.get(f"{api}/room") as resp:
             calls = {c["type"]: c for c in (await resp.json())["calls"]}
         async with http.post(f"{api}/calls/{calls['patient_call']['id']}/ack", json={"by": "Nurse Kim"}) as resp:

@@ -1,0 +1,80 @@
+"""Prometheus metrics for one room (text exposition at ``/metrics``).
+
+Counts that already live elsewhere (gateway counters, nodes online, active calls) are read at
+scrape time by a collector, so there is one source of truth; only the delivery-time histogram and
+the stream-subscriber gauge are kept here. Each app has its own registry: no globals.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controller.gateway import NodeGateway
+from controller.room import TIERS
+from controller.service import RoomController
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Node event stored -> first delivery to a nurse endpoint; nurse-call systems aim for seconds.
+DELIVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _RoomCollector(Collector):
+    def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
+                 auth_blocked: Callable[[], int]) -> None:
+        self._controller = controller
+        self._gateway = gateway
+        self._auth_blocked = auth_blocked
+
+    def collect(self) -> Iterable[Metric]:
+        room = self._controller.room
+        gateway = self._gateway()
+        accepted = CounterMetricFamily("smartroom_node_messages_accepted",
+                                       "Node messages accepted by the gateway, by type", labels=["type"])
+        rejected = CounterMetricFamily("smartroom_node_messages_rejected",
+                                       "Node frames rejected by the gateway, by reason", labels=["reason"])
+        duplicates = CounterMetricFamily("smartroom_node_events_duplicate",
+                                         "Resent node events recognised as already stored")
+        if gateway is not None:
+            for kind, count in sorted(gateway.stats.accepted.items()):
+                accepted.add_metric([kind], count)
+            duplicates.add_metric([], gateway.stats.duplicates)
+            for reason, count in sorted(gateway.stats.rejected.items()):
+                rejected.add_metric([reason], count)
+        yield accepted
+        yield rejected
+        yield duplicates
+        readings = CounterMetricFamily("smartroom_readings_stored", "Sensor readings stored durably")
+        readings.add_metric([], self._controller.readings_stored)
+        yield readings
+        nodes = GaugeMetricFamily("smartroom_nodes", "Configured nodes by state", labels=["state"])
+        online = sum(1 for n in room.nodes.values() if n.online)
+        nodes.add_metric(["online"], online)
+        nodes.add_metric(["offline"], len(room.nodes) - online)
+        yield nodes
+        calls = GaugeMetricFamily("smartroom_active_calls", "Active calls by IEC 60601-1-8 priority",
+                                  labels=["priority"])
+        for tier in TIERS:
+            calls.add_metric([tier], sum(1 for c in room.calls.values() if c.ctype.level == tier))
+        yield calls
+        blocked = CounterMetricFamily("smartroom_auth_blocked", "Requests refused: too many failed logins")
+        blocked.add_metric([], self._auth_blocked())
+        yield blocked
+
+
+class Metrics:
+    def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
+                 auth_blocked: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_RoomCollector(controller, gateway, auth_blocked))
+        self.delivery = Histogram("smartroom_call_delivery_seconds",
+                                  "Time from a call being stored to its first delivery to a nurse endpoint",
+                                  buckets=DELIVERY_BUCKETS_S, registry=self.registry)
+        self.subscribers = Gauge("smartroom_event_stream_subscribers", "Open event-stream connections",
+                                 registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,196 @@
+"""The OpenAPI 3 description of the API, built from the route table so the two cannot drift.
+
+Each route's request and response shapes are declared here, keyed by (method, path); a test checks
+that every route in ``room_api.app.ROUTES`` is described and nothing else is, and schemathesis
+checks the live server against this description.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from controller.room import CALL_TYPES, TIERS
+from controller.tokens import ROLES
+
+S = dict[str, Any]
+
+
+def _obj(required: Iterable[str] = (), **props: S) -> S:
+    return {"type": "object", "required": list(required), "properties": props}
+
+
+def _nullable(schema: S) -> S:
+    return dict(schema, nullable=True)
+
+
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+MS = {"type": "integer", "description": "epoch milliseconds"}
+
+SCHEMAS: dict[str, S] = {
+    "Error": _obj(["error"], error=_obj(["status", "code", "message"], status=INT, code=STR, message=STR)),
+    "Call": _obj(
+        ["id", "type", "label", "priority", "rank", "cancel_at_origin", "clears", "state", "source", "raised_at_ms",
+         "presses", "escalation_level", "reminders", "timeline"],
+        id=STR, type={"type": "string", "enum": sorted(CALL_TYPES)}, label=STR,
+        priority={"type": "string", "enum": list(TIERS)}, rank=INT, cancel_at_origin=BOOL,
+        clears={"type": "string", "enum": ["in_room", "routine", "condition"]},
+        state={"type": "string", "enum": ["raised", "annunciated", "acknowledged", "present"]},
+        source=_obj(["node", "input"], node=_nullable(STR), input=_nullable(STR)), bed=_nullable(STR),
+        raised_at_ms=MS, raised_by=STR, presses=INT, annunciated_at_ms=_nullable(MS),
+        acknowledged_at_ms=_nullable(MS), acknowledged_by=_nullable(STR), present_at_ms=_nullable(MS),
+        present_by=_nullable(STR), escalation_level=INT, escalated_to=_nullable(STR), reminders=INT,
+        next_due_ms=_nullable(MS), detail={"type": "object"},
+        timeline={"type": "array", "items": _obj(["step", "at_ms"], step=STR, at_ms=MS, by=STR)}),
+    "ClearedCall": _obj(["id", "state"], id=STR, state={"type": "string", "enum": ["cleared"]}),
+    "Outputs": _obj(["dome", "tone", "indicators"],
+                    dome=_obj(["colour", "pattern", "call_id", "presence"], colour=STR, pattern=STR,
+                              call_id=_nullable(STR), presence=BOOL),
+                    tone=_obj(["pattern", "silenced"], pattern=STR, silenced=BOOL),
+                    indicators={"type": "object", "additionalProperties": STR}),
+    "Room": _obj(["room", "cursor", "calls", "occupancy", "fall_risk", "outputs", "environment", "nodes"],
+                 room=_obj(["id", "name", "beds", "profile"], id=STR, name=STR,
+                           beds={"type": "array", "items": STR}, profile=STR),
+                 cursor=INT, calls={"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
+                 occupancy=_obj(["state", "room", "bath", "beds", "staff_present"],
+                                state={"type": "string", "enum": ["in_bed", "in_bathroom", "in_room", "empty"]},
+                                room=BOOL, bath=BOOL, beds={"type": "object", "additionalProperties": BOOL},
+                                staff_present=BOOL),
+                 fall_risk={"type": "object", "additionalProperties": BOOL},
+                 outputs={"$ref": "#/components/schemas/Outputs"},
+                 environment={"type": "object", "additionalProperties": _obj(["value", "node", "ts_ms"],
+                                                                             value=NUM, node=STR, ts_ms=MS)},
+                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)}),
+    "Event": _obj(["id", "ts_ms", "kind", "data"], id=INT, ts_ms=MS, kind=STR, data={"type": "object"}),
+    "EventPage": _obj(["events", "next", "more"], events={"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                      next=INT, more=BOOL),
+    "Health": _obj(["status", "room", "version", "cursor", "active_calls"], status=STR, room=STR, name=STR,
+                   version=STR, cursor=INT,
+                   active_calls=_obj(list(TIERS), **{t: INT for t in TIERS})),
+    "Gateway": _obj(["accepted", "rejected", "duplicates", "nodes_connected", "readings_stored"],
+                    accepted={"type": "object", "additionalProperties": INT},
+                    rejected={"type": "object", "additionalProperties": INT}, duplicates=INT, connections=INT,
+                    nodes_connected={"type": "array", "items": STR}, readings_stored=INT),
+    "FallRisk": _obj(["bed", "fall_risk"], bed=STR, fall_risk=BOOL),
+    "Report": _obj(["from_ms", "to_ms", "calls", "tiers", "responders"], from_ms=MS, to_ms=MS,
+                   calls={"type": "array", "items": {"type": "object"}}, tiers={"type": "object"},
+                   responders={"type": "object"}),
+    "Token": _obj(["id", "name", "role", "created_ms", "revoked_ms", "active"], id=INT, name=STR,
+                  role={"type": "string", "enum": list(ROLES)}, created_ms=MS, revoked_ms=_nullable(MS),
+                  active=BOOL),
+    "TokenList": _obj(["tokens"], tokens={"type": "array", "items": {"$ref": "#/components/schemas/Token"}}),
+    "AuditPage": _obj(["entries"], entries={"type": "array", "items": _obj(
+        ["ts_ms", "actor", "action", "target", "status"], ts_ms=MS, actor=STR, role=_nullable(STR), action=STR,
+        target=STR, status=INT, remote=_nullable(STR))}),
+    "Config": _obj(["room", "beds", "nodes", "timers", "environment", "escalation_levels"], source=STR,
+                   room={"type": "object"}, beds={"type": "array", "items": STR}, heartbeat_ms=INT,
+                   escalation_levels={"type": "array", "items": STR}, timers={"type": "object"},
+                   environment={"type": "object"}, nodes={"type": "object"}),
+}
+
+BY_BODY = _obj(by={"type": "string", "minLength": 1, "maxLength": 64,
+                   "description": "who does it; defaults to the token's name"})
+_ROUTE_DOCS: dict[tuple[str, str], S] = {
+    ("GET", "/"): {"html": True},
+    ("GET", "/api/v1/health"): {"ok": "Health"},
+    ("GET", "/api/v1/openapi.json"): {"ok": None},
+    ("GET", "/api/v1/room"): {"ok": "Room"},
+    ("GET", "/api/v1/events"): {"ok": "EventPage", "query": {"after": INT, "limit": INT}, "errors": [400]},
+    ("GET", "/api/v1/events/stream"): {"sse": True, "query": {"after": INT, "endpoint": STR}, "errors": [400]},
+    ("POST", "/api/v1/calls/{call_id}/ack"): {"ok": "Call", "body": BY_BODY, "errors": [400, 404, 409]},
+    ("POST", "/api/v1/calls/{call_id}/clear"): {"ok": "ClearedCall", "body": BY_BODY, "errors": [400, 404, 409]},
+    ("POST", "/api/v1/room/silence"): {"ok": "Outputs", "body": BY_BODY, "errors": [400]},
+    ("PUT", "/api/v1/beds/{bed}/fall-risk"): {
+        "ok": "FallRisk", "errors": [400, 404],
+        "body": _obj(["enabled"], enabled=BOOL, by=BY_BODY["properties"]["by"])},
+    ("GET", "/api/v1/reports/response-times"): {"ok": "Report", "query": {"from": STR, "to": STR}, "errors": [400]},
+    ("GET", "/api/v1/gateway"): {"ok": "Gateway"},
+    ("GET", "/api/v1/config"): {"ok": "Config"},
+    ("GET", "/api/v1/tokens"): {"ok": "TokenList"},
+    ("POST", "/api/v1/tokens"): {"created": "Token", "errors": [400],
+                                 "body": _obj(["role", "name"], role={"type": "string", "enum": list(ROLES)},
+                                              name={"type": "string", "minLength": 1, "maxLength": 64})},
+    ("DELETE", "/api/v1/tokens/{name}"): {"ok": "Token", "errors": [404]},
+    ("GET", "/api/v1/audit"): {"ok": "AuditPage", "query": {"after_ms": INT, "limit": INT}, "errors": [400]},
+    ("GET", "/metrics"): {"text": True},
+}
+
+
+def _ref(name: str) -> S:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: S | None) -> S:
+    return {"application/json": {"schema": schema if schema is not None else {"type": "object"}}}
+
+
+def _error(description: str) -> S:
+    return {"description": description, "content": _json(_ref("Error"))}
+
+
+def _operation(route: Any, doc: S) -> S:
+    op: S = {"summary": route.summary, "operationId": f"{route.method.lower()}_{_slug(route.path)}",
+             "responses": {}}
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+              for name in re.findall(r"{(\w+)}", route.path)]
+    params += [{"name": name, "in": "query", "required": False, "schema": schema}
+               for name, schema in doc.get("query", {}).items()]
+    if params:
+        op["parameters"] = params
+    if "body" in doc:
+        op["requestBody"] = {"required": True, "content": _json(doc["body"])}
+    responses = op["responses"]
+    if doc.get("html"):
+        responses["200"] = {"description": "HTML page", "content": {"text/html": {"schema": STR}}}
+    elif doc.get("text"):
+        responses["200"] = {"description": "Prometheus text exposition",
+                            "content": {"text/plain": {"schema": STR}}}
+    elif doc.get("sse"):
+        responses["200"] = {"description": "Server-Sent Events; each data line is an Event",
+                            "content": {"text/event-stream": {"schema": STR}}}
+    elif "created" in doc:
+        responses["201"] = {"description": "Created; 'token' is the secret, shown only now",
+                            "content": _json({"allOf": [_ref(doc["created"]), _obj(["token"], token=STR)]})}
+    else:
+        responses["200"] = {"description": "OK", "content": _json(_ref(doc["ok"]) if doc["ok"] else None)}
+    for status in doc.get("errors", []):
+        responses[str(status)] = _error({400: "Bad request", 404: "Not found", 409: "Refused by the room's rules"}[status])
+    if route.roles is not None:
+        op["security"] = [{"bearer": []}]
+        op["x-roles"] = sorted(route.roles)
+        responses["401"] = _error("No valid bearer token")
+        responses["403"] = _error("The token's role may not do this")
+        responses["429"] = _error("Too many failed logins from this address")
+        if "body" in doc or route.method in ("POST", "PUT", "DELETE"):
+            responses.setdefault("400", _error("Bad request"))
+    else:
+        op["security"] = []
+    return op
+
+
+def _slug(path: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_") or "root"
+
+
+def build(routes: Iterable[Any]) -> S:
+    paths: dict[str, S] = {}
+    for route in routes:
+        doc = _ROUTE_DOCS[(route.method, route.path)]
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, doc)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "smartroom room controller", "version": "1",
+                 "description": "One hospital room: nurse-call state, events, reports, node health. "
+                                "Bearer tokens carry a role (nurse, facilities, admin, integration); "
+                                "x-roles on each operation lists who may call it."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def described(spec: S) -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}

@@ -1,0 +1,163 @@
+"""Roles and tokens: every route × every role, 401 vs 403, the failed-login back-off, the audit log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from controller.tokens import ROLES
+from room_api.app import ROUTES
+from room_api.auth import FAIL_FREE, FailedAuthLimiter
+
+PROTECTED = [r for r in ROUTES if r.roles is not None]
+
+
+def _url(server, path: str) -> str:
+    return server.endpoints.api_url + path.replace("{call_id}", "nope").replace("{bed}", "Z").replace(
+        "{name}", "nobody")
+
+
+async def _status(http: aiohttp.ClientSession, server, route, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(route.method, _url(server, route.path), headers=headers, json={}) as resp:
+        return resp.status  # a stream's headers are enough; leaving the block closes it
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_every_route_admits_exactly_its_roles(server, role):
+    async with aiohttp.ClientSession() as http:
+        for route in PROTECTED:
+            status = await _status(http, server, route, server.tokens[role])
+            if role in route.roles:
+                assert status not in (401, 403), f"{role} refused on {route.method} {route.path}"
+            else:
+                assert status == 403, f"{role} got {status} on {route.method} {route.path}"
+
+
+async def test_no_token_or_a_wrong_one_is_401_with_a_challenge(server):
+    async with aiohttp.ClientSession() as http:
+        for route in PROTECTED[:FAIL_FREE - 1]:
+            async with http.request(route.method, _url(server, route.path), json={}) as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+                assert (await resp.json())["error"]["code"] == "unauthorized"
+        async with http.get(_url(server, "/api/v1/room"), headers={"Authorization": "Bearer srt_wrong"}) as resp:
+            assert resp.status == 401
+
+
+async def test_public_routes_need_no_token(server):
+    async with aiohttp.ClientSession() as http:
+        for route in [r for r in ROUTES if r.roles is None]:
+            async with http.get(_url(server, route.path)) as resp:
+                assert resp.status == 200, route.path
+
+
+async def test_revoked_token_stops_working_at_once(server):
+    token = await server.create_token("nurse", "night shift")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.get(_url(server, "/api/v1/room")) as resp:
+            assert resp.status == 200
+        admin = {"Authorization": f"Bearer {server.tokens['admin']}"}
+        async with http.delete(_url(server, "/api/v1/tokens/night shift"), headers=admin) as resp:
+            assert (resp.status, (await resp.json())["active"]) == (200, False)
+        async with http.get(_url(server, "/api/v1/room")) as resp:
+            assert resp.status == 401
+
+
+async def test_admin_creates_tokens_whose_secret_is_shown_once(server):
+    admin = {"Authorization": f"Bearer {server.tokens['admin']}"}
+    async with aiohttp.ClientSession(headers=admin) as http:
+        async with http.post(_url(server, "/api/v1/tokens"), json={"role": "integration", "name": "HIS feed"}) as resp:
+            created = await resp.json()
+        assert resp.status == 201 and created["token"].startswith("srt_") and created["role"] == "integration"
+        async with http.get(_url(server, "/api/v1/tokens")) as resp:
+            listed = (await resp.json())["tokens"]
+        assert "HIS feed" in [t["name"] for t in listed] and all("token" not in t for t in listed)
+        for body in ({"role": "root", "name": "x"}, {"role": "nurse", "name": "HIS feed "}, {"role": "nurse"}):
+            async with http.post(_url(server, "/api/v1/tokens"), json=body) as resp:
+                assert resp.status == 400, body
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {created['token']}"}) as http:
+        async with http.get(_url(server, "/api/v1/events")) as resp:
+            assert resp.status == 200
+        async with http.get(_url(server, "/api/v1/room")) as resp:
+            assert resp.status == 403, "integration is the read-only event feed"
+
+
+async def test_every_state_changing_request_is_audited_with_the_token_name(server):
+    async with aiohttp.ClientSession() as http:
+        nurse = {"Authorization": f"Bearer {server.tokens['nurse']}"}
+        facilities = {"Authorization": f"Bearer {server.tokens['facilities']}"}
+        async with http.post(_url(server, "/api/v1/room/silence"), headers=nurse, json={"by": "Kim"}) as resp:
+            assert resp.status == 200
+        async with http.post(_url(server, "/api/v1/room/silence"), headers=facilities, json={}) as resp:
+            assert resp.status == 403
+        async with http.post(_url(server, "/api/v1/calls/nope/ack"), headers=nurse, json={"by": "Kim"}) as resp:
+            assert resp.status == 404
+        async with http.post(_url(server, "/api/v1/room/silence"), json={}) as resp:
+            assert resp.status == 401
+        async with http.get(_url(server, "/api/v1/room"), headers=nurse) as resp:
+            assert resp.status == 200  # reads are not audited
+        admin = {"Authorization": f"Bearer {server.tokens['admin']}"}
+        async with http.get(_url(server, "/api/v1/audit"), headers=admin) as resp:
+            entries = (await resp.json())["entries"]
+    assert [(e["actor"], e["action"], e["target"], e["status"]) for e in reversed(entries)] == [
+        ("test nurse", "POST", "/api/v1/room/silence", 200),
+        ("test facilities", "POST", "/api/v1/room/silence", 403),
+        ("test nurse", "POST", "/api/v1/calls/nope/ack", 404),
+        ("(no valid token)", "POST", "/api/v1/room/silence", 401),
+    ]
+
+
+async def test_repeated_failures_from_one_address_are_slowed_down(server):
+    async with aiohttp.ClientSession() as http:
+        for _ in range(FAIL_FREE):
+            async with http.get(_url(server, "/api/v1/room"), headers={"Authorization": "Bearer srt_guess"}) as resp:
+                assert resp.status == 401
+        # Now even the right token waits: the address is blocked, not the token.
+        async with http.get(_url(server, "/api/v1/room"),
+                            headers={"Authorization": f"Bearer {server.tokens['nurse']}"}) as resp:
+            assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+            assert (await resp.json())["error"]["code"] == "too_many_failures"
+
+
+def test_backoff_doubles_and_expires_on_a_fake_clock():
+    now = [0]
+    limiter = FailedAuthLimiter(lambda: now[0])
+    for _ in range(FAIL_FREE - 1):
+        limiter.failed("10.0.0.9")
+    assert limiter.retry_after_s("10.0.0.9") == 0, "a few typos are free"
+    waits = []
+    for _ in range(4):
+        limiter.failed("10.0.0.9")
+        waits.append(limiter.retry_after_s("10.0.0.9"))
+    assert waits == [1, 2, 4, 8]
+    assert limiter.retry_after_s("10.0.0.10") == 0, "other addresses are not affected"
+    now[0] += 8_000
+    assert limiter.retry_after_s("10.0.0.9") == 0
+    now[0] += 60_000
+    limiter.failed("10.0.0.9")
+    assert limiter.retry_after_s("10.0.0.9") == 0, "old failures leave the one-minute window"
+
+
+def test_token_command_creates_lists_and_revokes(tmp_path):
+    exe = str(Path(sys.executable).with_name("smartroom"))
+    db = str(tmp_path / "room.db")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, "token", *args, "--db", db], capture_output=True, text=True)
+
+    created = run("create", "--role", "nurse", "--name", "Station 4B")
+    assert created.returncode == 0 and created.stdout.strip().splitlines()[-1].startswith("srt_")
+    again = run("create", "--role", "nurse", "--name", "Station 4B")
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert "Station 4B" in run("list").stdout
+    assert run("revoke", "Station 4B").returncode == 0
+    assert "Station 4B" not in run("list").stdout and "revoked" in run("list", "--all").stdout
+    assert run("revoke", "Station 4B").returncode == 2
+    secret = created.stdout.strip().splitlines()[-1]
+    import sqlite3
+    stored = sqlite3.connect(db).execute("SELECT hash FROM tokens").fetchone()[0]
+    assert secret not in stored and len(stored) == 64, "only the SHA-256 is stored"
