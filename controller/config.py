@@ -14,6 +14,7 @@ in docs/configuration.md; docs/examples/ holds commented room files to copy.
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import math
 import re
@@ -42,7 +43,17 @@ INPUT_MEANINGS = (
     "room_presence",    # PIR in the room
     "bath_presence",    # PIR in the bathroom
     "bed_occupancy",    # bed pad (the node must name its bed)
+    "patient_emergency",  # the patient calls for help urgently ("help me", "I fell" by voice)
+    "patient_cancel",   # the patient cancels their own routine call ("never mind")
 )
+
+# How a node reaches the controller. "tcp" nodes run the firmware and speak protocol v1; the
+# others are attached to the Pi itself and feed the controller in-process (RoomController.local_*).
+TRANSPORTS = ("tcp", "gpio", "ble", "voice")
+# transport -> "module:function" that checks the node's [nodes.<id>.<transport>] options table.
+# The function takes the table and returns the checked options, or raises OptionError.
+_OPTION_PARSERS = {"gpio": "sensors.wired:parse_options", "ble": "sensors.ble:parse_options",
+                   "voice": "controller.voice:parse_options"}
 
 DEFAULT_HEARTBEAT_MS = 10_000
 DEFAULT_NODE_PORT = 7700
@@ -103,6 +114,18 @@ class NodeConfig:
     inputs: Mapping[str, str] = field(default_factory=dict)  # input name -> meaning
     indicator: bool = False
     tone: bool = False
+    transport: str = "tcp"
+    options: Mapping[str, Any] = field(default_factory=dict)  # the [nodes.<id>.<transport>] table, checked
+    check_in_ms: int | None = None  # how often it checks in, if not the gateway's heartbeat (BLE)
+
+
+class OptionError(ValueError):
+    """A transport's options table is wrong; ``path`` is the key path inside that table."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
 
 
 def _rules(*rules: EnvRule) -> Mapping[str, EnvRule]:
@@ -446,7 +469,7 @@ _TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s") + TIERS
 _TIER_KEYS = ("escalate_s", "reminder_s")
 _SUPERVISION_KEYS = ("missed_heartbeats", "low_battery_v", "battery_replaced_v")
 _RULE_KEYS = ("low", "high", "hysteresis", "min_duration_s", "clear_s", "enabled")
-_NODE_KEYS = ("location", "bed", "indicator", "tone", "inputs")
+_NODE_KEYS = ("location", "bed", "indicator", "tone", "inputs", "transport", "check_in_s", *TRANSPORTS[1:])
 
 
 def _parse_room_table(doc: _Doc, root: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -614,6 +637,16 @@ def _parse_node(doc: _Doc, node_id: str, table: Any, beds: tuple[str, ...]) -> N
     if bed is not None and bed not in beds:
         declared = ", ".join(beds) if beds else "none"
         raise doc.error(path + ("bed",), f"bed '{bed}' is not declared under [[beds]] (declared: {declared})")
+    transport = _optional(doc, table, path, "transport", str, "tcp")
+    if transport not in TRANSPORTS:
+        raise doc.error(path + ("transport",), f"'{transport}' is not one of {', '.join(TRANSPORTS)}"
+                                               f"{_suggest(transport, TRANSPORTS)}")
+    for other in TRANSPORTS[1:]:
+        if other in table and other != transport:
+            raise doc.error(path + (other,), f"a [{other}] options table needs transport = \"{other}\"")
+    check_in_s = table.get("check_in_s")
+    if check_in_s is not None:
+        check_in_s = _optional(doc, table, path, "check_in_s", int, None, (1, 86_400))
     return NodeConfig(
         node_id,
         location=_optional(doc, table, path, "location", str, ""),
@@ -621,7 +654,25 @@ def _parse_node(doc: _Doc, node_id: str, table: Any, beds: tuple[str, ...]) -> N
         inputs=_parse_inputs(doc, table, path + ("inputs",), bed),
         indicator=_optional(doc, table, path, "indicator", bool, False),
         tone=_optional(doc, table, path, "tone", bool, False),
+        transport=transport,
+        options=_parse_options(doc, table, path, transport),
+        check_in_ms=check_in_s * 1000 if check_in_s is not None else None,
     )
+
+
+def _parse_options(doc: _Doc, table: Mapping[str, Any], path: KeyPath, transport: str) -> Mapping[str, Any]:
+    if transport == "tcp":
+        return {}
+    options = _typed(doc, table.get(transport, {}), path + (transport,), dict)
+    module_name, _, func = _OPTION_PARSERS[transport].partition(":")
+    try:
+        parse = getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError) as exc:
+        raise doc.error(path + ("transport",), f"transport '{transport}' is not available here ({exc})") from None
+    try:
+        return MappingProxyType(dict(parse(options)))
+    except OptionError as exc:
+        raise doc.error(path + (transport, *exc.path), exc.message) from None
 
 
 def _parse_nodes(doc: _Doc, root: Mapping[str, Any], beds: tuple[str, ...]) -> dict[str, NodeConfig]:

@@ -49,6 +49,7 @@ CALL_TYPES: dict[str, CallType] = {
     "staff_emergency": CallType(0, "high", IN_ROOM, ("blue", "fast"), "Staff emergency"),
     "bath_emergency": CallType(1, "high", IN_ROOM, ("red", "fast"), "Bathroom emergency"),
     "fall": CallType(1, "high", IN_ROOM, ("red", "fast"), "Fall detected"),
+    "patient_emergency": CallType(1, "high", IN_ROOM, ("red", "fast"), "Patient emergency"),
     "bed_exit": CallType(2, "medium", IN_ROOM, ("red", "slow"), "Bed exit (fall risk)"),
     "bath_dwell": CallType(2, "medium", IN_ROOM, ("red", "slow"), "Long time in bathroom"),
     "staff_assist": CallType(2, "medium", ROUTINE, ("orange", "slow"), "Staff assist"),
@@ -57,6 +58,8 @@ CALL_TYPES: dict[str, CallType] = {
     "node_offline": CallType(5, "low", CONDITION, ("yellow", "steady"), "Node offline"),
     "low_battery": CallType(5, "low", CONDITION, ("yellow", "steady"), "Low battery"),
     "sensor_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "Sensor fault"),
+    "cord_removed": CallType(5, "low", CONDITION, ("yellow", "steady"), "Call cord removed"),
+    "system_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "System fault"),
     "environment": CallType(5, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
 }
 
@@ -67,6 +70,7 @@ CALL_INPUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "staff_assist": ("staff_assist", {}),
     "staff_emergency": ("staff_emergency", {}),
     "code_call": ("code_call", {}),
+    "patient_emergency": ("patient_emergency", {}),
     "request_water": ("request", {"need": "water"}),
     "request_pain": ("request", {"need": "pain"}),
     "request_toilet": ("request", {"need": "toilet"}),
@@ -79,6 +83,7 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "noise_db": (10.0, 140.0), "pressure_pa": (-200.0, 200.0), "batt_v": (1.5, 6.0),
 }
 BATTERY_MEASURE = "batt_v"
+FAULT_CORD_REMOVED = 4  # fault code of a call cord pulled out of its socket (nurse-call supervision)
 
 # Clearing, as recorded in call.cleared's "how".
 HOW_IN_ROOM_CANCEL = "in_room_cancel"
@@ -86,6 +91,7 @@ HOW_PRESENCE = "presence"
 HOW_API = "api"
 HOW_PATIENT_OK = "patient_ok"
 HOW_RESOLVED = "resolved"
+HOW_PATIENT_CANCEL = "patient_cancel"
 
 
 class RoomError(Exception):
@@ -304,6 +310,15 @@ class Room:
         return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present,
                            "off" if silenced else tone, silenced, indicators)
 
+    def offline_after_ms(self, node: str, default_ms: int) -> int:
+        """Silence that makes a node offline: its own check-in interval's worth, or the gateway's."""
+        cfg = self.config.nodes.get(node)
+        if cfg is None or cfg.check_in_ms is None:
+            return default_ms
+        missed = self.config.supervision.missed_heartbeats
+        grace_ms = default_ms - missed * self.config.heartbeat_ms
+        return missed * cfg.check_in_ms + grace_ms
+
     def call_due_ms(self, call: Call) -> int | None:
         """When this call's next escalation or reminder falls due (None: nothing pending)."""
         if self.staff_present:
@@ -326,7 +341,7 @@ class Room:
                 due.append(d)
         for status in self.nodes.values():
             if status.online and status.last_seen_ms is not None:
-                due.append(status.last_seen_ms + offline_after_ms + 1)
+                due.append(status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms) + 1)
         if self.silence is not None and self.silence[1] > now_ms:
             due.append(self.silence[1])
         return min(due) if due else None
@@ -341,6 +356,8 @@ class Room:
             "occupancy": {"state": self.occupancy(), "room": self.area["room"], "bath": self.area["bath"],
                           "beds": dict(self.beds), "staff_present": self.staff_present},
             "fall_risk": dict(self.fall_risk),
+            "voice": {n.bed or n.id: bool(n.options.get("enabled", True))
+                      for n in self.config.nodes.values() if n.transport == "voice"},
             "outputs": self.outputs(now_ms).to_json(),
             "environment": {m: dict(v, **self._env_json(m)) for m, v in self.environment.items()},
             "nodes": [n.to_json() for n in sorted(self.nodes.values(), key=lambda n: n.id)],
@@ -365,13 +382,15 @@ class Room:
         if ev.kind == "button" and ev.val:
             if meaning in CALL_INPUTS:
                 ctype, detail = CALL_INPUTS[meaning]
-                entries += self._raise_or_repeat(ctype, ev.node, ev.src, now_ms, dict(detail))
+                entries += self._raise_or_repeat(ctype, ev.node, ev.src, now_ms, {**detail, **ev.features})
             elif meaning == "cancel":
                 entries += self._in_room_cancel(f"in-room cancel ({source})", now_ms)
             elif meaning == "staff_presence":
                 entries += self._staff_presence(not self.staff_present, f"staff presence ({source})", now_ms)
             elif meaning == "im_ok":
                 entries += self._patient_ok(ev.node, f"patient pressed I'm OK ({source})", now_ms)
+            elif meaning == "patient_cancel":
+                entries += self._patient_cancel(ev.node, f"patient cancelled ({source})", now_ms)
         elif ev.kind == "presence" and meaning in AREA_INPUTS:
             entries += self._presence(AREA_INPUTS[meaning], bool(ev.val), ev.node, ev.src, now_ms)
         elif ev.kind == "fall":
@@ -380,9 +399,24 @@ class Room:
                 detail["where"] = "bathroom"
             entries += self._raise_or_repeat("fall", ev.node, ev.src, now_ms, detail)
         elif ev.kind == "fault":
-            entries += self._fault(ev.node, f"sensor:{ev.src}", ev.val != 0, now_ms,
-                                   {"sensor": ev.src, "code": ev.val}, f"{source} reports the sensor working")
+            cord = ev.val == FAULT_CORD_REMOVED or self.call_from(ev.node, f"cord:{ev.src}", "cord_removed")
+            if cord:
+                entries += self._fault(ev.node, f"cord:{ev.src}", ev.val != 0, now_ms, {"input": ev.src},
+                                       f"{source}: cord plugged in again", "cord_removed")
+            else:
+                entries += self._fault(ev.node, f"sensor:{ev.src}", ev.val != 0, now_ms,
+                                       {"sensor": ev.src, "code": ev.val}, f"{source} reports the sensor working")
         return entries
+
+    def _patient_cancel(self, node: str, by: str, now_ms: int) -> list[LogEntry]:
+        """The patient takes back their own routine call (same node, or same bed); never an emergency."""
+        bed = self.config.nodes[node].bed if node in self.config.nodes else None
+        return [self._clear(c, by, HOW_PATIENT_CANCEL, now_ms) for c in self.active_calls()
+                if c.ctype.clears == ROUTINE and (c.node == node or (bed is not None and c.bed == bed))]
+
+    def decide_system_fault(self, src: str, faulty: bool, detail: dict[str, Any], now_ms: int) -> list[LogEntry]:
+        """A part of the controller itself (e.g. the Bluetooth adapter) failed or works again."""
+        return self._fault(None, f"system:{src}", faulty, now_ms, detail, f"{src} works again", "system_fault")
 
     def _raise_or_repeat(self, ctype: str, node: str | None, src: str | None, now_ms: int,
                          detail: dict[str, Any], bed: str | None = None, by: str | None = None) -> list[LogEntry]:
@@ -451,10 +485,10 @@ class Room:
         return [LogEntry("presence.changed", data)]
 
     def _fault(self, node: str | None, src: str, faulty: bool, now_ms: int, detail: dict[str, Any],
-               resolved_by: str) -> list[LogEntry]:
-        active = self.call_from(node, src, "sensor_fault")
+               resolved_by: str, ctype: str = "sensor_fault") -> list[LogEntry]:
+        active = self.call_from(node, src, ctype)
         if faulty and active is None:
-            return self._raise_or_repeat("sensor_fault", node, src, now_ms, detail)
+            return self._raise_or_repeat(ctype, node, src, now_ms, detail)
         if not faulty and active is not None:
             return [self._clear(active, resolved_by, HOW_RESOLVED, now_ms)]
         return []
@@ -543,7 +577,8 @@ class Room:
             else:
                 entries.append(self._clear(alarm, f"{measure} back in range ({st.value:g})", HOW_RESOLVED, now_ms))
         for status in list(self.nodes.values()):
-            if status.online and status.last_seen_ms is not None and now_ms > status.last_seen_ms + offline_after_ms:
+            if status.online and status.last_seen_ms is not None and \
+                    now_ms > status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms):
                 entries += self.decide_offline(status.id, f"missed {self.config.supervision.missed_heartbeats} "
                                                           "heartbeats", now_ms)
         return entries
@@ -750,6 +785,8 @@ _RESOLVES = {
     "low_battery": "a reading shows the battery replaced",
     "sensor_fault": "the sensor reports plausible values again",
     "environment": "the measure is back in range for its clear time",
+    "cord_removed": "the cord is plugged in again",
+    "system_fault": "the part works again",
 }
 
 _APPLY = {

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .bus import EventBus, Subscription
 from .config import RoomConfig
@@ -59,6 +59,8 @@ class RoomController:
         self._run_timers = timers
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[object]] = set()
+        self._local_boot = max(1, wall_ms() // 1000 % 2**31)  # Pi-attached sources: one "boot" per start
+        self._local_seq = 0
         self.readings_stored = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,6 +201,61 @@ class RoomController:
             self.readings_stored += len(rows)
         except Exception:  # a full SD card must not stop call handling; the loss is logged
             log.exception("could not store %d readings", len(rows))
+
+    # ------------------------------------------------------------------ Pi-attached sources
+    # Wired inputs (sensors/wired.py), Bluetooth sensors (sensors/ble.py) and the voice pipeline
+    # run in this process. Each is a node of the room file with transport "gpio", "ble" or
+    # "voice"; its events take the same decide -> store -> apply path as a firmware node's.
+    def _local_node(self, node: str, transport: str | None = None) -> None:
+        cfg = self.config.nodes.get(node)
+        if cfg is None or cfg.transport == "tcp" or (transport is not None and cfg.transport != transport):
+            raise ValueError(f"node {node!r} is not a Pi-attached node of this room"
+                             + (f" with transport {transport!r}" if transport else ""))
+
+    async def local_online(self, node: str, fw: str, hw: str, caps: tuple[str, ...] = ()) -> None:
+        """A Pi-attached source is working (at start, or again after a failure)."""
+        self._local_node(node)
+        status = self.room.nodes.get(node)
+        if status is not None and status.online and status.fw == fw and status.hw == hw:
+            self.room.note_seen(node, self.clock())
+            return
+        hello = Hello(node, self._local_boot, 0, fw, hw, tuple(caps), self.config.heartbeat_ms, 0)
+        await self._commit(lambda now: self.room.decide_online(hello, "local", now))
+
+    async def local_event(self, node: str, kind: str, src: str, val: int = 1,
+                          detail: Mapping[str, Any] | None = None) -> list[LogRecord]:
+        """An input from a Pi-attached source; stored (and so never lost) when this returns."""
+        self._local_node(node)
+        self._local_seq += 1
+        ev = NodeEvent(node, self._local_boot, self._local_seq, kind, src, val, 0, dict(detail or {}))
+        self.room.note_seen(node, self.clock())
+        return await self._commit(lambda now: self.room.decide_node_event(ev, now),
+                                  node_event=(node, self._local_boot, self._local_seq))
+
+    def local_reading(self, node: str, measures: Mapping[str, float]) -> None:
+        """Readings in API units (temp_c, rh_pct, co2_ppm, batt_v, ...) from a Pi-attached source."""
+        self._local_node(node)
+        now = self.clock()
+        self.room.note_seen(node, now)
+        for name, value in measures.items():
+            self._readings.append((now, node, name, float(value)))
+            self.room.note_reading(name, float(value), node, now)
+            self._check_reading(node, name, float(value))
+
+    def local_seen(self, node: str, *, rssi: int | None = None, batt_v: float | None = None) -> None:
+        """A Pi-attached source checked in (e.g. a BLE advertisement arrived)."""
+        self._local_node(node)
+        self.room.note_seen(node, self.clock())
+        status = self.room.nodes[node]
+        if rssi is not None:
+            status.rssi = rssi
+        if batt_v is not None:
+            status.batt_mv = int(batt_v * 1000)
+            self._check_reading(node, BATTERY_MEASURE, batt_v)
+
+    async def system_fault(self, src: str, faulty: bool, detail: Mapping[str, Any] | None = None) -> None:
+        """A part of the controller (e.g. the Bluetooth adapter) failed or recovered: a technical alarm."""
+        await self._commit(lambda now: self.room.decide_system_fault(src, faulty, dict(detail or {}), now))
 
     # ------------------------------------------------------------------ time
     @property

@@ -70,7 +70,7 @@ BROKEN = [
         """, 6, "nodes.bath.inputs.cord",
      "'bath_emergancy' is not one of patient_call, bath_emergency, staff_assist, staff_emergency, code_call, "
      "request_water, request_pain, request_toilet, cancel, staff_presence, im_ok, room_presence, bath_presence, "
-     "bed_occupancy (did you mean 'bath_emergency'?)"),
+     "bed_occupancy, patient_emergency, patient_cancel (did you mean 'bath_emergency'?)"),
     ("bad meaning in an inputs table", """
         [room]
         id = "4b-12"

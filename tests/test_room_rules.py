@@ -35,6 +35,7 @@ async def _raise(room: RoomSim, ctype: str) -> dict:
 def test_every_call_type_has_its_iec_tier():
     expected = {
         "code_call": "high", "staff_emergency": "high", "bath_emergency": "high", "fall": "high",
+        "patient_emergency": "high", "cord_removed": "low", "system_fault": "low",
         "bed_exit": "medium", "bath_dwell": "medium", "staff_assist": "medium", "patient_call": "medium",
         "request": "low", "node_offline": "low", "low_battery": "low", "sensor_fault": "low",
         "environment": "info",
@@ -442,3 +443,97 @@ async def test_clock_going_back_never_makes_the_log_go_back(room):
 
 def test_room_state_is_a_pure_fold_of_the_log():
     assert Room(rules_config()).snapshot(0)["calls"] == []
+
+
+
+# ---------------------------------------------------------------------- Pi-attached sources
+def _local_config(monkeypatch):
+    from controller import config as config_mod
+
+    monkeypatch.setitem(config_mod._OPTION_PARSERS, "voice", "tests.test_room_rules:_voice_options")
+    monkeypatch.setitem(config_mod._OPTION_PARSERS, "gpio", "tests.test_room_rules:_voice_options")
+    nodes = dict(rules_config().nodes)  # keep the rule room's nodes, add Pi-attached ones
+    doc = {"room": {"id": "4b-12"}, "beds": [{"id": "A"}, {"id": "B"}],
+           "nodes": {"voice-a": {"bed": "A", "transport": "voice", "voice": {"enabled": True},
+                                 "inputs": {"nurse": "patient_call", "help": "patient_emergency",
+                                            "water": "request_water", "never mind": "patient_cancel"}},
+                     "wired": {"transport": "gpio", "check_in_s": 60, "inputs": {"cord": "bath_emergency"}},
+                     "bedside-a": {"bed": "A", "inputs": {"call": "patient_call"}}}}
+    del nodes
+    from controller.config import parse_room
+    return parse_room(doc, "local.toml")
+
+
+def _voice_options(table):
+    from controller.config import OptionError
+
+    if set(table) - {"enabled"}:
+        raise OptionError((sorted(set(table) - {"enabled"})[0],), "unknown option")
+    return table
+
+
+async def test_voice_and_wired_sources_raise_calls_with_their_detail(tmp_path, monkeypatch):
+    config = _local_config(monkeypatch)
+    async with RoomSim(config, tmp_path / "room.db") as room:
+        await room.c.local_online("voice-a", "voice 1", "pi")
+        await room.c.local_event("voice-a", "button", "nurse", detail={"phrase": "call the nurse", "confidence": 0.91})
+        call = room.call("patient_call")
+        assert call["source"] == {"node": "voice-a", "input": "nurse"} and call["bed"] == "A"
+        assert call["detail"] == {"phrase": "call the nurse", "confidence": 0.91}
+        await room.c.local_event("voice-a", "button", "help")
+        assert room.call("patient_emergency")["priority"] == "high"
+        assert room.c.snapshot()["voice"] == {"A": True}
+        with pytest.raises(ValueError, match="not a Pi-attached node"):
+            await room.c.local_event("bedside-a", "button", "call")
+
+
+async def test_patient_cancel_takes_back_routine_calls_of_that_bed_only(tmp_path, monkeypatch):
+    config = _local_config(monkeypatch)
+    async with RoomSim(config, tmp_path / "room.db") as room:
+        await room.press("bedside-a", "call")
+        await room.c.local_event("voice-a", "button", "water")
+        await room.c.local_event("voice-a", "button", "help")
+        await room.c.local_event("voice-a", "button", "never mind")
+        assert room.types() == ["patient_emergency"], "an emergency is cancelled in the room, not by voice"
+        assert {r.data["how"] for r in await room.log("call.cleared")} == {"patient_cancel"}
+
+
+async def test_cord_removed_and_system_fault_are_technical_alarms_that_clear_themselves(tmp_path, monkeypatch):
+    config = _local_config(monkeypatch)
+    async with RoomSim(config, tmp_path / "room.db") as room:
+        await room.c.local_event("wired", "fault", "cord", 4)
+        assert room.call("cord_removed")["source"] == {"node": "wired", "input": "cord:cord"}
+        await room.c.system_fault("bluetooth", True, {"error": "no adapter"})
+        assert sorted(room.types()) == ["cord_removed", "system_fault"]
+        with pytest.raises(ClearsItself):
+            await room.c.clear(room.call("system_fault")["id"], "Tech Ana")
+        await room.c.local_event("wired", "fault", "cord", 0)
+        await room.c.system_fault("bluetooth", False)
+        assert room.types() == []
+
+
+async def test_a_node_with_its_own_check_in_interval_is_supervised_on_it(tmp_path, monkeypatch):
+    config = _local_config(monkeypatch)
+    async with RoomSim(config, tmp_path / "room.db") as room:
+        await room.c.local_online("wired", "gpio 1", "pi")
+        await room.hello("bedside-a")
+        records = await room.advance(31.001)          # 3 x 10 s heartbeat + 1 s grace
+        assert [r.data["node"] for r in records if r.kind == "node.offline"] == ["bedside-a"]
+        room.c.local_seen("wired")
+        records = await room.advance(180)            # 3 x 60 s + 1 s grace from the last check-in
+        assert [r for r in records if r.kind == "node.offline"] == []
+        records = await room.advance(1.001)
+        assert [r.data["node"] for r in records if r.kind == "node.offline"] == ["wired"]
+
+
+def test_transport_options_are_checked_with_file_line_and_key(tmp_path, monkeypatch):
+    from controller import config as config_mod
+
+    monkeypatch.setitem(config_mod._OPTION_PARSERS, "voice", "tests.test_room_rules:_voice_options")
+    path = tmp_path / "room.toml"
+    path.write_text('[room]\nid = "r"\n[nodes.v]\ntransport = "voice"\n[nodes.v.voice]\nenabld = true\n')
+    with pytest.raises(config_mod.ConfigError, match=r"room.toml:6: nodes.v.voice.enabld: unknown option"):
+        config_mod.load_room(path)
+    path.write_text('[room]\nid = "r"\n[nodes.v]\ntransport = "carrier pigeon"\n')
+    with pytest.raises(config_mod.ConfigError, match=r"room.toml:4: nodes.v.transport: 'carrier pigeon' is not one of"):
+        config_mod.load_room(path)
