@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .config import DEFAULT_API_PORT, ConfigError, load_keys, load_room
 
+HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
+CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
+
 
 def _run(args: argparse.Namespace) -> int:
     from .runner import RoomServer
+    from .tls import TlsError, load_or_create
 
     try:
         config = load_room(args.config)
@@ -23,6 +30,25 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"smartroom: configuration error: {exc}", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("smartroom: --tls-cert and --tls-key go together (or leave both out for a self-signed pair "
+              "next to the database)", file=sys.stderr)
+        return 2
+    cert_path = args.tls_cert or args.db.parent / "tls-cert.pem"
+    key_path = args.tls_key or args.db.parent / "tls-key.pem"
+    tls = None
+    if args.no_tls:
+        if args.tls_cert:
+            print("smartroom: --no-tls and --tls-cert contradict each other", file=sys.stderr)
+            return 2
+        print("smartroom: warning: --no-tls: the API speaks plain http; use it only behind a TLS proxy "
+              "or on loopback", file=sys.stderr)
+    else:
+        try:
+            tls = load_or_create(cert_path, key_path, _certificate_names(config.room_id, args.api_host))
+        except TlsError as exc:
+            print(f"smartroom: TLS: {exc}", file=sys.stderr)
+            return 2
     missing = sorted(set(config.nodes) - set(keys))
     if missing:
         print(f"smartroom: warning: no key for node(s) {', '.join(missing)} in {args.keys}: they cannot connect",
@@ -30,10 +56,18 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
-                            node_host=args.node_host, node_port=args.node_port)
+                            node_host=args.node_host, node_port=args.node_port,
+                            tls=tls, advertise=not args.no_advertise)
         endpoints = await server.start()
         print(f"room {config.room_id}: API {endpoints.api_url}  nodes {endpoints.node_host}:{endpoints.node_port}",
               flush=True)
+        if tls is not None:
+            origin = "self-signed, " + str(tls.cert_path) if tls.self_signed else str(tls.cert_path)
+            print(f"TLS certificate ({origin}), valid until {tls.not_after:%Y-%m-%d}\n"
+                  f"  SHA-256 fingerprint {tls.fingerprint_sha256}", flush=True)
+        if tls is not None and tls.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
+            print(f"smartroom: warning: the TLS certificate {tls.cert_path} expires on {tls.not_after:%Y-%m-%d} "
+                  f"(docs/network.md: renewing)", file=sys.stderr)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -42,6 +76,68 @@ def _run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _certificate_names(room_id: str, api_host: str) -> list[str]:
+    """Names a self-signed certificate is made for: this host, its mDNS names, the API address."""
+    from .discovery import host_label
+
+    host = socket.gethostname()
+    names = [host, f"{host}.local", host_label(room_id)]
+    if api_host not in ("", "0.0.0.0", "::"):
+        names.append(api_host)
+    return names
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .discovery import browse
+
+    async def main() -> list[dict]:
+        rooms = await browse(args.timeout, args.interface or None)
+        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            health = await asyncio.gather(*(_room_health(session, room) for room in rooms))
+        return [{**dataclasses.asdict(room), **state} for room, state in zip(rooms, health)]
+
+    rooms = asyncio.run(main())
+    if args.json:
+        print(json.dumps(rooms, indent=1))
+    elif rooms:
+        print(f"{'ROOM':<12} {'NAME':<28} {'STATE':<22} {'URL':<38} FINGERPRINT")
+        for r in rooms:
+            fp = r["fingerprint"][:23] + "…" if r["fingerprint"] else "-"
+            print(f"{r['room']:<12} {r['name'][:28]:<28} {r['state'][:22]:<22} {r['url']:<38} {fp}")
+    if not rooms:
+        print(f"smartroom discover: no room answered within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _room_health(session: aiohttp.ClientSession, room) -> dict:
+    """GET {url}/health (no token needed), pinning the advertised certificate fingerprint."""
+    import aiohttp
+
+    from .tls import pin
+
+    ssl: object = pin(room.fingerprint) if room.tls and room.fingerprint else True
+    try:
+        async with session.get(room.url + "/health", ssl=ssl) as resp:
+            if resp.status != 200:
+                return {"state": f"HTTP {resp.status}", "health": None, "error": resp.reason}
+            body = await resp.json(content_type=None)
+            if not isinstance(body, dict):
+                raise ValueError("health reply is not a JSON object")
+    except aiohttp.ServerFingerprintMismatch as exc:
+        return {"state": "certificate mismatch", "health": None, "error": str(exc)}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        return {"state": "unreachable", "health": None, "error": f"{type(exc).__name__}: {exc}"}
+    state = str(body.get("status", "?"))
+    calls = body.get("active_calls")
+    if isinstance(calls, dict):
+        state += f", {sum(n for n in calls.values() if isinstance(n, int))} active calls"
+    return {"state": state, "health": body, "error": None}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -164,7 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
     run.add_argument("--node-host", default=None, help="default: the room file's gateway.host")
     run.add_argument("--node-port", type=int, default=None, help="default: the room file's gateway.port")
+    run.add_argument("--tls-cert", type=Path, default=None,
+                     help="the API's certificate (PEM, chain allowed); default: self-signed, "
+                          "tls-cert.pem next to --db, made on first start")
+    run.add_argument("--tls-key", type=Path, default=None,
+                     help="its private key (PEM, unencrypted, mode 0600); default: tls-key.pem next to --db")
+    run.add_argument("--no-advertise", action="store_true", help="do not announce the room on mDNS")
+    run.add_argument("--no-tls", action="store_true",
+                     help="serve plain http (only behind a TLS-terminating proxy, or on loopback for tests)")
     run.set_defaults(func=_run)
+
+    discover = sub.add_parser("discover", help="list the rooms announced on the local network (mDNS)")
+    discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
+    discover.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    discover.add_argument("--interface", action="append", default=[], metavar="ADDRESS",
+                          help="browse only on the interface with this address (repeatable; default: all)")
+    discover.set_defaults(func=_discover)
 
     demo = sub.add_parser("demo", help="a whole simulated room: controller, API, dashboard, firmware nodes")
     demo.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="API and dashboard port (default 8080)")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from .config import RoomConfig
+from .discovery import DiscoveryError, RoomAdvertiser
 from .gateway import NodeGateway
 from .service import RoomController
+from .tls import TlsMaterial, ssl_context
 
 log = logging.getLogger("smartroom.runner")
 
@@ -22,6 +28,7 @@ class Endpoints:
     api_url: str
     node_host: str
     node_port: int
+    tls_fingerprint: str | None = None  # "AA:BB:…" when the API speaks https
 
 
 class RoomServer:
@@ -29,13 +36,21 @@ class RoomServer:
 
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path, *,
                  api_host: str = "127.0.0.1", api_port: int = 8080,
-                 node_host: str | None = None, node_port: int | None = None) -> None:
+                 node_host: str | None = None, node_port: int | None = None,
+                 tls: TlsMaterial | None = None, advertise: bool = False,
+                 mdns_interfaces: Sequence[str] | None = None) -> None:
+        self.config = config
         self.controller = RoomController(config, keys, db_path)
         self.gateway = NodeGateway(self.controller)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
         self._runner: web.AppRunner | None = None
+        self._tls = tls
+        self._advertise = advertise
+        self._mdns_interfaces = mdns_interfaces
+        self._advertising: asyncio.Task[None] | None = None
+        self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
         self.endpoints: Endpoints | None = None
 
     async def start(self) -> Endpoints:
@@ -46,11 +61,31 @@ class RoomServer:
         self._runner = web.AppRunner(create_app(self.controller, self.gateway), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._api_host, self._api_port)
+        site = web.TCPSite(self._runner, self._api_host, self._api_port,
+                           ssl_context=ssl_context(self._tls) if self._tls else None)
         await site.start()
         api_port = self._runner.addresses[0][1]
-        self.endpoints = Endpoints(f"http://{self._api_host}:{api_port}", self._node_host, node_port)
+        scheme = "https" if self._tls else "http"
+        self.endpoints = Endpoints(f"{scheme}://{self._api_host}:{api_port}", self._node_host, node_port,
+                                   self._tls.fingerprint_sha256 if self._tls else None)
+        if self._advertise:  # only now: a client that finds the room can reach its API
+            self._advertising = asyncio.create_task(self._announce(api_port), name="mdns announce")
         return self.endpoints
+
+    async def _announce(self, api_port: int) -> None:
+        """Advertise the API on mDNS (~1.5 s of probing). A failure is logged; it never stops the room."""
+        interfaces = self._mdns_interfaces
+        if interfaces is None:
+            interfaces = _listen_addresses(self._api_host)  # announce only where the API can be reached
+        advertiser = RoomAdvertiser(self.config.room_id, self.config.name, api_port, tls=self._tls,
+                                    interfaces=interfaces)
+        try:
+            await advertiser.start()
+        except DiscoveryError as exc:
+            log.warning("%s; the room runs, but `smartroom discover` will not list it", exc)
+            return
+        self.advertiser = advertiser
+        log.info("announced %s on mDNS", advertiser.name)
 
     async def create_token(self, role: str, name: str) -> str:
         """A new API token (controller/tokens.py); the secret is returned once and stored hashed."""
@@ -58,6 +93,14 @@ class RoomServer:
         return secret
 
     async def stop(self) -> None:
+        if self._advertising is not None:  # goodbye first, so browsers drop the room before the API goes away
+            self._advertising.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._advertising
+            self._advertising = None
+        if self.advertiser is not None:
+            await self.advertiser.stop()
+            self.advertiser = None
         await self.gateway.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -70,3 +113,12 @@ class RoomServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+
+def _listen_addresses(api_host: str) -> list[str] | None:
+    """The addresses the API listens on, to announce only there; None when it listens on all of them."""
+    if api_host == "localhost":
+        return ["127.0.0.1"]
+    try:
+        return None if ipaddress.ip_address(api_host).is_unspecified else [api_host]
+    except ValueError:  # "" (all interfaces) or a host name: announce on every interface
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -67,3 +68,17 @@ async def next_event(stream: AsyncIterator[tuple[int, dict[str, Any]]], kind: st
         raise AssertionError(f"stream ended before a {kind} event")
 
     return await asyncio.wait_for(find(), timeout_s)
+
+
+def write_room_files(tmp: Path, room_id: str, extra_toml: str = "") -> tuple[Path, Path]:
+    """ROOM_DOC as the TOML room file and JSON key file an installer writes; returns their paths."""
+    room, keys = tmp / "room.toml", tmp / "keys.json"
+    if not room.exists():
+        lines = [f'[room]\nid = "{room_id}"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = 10000\n' + extra_toml]
+        for node, table in ROOM_DOC["nodes"].items():
+            inputs = ", ".join(f'{k} = "{v}"' for k, v in table["inputs"].items())
+            bed = f'bed = "{table["bed"]}"\n' if table.get("bed") else ""
+            lines.append(f"[nodes.{node}]\n{bed}inputs = {{ {inputs} }}\n")
+        room.write_text("\n".join(lines))
+        keys.write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
+    return room, keys

@@ -16,7 +16,7 @@ import pytest
 from controller.tokens import ROLES
 from room_api import openapi
 from room_api.app import ROUTES
-from tests.helpers import ROOM_DOC, node_key
+from tests.helpers import write_room_files
 
 EXE = Path(sys.executable).with_name("smartroom")
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -53,22 +53,16 @@ def _free_port() -> int:
 def live(tmp_path_factory):
     """A controller process with one token per role."""
     tmp = tmp_path_factory.mktemp("openapi")
-    room = tmp / "room.toml"
-    lines = ['[room]\nid = "api-test"\n[[beds]]\nid = "A"\n']
-    for node, table in ROOM_DOC["nodes"].items():
-        inputs = ", ".join(f'{k} = "{v}"' for k, v in table["inputs"].items())
-        bed = f'bed = "{table["bed"]}"\n' if table.get("bed") else ""
-        lines.append(f"[nodes.{node}]\n{bed}inputs = {{ {inputs} }}\n")
-    room.write_text("\n".join(lines))
-    (tmp / "keys.json").write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
+    room, keys = write_room_files(tmp, "api-test")
     tokens = {}
     for role in ROLES:
         out = subprocess.run([str(EXE), "token", "create", "--db", str(tmp / "room.db"), "--role", role,
                               "--name", f"schemathesis {role}"], check=True, capture_output=True, text=True)
         tokens[role] = out.stdout.strip().splitlines()[-1]
     port = _free_port()
-    proc = subprocess.Popen([str(EXE), "run", "--config", str(room), "--keys", str(tmp / "keys.json"),
-                             "--db", str(tmp / "room.db"), "--api-port", str(port), "--node-port", "0"],
+    proc = subprocess.Popen([str(EXE), "run", "--config", str(room), "--keys", str(keys),
+                             "--db", str(tmp / "room.db"), "--api-port", str(port), "--node-port", "0",
+                             "--no-tls", "--no-advertise"],
                             stdout=subprocess.PIPE, text=True)
     try:
         proc.stdout.readline()  # printed once the API listens

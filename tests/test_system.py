@@ -18,7 +18,7 @@ import pytest
 from controller.nodeclient import NodeClient
 from controller.runner import RoomServer
 from controller.simnodes import SimNode
-from tests.helpers import ROOM_DOC, next_event, node_key, sse_events
+from tests.helpers import next_event, node_key, sse_events, write_room_files
 
 
 def free_port() -> int:
@@ -77,19 +77,12 @@ def _create_token(tmp: Path) -> str:
 
 
 def _spawn_controller(tmp: Path, api_port: int, node_port: int, extra_toml: str = "") -> "asyncio.Future":
-    room = tmp / "room.toml"
-    if not room.exists():
-        lines = ['[room]\nid = "kill-test"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = 10000\n' + extra_toml]
-        for node, table in ROOM_DOC["nodes"].items():
-            inputs = ", ".join(f'{k} = "{v}"' for k, v in table["inputs"].items())
-            bed = f'bed = "{table["bed"]}"\n' if table.get("bed") else ""
-            lines.append(f"[nodes.{node}]\n{bed}inputs = {{ {inputs} }}\n")
-        room.write_text("\n".join(lines))
-        (tmp / "keys.json").write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
+    room, keys = write_room_files(tmp, "kill-test", extra_toml)
     exe = Path(sys.executable).with_name("smartroom")
     return asyncio.create_subprocess_exec(
-        str(exe), "run", "--config", str(room), "--keys", str(tmp / "keys.json"), "--db", str(tmp / "room.db"),
-        "--api-port", str(api_port), "--node-port", str(node_port), stdout=asyncio.subprocess.PIPE)
+        str(exe), "run", "--config", str(room), "--keys", str(keys), "--db", str(tmp / "room.db"),
+        "--api-port", str(api_port), "--node-port", str(node_port), "--no-tls", "--no-advertise",
+        stdout=asyncio.subprocess.PIPE)
 
 
 async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):

@@ -1,0 +1,68 @@
+"""A room served over https and announced on mDNS, found by `smartroom discover` (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from controller import cli
+from controller.discovery import browse
+from controller.runner import RoomServer
+from controller.tls import load_or_create, pin
+
+LOOPBACK = ["127.0.0.1"]
+
+
+async def test_room_serves_https_and_is_discovered_with_its_fingerprint(tmp_path, config, keys, capsys):
+    tls = load_or_create(tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem", ["localhost"])
+    async with RoomServer(config, keys, tmp_path / "room.db", api_port=0, node_port=0, tls=tls,
+                          advertise=True, mdns_interfaces=LOOPBACK) as server:
+        assert server.endpoints.api_url.startswith("https://127.0.0.1:")
+        assert server.endpoints.tls_fingerprint == tls.fingerprint_sha256
+        rooms = [r for r in await browse(10, LOOPBACK, expect=1) if r.room == config.room_id]
+        assert rooms and rooms[0].url == server.endpoints.api_url + "/api/v1"
+        assert rooms[0].fingerprint == tls.fingerprint_sha256
+        async with aiohttp.ClientSession() as session:
+            async with session.get(rooms[0].url + "/health", ssl=pin(rooms[0].fingerprint)) as resp:
+                assert resp.status == 200
+
+        code = await asyncio.to_thread(cli.main, ["discover", "--interface", "127.0.0.1", "--timeout", "2", "--json"])
+        listed = [r for r in json.loads(capsys.readouterr().out) if r["room"] == config.room_id]
+        assert code == 0 and listed[0]["state"].startswith("ok") and listed[0]["health"]["status"] == "ok"
+
+
+async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(tmp_path):
+    """The command a hospital runs: a self-signed certificate made on first start, its fingerprint
+    printed; plain http is refused."""
+    import re
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import write_room_files
+    from tests.test_system import free_port
+
+    api_port = free_port()
+    room, keys = write_room_files(tmp_path, "kill-test")
+    exe = Path(sys.executable).with_name("smartroom")
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), "run", "--config", str(room), "--keys", str(keys),
+        "--db", str(tmp_path / "room.db"), "--api-port", str(api_port), "--node-port", "0", "--no-advertise",
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 20)).decode() for _ in range(3)]
+        assert lines[0].startswith(f"room kill-test: API https://127.0.0.1:{api_port}")
+        fingerprint = re.search(r"SHA-256 fingerprint ([0-9A-F:]{95})", "".join(lines)).group(1)
+        assert (tmp_path / "tls-key.pem").stat().st_mode & 0o077 == 0, "the key is private"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{api_port}/api/v1/health", ssl=pin(fingerprint)) as resp:
+                assert resp.status == 200
+            try:
+                async with session.get(f"http://127.0.0.1:{api_port}/api/v1/health") as resp:
+                    assert resp.status == 400, "plain http to a TLS port must not be served"
+            except aiohttp.ClientError:
+                pass  # or the connection is dropped: either way, no plain-http service
+    finally:
+        proc.terminate()
+        await proc.wait()
