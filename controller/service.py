@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .bus import EventBus, Subscription
+from .history import ReadingsHistory, Retention
 from .config import RoomConfig
 from .protocol import Heartbeat, Hello, NodeEvent, Reading
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
@@ -29,6 +30,7 @@ log = logging.getLogger("smartroom.controller")
 READING_FLUSH_S = 0.1       # readings are batched: one fsync per 100 ms, not one per reading
 READING_BATCH_MAX = 2000    # flush early when this many are waiting
 OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed heartbeat intervals
+HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
@@ -42,11 +44,13 @@ def wall_ms() -> int:
 
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
-                 *, clock: Callable[[], int] = wall_ms, timers: bool = True) -> None:
+                 *, clock: Callable[[], int] = wall_ms, timers: bool = True,
+                 retention: Retention = Retention()) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
         self.store = Store(db_path)
+        self.history = ReadingsHistory(self.store, retention)
         self.room = Room(config)
         self.bus = EventBus()
         self.marks: dict[str, SeqMark] = {}
@@ -84,6 +88,7 @@ class RoomController:
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
         if self._run_timers:
             self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
+            self._tasks.append(asyncio.create_task(self._history_loop(), name="readings-history"))
 
     async def stop(self) -> None:
         if self._pending:
@@ -180,6 +185,17 @@ class RoomController:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("could not store a reading's alarm change", exc_info=task.exception())
+
+    async def _history_loop(self) -> None:
+        while True:
+            try:
+                report = await self.history.maintain(self.clock())
+                if report.transactions:
+                    log.info("readings history: %d rolled up, %d raw and %d rollups expired (%d transactions)",
+                             report.rolled_up, report.raw_expired, report.rollups_expired, report.transactions)
+            except Exception:  # a full SD card must not stop call handling; the next round retries
+                log.exception("readings history: maintenance failed")
+            await asyncio.sleep(HISTORY_MAINTAIN_S)
 
     async def _reading_writer(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from . import tokens
+from . import history, tokens
 
 T = TypeVar("T")
 
@@ -103,6 +103,7 @@ class Store:
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(SCHEMA)
             tokens.ensure_schema(db)
+            history.ensure_schema(db)
             return db
 
         loop = asyncio.get_running_loop()

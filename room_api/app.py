@@ -28,6 +28,7 @@ from aiohttp_sse import sse_response
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
+from .readings import HISTORY, get_readings
 
 from controller import reports
 from controller.gateway import NodeGateway
@@ -372,6 +373,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/room/silence", post_silence, NURSE, "Silence the in-room tone"),
     Route("PUT", "/api/v1/beds/{bed}/fall-risk", put_fall_risk, NURSE, "Bed-exit alarm on or off for a bed"),
     Route("GET", "/api/v1/reports/response-times", get_response_times, REPORT_READERS, "Response times"),
+    Route("GET", "/api/v1/readings", get_readings, ROOM_READERS, "A measure's history in buckets"),
     Route("GET", "/api/v1/gateway", get_gateway, FACILITIES, "Node gateway counters"),
     Route("GET", "/api/v1/config", get_config, ADMIN, "The room's configuration as loaded"),
     Route("GET", "/api/v1/tokens", get_tokens, ADMIN, "Active API tokens (never their secrets)"),
@@ -402,6 +404,7 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None) -
                            principal_key=PRINCIPAL, clock=controller.clock)
     app = web.Application(middlewares=[error_middleware, auth])
     app[CONTROLLER] = controller
+    app[HISTORY] = controller.history
     if gateway is not None:
         app[GATEWAY] = gateway
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total)
