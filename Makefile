@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test setup firmware bench clean
 
@@ -17,12 +18,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The page tests (tests/test_pages.py) drive Debian's Chromium, never a browser Playwright downloads.
+$(CHROMIUM):
+	@echo "installing chromium (Debian) for the page tests ..."
+	@apt-get update -qq && apt-get install -y -qq chromium || { \
+	  echo "could not install chromium: run 'apt-get install chromium' as root (without it the page tests skip)"; \
+	  exit 1; }
+
+setup: $(STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(VENV)/bin/smartroom demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 # Compile the firmware to .mpy with mpy-cross (what goes onto a board's flash).

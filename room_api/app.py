@@ -217,11 +217,12 @@ def _endpoint(request: web.Request) -> str:
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    """Every stream client is a nurse endpoint: the first delivery of a call to any of them is
-    recorded as the call's annunciation (a client that connects later annunciates calls still
-    waiting for one)."""
+    """The first delivery of a call to a nurse's stream (a nurse-role token) is recorded as the
+    call's annunciation; a nurse client that connects later annunciates calls still waiting for one."""
     controller = request.app[CONTROLLER]
     endpoint = _endpoint(request)
+    # Only a nurse's screen annunciates a call: a facilities page or an integration feed is not one.
+    nurse_endpoint = request[PRINCIPAL].role == "nurse"
     last = _resume_cursor(request, controller)
     # Subscribe before reading the backlog: anything stored meanwhile is in the queue as well,
     # and ids at or below `last` are skipped, so there is neither a gap nor a duplicate.
@@ -237,6 +238,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     await annunciate(record.data["call_id"])
 
             async def annunciate(call_id: str) -> None:
+                if not nurse_endpoint:
+                    return
                 call = controller.room.calls.get(call_id)
                 if call is not None and call.annunciated_at_ms is None:
                     records = await controller.annunciated(call_id, endpoint)
@@ -278,6 +281,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def facilities_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "facilities.html")
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -363,6 +370,7 @@ SCRAPERS = frozenset({"facilities", "admin", "integration"})
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, None, "Nurse page (HTML)"),
+    Route("GET", "/facilities", facilities_page, None, "Facilities page (HTML)"),
     Route("GET", "/api/v1/health", get_health, None, "Liveness and the room's call counts"),
     Route("GET", "/api/v1/openapi.json", get_openapi, None, "This API's OpenAPI 3 description"),
     Route("GET", "/api/v1/room", get_room, ROOM_READERS, "Room state: calls, occupancy, outputs, nodes"),

@@ -102,6 +102,7 @@ BY_BODY = _obj(by={"type": "string", "minLength": 1, "maxLength": 64,
                    "description": "who does it; defaults to the token's name"})
 _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("GET", "/"): {"html": True},
+    ("GET", "/facilities"): {"html": True},
     ("GET", "/api/v1/health"): {"ok": "Health"},
     ("GET", "/api/v1/openapi.json"): {"ok": None},
     ("GET", "/api/v1/room"): {"ok": "Room"},

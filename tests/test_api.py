@@ -276,3 +276,15 @@ async def test_metrics_follow_the_room(server, http):
     assert _metric(text, "smartroom_nodes", 'state="online"') == 1
     assert _metric(text, "smartroom_node_messages_rejected_total", 'reason="bad_mac"') == 1
     assert _metric(text, "smartroom_node_messages_accepted_total", 'type="event"') == 1
+
+
+async def test_only_a_nurse_stream_annunciates(server, http):
+    facilities = {"Authorization": f"Bearer {server.tokens['facilities']}"}
+    async with http.get(api(server, "/api/v1/events/stream?endpoint=facilities"), headers=facilities) as resp:
+        stream = sse_events(resp)
+        await press(server)
+        await next_event(stream, "call.raised")
+        assert server.controller.snapshot()["calls"][0]["state"] == "raised"
+    async with http.get(api(server, "/api/v1/events/stream?endpoint=station")) as resp:  # the nurse token
+        _, event = await next_event(sse_events(resp), "call.annunciated")
+    assert event["data"]["by"] == "station"

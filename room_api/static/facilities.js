@@ -1,0 +1,272 @@
+// The facilities page (/facilities): nodes and their health, technical alarms (read-only: only
+// nurses acknowledge), the environment against the room profile's limits with 24 h charts, and
+// the gateway's counters. Live over the event stream (docs/pages.md).
+
+import { ApiError, Session } from "./session.js";
+import { EventStream } from "./stream.js";
+import { plot } from "./plot.js";
+import { $, el, badge, age, tickAges, errorText, loginGate, Notice } from "./ui.js";
+
+const REFRESH_DEBOUNCE_MS = 250;   // node and environment changes come in bursts
+const PLOTS_DEBOUNCE_MS = 2000;    // charts are heavier: one reload per burst of environment events
+const HISTORY_SPAN_MS = 24 * 3600 * 1000;
+const HISTORY_STEP = "10m";  // 144 buckets over a day: one every few pixels
+// Environment measures of the room profiles (controller/config.py); others show when a reading arrives.
+const MEASURES = {
+  temp_c: { name: "Temperature", unit: "°C" },
+  rh_pct: { name: "Relative humidity", unit: "%" },
+  co2_ppm: { name: "CO₂", unit: "ppm" },
+  noise_db: { name: "Noise", unit: "dB" },
+  pressure_pa: { name: "Pressure vs corridor", unit: "Pa" },
+};
+const PROFILE_MEASURES = ["temp_c", "rh_pct", "co2_ppm", "noise_db"];
+const NOT_ENVIRONMENT = new Set(["batt_v"]);  // a node's battery, shown with the nodes
+
+const session = new Session();
+const notice = new Notice($("notice"));
+let stream = null;
+let generation = 0;  // bumped on logout: answers to requests from before are dropped
+let refreshTimer = null;
+let plotsTimer = null;
+let refreshing = false;
+let refreshAgain = false;
+let room = null;
+
+const lost = loginGate({
+  session,
+  verify: async () => {
+    const gateway = await session.api("/api/v1/gateway");  // facilities and admin only: checks the role
+    return { gateway, room: await session.api("/api/v1/room") };
+  },
+  onReady: start,
+  onLogout: stop,
+  forbidden: (err) => `This page needs a facilities or admin token (403): ${err.message}.`,
+});
+
+// ------------------------------------------------------------------ lifecycle
+function start({ gateway, room: first }) {
+  render(first, gateway);
+  loadPlots();
+  stream = new EventStream({
+    url: "/api/v1/events/stream?endpoint=" + encodeURIComponent("facilities page"),
+    session,
+    lastEventId: first.cursor,
+    onEvent,
+    onState: showLink,
+    onFatal: lost,
+  });
+  stream.start();
+}
+
+function stop() {
+  generation += 1;
+  clearTimeout(refreshTimer);
+  refreshAgain = false;
+  clearTimeout(plotsTimer);
+  if (stream) stream.stop();
+  stream = null;
+  $("link").textContent = "offline";
+  $("link").className = "link down";
+  room = null;
+  notice.hide();
+}
+
+function showLink(state, detail) {
+  const link = $("link");
+  if (state === "live") {
+    link.textContent = "live";
+    link.className = "link live";
+    scheduleRefresh();
+  } else if (state === "reconnecting") {
+    link.textContent = `reconnecting in ${(detail.delayMs / 1000).toFixed(1)} s…`;
+    link.className = "link down";
+  }
+}
+
+function onEvent(_id, ev) {
+  // Readings are not in the stream; any event is a good moment to fetch the current values.
+  scheduleRefresh();
+  if (ev.kind.startsWith("environment.")) {
+    clearTimeout(plotsTimer);
+    plotsTimer = setTimeout(loadPlots, PLOTS_DEBOUNCE_MS);
+  }
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, REFRESH_DEBOUNCE_MS);
+}
+
+async function refresh() {
+  if (!stream) return;  // logged out
+  if (refreshing) { refreshAgain = true; return; }
+  refreshing = true;
+  const gen = generation;
+  try {
+    const [next, gateway] = await Promise.all([session.api("/api/v1/room"), session.api("/api/v1/gateway")]);
+    if (gen !== generation) return;
+    const newMeasures = measures(next).some((m) => !room || !measures(room).includes(m));
+    render(next, gateway);
+    if (newMeasures) loadPlots();
+  } catch (err) {
+    if (gen === generation && err.status === 401) lost(err);
+  } finally {
+    refreshing = false;
+  }
+  if (refreshAgain) { refreshAgain = false; scheduleRefresh(); }
+}
+
+// ------------------------------------------------------------------ rendering
+function render(next, gateway) {
+  room = next;
+  $("title").textContent = `${room.room.name || room.room.id} — facilities`;
+  document.title = `${room.room.name || room.room.id} — facilities`;
+  renderAlarms(room.calls.filter((c) => c.clears === "condition"));
+  renderNodes(room.nodes);
+  renderGateway(gateway);
+  renderEnvironment();
+  tickAges(session);
+}
+
+function alarmDetail(c) {
+  const d = c.detail || {};
+  switch (c.type) {
+    case "node_offline": return `node ${c.source.node}: ${d.reason || "offline"}`;
+    case "low_battery": return `node ${c.source.node}: battery ${d.batt_v} V (below ${d.below_v} V)`;
+    case "sensor_fault":
+      return d.measure !== undefined ? `node ${c.source.node}: ${d.measure} reads ${d.value}, not plausible`
+        : `node ${c.source.node}: sensor ${d.sensor} reports fault ${d.code}`;
+    case "environment": {
+      const m = MEASURES[d.measure] || { name: d.measure, unit: "" };
+      return `${m.name} ${d.value} ${m.unit} — ${d.bound === "high" ? "above" : "below"} ${d.limit} ${m.unit}`;
+    }
+    default: return c.source.node ? `node ${c.source.node}` : "";
+  }
+}
+
+function renderAlarms(alarms) {
+  if (!alarms.length) {
+    $("alarms").replaceChildren(el("p", { class: "in-range" }, "No technical alarms"));
+    return;
+  }
+  $("alarms").replaceChildren(...alarms.map((c) => el("div", {
+    class: `alarm ${c.priority}`, dataset: { callId: c.id, type: c.type } },
+    badge(c.priority),
+    el("div", {},
+      el("div", { class: "what" }, c.label),
+      el("div", {}, alarmDetail(c)),
+      el("div", { class: "meta" }, "raised ", age(c.raised_at_ms, " ago"),
+         c.acknowledged_by ? ` · acknowledged by ${c.acknowledged_by}` : " · not acknowledged")))));
+}
+
+const num = (v, f = (x) => x) => (v === null || v === undefined ? "—" : f(v));
+
+function renderNodes(nodes) {
+  const rows = nodes.map((n) => el("tr", { dataset: { node: n.id } },
+    el("td", {}, n.id),
+    el("td", { class: n.online ? "status-online" : "status-offline" },
+       n.online ? "online" : n.last_seen_ms ? "OFFLINE" : "NEVER SEEN"),
+    el("td", {}, n.last_seen_ms ? age(n.last_seen_ms, " ago") : "never"),
+    el("td", { class: "num" }, num(n.batt_mv, (mv) => `${(mv / 1000).toFixed(2)} V`)),
+    el("td", { class: "num" }, num(n.rssi, (r) => `${r} dBm`)),
+    el("td", {}, num(n.fw)),
+    el("td", {}, num(n.hw)),
+    el("td", { class: "num" }, num(n.queued)),
+    el("td", { class: "num" }, num(n.dropped))));
+  const body = $("nodes").tBodies[0];
+  body.replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { colspan: "9" }, "No node has checked in yet"))]));
+}
+
+function renderGateway(gateway) {
+  const rows = [];
+  for (const [key, value] of Object.entries(gateway)) {
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      const entries = Object.entries(value);
+      if (!entries.length) rows.push([key, "0"]);
+      for (const [sub, v] of entries) rows.push([`${key}: ${sub}`, String(v)]);
+    } else rows.push([key.replace(/_/g, " "), Array.isArray(value) ? value.join(", ") || "none" : String(value)]);
+  }
+  $("gateway").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", { class: "num" }, v))));
+}
+
+function measures(r) {
+  const found = Object.keys(r.environment).filter((m) => !NOT_ENVIRONMENT.has(m));
+  const wanted = r.room.profile === "airborne_isolation" ? [...PROFILE_MEASURES, "pressure_pa"] : PROFILE_MEASURES;
+  return [...new Set([...wanted, ...found])];
+}
+
+function limitText(low, high, unit) {
+  if (low !== null && low !== undefined && high !== null && high !== undefined) return `limits ${low}–${high} ${unit}`;
+  if (high !== null && high !== undefined) return `limit ≤ ${high} ${unit}`;
+  if (low !== null && low !== undefined) return `limit ≥ ${low} ${unit}`;
+  return "no limit in this room's profile";
+}
+
+function renderEnvironment() {
+  const box = $("environment");
+  for (const measure of measures(room)) {
+    const meta = MEASURES[measure] || { name: measure, unit: "" };
+    let card = box.querySelector(`[data-measure="${measure}"]`);
+    if (!card) {  // the chart is kept across refreshes; only the current values are redrawn
+      card = el("div", { class: "measure", dataset: { measure } },
+        el("h3", {}, meta.name), el("div", { class: "current" }),
+        el("div", { class: "plot-box" }, el("p", { class: "no-history" }, "loading history…")));
+      box.append(card);
+    }
+    const env = room.environment[measure];
+    const current = card.querySelector(".current");
+    if (!env) {
+      current.replaceChildren(el("div", { class: "now" }, "—"), el("div", { class: "meta" }, "no reading yet"));
+      continue;
+    }
+    const hasRule = "in_range" in env;
+    const status = !hasRule ? null : env.in_range
+      ? el("span", { class: "in-range" }, "in range")
+      : el("span", { class: "out-of-range" }, env.alarm ? "out of range — alarm" : "out of range");
+    current.replaceChildren(
+      el("div", { class: "now" }, `${env.value} ${meta.unit} `, status),
+      el("div", { class: "meta" }, `${limitText(env.low, env.high, meta.unit)} · from ${env.node}, `,
+         age(env.ts_ms, " ago")));
+  }
+}
+
+// ------------------------------------------------------------------ charts
+async function loadPlots() {
+  if (!room) return;
+  const to = session.now();
+  await Promise.all(measures(room).map((m) => loadPlot(m, to - HISTORY_SPAN_MS, to)));
+}
+
+async function loadPlot(measure, from, to) {
+  const box = document.querySelector(`[data-measure="${measure}"] .plot-box`);
+  if (!box) return;
+  const meta = MEASURES[measure] || { name: measure, unit: "" };
+  const q = new URLSearchParams({ measure, from: String(Math.round(from)), to: String(Math.round(to)),
+                                  step: HISTORY_STEP });
+  const gen = generation;
+  try {
+    const series = await session.api(`/api/v1/readings?${q}`);
+    if (gen !== generation) return;
+    if (!series.buckets.length) {
+      box.replaceChildren(el("p", { class: "no-history" }, "no readings in the last 24 h"));
+      return;
+    }
+    const env = room && room.environment[measure];
+    const limits = series.limits || {};
+    box.replaceChildren(plot(series, { unit: meta.unit, title: meta.name,
+                                       low: limits.low ?? env?.low ?? null, high: limits.high ?? env?.high ?? null }));
+  } catch (err) {
+    if (gen !== generation) return;
+    if (err instanceof ApiError && err.status === 404) {
+      box.replaceChildren(el("p", { class: "no-history" }, "no history yet"));
+    } else if (err instanceof ApiError && err.status === 401) {
+      lost(err);
+    } else {
+      box.replaceChildren(el("p", { class: "no-history" }, errorText(err)));
+    }
+  }
+}
+
+$("reload-plots").addEventListener("click", loadPlots);
+setInterval(() => tickAges(session), 1000);

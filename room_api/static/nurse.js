@@ -1,0 +1,331 @@
+// The nurse page (/): active calls highest priority first, with Acknowledge / Clear, the tone's
+// silence, fall-risk per bed, occupancy, the corridor dome light and the room's recent history.
+// State comes from GET /api/v1/room; the event stream says when it changed (docs/pages.md).
+
+import { Session } from "./session.js";
+import { EventStream } from "./stream.js";
+import { Sounder } from "./sound.js";
+import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY } from "./ui.js";
+
+const HISTORY_LENGTH = 50;       // events shown in "recent history"
+const HISTORY_SCAN = 500;        // log entries read at login to find them (most are raw node events)
+const REFRESH_DEBOUNCE_MS = 80;  // a burst of events (a press is 2–4 entries) is one GET /api/v1/room
+const CUE_GATHER_MS = 150;       // events arriving together (a replay after a reconnect) sound once
+const SOUNDING = new Set(["call.raised", "call.reminded", "call.escalated"]);
+const TIER_ORDER = ["high", "medium", "low", "info"];
+
+const STATE_TEXT = {
+  raised: "Raised — not yet on a screen",
+  annunciated: "Waiting for a nurse",
+  acknowledged: "Acknowledged",
+  present: "Staff present",
+};
+const OCCUPANCY_TEXT = { in_bed: "Patient in bed", in_bathroom: "Patient in the bathroom",
+                         in_room: "Patient in the room", empty: "Room empty" };
+const PATTERN_TEXT = { fast: "fast flash", slow: "slow flash", steady: "steady", off: "" };
+
+const session = new Session();
+const sounder = new Sounder();
+const notice = new Notice($("notice"));
+const calls = new Map();     // call id -> {label, priority, bed}: names calls in the history, also cleared ones
+let history = [];            // newest first: {id, ts_ms, kind, data}
+let stream = null;
+let generation = 0;          // bumped on logout: answers to requests from before are dropped
+let refreshTimer = null;
+let refreshing = null;
+let refreshAgain = false;
+let cueTimer = null;
+let pendingCues = [];
+
+const lost = loginGate({
+  session,
+  askName: true,
+  verify: () => session.api("/api/v1/room"),
+  onReady: start,
+  onLogout: stop,
+  forbidden: (err) => `This token may not open the nurse page (403): ${err.message}.`,
+});
+
+// ------------------------------------------------------------------ lifecycle
+async function start(room) {
+  $("who").textContent = `Logged in as ${session.name}`;
+  render(room);
+  await loadHistory(room.cursor);
+  stream = new EventStream({
+    url: "/api/v1/events/stream?endpoint=" + encodeURIComponent(`nurse page (${session.name})`),
+    session,
+    lastEventId: room.cursor,  // resume exactly where the snapshot stands: no gap, no duplicate
+    onEvent,
+    onState: showLink,
+    onFatal: lost,
+  });
+  stream.start();
+}
+
+function stop() {
+  generation += 1;
+  clearTimeout(refreshTimer);
+  refreshAgain = false;
+  if (stream) stream.stop();
+  stream = null;
+  $("link").textContent = "offline";
+  $("link").className = "link down";
+  history = [];
+  calls.clear();
+  $("history").replaceChildren();
+  notice.hide();
+}
+
+function showLink(state, detail) {
+  const link = $("link");
+  if (state === "live") {
+    link.textContent = "live";
+    link.className = "link live";
+    scheduleRefresh();  // whatever changed while we were away
+  } else if (state === "reconnecting") {
+    link.textContent = `reconnecting in ${(detail.delayMs / 1000).toFixed(1)} s…`;
+    link.className = "link down";
+  }
+}
+
+// ------------------------------------------------------------------ room state
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, REFRESH_DEBOUNCE_MS);
+}
+
+async function refresh() {
+  if (!stream) return;  // logged out
+  if (refreshing) { refreshAgain = true; return; }
+  const gen = generation;
+  refreshing = (async () => {
+    try {
+      const room = await session.api("/api/v1/room");
+      if (gen === generation) render(room);
+    } catch (err) {
+      if (gen === generation && err.status === 401) lost(err);
+      // otherwise the stream is down too; its reconnect brings a refresh
+    }
+  })();
+  await refreshing;
+  refreshing = null;
+  if (refreshAgain) { refreshAgain = false; scheduleRefresh(); }
+}
+
+function render(room) {
+  $("title").textContent = room.room.name || room.room.id;
+  document.title = `${room.room.name || room.room.id} — nurse station`;
+  for (const c of room.calls) calls.set(c.id, { label: c.label, priority: c.priority, bed: c.bed });
+  renderCalls(room.calls);
+  renderOutputs(room.outputs);
+  renderOccupancy(room.occupancy);
+  renderBeds(room.room.beds, room.fall_risk, room.occupancy.beds);
+  renderHistory();
+  tickAges(session);
+}
+
+function renderCalls(list) {
+  const box = $("calls");
+  if (!list.length) {
+    box.replaceChildren(el("div", { class: "empty" }, "✓ No active calls"));
+    return;
+  }
+  box.replaceChildren(...list.map(callRow));
+}
+
+function callRow(c) {
+  const need = c.detail && c.detail.need ? ` (${c.detail.need})` : "";
+  const where = c.detail && c.detail.where ? ` in the ${c.detail.where}` : "";
+  const who = c.state === "acknowledged" ? ` by ${c.acknowledged_by}`
+    : c.state === "present" && c.present_by ? ` (${c.present_by})` : "";
+  const extra = [
+    c.presses > 1 ? `pressed ${c.presses}×` : null,
+    c.reminders ? `reminder ${c.reminders}` : null,
+    c.source.node ? `from ${c.source.node}/${c.source.input}` : null,
+    c.clears === "in_room" ? "cancel in the room only" : c.clears === "condition" ? "clears when fixed" : null,
+  ].filter(Boolean).join(" · ");
+  const escalation = c.escalation_level > 1
+    ? el("div", { class: "escalated" }, `⚠ Escalated to ${c.escalated_to || "the next level"} (level ${c.escalation_level})`)
+    : el("div", { class: "meta" }, `Escalation level 1: ${c.escalated_to || "primary nurse"}`);
+  const actions = el("div", { class: "actions" });
+  if (c.acknowledged_at_ms === null) {
+    actions.append(el("button", { type: "button", class: "primary ack", onclick: (e) => act(e, c, "ack") },
+                      "Acknowledge"));
+  }
+  if (c.clears === "routine") {
+    actions.append(el("button", { type: "button", class: "clear", onclick: (e) => act(e, c, "clear") }, "Clear"));
+  }
+  return el("article", { class: `call ${c.priority} ${c.state}`, dataset: { callId: c.id, priority: c.priority,
+                                                                            state: c.state } },
+    badge(c.priority),
+    el("div", {},
+      el("div", { class: "what" }, `${c.label}${need}${where}`, c.bed ? ` · Bed ${c.bed}` : ""),
+      el("div", { class: "state" }, `${STATE_TEXT[c.state] || c.state}${who} · `, age(c.raised_at_ms, " since raised")),
+      escalation,
+      extra ? el("div", { class: "meta" }, extra) : null),
+    actions);
+}
+
+function renderOutputs(outputs) {
+  const { dome, tone } = outputs;
+  const lamp = $("dome");
+  lamp.dataset.colour = dome.colour;
+  lamp.dataset.pattern = dome.pattern;
+  $("dome-presence").classList.toggle("on", dome.presence);
+  const light = dome.colour === "off" ? "off" : `${dome.colour}, ${PATTERN_TEXT[dome.pattern] || dome.pattern}`;
+  $("dome-text").textContent = `Dome: ${light}${dome.presence ? " + green (staff present)" : ""}`;
+  const p = PRIORITY[tone.pattern];
+  $("tone-text").textContent = tone.silenced ? "In-room tone: silenced"
+    : p ? `In-room tone: ${p.shape} ${tone.pattern}` : "In-room tone: off";
+}
+
+function renderOccupancy(occ) {
+  $("occupancy").replaceChildren(
+    el("li", { class: "lamp-text" }, OCCUPANCY_TEXT[occ.state] || occ.state),
+    el("li", {}, occ.staff_present ? "Staff present in the room" : "No staff in the room"),
+    el("li", {}, `Room presence: ${occ.room ? "yes" : "no"} · bathroom: ${occ.bath ? "occupied" : "free"}`));
+}
+
+function renderBeds(beds, fallRisk, inBed) {
+  $("beds").replaceChildren(...beds.map((bed) => {
+    const on = Boolean(fallRisk[bed]);
+    return el("li", { dataset: { bed } },
+      el("span", {}, `Bed ${bed}: ${inBed[bed] ? "occupied" : "empty"}`),
+      el("button", { type: "button", class: "fall-risk", "aria-pressed": String(on),
+                     onclick: (e) => setFallRisk(e, bed, !on) }, `Fall risk: ${on ? "ON" : "off"}`));
+  }));
+}
+
+// ------------------------------------------------------------------ nurse actions
+async function send(button, path, method, body) {
+  const gen = generation;
+  button.disabled = true;
+  try {
+    await session.api(path, { method, body: { by: session.name, ...body } });
+    if (gen !== generation) return;
+    notice.hide();
+  } catch (err) {
+    if (gen !== generation) return;
+    if (err.status === 401) { lost(err); return; }
+    notice.show(errorText(err));
+    button.disabled = false;
+  }
+  scheduleRefresh();
+}
+
+const act = (event, call, what) =>
+  send(event.currentTarget, `/api/v1/calls/${encodeURIComponent(call.id)}/${what}`, "POST");
+const setFallRisk = (event, bed, enabled) =>
+  send(event.currentTarget, `/api/v1/beds/${encodeURIComponent(bed)}/fall-risk`, "PUT", { enabled });
+$("silence").addEventListener("click", (e) => send(e.currentTarget, "/api/v1/room/silence", "POST"));
+
+// ------------------------------------------------------------------ the stream and the history
+function onEvent(id, ev) {
+  if (ev.kind === "call.raised") {
+    calls.set(ev.data.call_id, { label: humanize(ev.data.type), priority: ev.data.level, bed: ev.data.bed });
+  }
+  if (ev.kind !== "node.event") {
+    addHistory([{ id, ...ev }]);
+    renderHistory();
+  }
+  if (SOUNDING.has(ev.kind)) {
+    const priority = ev.data.level && ev.kind === "call.raised" ? ev.data.level : calls.get(ev.data.call_id)?.priority;
+    if (priority) queueCue(priority);
+  }
+  scheduleRefresh();
+}
+
+async function loadHistory(cursor) {
+  const gen = generation;
+  try {
+    const after = Math.max(0, cursor - HISTORY_SCAN);
+    const page = await session.api(`/api/v1/events?after=${after}&limit=${HISTORY_SCAN}`);
+    if (gen !== generation) return;
+    for (const ev of page.events) {
+      if (ev.kind === "call.raised" && !calls.has(ev.data.call_id)) {
+        calls.set(ev.data.call_id, { label: humanize(ev.data.type), priority: ev.data.level, bed: ev.data.bed });
+      }
+    }
+    addHistory(page.events.filter((ev) => ev.kind !== "node.event" && ev.id <= cursor).reverse());
+    renderHistory();
+  } catch (err) {
+    if (gen === generation && err.status === 401) lost(err);
+  }
+}
+
+function addHistory(events) {
+  const seen = new Set(history.map((h) => h.id));
+  history = [...events.filter((e) => !seen.has(e.id)), ...history]
+    .sort((a, b) => b.id - a.id).slice(0, HISTORY_LENGTH);
+}
+
+function renderHistory() {
+  $("history").replaceChildren(...history.map((ev) => {
+    const c = ev.data.call_id ? calls.get(ev.data.call_id) : null;
+    return el("li", { dataset: { eventId: String(ev.id), kind: ev.kind, callId: ev.data.call_id } },
+      el("time", { datetime: new Date(ev.ts_ms).toISOString() }, clockTime(ev.ts_ms)),
+      c ? `${PRIORITY[c.priority]?.shape || ""} ` : "",
+      describe(ev, c));
+  }));
+}
+
+function humanize(type) {
+  const words = String(type).replace(/_/g, " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+function describe(ev, call) {
+  const d = ev.data;
+  const name = call ? `${call.label}${call.bed ? ` (bed ${call.bed})` : ""}` : "a call";
+  switch (ev.kind) {
+    case "call.raised": return `${name} raised by ${d.by}`;
+    case "call.repeated": return `${name} pressed again (${d.presses}×)`;
+    case "call.annunciated": return `${name} shown on ${d.by}`;
+    case "call.acknowledged": return `${name} acknowledged by ${d.by}`;
+    case "call.present": return `Staff present for ${name}`;
+    case "call.cleared": return `${name} cleared by ${d.by}`;
+    case "call.escalated": return `${name} escalated to ${d.to}`;
+    case "call.reminded": return `${name}: reminder ${d.n}, not cleared — re-signalled`;
+    case "call.clear_refused": return `Clear refused for ${name}: ${d.reason}`;
+    case "call.noted": return `${name}: ${d.note}`;
+    case "staff.presence": return d.present ? `Staff arrived (${d.by})` : `Staff left (${d.by})`;
+    case "presence.changed":
+      if (d.area === "bed") return `Bed ${d.bed}: patient ${d.present ? "in bed" : "got up"}`;
+      return `${d.area === "bath" ? "Bathroom" : "Room"} presence ${d.present ? "detected" : "ended"}`;
+    case "bed.fall_risk": return `Bed ${d.bed}: fall risk ${d.enabled ? "on" : "off"} (${d.by})`;
+    case "tone.silenced": return `Tone silenced by ${d.by} until ${clockTime(d.until_ms)}`;
+    case "node.online": return `Node ${d.node} online`;
+    case "node.offline": return `Node ${d.node} offline (${d.reason})`;
+    case "environment.excursion": return `${d.measure} ${d.value} out of range (${d.bound} limit ${d.limit})`;
+    case "environment.recovered": return `${d.measure} back in range (${d.value})`;
+    default: return ev.kind;
+  }
+}
+
+// ------------------------------------------------------------------ sound
+function queueCue(priority) {
+  pendingCues.push(priority);
+  if (cueTimer) return;
+  cueTimer = setTimeout(() => {
+    const top = TIER_ORDER.find((t) => pendingCues.includes(t));
+    pendingCues = [];
+    cueTimer = null;
+    if (top && top !== "info") sounder.play(top);
+  }, CUE_GATHER_MS);
+}
+
+sounder.onplay = (priority) => {
+  const p = PRIORITY[priority];
+  $("sound-last").textContent = `♪ ${p.shape} ${p.word} cue at ${clockTime(Date.now())}`;
+};
+
+$("sound").addEventListener("click", async (e) => {
+  const button = e.currentTarget;
+  if (sounder.enabled) await sounder.disable();
+  else await sounder.enable();
+  button.setAttribute("aria-pressed", String(sounder.enabled));
+  button.textContent = sounder.enabled ? "♪ Sound on" : "Enable sound";
+  if (!sounder.enabled) $("sound-last").textContent = "";
+});
+
+setInterval(() => tickAges(session), 1000);  // "time since raised" counts up locally, no requests
