@@ -21,6 +21,8 @@ CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate b
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sensors import SensorError
+
     from .runner import RoomServer
     from .tls import TlsError, load_or_create
 
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         except TlsError as exc:
             print(f"smartroom: TLS: {exc}", file=sys.stderr)
             return 2
-    missing = sorted(set(config.nodes) - set(keys))
+    missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
     if missing:
         print(f"smartroom: warning: no key for node(s) {', '.join(missing)} in {args.keys}: they cannot connect",
               file=sys.stderr)
@@ -58,7 +60,12 @@ def _run(args: argparse.Namespace) -> int:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
                             tls=tls, advertise=not args.no_advertise)
-        endpoints = await server.start()
+        try:
+            endpoints = await server.start()
+        except SensorError as exc:  # a wiring mistake in the room file: nothing is half started
+            await server.stop()
+            print(f"smartroom: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"room {config.room_id}: API {endpoints.api_url}  nodes {endpoints.node_host}:{endpoints.node_port}",
               flush=True)
         if tls is not None:

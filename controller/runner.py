@@ -38,7 +38,8 @@ class RoomServer:
                  api_host: str = "127.0.0.1", api_port: int = 8080,
                  node_host: str | None = None, node_port: int | None = None,
                  tls: TlsMaterial | None = None, advertise: bool = False,
-                 mdns_interfaces: Sequence[str] | None = None) -> None:
+                 mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
+                 ble_backend: object | None = None, scheduler: object | None = None) -> None:
         self.config = config
         self.controller = RoomController(config, keys, db_path)
         self.gateway = NodeGateway(self.controller)
@@ -48,6 +49,8 @@ class RoomServer:
         self._runner: web.AppRunner | None = None
         self._tls = tls
         self._advertise = advertise
+        self._pin_factory, self._ble_backend, self._scheduler = pin_factory, ble_backend, scheduler
+        self.devices = None  # sensors.Attachment: wired GPIO nodes and the BLE scanner
         self._mdns_interfaces = mdns_interfaces
         self._advertising: asyncio.Task[None] | None = None
         self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
@@ -57,6 +60,11 @@ class RoomServer:
         from room_api.app import create_app  # the API depends on the controller, not the reverse
 
         await self.controller.start()
+        import sensors  # Pi-attached devices first: a wired pull-cord works even before the network side
+
+        self.devices = sensors.attach(self.controller, pin_factory=self._pin_factory, ble_backend=self._ble_backend,
+                                      scheduler=self._scheduler)
+        await self.devices.start()  # raises sensors.WiringError on a wiring mistake in the room file
         node_port = await self.gateway.start(self._node_host, self._node_port)
         self._runner = web.AppRunner(create_app(self.controller, self.gateway), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -104,6 +112,8 @@ class RoomServer:
         await self.gateway.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.devices is not None:
+            await self.devices.stop()  # queued inputs reach the log first
         await self.controller.stop()
 
     async def __aenter__(self) -> "RoomServer":

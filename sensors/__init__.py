@@ -1,0 +1,10 @@
+"""The room controller's own devices: wired GPIO inputs and outputs, and Bluetooth LE sensors.
+
+``sensors.attach(controller)`` starts them for the room's ``transport = "gpio"`` and
+``transport = "ble"`` nodes (docs/sensors.md; wiring in hardware/).
+"""
+
+from .attach import Attachment, attach
+from .errors import SensorError, WiringError
+
+__all__ = ["Attachment", "SensorError", "WiringError", "attach"]
