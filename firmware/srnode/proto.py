@@ -25,8 +25,9 @@ def _enc(obj, out):
             raise ProtoError("bad_message", "int range")
         out.append(str(obj))
     elif t is str:
-        for ch in obj:
-            c = ord(ch)
+        # Bytes, not characters: iterating a str makes one-character strings, which the unix port
+        # interns as names (a table that only grows); ints cost nothing.
+        for c in obj.encode():
             if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
                 raise ProtoError("bad_message", "string chars")
         out.append('"')
