@@ -33,9 +33,13 @@ def run_mp(script: Path, *args: str, heap: str = "1M") -> str:
     return output
 
 
-@pytest.mark.parametrize("name", ["debounce", "drivers", "equeue", "backoff", "fall"])
+@pytest.mark.parametrize("name", ["debounce", "drivers", "adxl345", "equeue", "backoff"])
 def test_mp_script(name: str) -> None:
     run_mp(MP_TESTS / f"test_{name}.py")
+
+
+def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_accel_trace.py", str(tmp_path), heap="64wK")
 
 
 def test_protocol_vectors_pass_under_micropython() -> None:

@@ -6,7 +6,9 @@
 #   {"sht3x": {"temp_c": 22.1, "rh_pct": 45.0, "fault": "none" | "crc" | "silent"}}
 #   {"co2_ppm": 650} or {"mhz19b": {"co2_ppm": 650, "fault": ...}}
 #   {"accel": "still" | "walk" | "fall"} or {"accel_mg": [[x, y, z], ...], "rate_hz": 50}
-#   {"lis3dh": {"fault": "silent" | "none"}}
+#   {"accel": {"trace": "falls/side.csv", "rate_hz": 50}}  a recorded trace (hal/simtrace.py);
+#                                                     a relative path is from the scenario's folder
+#   {"lis3dh": {"fault": "silent" | "none"}} or {"adxl345": {...}}
 # plus optionally "every_ms" (repeat) and "until_ms" (no repeat after it).
 # Every press, release and level change logs `edge pin=.. level=.. wall_us=..` just before it.
 import asyncio
@@ -15,7 +17,8 @@ import time
 from micropython import const
 
 _BOUNCE_TOGGLES = const(3)  # a press or release chatters 2-4 times, 1-3 ms each
-_PARTS = ("sht3x", "mhz19b", "lis3dh")
+_PARTS = ("sht3x", "mhz19b", "lis3dh", "adxl345")
+_ACCELS = ("lis3dh", "adxl345")  # hal/simaccel.py: they play the accel / accel_mg steps
 _TRACES = ("still", "walk", "fall")  # hal/simaccel.py
 _ACTIONS = ("pin", "co2_ppm", "accel", "accel_mg") + _PARTS
 
@@ -28,9 +31,22 @@ def load(path):
             raise ValueError("scenario step needs at_ms and an action: %r" % step)
         if "pin" in step and "press_ms" not in step and "level" not in step:
             raise ValueError("pin step needs press_ms or level: %r" % step)
-        if step.get("accel", "still") not in _TRACES:
+        acc = step.get("accel", "still")
+        if isinstance(acc, dict):
+            _trace_file(path, acc, step)
+        elif acc not in _TRACES:
             raise ValueError("unknown accel trace: %r" % step)
     return doc
+
+
+def _trace_file(scenario_path, acc, step):
+    # Resolves the trace's path against the scenario's folder and fails now, not mid-run, when
+    # the file cannot be opened.
+    if "trace" not in acc or acc.get("rate_hz", 50) <= 0:
+        raise ValueError("accel trace step needs trace and a rate_hz > 0: %r" % step)
+    if not acc["trace"].startswith("/") and "/" in scenario_path:
+        acc["trace"] = scenario_path.rsplit("/", 1)[0] + "/" + acc["trace"]
+    open(acc["trace"]).close()
 
 
 async def play(hal, doc):
@@ -70,7 +86,7 @@ def _apply(hal, step):
             dev.set(step[dev.kind])
         if dev.kind == "mhz19b" and "co2_ppm" in step:
             dev.co2_ppm = step["co2_ppm"]
-        if dev.kind == "lis3dh" and ("accel" in step or "accel_mg" in step):
+        if dev.kind in _ACCELS and ("accel" in step or "accel_mg" in step):
             dev.set_trace(step)
 
 

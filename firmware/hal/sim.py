@@ -3,8 +3,9 @@
 # Node time runs `speed` times faster than real time (speed 60: a simulated minute per real
 # second). All time the firmware sees comes from ticks_ms() and every wait goes through
 # sleep_ms() / wait_for_ms(), so the node behaves the same at any speed. I2C and UART parts are
-# the register-level models of simdev.py (SHT3x, MH-Z19B) and simaccel.py (LIS3DH), loaded only
-# when the config fits them; scenario.py drives pins and parts from a scenario file.
+# the register-level models of simdev.py (SHT3x, MH-Z19B), simaccel.py (LIS3DH) and
+# simadxl345.py (ADXL345), loaded only when the config fits them; scenario.py drives pins and
+# parts from a scenario file.
 import asyncio
 import json
 import os
@@ -99,9 +100,17 @@ class SimHal:
             if spec["part"] == "sht3x":
                 from hal.simdev import Sht3x
                 self._attach(spec, 0x44, Sht3x(self))
-        if cfg.get("accel"):
-            from hal.simaccel import Lis3dh
-            self._attach(cfg["accel"], 0x18, Lis3dh(self))
+        acc = cfg.get("accel")
+        if acc:
+            part = acc.get("part", "lis3dh")
+            if part == "lis3dh":
+                from hal.simaccel import Lis3dh
+                self._attach(acc, 0x18, Lis3dh(self))
+            elif part == "adxl345":
+                from hal.simadxl345 import Adxl345
+                self._attach(acc, 0x53, Adxl345(self))
+            else:
+                raise ValueError("unknown accel part " + part)
         for spec in cfg.get("uart", ()):
             if spec["part"] == "mhz19b":
                 from hal.simdev import Mhz19b

@@ -1,5 +1,5 @@
 # The node's periodic sensing, loaded only when the config fits sensors: climate readings
-# (SHT3x, MH-Z19B) and accelerometer sampling into the fall detector.
+# (SHT3x, MH-Z19B) and accelerometer sampling (LIS3DH or ADXL345) into the fall detector.
 from array import array
 from micropython import const
 
@@ -26,13 +26,20 @@ def build(cfg, hal, caps):
         from drivers.mhz19b import BAUDRATE, Mhz19b
         env.append(Mhz19b(hal.uart(spec.get("bus", 1), BAUDRATE), hal, spec.get("name", "mhz19b")))
         caps.append("co2_ppm")
-    acc = cfg.get("accel")
-    if acc:
-        if acc.get("part", "lis3dh") != "lis3dh":
-            raise ValueError("unknown accel part " + acc["part"])
-        from drivers.lis3dh import Lis3dh
-        acc = Lis3dh(hal.i2c(acc.get("bus", 0)), acc.get("addr", 0x18), acc.get("rate_hz", 50),
-                     acc.get("name", "accel"))
+    spec = cfg.get("accel")
+    acc = None
+    if spec:
+        part = spec.get("part", "lis3dh")
+        if part == "lis3dh":
+            from drivers.lis3dh import Lis3dh as Part
+            addr = 0x18
+        elif part == "adxl345":
+            from drivers.adxl345 import Adxl345 as Part
+            addr = 0x53
+        else:
+            raise ValueError("unknown accel part " + part)
+        acc = Part(hal.i2c(spec.get("bus", 0)), spec.get("addr", addr), spec.get("rate_hz", 50),
+                   spec.get("name", "accel"))
         caps.append("fall")
     return env, acc
 
