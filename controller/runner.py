@@ -66,7 +66,7 @@ class RoomServer:
                                       scheduler=self._scheduler)
         await self.devices.start()  # raises sensors.WiringError on a wiring mistake in the room file
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        self._runner = web.AppRunner(create_app(self.controller, self.gateway), access_log=None,
+        self._runner = web.AppRunner(create_app(self.controller, self.gateway, self.devices), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._api_host, self._api_port,

@@ -51,6 +51,7 @@ CONTROLLER = web.AppKey("controller", RoomController)
 GATEWAY = web.AppKey("gateway", NodeGateway)
 METRICS = web.AppKey("metrics", metrics_mod.Metrics)
 OPENAPI = web.AppKey("openapi", dict)
+DEVICES = web.AppKey("devices", object)
 PRINCIPAL = web.RequestKey("principal", Principal)  # who is calling: the token's name and role
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -186,6 +187,8 @@ async def get_gateway(request: web.Request) -> web.Response:
     stats = gateway.stats.to_json() if gateway else {}
     stats["nodes_connected"] = sorted(gateway.connections) if gateway else []
     stats["readings_stored"] = request.app[CONTROLLER].readings_stored
+    devices = request.app[DEVICES]
+    stats["devices"] = devices.to_json() if devices is not None else None
     return web.json_response(stats)
 
 
@@ -405,7 +408,9 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
     return roles_for
 
 
-def create_app(controller: RoomController, gateway: NodeGateway | None = None) -> web.Application:
+def create_app(controller: RoomController, gateway: NodeGateway | None = None,
+               devices: object | None = None) -> web.Application:
+    """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
                            audit=controller.store.audit, limiter=limiter, error=ApiError,
@@ -415,7 +420,9 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None) -
     app[HISTORY] = controller.history
     if gateway is not None:
         app[GATEWAY] = gateway
-    app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total)
+    app[DEVICES] = devices
+    app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
+                                       lambda: devices)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
     for route in ROUTES:

@@ -7,7 +7,7 @@ the stream-subscriber gauge are kept here. Each app has its own registry: no glo
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,10 +24,11 @@ DELIVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 
 class _RoomCollector(Collector):
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
-                 auth_blocked: Callable[[], int]) -> None:
+                 auth_blocked: Callable[[], int], devices: Callable[[], Any]) -> None:
         self._controller = controller
         self._gateway = gateway
         self._auth_blocked = auth_blocked
+        self._devices = devices
 
     def collect(self) -> Iterable[Metric]:
         room = self._controller.room
@@ -63,13 +64,26 @@ class _RoomCollector(Collector):
         blocked = CounterMetricFamily("smartroom_auth_blocked", "Requests refused: too many failed logins")
         blocked.add_metric([], self._auth_blocked())
         yield blocked
+        devices = self._devices()
+        ble = devices.ble_status if devices is not None else None
+        if ble is not None:
+            up = GaugeMetricFamily("smartroom_ble_up", "1 while the Bluetooth scanner works, 0 while degraded")
+            up.add_metric([], 0 if ble.degraded or ble.state != "scanning" else 1)
+            yield up
+            faults = CounterMetricFamily("smartroom_ble_adapter_faults",
+                                         "Times the Bluetooth subsystem went degraded (adapter missing, removed, BlueZ)")
+            faults.add_metric([], ble.adapter_faults)
+            yield faults
+            adverts = CounterMetricFamily("smartroom_ble_advertisements", "BLE advertisements received, any device")
+            adverts.add_metric([], ble.adverts)
+            yield adverts
 
 
 class Metrics:
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
-                 auth_blocked: Callable[[], int]) -> None:
+                 auth_blocked: Callable[[], int], devices: Callable[[], Any] = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_RoomCollector(controller, gateway, auth_blocked))
+        self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices))
         self.delivery = Histogram("smartroom_call_delivery_seconds",
                                   "Time from a call being stored to its first delivery to a nurse endpoint",
                                   buckets=DELIVERY_BUCKETS_S, registry=self.registry)

@@ -73,7 +73,9 @@ SCHEMAS: dict[str, S] = {
     "Gateway": _obj(["accepted", "rejected", "duplicates", "nodes_connected", "readings_stored"],
                     accepted={"type": "object", "additionalProperties": INT},
                     rejected={"type": "object", "additionalProperties": INT}, duplicates=INT, connections=INT,
-                    nodes_connected={"type": "array", "items": STR}, readings_stored=INT),
+                    nodes_connected={"type": "array", "items": STR}, readings_stored=INT,
+                    devices=_nullable({"type": "object", "description": "Pi-attached GPIO nodes and the BLE "
+                                       "scanner's state (stopped, starting, scanning, degraded)"})),
     "Readings": _obj(["measure", "node", "from_ms", "to_ms", "step_ms", "requested_step_ms", "step_rounded",
                       "source", "buckets", "limits"],
                      measure=STR, node=_nullable(STR), from_ms=MS, to_ms=MS, step_ms=INT, requested_step_ms=INT,

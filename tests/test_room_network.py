@@ -66,3 +66,27 @@ async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_two_controllers_on_loopback_are_both_discovered_with_their_state(tmp_path, keys, capsys):
+    import copy
+
+    from controller.config import parse_room
+    from tests.helpers import ROOM_DOC
+
+    configs = []
+    for room_id in ("4b-12", "4b-14"):
+        doc = copy.deepcopy(ROOM_DOC)
+        doc["room"] = {"id": room_id, "name": f"Ward 4B room {room_id[-2:]}"}
+        configs.append(parse_room(doc, f"{room_id}.toml"))
+    async with RoomServer(configs[0], keys, tmp_path / "a.db", api_port=0, node_port=0, advertise=True,
+                          mdns_interfaces=LOOPBACK) as first, \
+            RoomServer(configs[1], keys, tmp_path / "b.db", api_port=0, node_port=0, advertise=True,
+                       mdns_interfaces=LOOPBACK) as second:
+        rooms = {r.room: r for r in await browse(10, LOOPBACK, expect=2) if r.room in ("4b-12", "4b-14")}
+        assert {r: rooms[r].url for r in rooms} == {"4b-12": first.endpoints.api_url + "/api/v1",
+                                                   "4b-14": second.endpoints.api_url + "/api/v1"}
+        code = await asyncio.to_thread(cli.main, ["discover", "--interface", "127.0.0.1", "--timeout", "3", "--json"])
+        listed = {r["room"]: r for r in json.loads(capsys.readouterr().out)}
+        assert code == 0 and {"4b-12", "4b-14"} <= set(listed)
+        assert listed["4b-14"]["name"] == "Ward 4B room 14" and listed["4b-14"]["state"].startswith("ok")

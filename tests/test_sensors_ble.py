@@ -293,3 +293,29 @@ async def test_an_adapter_removed_while_scanning_is_noticed_by_the_watchdog(room
     await sched.advance(RETRY_FIRST_S)                                   # plugged back in
     await room.devices.settle()
     assert room.devices.ble_status.state == "scanning" and room.types() == []
+
+
+async def test_a_degraded_bluetooth_subsystem_shows_in_the_api_and_the_metrics(tmp_path, sched):
+    import aiohttp
+
+    from controller.runner import RoomServer
+    from tests.helpers import keys_for
+
+    config = parse_room(room_doc(), "ble.toml")
+    radio = make_radio(BleakError("No Bluetooth adapters found."))
+    async with RoomServer(config, keys_for(config), tmp_path / "room.db", api_port=0, node_port=0,
+                          ble_backend=radio, scheduler=sched) as server:
+        await sched.advance(0)
+        await server.devices.settle()
+        token = await server.create_token("facilities", "tech")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with http.get(server.endpoints.api_url + "/api/v1/gateway") as resp:
+                ble = (await resp.json())["devices"]["ble"]
+            async with http.get(server.endpoints.api_url + "/metrics") as resp:
+                metrics = await resp.text()
+            assert (ble["state"], ble["adapter_faults"]) == ("degraded", 1)
+            assert "smartroom_ble_up 0.0" in metrics and "smartroom_ble_adapter_faults_total 1.0" in metrics
+            await sched.advance(RETRY_FIRST_S)                           # the adapter is back
+            await server.devices.settle()
+            async with http.get(server.endpoints.api_url + "/metrics") as resp:
+                assert "smartroom_ble_up 1.0" in await resp.text()
