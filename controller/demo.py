@@ -208,7 +208,8 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
     demo_tokens = {role: await server.create_token(role, f"demo {role}") for role in ROLES}
     narrator = Narrator(server, endpoints.api_url)
     print(f"smartroom demo — {config.name}\n"
-          f"  nurse dashboard : {endpoints.api_url}/\n"
+          f"  nurse page      : {endpoints.api_url}/   (log in with the nurse token below)\n"
+          f"  facilities page : {endpoints.api_url}/facilities   (the facilities token)\n"
           f"  room state      : {endpoints.api_url}/api/v1/room\n"
           f"  live events     : curl -N -H 'Authorization: Bearer <nurse token>' "
           f"{endpoints.api_url}/api/v1/events/stream\n"
@@ -217,7 +218,7 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
           f"API tokens (log in to the pages with one; they are kept in {workdir / 'room.db'}, hashed):\n"
           + "".join(f"  {role:<11}     : {secret}\n" for role, secret in demo_tokens.items()) +
           f"Four nodes run the real firmware in MicroPython (64 KB heap). The patient presses the call\n"
-          f"button at 12 s; acknowledge it on the dashboard (after {auto_ack_s:.0f} s a demo nurse does).\n"
+          f"button at 12 s; acknowledge it on the nurse page (after {auto_ack_s:.0f} s a demo nurse does).\n"
           f"Then: staff presence, a bathroom emergency that only the in-room cancel clears, escalation,\n"
           f"a warm room, and a fall the patient cancels with \"I'm OK\". The script repeats every 3 min.\n"
           f"Ctrl-C stops everything.\n", flush=True)
