@@ -5,9 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test setup firmware bench clean
+.PHONY: demo test setup firmware bench bench-voice clean
 
-$(STAMP): pyproject.toml
+# Debian packages the voice pipeline and its tests use: espeak-ng (speech), sox (noise in the
+# voice benchmark), PortAudio (the microphone, through sounddevice).
+SYSDEPS := $(VENV)/.sysdeps
+$(SYSDEPS):
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 || { \
+	  echo "installing espeak-ng, sox, libportaudio2 (Debian) ..."; \
+	  apt-get update -qq && apt-get install -y -qq espeak-ng sox libportaudio2; }
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): pyproject.toml $(SYSDEPS)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "smartroom needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
@@ -39,6 +48,9 @@ firmware: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/latency.py
+
+bench-voice: $(STAMP)
+	$(PY) bench/voice/run.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

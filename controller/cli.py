@@ -254,6 +254,36 @@ def _falls_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _voice_recognize(args: argparse.Namespace) -> int:
+    """Intents in a recording, one JSON object per line, through the microphone's code path."""
+    from .voice import AudioError, Listener, RecognizerError, WavFileSource, parse_options, recognizer_for
+    from .voice.recognizer import PhraseRecognizer
+
+    try:
+        if args.config is not None:
+            config = load_room(args.config)
+            voice_nodes = [n for n in config.nodes.values() if n.transport == "voice"]
+            node = next((n for n in voice_nodes if args.node in (None, n.id)), None)
+            if node is None:
+                raise ConfigError(f"{args.config}: no voice node" + (f" '{args.node}'" if args.node else ""))
+            options = dict(node.options)
+            recognizer = recognizer_for(node)
+        else:
+            options = parse_options({})
+            recognizer = PhraseRecognizer(options["phrases"], language=options["language"],
+                                          threshold=options["threshold"])
+        if args.threshold is not None:
+            recognizer.threshold = args.threshold
+        listener = Listener(recognizer, vad_mode=options["vad_mode"], max_utterance_s=options["max_utterance_s"])
+        with WavFileSource(args.file) as source:
+            for detection in listener.detections(source.frames()):
+                print(json.dumps(detection.to_json()), flush=True)
+    except (ConfigError, AudioError, RecognizerError) as exc:
+        print(f"smartroom voice: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartroom", description="Smart hospital room controller.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -324,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--firmware", type=Path, default=None, help="firmware folder (default: the repo's firmware/)")
     ev.add_argument("--json", type=Path, help="also write the results, per trial, to this JSON file")
     ev.set_defaults(func=_falls_eval)
+
+    voice = sub.add_parser("voice", help="voice calls: recognise the patients' phrases (docs/voice.md)")
+    voice_sub = voice.add_subparsers(dest="voice_command", required=True)
+    rec = voice_sub.add_parser(
+        "recognize", help="print the intents found in a WAV recording, one JSON object per line",
+        description="Run a recording through the same pipeline as the microphone (any sample rate and "
+                    "channel count) and print each intent found: time, intent, phrase, confidence.")
+    rec.add_argument("file", type=Path, help="a PCM WAV file")
+    rec.add_argument("--config", type=Path, help="use a room file's voice node (its phrases and options)")
+    rec.add_argument("--node", help="which voice node of --config (default: the first)")
+    rec.add_argument("--threshold", type=float, help="accept at this confidence or more (0..1)")
+    rec.set_defaults(func=_voice_recognize)
     return parser
 
 

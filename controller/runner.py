@@ -51,6 +51,7 @@ class RoomServer:
         self._advertise = advertise
         self._pin_factory, self._ble_backend, self._scheduler = pin_factory, ble_backend, scheduler
         self.devices = None  # sensors.Attachment: wired GPIO nodes and the BLE scanner
+        self.voice = None    # controller.voice.VoiceService: the room's microphones, when it has voice nodes
         self._mdns_interfaces = mdns_interfaces
         self._advertising: asyncio.Task[None] | None = None
         self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
@@ -65,6 +66,11 @@ class RoomServer:
         self.devices = sensors.attach(self.controller, pin_factory=self._pin_factory, ble_backend=self._ble_backend,
                                       scheduler=self._scheduler)
         await self.devices.start()  # raises sensors.WiringError on a wiring mistake in the room file
+        if any(n.transport == "voice" for n in self.config.nodes.values()):
+            from .voice import VoiceService  # numpy and pocketsphinx load only for rooms that listen
+
+            self.voice = VoiceService(self.controller)
+            await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
         self._runner = web.AppRunner(create_app(self.controller, self.gateway, self.devices), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -112,6 +118,8 @@ class RoomServer:
         await self.gateway.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.voice is not None:
+            await self.voice.stop()
         if self.devices is not None:
             await self.devices.stop()  # queued inputs reach the log first
         await self.controller.stop()
