@@ -13,6 +13,7 @@ import socket
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from .config import DEFAULT_API_PORT, ConfigError, load_keys, load_room
 
@@ -284,6 +285,13 @@ def _voice_recognize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nested(sub: Any, group: str, group_help: str, action: str, action_help: str,
+            description: str) -> argparse.ArgumentParser:
+    """``smartroom <group> <action>``: a command group with (so far) one action."""
+    actions = sub.add_parser(group, help=group_help).add_subparsers(dest=f"{group}_command", required=True)
+    return actions.add_parser(action, help=action_help, description=description)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartroom", description="Smart hospital room controller.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -341,12 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", type=Path, help="write here (mode 0600; refuses to overwrite)")
     keygen.set_defaults(func=_keygen)
 
-    falls = sub.add_parser("falls", help="fall detection: evaluate the node's detector on recorded falls")
-    falls_sub = falls.add_subparsers(dest="falls_command", required=True)
-    ev = falls_sub.add_parser(
-        "eval", help="run the firmware's fall detector (in MicroPython) on a SisFall dataset and score it",
-        description="Run the firmware's fall detector, inside MicroPython, on every trial of a dataset in "
-                    "SisFall's layout and score it per trial (docs/falls.md).")
+    ev = _nested(sub, "falls", "fall detection: evaluate the node's detector on recorded falls", "eval",
+                 "run the firmware's fall detector (in MicroPython) on a SisFall dataset and score it",
+                 "Run the firmware's fall detector, inside MicroPython, on every trial of a dataset in "
+                 "SisFall's layout and score it per trial (docs/falls.md).")
     ev.add_argument("path", type=Path, help="the SisFall_dataset folder, or the folder holding it")
     ev.add_argument("--subjects", help="e.g. SA01,SA02 or SA01-SA05 or SA01-SA03,SE01 (default: all)")
     ev.add_argument("--rate-hz", type=int, choices=(50, 100), default=50, help="the node's sample rate (default 50)")
@@ -355,12 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, help="also write the results, per trial, to this JSON file")
     ev.set_defaults(func=_falls_eval)
 
-    voice = sub.add_parser("voice", help="voice calls: recognise the patients' phrases (docs/voice.md)")
-    voice_sub = voice.add_subparsers(dest="voice_command", required=True)
-    rec = voice_sub.add_parser(
-        "recognize", help="print the intents found in a WAV recording, one JSON object per line",
-        description="Run a recording through the same pipeline as the microphone (any sample rate and "
-                    "channel count) and print each intent found: time, intent, phrase, confidence.")
+    rec = _nested(sub, "voice", "voice calls: recognise the patients' phrases (docs/voice.md)", "recognize",
+                  "print the intents found in a WAV recording, one JSON object per line",
+                  "Run a recording through the same pipeline as the microphone (any sample rate and "
+                  "channel count) and print each intent found: time, intent, phrase, confidence.")
     rec.add_argument("file", type=Path, help="a PCM WAV file")
     rec.add_argument("--config", type=Path, help="use a room file's voice node (its phrases and options)")
     rec.add_argument("--node", help="which voice node of --config (default: the first)")
