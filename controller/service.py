@@ -30,6 +30,7 @@ log = logging.getLogger("smartroom.controller")
 READING_FLUSH_S = 0.1       # readings are batched: one fsync per 100 ms, not one per reading
 READING_BATCH_MAX = 2000    # flush early when this many are waiting
 OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed heartbeat intervals
+BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings history once a minute
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
 
@@ -65,6 +66,7 @@ class RoomController:
         self._pending: set[asyncio.Task[object]] = set()
         self._local_boot = max(1, wall_ms() // 1000 % 2**31)  # Pi-attached sources: one "boot" per start
         self._local_seq = 0
+        self._battery_stored_ms: dict[str, int] = {}
         self.readings_stored = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -152,7 +154,12 @@ class RoomController:
         self.room.note_heartbeat(hb, self.clock())
         await self.store.save_mark(mark)
         if hb.batt_mv:
-            self._check_reading(hb.node, BATTERY_MEASURE, hb.batt_mv / 1000)
+            batt_v = hb.batt_mv / 1000
+            self._check_reading(hb.node, BATTERY_MEASURE, batt_v)
+            now = self.clock()
+            if now - self._battery_stored_ms.get(hb.node, -BATTERY_HISTORY_MS) >= BATTERY_HISTORY_MS:
+                self._battery_stored_ms[hb.node] = now  # a battery chart, without a row per heartbeat
+                self._readings.append((now, hb.node, BATTERY_MEASURE, batt_v))
 
     def node_reading(self, reading: Reading) -> None:
         """Queue a reading for the next batch write; readings are never acked or resent."""
@@ -206,6 +213,10 @@ class RoomController:
                 pass
             self._reading_wakeup.clear()
             await self._flush_readings()
+
+    async def flush_readings(self) -> None:
+        """Write the readings waiting for the next batch now."""
+        await self._flush_readings()
 
     async def _flush_readings(self) -> None:
         if not self._readings:

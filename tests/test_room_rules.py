@@ -537,3 +537,15 @@ def test_transport_options_are_checked_with_file_line_and_key(tmp_path, monkeypa
     path.write_text('[room]\nid = "r"\n[nodes.v]\ntransport = "carrier pigeon"\n')
     with pytest.raises(config_mod.ConfigError, match=r"room.toml:4: nodes.v.transport: 'carrier pigeon' is not one of"):
         config_mod.load_room(path)
+
+
+async def test_heartbeat_battery_is_kept_for_the_chart_once_a_minute(room):
+    for _ in range(7):                         # a heartbeat every 10 s for a minute
+        await room.heartbeat("wearable-a", batt_mv=3900)
+        await room.advance(10)
+    await room.advance(50)
+    await room.heartbeat("wearable-a", batt_mv=3850)   # 60 s after the last stored one
+    await room.c.flush_readings()
+    series = await room.c.history.query("batt_v", room.clock.ms - 180_000, room.clock.ms + 1, 60_000)
+    assert [(b.n, b.mean) for b in series.buckets] == [(1, 3.9), (1, 3.9), (1, 3.85)], \
+        "8 heartbeats over two minutes, 3 rows: at 0 s, 60 s and 120 s"
