@@ -146,7 +146,8 @@ class Call:
     present_by: str | None = None
     level: int = 1                          # escalation level, 1 = primary nurse
     reminders: int = 0
-    phase_since_ms: int = 0                 # start of the running escalation or reminder period
+    phase_since_ms: int = 0                 # start of the running escalation step or reminder period
+    signalled_at_ms: int = 0                # raised, or re-signalled by a reminder: sounds through a silence
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -304,7 +305,7 @@ class Room:
             tone = sounding[0].ctype.level
             if self.silence is not None:
                 at_ms, until_ms, _ = self.silence
-                if now_ms < until_ms and all(c.raised_at_ms <= at_ms and c.phase_since_ms <= at_ms for c in sounding):
+                if now_ms < until_ms and all(c.signalled_at_ms <= at_ms for c in sounding):
                     silenced = True
         indicators = tuple((n, self.indicator_for(n)) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
         return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present,
@@ -328,7 +329,7 @@ class Room:
             return call.phase_since_ms + _ms(timers.reminder_s)
         if call.level >= len(self.config.escalation_levels):
             return None
-        return call.phase_since_ms + call.level * _ms(timers.escalate_s)
+        return call.phase_since_ms + _ms(timers.escalate_s)
 
     def next_due_ms(self, now_ms: int, offline_after_ms: int) -> int | None:
         """The earliest moment :meth:`decide_tick` has something to do."""
@@ -668,7 +669,7 @@ class Room:
 
     def _apply_raised(self, d: dict[str, Any]) -> None:
         call = Call(d["call_id"], d["type"], d["node"], d["input"], d["bed"], d["at_ms"], d.get("by", ""),
-                    dict(d.get("detail", {})), phase_since_ms=d["at_ms"])
+                    dict(d.get("detail", {})), phase_since_ms=d["at_ms"], signalled_at_ms=d["at_ms"])
         self.calls[call.id] = call
         self._step(d, "raised")
         if "stay_ms" in d:
@@ -702,6 +703,7 @@ class Room:
         call = self._step(d, "escalated", level=d["level"], to=d["to"], due_ms=d["due_ms"])
         if call is not None:
             call.level = d["level"]
+            call.phase_since_ms = d["due_ms"]  # the next level is one escalation period later
 
     def _apply_reminded(self, d: dict[str, Any]) -> None:
         """A reminder re-signals the call as if new: it needs acknowledging again and escalates again."""
@@ -711,7 +713,7 @@ class Room:
             call.acknowledged_at_ms = call.acknowledged_by = None
             call.present_at_ms = call.present_by = None
             call.level = 1
-            call.phase_since_ms = d["due_ms"]
+            call.phase_since_ms = call.signalled_at_ms = d["due_ms"]
 
     def _apply_noted(self, d: dict[str, Any]) -> None:
         self._step(d, "noted", note=d["note"])

@@ -549,3 +549,28 @@ async def test_heartbeat_battery_is_kept_for_the_chart_once_a_minute(room):
     series = await room.c.history.query("batt_v", room.clock.ms - 180_000, room.clock.ms + 1, 60_000)
     assert [(b.n, b.mean) for b in series.buckets] == [(1, 3.9), (1, 3.9), (1, 3.85)], \
         "8 heartbeats over two minutes, 3 rows: at 0 s, 60 s and 120 s"
+
+
+async def test_an_escalated_alarm_escalates_one_period_after_staff_leave_not_its_level_times(room):
+    await _raise(room, "sensor_fault")                 # technical: staff presence does not answer it
+    [escalated] = await room.advance(120)               # low tier: 120 s per level
+    assert escalated.data["level"] == 2
+    await room.press("door", "presence")
+    assert await room.advance(600) == []                 # held while staff are in the room
+    await room.press("door", "presence")
+    left_at = room.clock.ms
+    [escalated] = await room.advance(120)
+    assert (escalated.data["level"], escalated.data["due_ms"]) == (3, left_at + 120_000)
+
+
+async def test_a_reminder_sounds_through_a_silence_and_an_escalation_does_not(room):
+    call = await _raise(room, "patient_call")
+    await room.c.silence_tone("Nurse Kim")
+    await room.advance(60)                               # escalated to the charge nurse meanwhile
+    assert room.call("patient_call")["escalation_level"] == 2 and room.c.outputs().tone == "off"
+    await room.c.acknowledge(call["id"], "Nurse Kim")
+    await room.advance(170)
+    await room.c.silence_tone("Nurse Kim")               # silenced again, 10 s before the reminder
+    [reminder] = await room.advance(10)
+    assert reminder.kind == "call.reminded"
+    assert (room.c.outputs().tone, room.c.outputs().tone_silenced) == ("medium", False)
