@@ -101,35 +101,13 @@ class CallTimes:
 
 @dataclass(slots=True)
 class _Builder:
-    """Mutable accumulator for one call while the log is folded; frozen into :class:`CallTimes`."""
+    """One call's :class:`CallTimes` fields while the log is folded (mutable), then frozen."""
 
-    call_id: str
-    type: str | None
-    level: str | None
-    bed: str | None
-    source: str | None
-    raised_at_ms: int
-    annunciated_at_ms: int | None = None
-    acknowledged_at_ms: int | None = None
-    acknowledged_by: str | None = None
-    present_at_ms: int | None = None
-    present_by: str | None = None
-    cleared_at_ms: int | None = None
-    cleared_by: str | None = None
-    cleared_how: str | None = None
-    escalations: int = 1
+    f: dict[str, Any]
     reminder_keys: set[Any] = field(default_factory=set)
-    presses: int = 1
 
     def freeze(self) -> CallTimes:
-        return CallTimes(
-            call_id=self.call_id, type=self.type, level=self.level, bed=self.bed, source=self.source,
-            raised_at_ms=self.raised_at_ms, annunciated_at_ms=self.annunciated_at_ms,
-            acknowledged_at_ms=self.acknowledged_at_ms, acknowledged_by=self.acknowledged_by,
-            present_at_ms=self.present_at_ms, present_by=self.present_by,
-            cleared_at_ms=self.cleared_at_ms, cleared_by=self.cleared_by, cleared_how=self.cleared_how,
-            escalations=self.escalations, reminders=len(self.reminder_keys), presses=self.presses,
-        )
+        return CallTimes(**self.f, reminders=len(self.reminder_keys))
 
 
 def _at(record: LogRecord) -> int:
@@ -145,35 +123,39 @@ def _source(data: Mapping[str, Any]) -> str | None:
 
 def _new_call(record: LogRecord) -> _Builder:
     d = record.data
-    return _Builder(call_id=d["call_id"], type=d.get("type"), level=d.get("level"), bed=d.get("bed"),
-                    source=_source(d), raised_at_ms=_at(record))
+    return _Builder({"call_id": d["call_id"], "type": d.get("type"), "level": d.get("level"), "bed": d.get("bed"),
+                     "source": _source(d), "raised_at_ms": _at(record)})
+
+
+def _first(call: _Builder, at_key: str, at: int, by_key: str | None = None, by: Any = None) -> None:
+    if call.f.get(at_key) is None:
+        call.f[at_key] = at
+        if by_key is not None:
+            call.f[by_key] = by
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _apply(call: _Builder, record: LogRecord) -> None:
     """Fold one transition into an open call (first ack/presence/clear win)."""
-    d, kind, at = record.data, record.kind, _at(record)
+    d, kind, at, f = record.data, record.kind, _at(record), call.f
     if kind == "call.annunciated":
-        if call.annunciated_at_ms is None:
-            call.annunciated_at_ms = at
+        _first(call, "annunciated_at_ms", at)
     elif kind == "call.acknowledged":
-        if call.acknowledged_at_ms is None:
-            call.acknowledged_at_ms, call.acknowledged_by = at, d.get("by")
+        _first(call, "acknowledged_at_ms", at, "acknowledged_by", d.get("by"))
     elif kind == "call.present":
-        if call.present_at_ms is None:
-            call.present_at_ms, call.present_by = at, d.get("by")
-    elif kind == "call.escalated":
-        level = d.get("level")
-        if isinstance(level, int) and not isinstance(level, bool):
-            call.escalations = max(call.escalations, level)
+        _first(call, "present_at_ms", at, "present_by", d.get("by"))
+    elif kind == "call.escalated" and (level := _count(d.get("level"))) is not None:
+        f["escalations"] = max(f.get("escalations", 1), level)
     elif kind == "call.reminded":
         n = d.get("n")
         call.reminder_keys.add(n if isinstance(n, int) else ("record", record.id))
-    elif kind == "call.repeated":
-        presses = d.get("presses")
-        if isinstance(presses, int) and not isinstance(presses, bool):
-            call.presses = max(call.presses, presses)
+    elif kind == "call.repeated" and (presses := _count(d.get("presses"))) is not None:
+        f["presses"] = max(f.get("presses", 1), presses)
     elif kind == "call.cleared":
-        call.cleared_at_ms, call.cleared_by, call.cleared_how = at, d.get("by"), d.get("how")
+        f["cleared_at_ms"], f["cleared_by"], f["cleared_how"] = at, d.get("by"), d.get("how")
 
 
 def collect_calls(records: Iterable[LogRecord], from_ms: int, to_ms: int) -> list[CallTimes]:
@@ -193,7 +175,7 @@ def collect_calls(records: Iterable[LogRecord], from_ms: int, to_ms: int) -> lis
                     calls[call_id] = _new_call(record)
             continue
         call = calls.get(call_id)
-        if call is not None and call.cleared_at_ms is None:
+        if call is not None and call.f.get("cleared_at_ms") is None:
             _apply(call, record)
     return sorted((c.freeze() for c in calls.values()), key=lambda c: c.raised_at_ms)
 

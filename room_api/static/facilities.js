@@ -5,7 +5,7 @@
 import { ApiError, Session } from "./session.js";
 import { EventStream } from "./stream.js";
 import { plot } from "./plot.js";
-import { $, el, badge, age, tickAges, errorText, loginGate, Notice } from "./ui.js";
+import { $, el, badge, age, tickAges, errorText, loginGate, Notice, linkIndicator, showOffline } from "./ui.js";
 
 const REFRESH_DEBOUNCE_MS = 250;   // node and environment changes come in bursts
 const PLOTS_DEBOUNCE_MS = 2000;    // charts are heavier: one reload per burst of environment events
@@ -52,7 +52,7 @@ function start({ gateway, room: first }) {
     session,
     lastEventId: first.cursor,
     onEvent,
-    onState: showLink,
+    onState: linkIndicator(scheduleRefresh),
     onFatal: lost,
   });
   stream.start();
@@ -65,23 +65,11 @@ function stop() {
   clearTimeout(plotsTimer);
   if (stream) stream.stop();
   stream = null;
-  $("link").textContent = "offline";
-  $("link").className = "link down";
+  showOffline();
   room = null;
   notice.hide();
 }
 
-function showLink(state, detail) {
-  const link = $("link");
-  if (state === "live") {
-    link.textContent = "live";
-    link.className = "link live";
-    scheduleRefresh();
-  } else if (state === "reconnecting") {
-    link.textContent = `reconnecting in ${(detail.delayMs / 1000).toFixed(1)} s…`;
-    link.className = "link down";
-  }
-}
 
 function onEvent(_id, ev) {
   // Readings are not in the stream; any event is a good moment to fetch the current values.

@@ -5,7 +5,7 @@
 import { Session } from "./session.js";
 import { EventStream } from "./stream.js";
 import { Sounder } from "./sound.js";
-import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY } from "./ui.js";
+import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, linkIndicator, showOffline } from "./ui.js";
 
 const HISTORY_LENGTH = 50;       // events shown in "recent history"
 const HISTORY_SCAN = 500;        // log entries read at login to find them (most are raw node events)
@@ -56,7 +56,7 @@ async function start(room) {
     session,
     lastEventId: room.cursor,  // resume exactly where the snapshot stands: no gap, no duplicate
     onEvent,
-    onState: showLink,
+    onState: linkIndicator(scheduleRefresh),
     onFatal: lost,
   });
   stream.start();
@@ -68,25 +68,13 @@ function stop() {
   refreshAgain = false;
   if (stream) stream.stop();
   stream = null;
-  $("link").textContent = "offline";
-  $("link").className = "link down";
+  showOffline();
   history = [];
   calls.clear();
   $("history").replaceChildren();
   notice.hide();
 }
 
-function showLink(state, detail) {
-  const link = $("link");
-  if (state === "live") {
-    link.textContent = "live";
-    link.className = "link live";
-    scheduleRefresh();  // whatever changed while we were away
-  } else if (state === "reconnecting") {
-    link.textContent = `reconnecting in ${(detail.delayMs / 1000).toFixed(1)} s…`;
-    link.className = "link down";
-  }
-}
 
 // ------------------------------------------------------------------ room state
 function scheduleRefresh() {

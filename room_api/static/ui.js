@@ -168,3 +168,24 @@ export function loginGate({ session, verify, onReady, onLogout, forbidden, askNa
       : "The room controller no longer accepts this token (401). Log in again.");
   };
 }
+
+// The link badge next to a page's title. ``onLive`` runs each time the stream is (back) up: a good
+// moment to fetch whatever changed while the page was away.
+export function linkIndicator(onLive) {
+  return (state, detail) => {
+    const link = $("link");
+    if (state === "live") {
+      link.textContent = "live";
+      link.className = "link live";
+      onLive();
+    } else if (state === "reconnecting") {
+      link.textContent = `reconnecting in ${(detail.delayMs / 1000).toFixed(1)} s…`;
+      link.className = "link down";
+    }
+  };
+}
+
+export function showOffline() {
+  $("link").textContent = "offline";
+  $("link").className = "link down";
+}
