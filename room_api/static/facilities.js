@@ -3,9 +3,8 @@
 // the gateway's counters. Live over the event stream (docs/pages.md).
 
 import { ApiError, Session } from "./session.js";
-import { EventStream } from "./stream.js";
 import { plot } from "./plot.js";
-import { $, el, badge, age, tickAges, errorText, loginGate, Notice, linkIndicator, showOffline } from "./ui.js";
+import { $, el, badge, age, tickAges, errorText, loginGate, Notice, openStream, showOffline } from "./ui.js";
 
 const REFRESH_DEBOUNCE_MS = 250;   // node and environment changes come in bursts
 const PLOTS_DEBOUNCE_MS = 2000;    // charts are heavier: one reload per burst of environment events
@@ -47,15 +46,8 @@ const lost = loginGate({
 function start({ gateway, room: first }) {
   render(first, gateway);
   loadPlots();
-  stream = new EventStream({
-    url: "/api/v1/events/stream?endpoint=" + encodeURIComponent("facilities page"),
-    session,
-    lastEventId: first.cursor,
-    onEvent,
-    onState: linkIndicator(scheduleRefresh),
-    onFatal: lost,
-  });
-  stream.start();
+  stream = openStream({ endpoint: "facilities page", session, cursor: first.cursor, onEvent,
+                        onLive: scheduleRefresh, onFatal: lost });
 }
 
 function stop() {

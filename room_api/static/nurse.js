@@ -3,9 +3,8 @@
 // State comes from GET /api/v1/room; the event stream says when it changed (docs/pages.md).
 
 import { Session } from "./session.js";
-import { EventStream } from "./stream.js";
 import { Sounder } from "./sound.js";
-import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, linkIndicator, showOffline } from "./ui.js";
+import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline } from "./ui.js";
 
 const HISTORY_LENGTH = 50;       // events shown in "recent history"
 const HISTORY_SCAN = 500;        // log entries read at login to find them (most are raw node events)
@@ -51,15 +50,8 @@ async function start(room) {
   $("who").textContent = `Logged in as ${session.name}`;
   render(room);
   await loadHistory(room.cursor);
-  stream = new EventStream({
-    url: "/api/v1/events/stream?endpoint=" + encodeURIComponent(`nurse page (${session.name})`),
-    session,
-    lastEventId: room.cursor,  // resume exactly where the snapshot stands: no gap, no duplicate
-    onEvent,
-    onState: linkIndicator(scheduleRefresh),
-    onFatal: lost,
-  });
-  stream.start();
+  stream = openStream({ endpoint: `nurse page (${session.name})`, session, cursor: room.cursor, onEvent,
+                        onLive: scheduleRefresh, onFatal: lost });
 }
 
 function stop() {

@@ -1,6 +1,7 @@
 // What both pages share: DOM helpers, priority badges, times, the login gate and error wording.
 
 import { ApiError } from "./session.js";
+import { EventStream } from "./stream.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -183,6 +184,17 @@ export function linkIndicator(onLive) {
       link.className = "link down";
     }
   };
+}
+
+// A page's live stream: named for the room's annunciation record, resuming exactly where the
+// page's snapshot stands (``cursor``: no gap, no duplicate), with the link badge kept up to date.
+export function openStream({ endpoint, session, cursor, onEvent, onLive, onFatal }) {
+  const stream = new EventStream({
+    url: "/api/v1/events/stream?endpoint=" + encodeURIComponent(endpoint),
+    session, lastEventId: cursor, onEvent, onState: linkIndicator(onLive), onFatal,
+  });
+  stream.start();
+  return stream;
 }
 
 export function showOffline() {
