@@ -4,7 +4,7 @@
 
 import { ApiError, Session } from "./session.js";
 import { plot } from "./plot.js";
-import { $, el, badge, age, tickAges, errorText, loginGate, Notice, openStream, showOffline } from "./ui.js";
+import { $, el, badge, age, tickAges, errorText, loginGate, Notice, openStream, showOffline, Refresher } from "./ui.js";
 
 const REFRESH_DEBOUNCE_MS = 250;   // node and environment changes come in bursts
 const PLOTS_DEBOUNCE_MS = 2000;    // charts are heavier: one reload per burst of environment events
@@ -25,10 +25,8 @@ const session = new Session();
 const notice = new Notice($("notice"));
 let stream = null;
 let generation = 0;  // bumped on logout: answers to requests from before are dropped
-let refreshTimer = null;
+const refresher = new Refresher(refresh, REFRESH_DEBOUNCE_MS);
 let plotsTimer = null;
-let refreshing = false;
-let refreshAgain = false;
 let room = null;
 
 const lost = loginGate({
@@ -52,8 +50,7 @@ function start({ gateway, room: first }) {
 
 function stop() {
   generation += 1;
-  clearTimeout(refreshTimer);
-  refreshAgain = false;
+  refresher.cancel();
   clearTimeout(plotsTimer);
   if (stream) stream.stop();
   stream = null;
@@ -72,15 +69,10 @@ function onEvent(_id, ev) {
   }
 }
 
-function scheduleRefresh() {
-  clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(refresh, REFRESH_DEBOUNCE_MS);
-}
+const scheduleRefresh = () => refresher.schedule();
 
 async function refresh() {
   if (!stream) return;  // logged out
-  if (refreshing) { refreshAgain = true; return; }
-  refreshing = true;
   const gen = generation;
   try {
     const [next, gateway] = await Promise.all([session.api("/api/v1/room"), session.api("/api/v1/gateway")]);
@@ -90,10 +82,7 @@ async function refresh() {
     if (newMeasures) loadPlots();
   } catch (err) {
     if (gen === generation && err.status === 401) lost(err);
-  } finally {
-    refreshing = false;
   }
-  if (refreshAgain) { refreshAgain = false; scheduleRefresh(); }
 }
 
 // ------------------------------------------------------------------ rendering

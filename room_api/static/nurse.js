@@ -4,7 +4,7 @@
 
 import { Session } from "./session.js";
 import { Sounder } from "./sound.js";
-import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline } from "./ui.js";
+import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline, Refresher } from "./ui.js";
 
 const HISTORY_LENGTH = 50;       // events shown in "recent history"
 const HISTORY_SCAN = 500;        // log entries read at login to find them (most are raw node events)
@@ -30,9 +30,7 @@ const calls = new Map();     // call id -> {label, priority, bed}: names calls i
 let history = [];            // newest first: {id, ts_ms, kind, data}
 let stream = null;
 let generation = 0;          // bumped on logout: answers to requests from before are dropped
-let refreshTimer = null;
-let refreshing = null;
-let refreshAgain = false;
+const refresher = new Refresher(refresh, REFRESH_DEBOUNCE_MS);
 let cueTimer = null;
 let pendingCues = [];
 
@@ -56,8 +54,7 @@ async function start(room) {
 
 function stop() {
   generation += 1;
-  clearTimeout(refreshTimer);
-  refreshAgain = false;
+  refresher.cancel();
   if (stream) stream.stop();
   stream = null;
   showOffline();
@@ -69,27 +66,18 @@ function stop() {
 
 
 // ------------------------------------------------------------------ room state
-function scheduleRefresh() {
-  clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(refresh, REFRESH_DEBOUNCE_MS);
-}
+const scheduleRefresh = () => refresher.schedule();
 
 async function refresh() {
   if (!stream) return;  // logged out
-  if (refreshing) { refreshAgain = true; return; }
   const gen = generation;
-  refreshing = (async () => {
-    try {
-      const room = await session.api("/api/v1/room");
-      if (gen === generation) render(room);
-    } catch (err) {
-      if (gen === generation && err.status === 401) lost(err);
-      // otherwise the stream is down too; its reconnect brings a refresh
-    }
-  })();
-  await refreshing;
-  refreshing = null;
-  if (refreshAgain) { refreshAgain = false; scheduleRefresh(); }
+  try {
+    const room = await session.api("/api/v1/room");
+    if (gen === generation) render(room);
+  } catch (err) {
+    if (gen === generation && err.status === 401) lost(err);
+    // otherwise the stream is down too; its reconnect brings a refresh
+  }
 }
 
 function render(room) {

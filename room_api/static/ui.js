@@ -201,3 +201,32 @@ export function showOffline() {
   $("link").textContent = "offline";
   $("link").className = "link down";
 }
+
+// A page's "fetch the room again": debounced, one fetch at a time, and once more if asked while
+// one runs (so the last change is never missed). ``cancel`` on logout.
+export class Refresher {
+  constructor(load, delayMs) {
+    Object.assign(this, { load, delayMs, timer: null, running: false, again: false });
+  }
+
+  schedule() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.run(), this.delayMs);
+  }
+
+  cancel() {
+    clearTimeout(this.timer);
+    this.again = false;
+  }
+
+  async run() {
+    if (this.running) { this.again = true; return; }
+    this.running = true;
+    try {
+      await this.load();
+    } finally {
+      this.running = false;
+    }
+    if (this.again) { this.again = false; this.schedule(); }
+  }
+}
