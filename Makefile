@@ -44,7 +44,7 @@ test: $(STAMP) $(CHROMIUM)
 
 # Compile the firmware to .mpy with mpy-cross (what goes onto a board's flash).
 firmware: $(STAMP)
-	$(PY) -m controller.firmware_build build/firmware
+	$(PY) -m controller.sim.firmware build/firmware
 
 bench: $(STAMP)
 	$(PY) bench/latency.py

@@ -13,7 +13,7 @@ What it does:
    (the one at a fall's impact peak is a fall, every one in a daily activity is not; only those
    that pass fall.py's limits), weights scaled by 1000 and rounded to ints, then the bias set so
    that at least 99.5 % of the training daily activities stay quiet.
-3. Scores each held-out fold by running the firmware in MicroPython (controller.falls.evaluate,
+3. Scores each held-out fold by running the firmware in MicroPython (controller.fall_eval.evaluate,
    the unix port with a board-sized heap) with that fold's weights as params, at every rate of
    --rates (weights are fitted at the first). Prints per fold and pooled: sensitivity,
    specificity with 95 % Wilson intervals, the misses and false alarms, impact-to-alarm latency.
@@ -23,7 +23,7 @@ What it does:
 
 The stages, windows and limits (pre_max_deg, post_min_deg, ...) are fixed in fall.py with their
 reasons; only the score's weights and bias are fitted here. Reading the dataset uses the
-project's reader (controller/falls/sisfall.py); about a minute in all on two cores.
+project's reader (controller/fall_eval/sisfall.py); about a minute in all on two cores.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ if "micropython" not in sys.modules:
     _stub.const = lambda value: value
     sys.modules["micropython"] = _stub
 
-from controller.falls.evaluate import evaluate  # noqa: E402
-from controller.falls.sisfall import iter_trials, read_counts, resample  # noqa: E402
-from controller.falls.stats import Proportion, nearest_rank  # noqa: E402
+from controller.fall_eval.evaluate import evaluate  # noqa: E402
+from controller.fall_eval.sisfall import iter_trials, read_counts, resample  # noqa: E402
+from controller.fall_eval.stats import Proportion, nearest_rank  # noqa: E402
 from srnode import fall  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("SISFALL", "/work/shared/data/SisFall_dataset")

@@ -1,5 +1,5 @@
 """Disk use of the readings history: bytes a room writes per day, raw and rolled up, and the size
-its database settles at with the default retention (controller/history.py, docs/history.md).
+its database settles at with the default retention (controller/store/history.py, docs/history.md).
 
     .venv/bin/python bench/history_disk.py [--days 14] [--env-every-s 10] [--batt-nodes 6]
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from controller import store  # noqa: E402
-from controller.history import (DAY_MS, MAINTAIN_CHUNK_ROWS, Retention, ensure_schema,  # noqa: E402
+from controller.store.history import (DAY_MS, MAINTAIN_CHUNK_ROWS, Retention, ensure_schema,  # noqa: E402
                                 maintain_chunk, query)
 
 T0 = 1_795_996_800_000  # 2026-11-30T00:00:00Z: the simulation's first day

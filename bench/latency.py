@@ -27,8 +27,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller.nodeclient import NodeClient  # noqa: E402
-from controller.simnodes import SimNode  # noqa: E402
+from controller.link.nodeclient import NodeClient  # noqa: E402
+from controller.sim.nodes import SimNode  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

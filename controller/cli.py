@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_API_PORT, ConfigError, load_keys, load_room
+from .room.config import DEFAULT_API_PORT, ConfigError, load_keys, load_room
 
 HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
 CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     from sensors import SensorError
 
     from .runner import RoomServer
-    from .tls import TlsError, load_or_create
+    from .security.tls import TlsError, load_or_create
 
     try:
         config = load_room(args.config)
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _certificate_names(room_id: str, api_host: str) -> list[str]:
     """Names a self-signed certificate is made for: this host, its mDNS names, the API address."""
-    from .discovery import host_label
+    from .security.discovery import host_label
 
     host = socket.gethostname()
     names = [host, f"{host}.local", host_label(room_id)]
@@ -100,7 +100,7 @@ def _certificate_names(room_id: str, api_host: str) -> list[str]:
 def _discover(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from .discovery import browse
+    from .security.discovery import browse
 
     async def main() -> list[dict]:
         rooms = await browse(args.timeout, args.interface or None)
@@ -127,7 +127,7 @@ async def _room_health(session: aiohttp.ClientSession, room) -> dict:
     """GET {url}/health (no token needed), pinning the advertised certificate fingerprint."""
     import aiohttp
 
-    from .tls import pin
+    from .security.tls import pin
 
     ssl: object = pin(room.fingerprint) if room.tls and room.fingerprint else True
     try:
@@ -149,8 +149,8 @@ async def _room_health(session: aiohttp.ClientSession, room) -> dict:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .simnodes import FirmwareNotFound
+    from .sim.demo import run_demo
+    from .sim.firmware import FirmwareNotFound
 
     try:
         asyncio.run(run_demo(port=args.port, speed=args.speed, workdir=args.workdir, auto_ack_s=args.auto_ack,
@@ -181,7 +181,7 @@ def _token(args: argparse.Namespace) -> int:
     """Tokens live in the room's database; this works while the controller runs."""
     import time
 
-    from . import tokens
+    from .security import tokens
 
     if not args.db.exists():
         if args.action != "create":
@@ -215,9 +215,9 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _falls_eval(args: argparse.Namespace) -> int:
-    from .falls.evaluate import RunnerError, evaluate
-    from .falls.sisfall import DatasetError, dataset_root, iter_trials, parse_subjects
-    from .simnodes import FirmwareNotFound
+    from .fall_eval.evaluate import RunnerError, evaluate
+    from .fall_eval.sisfall import DatasetError, dataset_root, iter_trials, parse_subjects
+    from .sim.firmware import FirmwareNotFound
 
     try:
         subjects = parse_subjects(args.subjects) if args.subjects else None
@@ -257,8 +257,8 @@ def _falls_eval(args: argparse.Namespace) -> int:
 
 def _voice_recognize(args: argparse.Namespace) -> int:
     """Intents in a recording, one JSON object per line, through the microphone's code path."""
-    from .voice import AudioError, Listener, RecognizerError, WavFileSource, parse_options, recognizer_for
-    from .voice.recognizer import PhraseRecognizer
+    from sensors.voice import AudioError, Listener, RecognizerError, WavFileSource, parse_options, recognizer_for
+    from sensors.voice.recognizer import PhraseRecognizer
 
     try:
         if args.config is not None:

@@ -10,17 +10,13 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
-
-from .config import RoomConfig
-from .discovery import DiscoveryError, RoomAdvertiser
-from .gateway import NodeGateway
+from .room.config import RoomConfig
+from .security.discovery import DiscoveryError, RoomAdvertiser
+from .link.gateway import NodeGateway
 from .service import RoomController
-from .tls import TlsMaterial, ssl_context
+from .security.tls import TlsMaterial, ssl_context
 
 log = logging.getLogger("smartroom.runner")
-
-SHUTDOWN_TIMEOUT_S = 2.0  # open event streams are closed after this; clients resume with Last-Event-ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +42,19 @@ class RoomServer:
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
-        self._runner: web.AppRunner | None = None
+        self._api = None  # room_api.server.ApiServer once started
         self._tls = tls
         self._advertise = advertise
         self._pin_factory, self._ble_backend, self._scheduler = pin_factory, ble_backend, scheduler
         self.devices = None  # sensors.Attachment: wired GPIO nodes and the BLE scanner
-        self.voice = None    # controller.voice.VoiceService: the room's microphones, when it has voice nodes
+        self.voice = None    # sensors.voice.VoiceService: the room's microphones, when it has voice nodes
         self._mdns_interfaces = mdns_interfaces
         self._advertising: asyncio.Task[None] | None = None
         self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
         self.endpoints: Endpoints | None = None
 
     async def start(self) -> Endpoints:
-        from room_api.app import create_app  # the API depends on the controller, not the reverse
+        from room_api.server import ApiServer  # the API depends on the controller, not the reverse
 
         await self.controller.start()
         import sensors  # Pi-attached devices first: a wired pull-cord works even before the network side
@@ -67,18 +63,14 @@ class RoomServer:
                                       scheduler=self._scheduler)
         await self.devices.start()  # raises sensors.WiringError on a wiring mistake in the room file
         if any(n.transport == "voice" for n in self.config.nodes.values()):
-            from .voice import VoiceService  # numpy and pocketsphinx load only for rooms that listen
+            from sensors.voice import VoiceService  # numpy and pocketsphinx load only for rooms that listen
 
             self.voice = VoiceService(self.controller)
             await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        self._runner = web.AppRunner(create_app(self.controller, self.gateway, self.devices), access_log=None,
-                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._api_host, self._api_port,
-                           ssl_context=ssl_context(self._tls) if self._tls else None)
-        await site.start()
-        api_port = self._runner.addresses[0][1]
+        self._api = ApiServer(self.controller, self.gateway, self.devices)
+        api_port = await self._api.start(self._api_host, self._api_port,
+                                         ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"
         self.endpoints = Endpoints(f"{scheme}://{self._api_host}:{api_port}", self._node_host, node_port,
                                    self._tls.fingerprint_sha256 if self._tls else None)
@@ -102,7 +94,7 @@ class RoomServer:
         log.info("announced %s on mDNS", advertiser.name)
 
     async def create_token(self, role: str, name: str) -> str:
-        """A new API token (controller/tokens.py); the secret is returned once and stored hashed."""
+        """A new API token (controller/security/tokens.py); the secret is returned once and stored hashed."""
         _, secret = await self.controller.store.create_token(role, name, self.controller.clock())
         return secret
 
@@ -116,8 +108,8 @@ class RoomServer:
             await self.advertiser.stop()
             self.advertiser = None
         await self.gateway.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._api is not None:
+            await self._api.stop()
         if self.voice is not None:
             await self.voice.stop()
         if self.devices is not None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .bus import EventBus, Subscription
-from .history import ReadingsHistory, Retention
-from .config import RoomConfig
-from .protocol import Heartbeat, Hello, NodeEvent, Reading
+from .store.history import ReadingsHistory, Retention
+from .room.config import RoomConfig
+from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .store import LogEntry, LogRecord, SeqMark, Store
 
@@ -37,10 +36,6 @@ TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
 MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_ppm": ("co2_ppm", 1),
             "batt_mv": ("batt_v", 1000), "noise_cdb": ("noise_db", 100), "dp_mpa": ("pressure_pa", 1000)}
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RoomController:

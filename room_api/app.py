@@ -28,12 +28,12 @@ from aiohttp_sse import sse_response
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
+from .base import CONTROLLER, DEVICES, GATEWAY, METRICS, OPENAPI, PRINCIPAL, ApiError
 from .readings import HISTORY, get_readings
 
-from controller import reports
-from controller.gateway import NodeGateway
-from controller.tokens import Principal, TokenError
-from controller.room import TIERS, RoomError
+from controller.link.gateway import NodeGateway
+from controller.room import TIERS, RoomError, reports
+from controller.security.tokens import TokenError
 from controller.service import RoomController
 from controller.store import LogRecord
 
@@ -47,13 +47,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-CONTROLLER = web.AppKey("controller", RoomController)
-GATEWAY = web.AppKey("gateway", NodeGateway)
-METRICS = web.AppKey("metrics", metrics_mod.Metrics)
-OPENAPI = web.AppKey("openapi", dict)
-DEVICES = web.AppKey("devices", object)
-PRINCIPAL = web.RequestKey("principal", Principal)  # who is calling: the token's name and role
-
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_LIMIT_MAX = 1000
 PAGE_LIMIT_DEFAULT = 100
@@ -62,15 +55,6 @@ STREAM_PING_S = 15.0  # comment line on an idle stream, so proxies and browsers 
 MAX_NAME_LEN = 64
 VERSION = _version()
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
-
-
-class ApiError(web.HTTPException):
-    """An error with the API's one JSON shape."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status_code = status
-        super().__init__(text=json.dumps({"error": {"status": status, "code": code, "message": message}}),
-                         content_type="application/json")
 
 
 @web.middleware

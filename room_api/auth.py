@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from controller.tokens import AuditEntry, Principal
+from controller.security.tokens import AuditEntry, Principal
 
 log = logging.getLogger("smartroom.auth")
 

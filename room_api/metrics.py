@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.gateway import NodeGateway
+from controller.link.gateway import NodeGateway
 from controller.room import TIERS
 from controller.service import RoomController
 

@@ -11,7 +11,7 @@ import re
 from typing import Any, Iterable
 
 from controller.room import CALL_TYPES, TIERS
-from controller.tokens import ROLES
+from controller.security.tokens import ROLES
 
 S = dict[str, Any]
 

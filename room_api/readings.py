@@ -1,4 +1,4 @@
-"""GET /api/v1/readings: a measure's history, downsampled into buckets (controller/history.py).
+"""GET /api/v1/readings: a measure's history, downsampled into buckets (controller/store/history.py).
 
     GET /api/v1/readings?measure=temp_c&from=2026-11-29&to=2026-11-30&step=5m&node=env
 
@@ -24,8 +24,10 @@ import re
 
 from aiohttp import web
 
-from controller import reports
-from controller.history import DAY_MS, HistoryError, ReadingsHistory
+from .base import CONTROLLER, ApiError
+
+from controller.room import reports
+from controller.store.history import DAY_MS, HistoryError, ReadingsHistory
 from controller.service import MEASURES
 
 HISTORY = web.AppKey("readings_history", ReadingsHistory)
@@ -82,8 +84,6 @@ def _limits(config: object, measure: str) -> dict[str, float | None]:
 
 
 async def get_readings(request: web.Request) -> web.Response:
-    from room_api.app import CONTROLLER, ApiError  # app.py imports this module
-
     def bad(message: str) -> ApiError:
         return ApiError(400, "bad_parameter", message)
 

@@ -1,4 +1,5 @@
-"""The room controller's own devices: wired GPIO inputs and outputs, and Bluetooth LE sensors.
+"""The room controller's own devices: wired GPIO inputs and outputs, Bluetooth LE sensors, and the
+microphones of voice calls (``sensors.voice``, loaded only for rooms that listen).
 
 ``sensors.attach(controller)`` starts them for the room's ``transport = "gpio"`` and
 ``transport = "ble"`` nodes (docs/sensors.md; wiring in hardware/).

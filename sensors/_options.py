@@ -1,6 +1,6 @@
 """Small checks shared by the transports' option parsers; errors are ``OptionError(path, message)``.
 
-The room loader (controller/config.py) turns the path into ``file:line: nodes.<id>.<transport>.<path>``.
+The room loader (controller/room/config.py) turns the path into ``file:line: nodes.<id>.<transport>.<path>``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Mapping
 
-from controller.config import OptionError
+from controller.room.config import OptionError
 
 KeyPath = tuple[str | int, ...]
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from controller.config import RoomConfig
+from controller.room.config import RoomConfig
 
 from .ble import BleScanner, BleStatus, check_devices
 from .clock import Scheduler

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from controller.config import NodeConfig, OptionError
+from controller.room.config import NodeConfig, OptionError
 
 from . import _options as opt
 from .clock import Scheduler, sleep

@@ -52,7 +52,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from controller.config import NodeConfig, OptionError
+from controller.room.config import NodeConfig, OptionError
 
 from . import _options as opt
 from .clock import Cancellable, Scheduler
@@ -73,7 +73,7 @@ DEFAULT_BOUNCE_MS = 30
 # A cord plug wiggled in its socket makes and breaks its contact for a while; "removed" counts
 # after a quarter second of steady open contact, so the alarm does not flap on a wiggle.
 CORD_SETTLE_MS = 250
-FAULT_CORD_REMOVED = 4   # controller/room.py's fault code for a pulled-out call cord
+FAULT_CORD_REMOVED = 4   # controller/room/supervision.py's fault code for a pulled-out call cord
 FAULT_CLEARED = 0
 
 FIRMWARE = "smartroom-gpio 1"
@@ -83,7 +83,7 @@ HARDWARE = "raspberry-pi"
 PIN_RANGE = (2, 27)
 PULLS = ("up", "down", "none")
 SUPERVISION = ("none", "nc", "eol")
-DOME_COLOURS = ("red", "white", "blue", "yellow", "orange")  # controller/room.py CALL_TYPES' dome colours
+DOME_COLOURS = ("red", "white", "blue", "yellow", "orange")  # controller/room/calls.py CALL_TYPES' dome colours
 # A dome without a lamp of some colour shows it on the nearest one it has: a code call on the
 # red lamp (still fast flashing), staff assist and technical alarms on amber or yellow.
 COLOUR_FALLBACK: Mapping[str, tuple[str, ...]] = {"blue": ("red",), "orange": ("yellow",), "yellow": ("orange",)}

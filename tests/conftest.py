@@ -1,7 +1,7 @@
 import pytest
 
 from controller.runner import RoomServer
-from controller.tokens import ROLES
+from controller.security.tokens import ROLES
 from tests.helpers import keys_for, room_config
 
 

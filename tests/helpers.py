@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from controller.config import parse_room
+from controller.room.config import parse_room
 
 ROOM_DOC = {
     "room": {"id": "4b-12", "name": "Ward 4B room 12"},

@@ -1,7 +1,7 @@
 """Test doubles for the firmware tests: a controller-side protocol v1 peer and a node process.
 
 :class:`NodePeer` accepts node connections on loopback, checks every frame with
-``controller/protocol.py``, answers ``hello`` with ``welcome`` and acks events and heartbeats.
+``controller/link/protocol.py``, answers ``hello`` with ``welcome`` and acks events and heartbeats.
 Tests can make it misbehave (stop acking, close the connection, sign a welcome with the wrong
 key) and send commands. It is not the controller: no store, no room, no acceptance rules
 beyond framing and tags.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from controller import protocol as p
+from controller.link import protocol as p
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"

@@ -10,8 +10,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from controller.config import parse_room
-from controller.protocol import Heartbeat, Hello, NodeEvent, Reading
+from controller.room.config import parse_room
+from controller.link.protocol import Heartbeat, Hello, NodeEvent, Reading
 from controller.service import RoomController
 from controller.store import LogRecord
 from tests.helpers import keys_for

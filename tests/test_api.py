@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from controller.nodeclient import NodeClient
+from controller.link.nodeclient import NodeClient
 from tests.helpers import next_event, node_key, sse_events
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from controller.tokens import ROLES
+from controller.security.tokens import ROLES
 from room_api.app import ROUTES
 from room_api.auth import FAIL_FREE, FailedAuthLimiter
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import (INPUT_MEANINGS, PROFILES, ConfigError, EnvRule, NodeConfig, RoomConfig, Supervision,
+from controller.room.config import (INPUT_MEANINGS, PROFILES, ConfigError, EnvRule, NodeConfig, RoomConfig, Supervision,
                                TierTimers, key_line, load_room, parse_room)
 from tests.helpers import ROOM_DOC, room_config
 

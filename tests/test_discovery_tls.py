@@ -1,4 +1,4 @@
-"""HTTPS for the room API (controller/tls.py) and mDNS discovery of rooms (controller/discovery.py).
+"""HTTPS for the room API (controller/security/tls.py) and mDNS discovery of rooms (controller/security/discovery.py).
 
 TLS tests run a real aiohttp server on 127.0.0.1. Discovery tests run real zeroconf responders and
 browsers on the loopback interface only: Linux delivers multicast sent out of ``lo`` back to every
@@ -29,8 +29,8 @@ from cryptography.x509.oid import NameOID
 from zeroconf import ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
-from controller.discovery import SERVICE_TYPE, RoomAdvertiser, browse, package_version
-from controller.tls import SELF_SIGNED_VALIDITY_DAYS, TlsError, load_or_create, pin, ssl_context
+from controller.security.discovery import SERVICE_TYPE, RoomAdvertiser, browse, package_version
+from controller.security.tls import SELF_SIGNED_VALIDITY_DAYS, TlsError, load_or_create, pin, ssl_context
 
 LOOPBACK = ["127.0.0.1"]
 MDNS_GROUP = "224.0.0.251"

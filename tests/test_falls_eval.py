@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
-from controller.falls.evaluate import RunnerError, evaluate, impact_peak
-from controller.falls.sisfall import (DatasetError, counts_to_mg, dataset_root, iter_trials, parse_subjects,
+from controller.fall_eval.evaluate import RunnerError, evaluate, impact_peak
+from controller.fall_eval.sisfall import (DatasetError, counts_to_mg, dataset_root, iter_trials, parse_subjects,
                                       read_counts, resample)
-from controller.falls.stats import bootstrap_f1, f1_score, nearest_rank, wilson
-from controller.simnodes import FirmwareNotFound
+from controller.fall_eval.stats import bootstrap_f1, f1_score, nearest_rank, wilson
+from controller.sim.firmware import FirmwareNotFound
 
 G = 256                     # ADXL345 counts per g
 

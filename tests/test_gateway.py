@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from controller import protocol as p
-from controller.nodeclient import NodeClient
+from controller.link import protocol as p
+from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
 from tests.helpers import node_key
 

@@ -1,4 +1,4 @@
-"""Readings history (controller/history.py) on SQLite with the store's schema, and its API handler
+"""Readings history (controller/store/history.py) on SQLite with the store's schema, and its API handler
 (room_api/readings.py) on a small aiohttp app with a stub controller."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller import history as history_mod
-from controller import store as store_mod
-from controller.history import (DAY_MS, Bucket, HistoryError, ReadingsHistory, Retention, ensure_schema,
+from controller.store import history as history_mod
+from controller.store import events as store_mod
+from controller.store.history import (DAY_MS, Bucket, HistoryError, ReadingsHistory, Retention, ensure_schema,
                                 maintain_all, maintain_chunk, query)
 from controller.store import Store
 from room_api.app import CONTROLLER, error_middleware

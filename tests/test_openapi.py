@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.tokens import ROLES
+from controller.security.tokens import ROLES
 from room_api import openapi
 from room_api.app import ROUTES
 from tests.helpers import write_room_files

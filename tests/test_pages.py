@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from controller.config import parse_room
-from controller.nodeclient import NodeClient
+from controller.room.config import parse_room
+from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
-from controller.simnodes import SimNode
+from controller.sim.nodes import SimNode
 from tests.helpers import ROOM_DOC, node_key
 from tests.test_system import BEDSIDE, firmware_config, free_port
 

@@ -1,4 +1,4 @@
-"""Tests for controller.reports: response times reconstructed from hand-built event logs."""
+"""Tests for controller.room.reports: response times reconstructed from hand-built event logs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.reports import CallTimes, nearest_rank, parse_time, response_times
+from controller.room.reports import CallTimes, nearest_rank, parse_time, response_times
 from controller.store import LogRecord
 
 T0 = 1_795_946_400_000  # 2026-11-29T10:00:00Z

@@ -8,9 +8,9 @@ import json
 import aiohttp
 
 from controller import cli
-from controller.discovery import browse
+from controller.security.discovery import browse
 from controller.runner import RoomServer
-from controller.tls import load_or_create, pin
+from controller.security.tls import load_or_create, pin
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -71,7 +71,7 @@ async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(
 async def test_two_controllers_on_loopback_are_both_discovered_with_their_state(tmp_path, keys, capsys):
     import copy
 
-    from controller.config import parse_room
+    from controller.room.config import parse_room
     from tests.helpers import ROOM_DOC
 
     configs = []

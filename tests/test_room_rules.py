@@ -444,7 +444,7 @@ async def test_clock_going_back_never_makes_the_log_go_back(room):
 
 # ---------------------------------------------------------------------- Pi-attached sources
 def _local_config(monkeypatch):
-    from controller import config as config_mod
+    from controller.room import config as config_mod
 
     monkeypatch.setitem(config_mod._OPTION_PARSERS, "voice", "tests.test_room_rules:_checked_options")
     monkeypatch.setitem(config_mod._OPTION_PARSERS, "gpio", "tests.test_room_rules:_checked_options")
@@ -454,13 +454,13 @@ def _local_config(monkeypatch):
                                             "water": "request_water", "never mind": "patient_cancel"}},
                      "wired": {"transport": "gpio", "check_in_s": 60, "inputs": {"cord": "bath_emergency"}},
                      "bedside-a": {"bed": "A", "inputs": {"call": "patient_call"}}}}
-    from controller.config import parse_room
+    from controller.room.config import parse_room
     return parse_room(doc, "local.toml")
 
 
 def _checked_options(table):
     """A stand-in transport options parser: knows one key, so the error path can be tested."""
-    from controller.config import OptionError
+    from controller.room.config import OptionError
 
     if set(table) - {"enabled"}:
         raise OptionError((sorted(set(table) - {"enabled"})[0],), "unknown option")
@@ -522,7 +522,7 @@ async def test_a_node_with_its_own_check_in_interval_is_supervised_on_it(tmp_pat
 
 
 def test_transport_options_are_checked_with_file_line_and_key(tmp_path, monkeypatch):
-    from controller import config as config_mod
+    from controller.room import config as config_mod
 
     monkeypatch.setitem(config_mod._OPTION_PARSERS, "voice", "tests.test_room_rules:_checked_options")
     path = tmp_path / "room.toml"

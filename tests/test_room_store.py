@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from controller import bus as bus_mod
-from controller.config import ConfigError, load_keys, load_room, parse_room
-from controller.nodeclient import NodeClient
+from controller.room.config import ConfigError, load_keys, load_room, parse_room
+from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
 from controller.store import LogRecord
 from tests.helpers import ROOM_DOC, node_key

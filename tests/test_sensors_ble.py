@@ -15,7 +15,7 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from controller.config import OptionError, parse_room
+from controller.room.config import OptionError, parse_room
 from sensors import WiringError, attach
 from sensors.ble import BTHOME_UUID, RETRY_FIRST_S, WATCHDOG_SILENCE_S, parse_options
 from sensors.clock import ManualScheduler

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from controller.config import parse_room
+from controller.room.config import parse_room
 from controller.runner import RoomServer
 from sensors import attach
 from sensors.clock import ManualScheduler
@@ -95,8 +95,8 @@ async def test_with_the_network_down_a_wired_cord_still_raises_the_call_and_ligh
             assert (await http.get(health)).status == 200
             # the network side goes away: every TCP node connection and the API
             await server.gateway.stop()
-            runner, server._runner = server._runner, None
-            await runner.cleanup()
+            api, server._api = server._api, None
+            await api.stop()
             with pytest.raises(aiohttp.ClientConnectionError):
                 await http.get(health)
 

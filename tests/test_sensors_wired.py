@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from controller.config import ConfigError, OptionError, load_room, parse_room
+from controller.room.config import ConfigError, OptionError, load_room, parse_room
 from sensors import WiringError, attach
 from sensors.clock import ManualScheduler
 from sensors.patterns import DOME_PATTERNS, INDICATOR_PATTERNS, TONE_PATTERNS, Blink, PatternOutput

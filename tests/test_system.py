@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from controller.nodeclient import NodeClient
+from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
-from controller.simnodes import SimNode
+from controller.sim.nodes import SimNode
 from tests.helpers import next_event, node_key, sse_events, write_room_files
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from controller.cli import main as cli_main
-from controller.config import ConfigError, parse_room
-from controller.voice import (CONFIRMATIONS, ArraySource, Listener, PhraseRecognizer, Resampler, VoiceNode,
+from controller.room.config import ConfigError, parse_room
+from sensors.voice import (CONFIRMATIONS, ArraySource, Listener, PhraseRecognizer, Resampler, VoiceNode,
                               WavFileSource, parse_options)
-from controller.voice.audio import FRAME_BYTES, SAMPLE_RATE
+from sensors.voice.audio import FRAME_BYTES, SAMPLE_RATE
 from tests.roomsim import RoomSim
 
 ESPEAK = shutil.which("espeak-ng")
@@ -259,7 +259,7 @@ def test_listener_drops_long_speech_without_decoding():
 
 
 async def test_a_missing_microphone_is_a_technical_alarm_until_it_works(tmp_path, recognizer):
-    from controller.voice import AudioError, VoiceService
+    from sensors.voice import AudioError, VoiceService
 
     def no_microphone(node):
         raise AudioError("cannot open microphone (default): no such device")

@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.voice import corpus as C  # noqa: E402
-from controller.voice.audio import WavFileSource  # noqa: E402
-from controller.voice.listener import Listener  # noqa: E402
-from controller.voice.options import DEFAULT_MAX_UTTERANCE_S, DEFAULT_THRESHOLD, DEFAULT_VAD_MODE, PHRASES  # noqa: E402
-from controller.voice.recognizer import PhraseRecognizer  # noqa: E402
+from sensors.voice.audio import WavFileSource  # noqa: E402
+from sensors.voice.listener import Listener  # noqa: E402
+from sensors.voice.options import DEFAULT_MAX_UTTERANCE_S, DEFAULT_THRESHOLD, DEFAULT_VAD_MODE, PHRASES  # noqa: E402
+from sensors.voice.recognizer import PhraseRecognizer  # noqa: E402
 
 QUIET_SNR_DB = 40         # "clean": a quiet room still has a noise floor (a real microphone never gives zeros)
 SNRS_DB = (QUIET_SNR_DB, 20, 10, 5)

@@ -1,4 +1,4 @@
-# Node link protocol v1, node side (docs/protocol.md). Same vectors as controller/protocol.py.
+# Node link protocol v1, node side (docs/protocol.md). Same vectors as controller/link/protocol.py.
 import json
 from micropython import const
 

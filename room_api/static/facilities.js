@@ -10,7 +10,7 @@ const REFRESH_DEBOUNCE_MS = 250;   // node and environment changes come in burst
 const PLOTS_DEBOUNCE_MS = 2000;    // charts are heavier: one reload per burst of environment events
 const HISTORY_SPAN_MS = 24 * 3600 * 1000;
 const HISTORY_STEP = "10m";  // 144 buckets over a day: one every few pixels
-// Environment measures of the room profiles (controller/config.py); others show when a reading arrives.
+// Environment measures of the room profiles (controller/room/config.py); others show when a reading arrives.
 const MEASURES = {
   temp_c: { name: "Temperature", unit: "°C" },
   rh_pct: { name: "Relative humidity", unit: "%" },

@@ -1,4 +1,4 @@
-"""Regenerate protocol_v1.json from controller/protocol.py (python tests/vectors/make_vectors.py).
+"""Regenerate protocol_v1.json from controller/link/protocol.py (python tests/vectors/make_vectors.py).
 
 The vectors are committed; the firmware (MicroPython) and the controller (CPython) must both
 reproduce them byte for byte, so a change to either codec that breaks the wire shows up in tests.
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from controller import protocol as p  # noqa: E402
+from controller.link import protocol as p  # noqa: E402
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))

@@ -43,7 +43,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..simnodes import DEFAULT_HEAP, FirmwareNotFound, firmware_dir, micropython_exe
+from ..sim.firmware import DEFAULT_HEAP, FirmwareNotFound, firmware_dir, micropython_exe
 from .sisfall import Trial, read_counts, resample
 from .stats import Estimate, Proportion, bootstrap_f1, nearest_rank
 
@@ -379,7 +379,7 @@ def evaluate(trials: Iterable[Trial], rate_hz: int = 50, params: Mapping[str, An
     for SisFall at 50 Hz): later calls with the same dict skip reading the files, the larger
     part of an evaluation's time.
     *source* and *skipped* only go into the report. Raises :class:`RunnerError` when the
-    detector fails in MicroPython, :class:`~controller.simnodes.FirmwareNotFound` without a
+    detector fails in MicroPython, :class:`~controller.sim.nodes.FirmwareNotFound` without a
     detector or a ``micropython`` command, and :class:`~.sisfall.DatasetError` on a bad trial file.
     """
     trials = list(trials)

@@ -12,8 +12,9 @@ import hmac
 import json
 import re
 import struct
-from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from ..model import NODE_ID_RE, Heartbeat, Hello, NodeEvent, NodeMessage, Reading
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1024
@@ -24,7 +25,6 @@ SEQ_WINDOW = 1024
 INT_MIN = -(2**31)
 INT_MAX = 2**31 - 1
 
-NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 _PRINTABLE_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]*$')  # printable ASCII minus " and \
 
 EVENT_KINDS = ("button", "presence", "fall", "fault")
@@ -131,56 +131,6 @@ def decode_frame(key: bytes, frame: bytes) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- typed messages
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    node: str
-    boot: int
-    seq: int
-    fw: str
-    hw: str
-    caps: tuple[str, ...]
-    hb_ms: int
-    nonce: int
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    node: str
-    boot: int
-    seq: int
-    up_ms: int
-    queued: int
-    heap: int
-    dropped: int
-    rssi: int | None = None
-    batt_mv: int | None = None
-    state: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    node: str
-    boot: int
-    seq: int
-    at_ms: int
-    measures: Mapping[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeEvent:
-    node: str
-    boot: int
-    seq: int
-    kind: str
-    src: str
-    val: int
-    at_ms: int
-    features: Mapping[str, int] = field(default_factory=dict)
-
-
-NodeMessage = Hello | Heartbeat | Reading | NodeEvent
 
 
 def _get(obj: Mapping[str, Any], key: str, kind: type, *, lo: int | None = None, hi: int | None = None) -> Any:

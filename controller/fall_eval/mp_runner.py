@@ -1,4 +1,4 @@
-# Runs the firmware's fall detector on trials sent by controller/falls/evaluate.py.
+# Runs the firmware's fall detector on trials sent by controller/fall_eval/evaluate.py.
 #
 # A MicroPython script (not imported by CPython): micropython -X heapsize=64wK mp_runner.py,
 # with MICROPYPATH holding firmware/, so it imports the very srnode/fall.py a node runs.

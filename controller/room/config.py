@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .protocol import NODE_ID_RE
+from ..model import NODE_ID_RE
 
 # What a node's input can mean in this room. The node reports only which input changed.
 INPUT_MEANINGS = (
@@ -53,7 +53,7 @@ TRANSPORTS = ("tcp", "gpio", "ble", "voice")
 # transport -> "module:function" that checks the node's [nodes.<id>.<transport>] options table.
 # The function takes the table and returns the checked options, or raises OptionError.
 _OPTION_PARSERS = {"gpio": "sensors.wired:parse_options", "ble": "sensors.ble:parse_options",
-                   "voice": "controller.voice:parse_options"}
+                   "voice": "sensors.voice:parse_options"}
 
 DEFAULT_HEARTBEAT_MS = 10_000
 DEFAULT_NODE_PORT = 7700

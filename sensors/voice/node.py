@@ -22,7 +22,7 @@ import logging
 import shutil
 from typing import Any, Callable, Mapping, Protocol
 
-from ..config import NodeConfig
+from controller.room.config import NodeConfig
 from .audio import AudioError, FrameSource, MicrophoneSource
 from .listener import Detection, Listener
 from .recognizer import PhraseRecognizer

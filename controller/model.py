@@ -1,0 +1,69 @@
+"""What crosses the controller's layers: the typed node messages, node ids and the wall clock.
+
+The link (``link/protocol.py``) turns wire frames into these frozen dataclasses; the service hands
+them to the room, which never sees a frame. Everything here is plain data with no project imports.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")  # protocol v1 node ids; room files use the same rule
+
+
+def wall_ms() -> int:
+    """The controller's wall clock in epoch milliseconds (tests inject their own clocks instead)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node: str
+    boot: int
+    seq: int
+    fw: str
+    hw: str
+    caps: tuple[str, ...]
+    hb_ms: int
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    node: str
+    boot: int
+    seq: int
+    up_ms: int
+    queued: int
+    heap: int
+    dropped: int
+    rssi: int | None = None
+    batt_mv: int | None = None
+    state: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    node: str
+    boot: int
+    seq: int
+    at_ms: int
+    measures: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    node: str
+    boot: int
+    seq: int
+    kind: str
+    src: str
+    val: int
+    at_ms: int
+    features: Mapping[str, int] = field(default_factory=dict)
+
+
+NodeMessage = Hello | Heartbeat | Reading | NodeEvent

@@ -1,0 +1,157 @@
+"""Supervision of the room's own parts: nodes online and offline (check-in), their batteries,
+sensor faults and implausible values, call cords pulled out, faults of the controller itself.
+Each is a technical alarm that clears itself when the condition is gone.
+
+One part of :class:`~controller.room.state.Room`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..model import Heartbeat, Hello
+from ..store import LogEntry
+from .calls import HOW_RESOLVED, CallRules
+
+if TYPE_CHECKING:
+    from .config import RoomConfig
+
+# Values outside these ranges are not the room, they are a broken sensor ("sensor fault").
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "temp_c": (-30.0, 70.0), "rh_pct": (0.0, 100.0), "co2_ppm": (250.0, 10_000.0),
+    "noise_db": (10.0, 140.0), "pressure_pa": (-200.0, 200.0), "batt_v": (1.5, 6.0),
+}
+BATTERY_MEASURE = "batt_v"
+FAULT_CORD_REMOVED = 4  # fault code of a call cord pulled out of its socket (nurse-call supervision)
+
+@dataclass(slots=True)
+class NodeStatus:
+    id: str
+    online: bool = False
+    since_ms: int | None = None
+    last_seen_ms: int | None = None
+    fw: str | None = None
+    hw: str | None = None
+    boot: int | None = None
+    caps: tuple[str, ...] = ()
+    rssi: int | None = None
+    batt_mv: int | None = None
+    heap: int | None = None
+    queued: int | None = None
+    dropped: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "online": self.online, "since_ms": self.since_ms, "last_seen_ms": self.last_seen_ms,
+            "fw": self.fw, "hw": self.hw, "boot": self.boot, "caps": list(self.caps), "rssi": self.rssi,
+            "batt_mv": self.batt_mv, "heap": self.heap, "queued": self.queued, "dropped": self.dropped,
+        }
+
+
+class SupervisionRules(CallRules):
+    """Node status (online, last seen, health) and the technical alarms of nodes and the controller."""
+
+    config: RoomConfig
+    nodes: dict[str, NodeStatus]
+
+    def offline_after_ms(self, node: str, default_ms: int) -> int:
+        """Silence that makes a node offline: its own check-in interval's worth, or the gateway's."""
+        cfg = self.config.nodes.get(node)
+        if cfg is None or cfg.check_in_ms is None:
+            return default_ms
+        missed = self.config.supervision.missed_heartbeats
+        grace_ms = default_ms - missed * self.config.heartbeat_ms
+        return missed * cfg.check_in_ms + grace_ms
+
+    def _nodes_due(self, offline_after_ms: int) -> list[int]:
+        return [status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms) + 1
+                for status in self.nodes.values() if status.online and status.last_seen_ms is not None]
+
+    def _decide_supervision(self, now_ms: int, offline_after_ms: int) -> list[LogEntry]:
+        entries: list[LogEntry] = []
+        for status in list(self.nodes.values()):
+            if status.online and status.last_seen_ms is not None and \
+                    now_ms > status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms):
+                entries += self.decide_offline(status.id, f"missed {self.config.supervision.missed_heartbeats} "
+                                                          "heartbeats", now_ms)
+        return entries
+
+    def decide_online(self, hello: Hello, peer: str, now_ms: int) -> list[LogEntry]:
+        entries = [LogEntry("node.online", {
+            "node": hello.node, "boot": hello.boot, "fw": hello.fw, "hw": hello.hw, "caps": list(hello.caps),
+            "peer": peer, "at_ms": now_ms})]
+        offline = self.call_from(hello.node, "supervision", "node_offline")
+        if offline is not None:
+            entries.append(self._clear(offline, f"{hello.node} back online", HOW_RESOLVED, now_ms))
+        return entries
+
+    def decide_offline(self, node: str, reason: str, now_ms: int) -> list[LogEntry]:
+        status = self.nodes.get(node)
+        if status is None or not status.online:
+            return []
+        return [LogEntry("node.offline", {"node": node, "reason": reason, "at_ms": now_ms}),
+                *self._raise_or_repeat("node_offline", node, "supervision", now_ms, {"reason": reason})]
+
+    def decide_system_fault(self, src: str, faulty: bool, detail: dict[str, Any], now_ms: int) -> list[LogEntry]:
+        """A part of the controller itself (e.g. the Bluetooth adapter) failed or works again."""
+        return self._fault(None, f"system:{src}", faulty, now_ms, detail, f"{src} works again", "system_fault")
+
+    def _fault(self, node: str | None, src: str, faulty: bool, now_ms: int, detail: dict[str, Any],
+               resolved_by: str, ctype: str = "sensor_fault") -> list[LogEntry]:
+        active = self.call_from(node, src, ctype)
+        if faulty and active is None:
+            return self._raise_or_repeat(ctype, node, src, now_ms, detail)
+        if not faulty and active is not None:
+            return [self._clear(active, resolved_by, HOW_RESOLVED, now_ms)]
+        return []
+
+    def _decide_plausible_and_battery(self, node: str, measure: str, value: float,
+                                      now_ms: int) -> tuple[bool, list[LogEntry]]:
+        """Plausibility (a sensor fault) and, for the battery measure, low battery; (plausible, entries)."""
+        entries: list[LogEntry] = []
+        lo, hi = PLAUSIBLE.get(measure, (-math.inf, math.inf))
+        plausible = lo <= value <= hi and math.isfinite(value)
+        entries += self._fault(node, f"sensor:{measure}", not plausible, now_ms,
+                               {"measure": measure, "value": value, "plausible": [lo, hi]},
+                               f"{node} reports plausible {measure} again ({value:g})")
+        if not plausible:
+            return False, entries
+        if measure == BATTERY_MEASURE:
+            sup = self.config.supervision
+            active = self.call_from(node, "battery", "low_battery")
+            if active is None and value < sup.low_battery_v:
+                entries += self._raise_or_repeat("low_battery", node, "battery", now_ms,
+                                                 {"batt_v": value, "below_v": sup.low_battery_v})
+            elif active is not None and value >= sup.battery_replaced_v:
+                entries.append(self._clear(active, f"{node}: battery replaced ({value:.2f} V)", HOW_RESOLVED, now_ms))
+        return True, entries
+
+    def _apply_online(self, d: dict[str, Any]) -> None:
+        status = self.nodes.setdefault(d["node"], NodeStatus(d["node"]))
+        status.online, status.since_ms, status.last_seen_ms = True, d["at_ms"], d["at_ms"]
+        status.fw, status.hw, status.boot, status.caps = d["fw"], d["hw"], d["boot"], tuple(d["caps"])
+
+    def _apply_offline(self, d: dict[str, Any]) -> None:
+        status = self.nodes.setdefault(d["node"], NodeStatus(d["node"]))
+        status.online, status.since_ms = False, d["at_ms"]
+
+    # ------------------------------------------------------------------ live, unlogged node status
+    def note_heartbeat(self, hb: Heartbeat, now_ms: int) -> None:
+        """Heartbeats are too frequent for the log; they only refresh the node's live status."""
+        status = self.nodes.setdefault(hb.node, NodeStatus(hb.node))
+        status.last_seen_ms = now_ms
+        status.rssi, status.batt_mv, status.heap = hb.rssi, hb.batt_mv, hb.heap
+        status.queued, status.dropped = hb.queued, hb.dropped
+
+    def note_seen(self, node: str, now_ms: int) -> None:
+        if node in self.nodes:
+            self.nodes[node].last_seen_ms = now_ms
+
+
+
+SUPERVISION_APPLY: dict[str, Callable[[Any, dict[str, Any]], None]] = {
+    "node.online": SupervisionRules._apply_online,
+    "node.offline": SupervisionRules._apply_offline,
+}
