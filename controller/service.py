@@ -77,13 +77,14 @@ class StorageStatus:
         return {"state": self.state, "failing_since_ms": self.failing_since_ms, "error": self.error,
                 "write_failures": self.write_failures, "readings_paused_since_ms": self.readings_paused_since_ms,
                 "free_bytes": self.free_bytes, "min_free_bytes": self.min_free_bytes,
-                "readings_not_stored": dict(self.readings_not_stored), "inputs_waiting": sorted(self.waiting)}
+                "readings_not_stored": dict(self.readings_not_stored), "inputs_waiting": dict(sorted(self.waiting.items()))}
 
     def reasons(self) -> list[dict[str, Any]]:
         """Why storage makes the room degraded (empty: it does not)."""
         found: list[dict[str, Any]] = []
         if self.failing_since_ms is not None:
-            waiting = f"; inputs waiting: {', '.join(sorted(self.waiting))}" if self.waiting else ""
+            waiting = "; inputs waiting: " + ", ".join(f"{k} ({v})" for k, v in sorted(self.waiting.items())) \
+                if self.waiting else ""
             found.append({"reason": "storage_failed", "since_ms": self.failing_since_ms,
                           "message": f"the room database cannot be written ({self.error}): new calls are not "
                                      f"recorded until it can; nodes keep them and resend{waiting}"})
@@ -387,7 +388,7 @@ class RoomController:
                 alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
             if alarm is None:
                 return False
-            summary = {"write_failures": st.write_failures, "inputs_waiting": sorted(st.waiting)}
+            summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
             alarm.detail.update(summary)
             held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
                     else e for e in self._held]

@@ -46,11 +46,11 @@ async def test_a_storage_failure_is_an_alarm_at_once_and_stored_with_its_end_whe
     assert await room.c.check_storage() is True, "still failing"
     [alarm] = storage_alarms(room)
     assert (alarm["type"], alarm["priority"], alarm["clears"]) == ("system_fault", "low", "condition")
-    assert alarm["detail"]["inputs_waiting"] == ["bath/cord"] and "readonly" in alarm["detail"]["error"]
+    assert alarm["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"} and "readonly" in alarm["detail"]["error"]
     outputs = room.c.snapshot()["outputs"]  # the patient's call keeps the dome light and the tone
     assert (outputs["dome"]["colour"], outputs["tone"]["pattern"]) == ("white", "medium")
     assert [r["reason"] for r in room.c.storage.reasons()] == ["storage_failed"]
-    assert "bath/cord" in room.c.storage.reasons()[0]["message"]
+    assert "bath/cord (bath_emergency)" in room.c.storage.reasons()[0]["message"]
     assert await room.log() == stored_before, "nothing could be stored, and nothing was"
     with pytest.raises(StorageError):
         await room.c.acknowledge(room.call("patient_call")["id"], "Nurse Kim")
@@ -64,7 +64,7 @@ async def test_a_storage_failure_is_an_alarm_at_once_and_stored_with_its_end_whe
     raised, cleared = new
     assert raised.data["call_id"] == alarm["id"] == cleared.data["call_id"]
     assert raised.data["at_ms"] == alarm["raised_at_ms"], "stored with the time it was raised"
-    assert raised.data["detail"]["inputs_waiting"] == ["bath/cord"]
+    assert raised.data["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"}
     # The node resends the same event: stored once, the emergency is raised.
     await room.c.node_event(NodeEvent("bath", room.boot, bath_seq, "button", "cord", 1, 0, {}))
     assert room.types() == ["bath_emergency", "patient_call"]
