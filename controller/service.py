@@ -40,8 +40,9 @@ BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings 
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
 # Readings stop being stored when the database's file system has less free space than this, so the
-# room's events (a busy room's log grows ~1 MB a day) always have months of room left; facilities
-# get a technical alarm the day readings stop, not the day calls cannot be stored.
+# room's events keep about two months of room: ~170 B a log record with its indexes, and 500 calls a
+# day with their acks, presence and PIR changes is ~1.1 MB a day (docs/history.md). Facilities get
+# a technical alarm the day readings stop, not the day calls cannot be stored.
 READINGS_MIN_FREE_BYTES = 64 * 2**20
 READINGS_RESUME_MARGIN = 0.25  # resume 25 % above the floor, so one batch or one expiry cannot flap the alarm
 STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store the alarm (a probe) this often
