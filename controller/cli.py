@@ -60,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
-                            tls=tls, advertise=not args.no_advertise)
+                            tls=tls, advertise=not args.no_advertise,
+                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20))
         try:
             endpoints = await server.start()
         except SensorError as exc:  # a wiring mistake in the room file: nothing is half started
@@ -293,6 +294,8 @@ def _nested(sub: Any, group: str, group_help: str, action: str, action_help: str
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .service import READINGS_MIN_FREE_BYTES
+
     parser = argparse.ArgumentParser(prog="smartroom", description="Smart hospital room controller.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -310,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "tls-cert.pem next to --db, made on first start")
     run.add_argument("--tls-key", type=Path, default=None,
                      help="its private key (PEM, unencrypted, mode 0600); default: tls-key.pem next to --db")
+    run.add_argument("--readings-min-free-mb", type=float, default=READINGS_MIN_FREE_BYTES / 2**20,
+                     help="free space (MiB) kept for events: below it readings are not stored and facilities get "
+                          f"a technical alarm (default {READINGS_MIN_FREE_BYTES / 2**20:g})")
     run.add_argument("--no-advertise", action="store_true", help="do not announce the room on mDNS")
     run.add_argument("--no-tls", action="store_true",
                      help="serve plain http (only behind a TLS-terminating proxy, or on loopback for tests)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
-from .service import RoomController
+from .service import READINGS_MIN_FREE_BYTES, RoomController
 from .security.tls import TlsMaterial, ssl_context
 
 log = logging.getLogger("smartroom.runner")
@@ -35,9 +35,10 @@ class RoomServer:
                  node_host: str | None = None, node_port: int | None = None,
                  tls: TlsMaterial | None = None, advertise: bool = False,
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
-                 ble_backend: object | None = None, scheduler: object | None = None) -> None:
+                 ble_backend: object | None = None, scheduler: object | None = None,
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
         self.config = config
-        self.controller = RoomController(config, keys, db_path)
+        self.controller = RoomController(config, keys, db_path, readings_min_free_bytes=readings_min_free_bytes)
         self.gateway = NodeGateway(self.controller)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host

@@ -8,12 +8,19 @@ Time comes from an injected clock (epoch milliseconds). Deadlines (escalation, r
 environment durations, node supervision) are computed by the room from stored times; the timer task
 sleeps until the next one and calls :meth:`RoomController.tick`. Tests pass ``timers=False`` and a
 fake clock, and call ``tick()`` themselves after moving the clock.
+
+A storage failure (disk full, I/O error) cannot be stored when it happens: it is raised as a
+technical alarm held in memory (shown in the snapshot, health, metrics and pages, and on the dome
+light and tone like any alarm), and stored with its end once the database can be written again.
+Readings stop being stored below a free-space floor, so they never take the room events' disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,7 +29,7 @@ from .store.history import ReadingsHistory, Retention
 from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
-from .store import LogEntry, LogRecord, SeqMark, Store
+from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
 
 log = logging.getLogger("smartroom.controller")
 
@@ -32,20 +39,75 @@ OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed hear
 BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings history once a minute
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
+# Readings stop being stored when the database's file system has less free space than this, so the
+# room's events keep about two months of room: ~170 B a log record with its indexes, and 500 calls a
+# day with their acks, presence and PIR changes is ~1.1 MB a day (docs/history.md). Facilities get
+# a technical alarm the day readings stop, not the day calls cannot be stored.
+READINGS_MIN_FREE_BYTES = 64 * 2**20
+READINGS_RESUME_MARGIN = 0.25  # resume 25 % above the floor, so one batch or one expiry cannot flap the alarm
+STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store the alarm (a probe) this often
+STORAGE_SOURCE = "storage"  # the storage alarm: a system_fault from "system:storage"
+DISK_SPACE_SOURCE = "disk_space"  # readings paused below the floor: a system_fault from "system:disk_space"
+WAITING_MAX = 32            # inputs remembered as "could not be stored" while the storage fails
 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
 MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_ppm": ("co2_ppm", 1),
             "batt_mv": ("batt_v", 1000), "noise_cdb": ("noise_db", 100), "dp_mpa": ("pressure_pa", 1000)}
 
 
+@dataclass(slots=True)
+class StorageStatus:
+    """The room's storage as the controller sees it; in memory, because a failing disk cannot record it."""
+
+    min_free_bytes: int = READINGS_MIN_FREE_BYTES
+    failing_since_ms: int | None = None        # a write failed and none has worked since
+    error: str | None = None
+    write_failures: int = 0                    # failed writes since the controller started
+    readings_paused_since_ms: int | None = None  # free space went below the floor: readings not stored
+    free_bytes: int | None = None              # at the last check (before each batch of readings)
+    readings_not_stored: Counter[str] = field(default_factory=Counter)  # by reason: disk_floor, storage_failed
+    waiting: dict[str, str] = field(default_factory=dict)  # "node/input" -> meaning, refused while failing
+
+    @property
+    def state(self) -> str:
+        if self.failing_since_ms is not None:
+            return "failed"
+        return "readings_paused" if self.readings_paused_since_ms is not None else "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "failing_since_ms": self.failing_since_ms, "error": self.error,
+                "write_failures": self.write_failures, "readings_paused_since_ms": self.readings_paused_since_ms,
+                "free_bytes": self.free_bytes, "min_free_bytes": self.min_free_bytes,
+                "readings_not_stored": dict(self.readings_not_stored), "inputs_waiting": dict(sorted(self.waiting.items()))}
+
+    def reasons(self) -> list[dict[str, Any]]:
+        """Why storage makes the room degraded (empty: it does not)."""
+        found: list[dict[str, Any]] = []
+        if self.failing_since_ms is not None:
+            waiting = "; inputs waiting: " + ", ".join(f"{k} ({v})" for k, v in sorted(self.waiting.items())) \
+                if self.waiting else ""
+            found.append({"reason": "storage_failed", "since_ms": self.failing_since_ms,
+                          "message": f"the room database cannot be written ({self.error}): new calls are not "
+                                     f"recorded until it can; nodes keep them and resend{waiting}"})
+        if self.readings_paused_since_ms is not None:
+            found.append({"reason": "disk_low", "since_ms": self.readings_paused_since_ms,
+                          "message": f"less than {self.min_free_bytes // 2**20} MiB free for the database: "
+                                     "readings are not stored, so that events are"})
+        return found
+
+
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
                  *, clock: Callable[[], int] = wall_ms, timers: bool = True,
-                 retention: Retention = Retention()) -> None:
+                 retention: Retention = Retention(), readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
         self.store = Store(db_path)
+        self.store.health_listeners.append(self._storage_health)
+        self.storage = StorageStatus(readings_min_free_bytes)
+        self._held: list[LogEntry] = []   # the storage alarm's raise, shown but not yet stored
+        self._storage_wakeup = asyncio.Event()
         self.history = ReadingsHistory(self.store, retention)
         self.room = Room(config)
         self.bus = EventBus()
@@ -85,6 +147,7 @@ class RoomController:
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
         if self._run_timers:
             self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
+            self._tasks.append(asyncio.create_task(self._storage_loop(), name="storage-watch"))
             self._tasks.append(asyncio.create_task(self._history_loop(), name="readings-history"))
 
     async def stop(self) -> None:
@@ -132,7 +195,12 @@ class RoomController:
 
     async def node_hello(self, hello: Hello, peer: str) -> None:
         mark = self.accept_mark(hello.node, hello.boot, hello.seq)
-        await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
+        try:
+            await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
+        except StorageError as exc:
+            # The session goes on unrecorded, so the node can offer what it holds: each event is
+            # refused (not acked, so kept and resent) and named in the storage alarm as waiting.
+            log.debug("node=%s online, not recorded: %s", hello.node, exc)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
         return await self.store.has_node_event(ev.node, ev.boot, ev.seq)
@@ -141,13 +209,20 @@ class RoomController:
         """Store a node's event; when this returns it is durable and may be acked."""
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         self.room.note_seen(ev.node, self.clock())
-        return await self._commit(lambda now: self.room.decide_node_event(ev, now),
-                                  node_event=(ev.node, ev.boot, ev.seq), seq_mark=mark)
+        try:
+            return await self._commit(lambda now: self.room.decide_node_event(ev, now),
+                                      node_event=(ev.node, ev.boot, ev.seq), seq_mark=mark)
+        except StorageError:
+            self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
+            raise
 
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
-        await self.store.save_mark(mark)
+        try:
+            await self.store.save_mark(mark)
+        except StorageError as exc:  # liveness needs no disk: the mark is kept in memory and stored later
+            log.debug("node=%s heartbeat mark not stored: %s", hb.node, exc)
         if hb.batt_mv:
             batt_v = hb.batt_mv / 1000
             self._check_reading(hb.node, BATTERY_MEASURE, batt_v)
@@ -174,7 +249,11 @@ class RoomController:
         """Most readings change nothing; the few that cross a limit are decided again and stored."""
         if not self.room.decide_reading(node, measure, value, self.clock()):
             return
-        task = asyncio.create_task(self._commit(lambda now: self.room.decide_reading(node, measure, value, now)))
+        self._spawn(self._commit(lambda now: self.room.decide_reading(node, measure, value, now)))
+
+    def _spawn(self, work: Any) -> None:
+        """Store an alarm change in the background; :meth:`settle` waits for it."""
+        task = asyncio.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._reading_committed)
 
@@ -185,8 +264,12 @@ class RoomController:
 
     def _reading_committed(self, task: asyncio.Task[object]) -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("could not store a reading's alarm change", exc_info=task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        if isinstance(task.exception(), StorageError):  # the storage alarm says so, once
+            log.debug("could not store an alarm change: %s", task.exception())
+        else:
+            log.error("could not store an alarm change", exc_info=task.exception())
 
     async def _history_loop(self) -> None:
         while True:
@@ -218,11 +301,116 @@ class RoomController:
             return
         rows, self._readings = self._readings, []
         marks, self._reading_marks = list(self._reading_marks.values()), {}
+        if not self._room_for_readings():
+            self.storage.readings_not_stored["disk_floor"] += len(rows)
+            rows = []  # the sequence marks are still kept: a replayed reading stays refused after a restart
         try:
             await self.store.add_readings(rows, marks)
             self.readings_stored += len(rows)
-        except Exception:  # a full SD card must not stop call handling; the loss is logged
+        except StorageError as exc:  # call handling goes on; the storage alarm is the loud part
+            self.storage.readings_not_stored["storage_failed"] += len(rows)
+            log.debug("could not store %d readings: %s", len(rows), exc)
+        except Exception:  # a bug: call handling must still go on; the loss is logged
+            self.storage.readings_not_stored["error"] += len(rows)
             log.exception("could not store %d readings", len(rows))
+
+    def _room_for_readings(self) -> bool:
+        """Whether the database's disk has room for readings above the floor kept for events."""
+        st = self.storage
+        try:
+            st.free_bytes = free = self.store.free_bytes()
+        except OSError:  # cannot tell: try, and let the write say
+            return True
+        if st.readings_paused_since_ms is None and free < st.min_free_bytes:
+            st.readings_paused_since_ms = self.clock()
+            log.warning("storage: %d bytes free, below the %d kept for events: readings are not stored until "
+                        "%d are free", free, st.min_free_bytes, self._readings_resume_bytes)
+            self._spawn(self.system_fault(DISK_SPACE_SOURCE, True, {"free_bytes": free,
+                                                                    "min_free_bytes": st.min_free_bytes}))
+            self.bus.notify()
+        elif st.readings_paused_since_ms is not None and free >= self._readings_resume_bytes:
+            st.readings_paused_since_ms = None
+            log.warning("storage: %d bytes free again: readings are stored again", free)
+            self._spawn(self.system_fault(DISK_SPACE_SOURCE, False, {"free_bytes": free}))
+            self.bus.notify()
+        return st.readings_paused_since_ms is None
+
+    @property
+    def _readings_resume_bytes(self) -> int:
+        return int(self.storage.min_free_bytes * (1 + READINGS_RESUME_MARGIN))
+
+    # ------------------------------------------------------------------ storage failure
+    def _storage_health(self, error: StorageError | None) -> None:
+        """The store's listener: every failed write, and the first write that works after one."""
+        st = self.storage
+        if error is not None:
+            st.write_failures += 1
+            st.error = str(error)
+            if st.failing_since_ms is not None:
+                return
+            st.failing_since_ms = self.clock()
+            log.error("storage: the room database cannot be written (%s): raising a technical alarm", error)
+        elif st.failing_since_ms is not None:
+            log.warning("storage: the room database can be written again (%d failed writes)", st.write_failures)
+            st.failing_since_ms = None
+        self._storage_wakeup.set()  # on a change only: the probe's own failures must not spin the loop
+
+    def _not_stored(self, node: str, src: str) -> None:
+        if len(self.storage.waiting) < WAITING_MAX:
+            self.storage.waiting[f"{node}/{src}"] = self.config.meaning(node, src) or "unmapped input"
+
+    async def _storage_loop(self) -> None:
+        while True:
+            await self._storage_wakeup.wait()
+            self._storage_wakeup.clear()
+            while await self.check_storage():
+                try:  # a write elsewhere may show the storage working again before the probe does
+                    async with asyncio.timeout(STORAGE_RETRY_S):
+                        await self._storage_wakeup.wait()
+                except TimeoutError:
+                    pass
+                self._storage_wakeup.clear()
+
+    async def check_storage(self) -> bool:
+        """Raise the storage alarm in memory while writes fail; store it and its end once one works.
+
+        Returns True while the alarm is up (the storage task calls this again every few seconds: the
+        attempt to store the alarm is the probe that finds the storage working again)."""
+        shown: list[LogRecord] = []
+        async with self._lock:
+            now = max(self.clock(), self.room.last_ms)
+            st = self.storage
+            alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
+            if st.failing_since_ms is not None and alarm is None:
+                detail = {"error": st.error, "since_ms": st.failing_since_ms}
+                self._held = self.room.decide_system_fault(STORAGE_SOURCE, True, detail, now)
+                shown = [LogRecord(0, now, e.kind, e.data) for e in self._held]  # shown now, stored later
+                self.room.apply_all(shown)
+                alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
+            if alarm is None:
+                return False
+            summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
+            alarm.detail.update(summary)
+            held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
+                    else e for e in self._held]
+            entries = held + self.room.decide_system_fault(STORAGE_SOURCE, False, {}, now)
+            try:
+                records = await self.store.append(now, entries)
+            except StorageError:
+                records = []
+            else:
+                self._held = []
+                st.waiting.clear()
+                self.room.apply_all(records)
+        if shown:
+            self.bus.notify()
+        if records:
+            log.warning("storage: the alarm and its end are stored (%d records)", len(records))
+            self.bus.publish(records)
+        if shown or records:
+            self._timer_wakeup.set()
+            self._outputs_changed()
+        return not records
 
     # ------------------------------------------------------------------ Pi-attached sources
     # Wired inputs (sensors/wired.py), Bluetooth sensors (sensors/ble.py) and the voice pipeline
@@ -251,8 +439,12 @@ class RoomController:
         self._local_seq += 1
         ev = NodeEvent(node, self._local_boot, self._local_seq, kind, src, val, 0, dict(detail or {}))
         self.room.note_seen(node, self.clock())
-        return await self._commit(lambda now: self.room.decide_node_event(ev, now),
-                                  node_event=(node, self._local_boot, self._local_seq))
+        try:
+            return await self._commit(lambda now: self.room.decide_node_event(ev, now),
+                                      node_event=(node, self._local_boot, self._local_seq))
+        except StorageError:
+            self._not_stored(node, src)  # the sensors' outbox retries it
+            raise
 
     def local_reading(self, node: str, measures: Mapping[str, float]) -> None:
         """Readings in API units (temp_c, rh_pct, co2_ppm, batt_v, ...) from a Pi-attached source."""
@@ -305,7 +497,10 @@ class RoomController:
                 pass
             try:
                 await self.tick()
-            except Exception:  # a store failure must not stop the timers; the next round retries
+            except StorageError as exc:  # the storage alarm is up; the next round retries
+                log.debug("room timers: could not store what fell due: %s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug must not stop the timers; the next round retries
                 log.exception("room timers: could not store what fell due")
                 await asyncio.sleep(1.0)
 
@@ -342,7 +537,7 @@ class RoomController:
 
     # ------------------------------------------------------------------ reads
     def snapshot(self) -> dict[str, Any]:
-        return self.room.snapshot(self.clock())
+        return {**self.room.snapshot(self.clock()), "storage": self.storage.to_json()}
 
     def outputs(self):  # -> RoomOutputs
         return self.room.outputs(self.clock())

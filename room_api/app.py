@@ -31,11 +31,12 @@ from .auth import FailedAuthLimiter, make_middleware
 from .base import CONTROLLER, DEVICES, GATEWAY, METRICS, OPENAPI, PRINCIPAL, ApiError
 from .readings import HISTORY, get_readings
 
+from controller.bus import STATUS_CHANGED
 from controller.link.gateway import NodeGateway
 from controller.room import TIERS, RoomError, reports
 from controller.security.tokens import TokenError
 from controller.service import RoomController
-from controller.store import LogRecord
+from controller.store import LogRecord, StorageError
 
 log = logging.getLogger("smartroom.api")
 
@@ -66,6 +67,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         raise
     except RoomError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc
+    except StorageError as exc:  # the storage alarm is up; the caller must know nothing was recorded
+        raise ApiError(503, "storage_unavailable", f"the room database cannot be written ({exc}); "
+                       "nothing was recorded — act in person and retry") from exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -102,13 +106,25 @@ async def get_events(request: web.Request) -> web.Response:
                               "more": len(records) == limit})
 
 
-async def _body(request: web.Request) -> dict[str, object]:
+async def _body(request: web.Request, *, empty: dict[str, object] | None = None) -> dict[str, object]:
+    """The request's JSON object; ``empty`` is what an empty body means (None: a body is required)."""
+    raw = await request.read()
+    if not raw.strip() and empty is not None:
+        return dict(empty)
+    reason = None
     try:
-        body = await request.json()
+        body = json.loads(raw)  # bytes: UTF-8 (or -16/-32) as RFC 8259 allows; a bad byte is a ValueError
+    except RecursionError:  # e.g. 200k nested brackets: Python's parser gives up, the client gets told
+        body, reason = None, "too_deep"
     except ValueError:
-        body = None
+        body, reason = None, "not_json"
     if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "body must be a JSON object like {\"by\": \"nurse name\"}")
+        reason = reason or "not_an_object"
+        request.app[METRICS].bad_bodies.labels(reason).inc()
+        log.info("refused a %s body on %s %s from %s", reason.replace("_", " "), request.method, request.path,
+                 request.remote)
+        detail = "nested too deeply" if reason == "too_deep" else "not a JSON object"
+        raise ApiError(400, "bad_json", f"body is {detail}: it must be a JSON object like {{\"by\": \"nurse name\"}}")
     return body
 
 
@@ -123,17 +139,17 @@ def _by(body: dict[str, object], request: web.Request | None = None) -> str:
 
 
 async def post_ack(request: web.Request) -> web.Response:
-    by = _by(await _body(request), request)
+    by = _by(await _body(request, empty={}), request)
     return web.json_response(await request.app[CONTROLLER].acknowledge(request.match_info["call_id"], by))
 
 
 async def post_clear(request: web.Request) -> web.Response:
-    by = _by(await _body(request), request)
+    by = _by(await _body(request, empty={}), request)
     return web.json_response(await request.app[CONTROLLER].clear(request.match_info["call_id"], by))
 
 
 async def post_silence(request: web.Request) -> web.Response:
-    by = _by(await _body(request), request)
+    by = _by(await _body(request, empty={}), request)
     return web.json_response(await request.app[CONTROLLER].silence_tone(by))
 
 
@@ -171,17 +187,26 @@ async def get_gateway(request: web.Request) -> web.Response:
     stats = gateway.stats.to_json() if gateway else {}
     stats["nodes_connected"] = sorted(gateway.connections) if gateway else []
     stats["readings_stored"] = request.app[CONTROLLER].readings_stored
+    stats["readings_not_stored"] = dict(request.app[CONTROLLER].storage.readings_not_stored)
     devices = request.app[DEVICES]
     stats["devices"] = devices.to_json() if devices is not None else None
     return web.json_response(stats)
 
 
+def degraded_reasons(controller: RoomController) -> list[dict[str, object]]:
+    """Why the room cannot keep all its promises right now; empty when it can. Each reason is
+    ``{"reason": code, "message": text, "since_ms": …}`` (docs/architecture.md, failure modes)."""
+    return [*controller.storage.reasons()]
+
+
 async def get_health(request: web.Request) -> web.Response:
-    """Public: liveness and how many calls are active per priority (no patient or call details)."""
+    """Public: liveness, degraded reasons, how many calls are active per priority (no patient or call details)."""
     controller = request.app[CONTROLLER]
     room = controller.room
     calls = {tier: sum(1 for c in room.calls.values() if c.ctype.level == tier) for tier in TIERS}
-    return web.json_response({"status": "ok", "room": controller.config.room_id, "name": controller.config.name,
+    reasons = degraded_reasons(controller)
+    return web.json_response({"status": "degraded" if reasons else "ok", "reasons": reasons,
+                              "room": controller.config.room_id, "name": controller.config.name,
                               "version": VERSION, "cursor": room.cursor, "active_calls": calls})
 
 
@@ -247,22 +272,31 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     if len(batch) < STREAM_BACKLOG_BATCH:
                         return
 
-            await catch_up(None)
-            await annunciate_waiting()
-            while resp.is_connected():
-                try:
-                    record = await asyncio.wait_for(sub.get(), STREAM_PING_S)
-                except TimeoutError:
-                    continue
-                if record is None:  # lagged or shutting down: the client resumes from the log
-                    if sub.lagged:
-                        log.warning("event stream subscriber lagged at %d; closing so it resumes", last)
-                    break
-                if record.id <= last:
-                    continue
-                if record.id > last + 1:
-                    await catch_up(record.id - 1)
-                await send(record)
+            async def deliver() -> None:
+                await catch_up(None)
+                await annunciate_waiting()
+                while resp.is_connected():
+                    try:
+                        record = await asyncio.wait_for(sub.get(), STREAM_PING_S)
+                    except TimeoutError:
+                        continue
+                    if record is None:  # lagged or shutting down: the client resumes from the log
+                        if sub.lagged:
+                            log.warning("event stream subscriber lagged at %d; closing so it resumes", last)
+                        break
+                    if record is STATUS_CHANGED:  # not in the log (yet): no id, the page looks at the room
+                        await resp.send(json.dumps({"reasons": degraded_reasons(controller)}), event="status")
+                        continue
+                    if record.id <= last:
+                        continue
+                    if record.id > last + 1:
+                        await catch_up(record.id - 1)
+                    await send(record)
+
+            try:
+                await deliver()
+            except ConnectionResetError as exc:  # the page was closed or the network dropped: normal
+                log.debug("event stream to %s ended by the client at %d: %s", endpoint, last, exc)
     return resp
 
 
@@ -348,10 +382,11 @@ class Route:
 
 
 NURSE = frozenset({"nurse"})
-ROOM_READERS = frozenset({"nurse", "facilities", "admin"})
+ROOM_READERS = frozenset({"nurse", "facilities", "admin", "integration"})  # an integration needs what is active
+HISTORY_READERS = frozenset({"nurse", "facilities", "admin"})
 FEED_READERS = frozenset({"nurse", "facilities", "admin", "integration"})
 FACILITIES = frozenset({"facilities", "admin"})
-REPORT_READERS = frozenset({"nurse", "admin"})
+REPORT_READERS = frozenset({"nurse", "admin", "integration"})
 ADMIN = frozenset({"admin"})
 SCRAPERS = frozenset({"facilities", "admin", "integration"})
 
@@ -368,7 +403,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/room/silence", post_silence, NURSE, "Silence the in-room tone"),
     Route("PUT", "/api/v1/beds/{bed}/fall-risk", put_fall_risk, NURSE, "Bed-exit alarm on or off for a bed"),
     Route("GET", "/api/v1/reports/response-times", get_response_times, REPORT_READERS, "Response times"),
-    Route("GET", "/api/v1/readings", get_readings, ROOM_READERS, "A measure's history in buckets"),
+    Route("GET", "/api/v1/readings", get_readings, HISTORY_READERS, "A measure's history in buckets"),
     Route("GET", "/api/v1/gateway", get_gateway, FACILITIES, "Node gateway counters"),
     Route("GET", "/api/v1/config", get_config, ADMIN, "The room's configuration as loaded"),
     Route("GET", "/api/v1/tokens", get_tokens, ADMIN, "Active API tokens (never their secrets)"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -51,6 +51,29 @@ class _RoomCollector(Collector):
         readings = CounterMetricFamily("smartroom_readings_stored", "Sensor readings stored durably")
         readings.add_metric([], self._controller.readings_stored)
         yield readings
+        storage = self._controller.storage
+        not_stored = CounterMetricFamily("smartroom_readings_not_stored",
+                                         "Sensor readings not stored, by reason (disk_floor: free space below "
+                                         "the floor kept for events; storage_failed: the write failed)",
+                                         labels=["reason"])
+        for reason in sorted({"disk_floor", "storage_failed", *storage.readings_not_stored}):
+            not_stored.add_metric([reason], storage.readings_not_stored[reason])
+        yield not_stored
+        up = GaugeMetricFamily("smartroom_storage_up", "1 while the room database can be written, 0 while it fails")
+        up.add_metric([], 0 if storage.failing_since_ms is not None else 1)
+        yield up
+        failures = CounterMetricFamily("smartroom_storage_write_failures",
+                                       "Writes to the room database that failed (disk full, I/O error), probes included")
+        failures.add_metric([], storage.write_failures)
+        yield failures
+        paused = GaugeMetricFamily("smartroom_readings_paused", "1 while free space is below the floor kept for events")
+        paused.add_metric([], 0 if storage.readings_paused_since_ms is None else 1)
+        yield paused
+        if storage.free_bytes is not None:
+            free = GaugeMetricFamily("smartroom_storage_free_bytes",
+                                     "Free space for the room database at the last readings batch")
+            free.add_metric([], storage.free_bytes)
+            yield free
         nodes = GaugeMetricFamily("smartroom_nodes", "Configured nodes by state", labels=["state"])
         online = sum(1 for n in room.nodes.values() if n.online)
         nodes.add_metric(["online"], online)
@@ -89,6 +112,8 @@ class Metrics:
                                   buckets=DELIVERY_BUCKETS_S, registry=self.registry)
         self.subscribers = Gauge("smartroom_event_stream_subscribers", "Open event-stream connections",
                                  registry=self.registry)
+        self.bad_bodies = Counter("smartroom_api_bad_bodies", "Request bodies refused (not JSON, not an object, "
+                                  "nested too deeply), by reason", ["reason"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -63,17 +63,30 @@ SCHEMAS: dict[str, S] = {
                  outputs={"$ref": "#/components/schemas/Outputs"},
                  environment={"type": "object", "additionalProperties": _obj(["value", "node", "ts_ms"],
                                                                              value=NUM, node=STR, ts_ms=MS)},
-                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)}),
+                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)},
+                 storage={"$ref": "#/components/schemas/Storage"}),
+    "Storage": _obj(["state", "write_failures", "readings_not_stored", "min_free_bytes"],
+                    state={"type": "string", "enum": ["ok", "readings_paused", "failed"]},
+                    failing_since_ms=_nullable(MS), error=_nullable(STR), write_failures=INT,
+                    readings_paused_since_ms=_nullable(MS), free_bytes=_nullable(INT), min_free_bytes=INT,
+                    readings_not_stored={"type": "object", "additionalProperties": INT},
+                    inputs_waiting={"type": "object", "additionalProperties": STR,
+                                    "description": "node/input -> meaning, of events refused while failing"}),
     "Event": _obj(["id", "ts_ms", "kind", "data"], id=INT, ts_ms=MS, kind=STR, data={"type": "object"}),
     "EventPage": _obj(["events", "next", "more"], events={"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                       next=INT, more=BOOL),
-    "Health": _obj(["status", "room", "version", "cursor", "active_calls"], status=STR, room=STR, name=STR,
-                   version=STR, cursor=INT,
+    "Health": _obj(["status", "reasons", "room", "version", "cursor", "active_calls"],
+                   status={"type": "string", "enum": ["ok", "degraded"]},
+                   reasons={"type": "array", "items": _obj(["reason", "message"], reason=STR, message=STR,
+                                                           since_ms=_nullable(MS))},
+                   room=STR, name=STR, version=STR, cursor=INT,
                    active_calls=_obj(list(TIERS), **{t: INT for t in TIERS})),
     "Gateway": _obj(["accepted", "rejected", "duplicates", "nodes_connected", "readings_stored"],
                     accepted={"type": "object", "additionalProperties": INT},
                     rejected={"type": "object", "additionalProperties": INT}, duplicates=INT, connections=INT,
                     nodes_connected={"type": "array", "items": STR}, readings_stored=INT,
+                    readings_not_stored={"type": "object", "additionalProperties": INT,
+                                         "description": "by reason: disk_floor, storage_failed"},
                     devices=_nullable({"type": "object", "description": "Pi-attached GPIO nodes and the BLE "
                                        "scanner's state (stopped, starting, scanning, degraded)"})),
     "Readings": _obj(["measure", "node", "from_ms", "to_ms", "step_ms", "requested_step_ms", "step_rounded",
@@ -102,6 +115,9 @@ SCHEMAS: dict[str, S] = {
 
 BY_BODY = _obj(by={"type": "string", "minLength": 1, "maxLength": 64,
                    "description": "who does it; defaults to the token's name"})
+# Routes whose body may be left out (an empty body means {}: done by the token's name).
+OPTIONAL_BODY = {("POST", "/api/v1/calls/{call_id}/ack"), ("POST", "/api/v1/calls/{call_id}/clear"),
+                 ("POST", "/api/v1/room/silence")}
 _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("GET", "/"): {"html": True},
     ("GET", "/facilities"): {"html": True},
@@ -155,7 +171,8 @@ def _operation(route: Any, doc: S) -> S:
     if params:
         op["parameters"] = params
     if "body" in doc:
-        op["requestBody"] = {"required": True, "content": _json(doc["body"])}
+        op["requestBody"] = {"required": (route.method, route.path) not in OPTIONAL_BODY,
+                             "content": _json(doc["body"])}
     responses = op["responses"]
     if doc.get("html"):
         responses["200"] = {"description": "HTML page", "content": {"text/html": {"schema": STR}}}
@@ -180,6 +197,7 @@ def _operation(route: Any, doc: S) -> S:
         responses["429"] = _error("Too many failed logins from this address")
         if "body" in doc or route.method in ("POST", "PUT", "DELETE"):
             responses.setdefault("400", _error("Bad request"))
+            responses["503"] = _error("The room database cannot be written: nothing was recorded")
     else:
         op["security"] = []
     return op

@@ -251,7 +251,8 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
         bath = NodeClient("bath", node_key("bath"))
         await bath.connect(host, port)
         await bath.send({**bath.hb_msg(), "rssi": -71, "batt_mv": 3300})  # below 3.45 V: low battery
-        await bedside.send(bedside.reading_msg(0, temp_mdegc=26_500))    # above the 24 °C limit
+        # Above the 24 °C limit; shown to the sensors' precision (0.1 °C, 1 %, 10 ppm), not 26.549.
+        await bedside.send(bedside.reading_msg(0, temp_mdegc=26_549, rh_mpct=44_612, co2_ppm=623))
 
         async def keep_alive() -> None:
             while True:
@@ -268,17 +269,26 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
             await expect(nodes.locator('tr[data-node="bedside-a"]')).to_contain_text("-55 dBm")
             await expect(nodes.locator('tr[data-node="bath"]')).to_contain_text("3.30 V")
             alarms = page.locator("#alarms")
-            await expect(alarms.locator('[data-type="low_battery"]')).to_contain_text("battery 3.3 V")
+            await expect(alarms.locator('[data-type="low_battery"]')).to_contain_text("battery 3.30 V")
             await expect(alarms.locator('[data-type="low_battery"] .badge')).to_have_text("● LOW")
             await expect(alarms.get_by_role("button")).to_have_count(0)  # read-only: nurses acknowledge
 
             temp = page.locator('[data-measure="temp_c"]')
-            await expect(temp.locator(".current")).to_contain_text("26.5 °C")
+            await expect(temp.locator(".current .now")).to_contain_text(re.compile(r"^26\.5 °C"))
+            await expect(page.locator('[data-measure="rh_pct"] .current .now')).to_contain_text(re.compile(r"^45 %"))
+            await expect(page.locator('[data-measure="co2_ppm"] .current .now')).to_contain_text(
+                re.compile(r"^620 ppm"))
             await expect(temp.locator(".current")).to_contain_text("out of range")
             await expect(temp.locator(".current")).to_contain_text("limits 21–24 °C")
             # Each chart settles: drawn, or saying there is no history (yet).
             await expect(page.locator(".plot-box", has_text="loading")).to_have_count(0)
-            await expect(page.locator("#gateway")).to_contain_text("nodes connected")
+            gateway = page.locator("#gateway")
+            await expect(gateway).to_contain_text("nodes connected")
+            await expect(gateway.locator("tr", has_text="Bluetooth")).to_contain_text("not used in this room")
+            await expect(gateway.locator("tr", has_text="wired (GPIO) nodes")).to_contain_text("none")
+            await expect(gateway.locator("tr", has_text="room database")).to_contain_text("ok")
+            for junk in ("[object Object]", "null", "undefined"):
+                await expect(gateway).not_to_contain_text(junk)
 
             await bath.close()  # silent from now on: offline after two missed heartbeats
             await expect(nodes.locator('tr[data-node="bath"]')).to_contain_text("OFFLINE", timeout=10_000)
@@ -293,7 +303,7 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
             await page.get_by_role("button", name="Reload charts").click()
             await expect(temp.locator("svg.plot circle.point")).to_have_count(1)
             await expect(temp.locator("svg.plot .limit-label")).to_have_text(["low 21.0 °C", "high 24.0 °C"])
-            await expect(page.locator('[data-measure="co2_ppm"] .plot-box')).to_have_text(
+            await expect(page.locator('[data-measure="noise_db"] .plot-box')).to_have_text(
                 "no readings in the last 24 h")
 
             # The chart, from an answer of the readings endpoint's documented shape.

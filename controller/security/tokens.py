@@ -15,6 +15,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from .files import owner_only_database
+
 ROLES = ("nurse", "facilities", "admin", "integration")
 TOKEN_PREFIX = "srt_"
 NAME_RE = re.compile(r"^[^\x00-\x1f]{1,64}$")
@@ -144,6 +146,7 @@ def read_audit(db: sqlite3.Connection, after_ts_ms: int = 0, limit: int = 100) -
 
 def open_db(path: str) -> sqlite3.Connection:
     """A connection for the command line, next to a running controller (WAL; waits for its lock)."""
+    owner_only_database(path)
     db = sqlite3.connect(path, isolation_level=None, timeout=10)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..bus import STATUS_CHANGED
 from ..room.config import parse_room
 from ..room import CALL_TYPES, RoomError
 from ..runner import RoomServer
@@ -194,6 +195,9 @@ async def _auto_ack(server: RoomServer, after_s: float, narrator: Narrator) -> N
 async def _narrate_room(server: RoomServer, narrator: Narrator) -> None:
     with server.controller.subscribe() as sub:
         while (record := await sub.get()) is not None:
+            if record is STATUS_CHANGED:  # e.g. the storage failed: the alarm call shows in the snapshot
+                narrator.say("ALARM", f"room status: {server.controller.storage.state}")
+                continue
             narrator.room_event(record)
 
 

@@ -4,7 +4,8 @@
 
 import { Session } from "./session.js";
 import { Sounder } from "./sound.js";
-import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline, Refresher } from "./ui.js";
+import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline, Refresher,
+         renderDegraded } from "./ui.js";
 
 const HISTORY_LENGTH = 50;       // events shown in "recent history"
 const HISTORY_SCAN = 500;        // log entries read at login to find them (most are raw node events)
@@ -60,6 +61,7 @@ function stop() {
   showOffline();
   history = [];
   calls.clear();
+  $("degraded").hidden = true;
   $("history").replaceChildren();
   notice.hide();
 }
@@ -84,6 +86,7 @@ function render(room) {
   $("title").textContent = room.room.name || room.room.id;
   document.title = `${room.room.name || room.room.id} — nurse station`;
   for (const c of room.calls) calls.set(c.id, { label: c.label, priority: c.priority, bed: c.bed });
+  renderDegraded($("degraded"), room.storage);
   renderCalls(room.calls);
   renderOutputs(room.outputs);
   renderOccupancy(room.occupancy);
@@ -110,6 +113,7 @@ function callRow(c) {
     c.presses > 1 ? `pressed ${c.presses}×` : null,
     c.reminders ? `reminder ${c.reminders}` : null,
     c.source.node ? `from ${c.source.node}/${c.source.input}` : null,
+    c.type === "system_fault" && c.detail.error ? `${c.source.input.replace("system:", "")}: ${c.detail.error}` : null,
     c.clears === "in_room" ? "cancel in the room only" : c.clears === "condition" ? "clears when fixed" : null,
   ].filter(Boolean).join(" · ");
   const escalation = c.escalation_level > 1
