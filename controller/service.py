@@ -329,8 +329,13 @@ class RoomController:
             raise error(refused[0].data["reason"])
         return self._call_json(call_id)
 
-    async def annunciated(self, call_id: str, endpoint: str) -> list[LogRecord]:
-        return await self._commit(lambda now: self.room.decide_annunciated(call_id, endpoint, now))
+    async def shown(self, call_ids: list[str], screen: str) -> list[LogRecord]:
+        """A nurse screen's receipt: it displayed these calls. Returns the annunciations it caused
+        (a call's first receipt) and the "not displayed" alarm's clearing when that resolves it."""
+        return await self._commit(lambda now: self.room.decide_shown(call_ids, screen, now))
+
+    async def annunciated(self, call_id: str, screen: str) -> list[LogRecord]:
+        return await self.shown([call_id], screen)
 
     async def set_fall_risk(self, bed: str, enabled: bool, by: str) -> dict[str, Any]:
         await self._commit(lambda now: self.room.decide_fall_risk(bed, enabled, by, now))
@@ -341,6 +346,17 @@ class RoomController:
         return self.room.outputs(self.clock()).to_json()
 
     # ------------------------------------------------------------------ reads
+    def degraded(self) -> list[dict[str, str]]:
+        """Why the room cannot promise that calls reach a nurse right now (empty: it can). Each entry
+        is {"reason": code, "message": text}; /api/v1/health reports them."""
+        reasons: list[dict[str, str]] = []
+        late = self.room.not_displayed(self.clock())
+        if late or self.room.display_alarm() is not None:
+            reasons.append({"reason": "not_displayed", "message": (
+                f"{len(late)} active call(s) not shown on any nurse screen within "
+                f"{self.config.timers.not_displayed_s:g} s")})
+        return reasons
+
     def snapshot(self) -> dict[str, Any]:
         return self.room.snapshot(self.clock())
 
