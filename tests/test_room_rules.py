@@ -251,6 +251,15 @@ async def test_presence_holds_the_calls_that_were_on_and_not_the_ones_raised_aft
     assert (room.call("bath_emergency")["escalation_level"], room.call("bath_emergency")["held_by_presence"]) == \
         (1, True)
     assert held["id"] not in {r.data.get("call_id") for r in await room.log("call.escalated")}
+    await room.advance(30)
+    await room.press("door", "presence")              # staff leave: only the held call's clock restarts
+    left_at = room.clock.ms
+    records = await room.advance(30)
+    assert [(r.data["call_id"], r.data["level"], r.data["due_ms"]) for r in records] == \
+        [(new["id"], 3, new["raised_at_ms"] + 120_000)], "the new call's escalation keeps its own clock"
+    [reminder] = await room.advance(150)
+    assert (reminder.kind, reminder.data["call_id"], reminder.data["due_ms"]) == \
+        ("call.reminded", held["id"], left_at + 180_000)
 
 
 async def test_presence_ends_by_itself_after_its_reminder_and_held_calls_run_again(room):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +128,3 @@ def button(name: str) -> dict[str, Any]:
 
 def press_at(pin: str, at_ms: int = 300) -> dict[str, Any]:
     return {"at_ms": at_ms, "pin": pin, "press_ms": 200}
-
-
-def dump(records: list[LogRecord]) -> str:
-    return json.dumps([(r.kind, r.data) for r in records], indent=1)
