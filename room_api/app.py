@@ -355,7 +355,9 @@ async def get_config(request: web.Request) -> web.Response:
         "timers": {"tiers": {t: {"escalate_s": v.escalate_s, "reminder_s": v.reminder_s}
                              for t, v in config.timers.tiers.items()},
                    "bath_dwell_s": config.timers.bath_dwell_s, "fall_ok_window_s": config.timers.fall_ok_window_s,
-                   "silence_s": config.timers.silence_s},
+                   "silence_s": config.timers.silence_s, "presence_s": config.timers.presence_s,
+                   "presence_reminder_s": config.timers.presence_reminder_s,
+                   "not_displayed_s": config.timers.not_displayed_s},
         "environment": {m: {"low": r.low, "high": r.high, "hysteresis": r.hysteresis,
                             "min_duration_s": r.min_duration_s, "clear_s": r.clear_s}
                         for m, r in config.environment.items()},
