@@ -351,9 +351,11 @@ class RoomController:
         is {"reason": code, "message": text}; /api/v1/health reports them."""
         reasons: list[dict[str, str]] = []
         late = self.room.not_displayed(self.clock())
-        if late or self.room.display_alarm() is not None:
+        alarm = self.room.display_alarm()
+        if late or alarm is not None:
+            count = len(late) if late or alarm is None else len(alarm.detail.get("calls", ()))
             reasons.append({"reason": "not_displayed", "message": (
-                f"{len(late)} active call(s) not shown on any nurse screen within "
+                f"{count} active call(s) not shown on any nurse screen within "
                 f"{self.config.timers.not_displayed_s:g} s")})
         return reasons
 
