@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
+from .model import wall_ms
 from .service import READINGS_MIN_FREE_BYTES, RoomController
 from .security.tls import TlsMaterial, ssl_context
 
@@ -36,9 +38,12 @@ class RoomServer:
                  tls: TlsMaterial | None = None, advertise: bool = False,
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
                  ble_backend: object | None = None, scheduler: object | None = None,
-                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
+                 clock: Callable[[], int] = wall_ms, timers: bool = True) -> None:
+        """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``)."""
         self.config = config
-        self.controller = RoomController(config, keys, db_path, readings_min_free_bytes=readings_min_free_bytes)
+        self.controller = RoomController(config, keys, db_path, clock=clock, timers=timers,
+                                         readings_min_free_bytes=readings_min_free_bytes)
         self.gateway = NodeGateway(self.controller)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host

@@ -524,8 +524,13 @@ class RoomController:
             raise error(refused[0].data["reason"])
         return self._call_json(call_id)
 
-    async def annunciated(self, call_id: str, endpoint: str) -> list[LogRecord]:
-        return await self._commit(lambda now: self.room.decide_annunciated(call_id, endpoint, now))
+    async def shown(self, call_ids: list[str], screen: str) -> list[LogRecord]:
+        """A nurse screen's receipt: it displayed these calls. Returns the annunciations it caused
+        (a call's first receipt) and the "not displayed" alarm's clearing when that resolves it."""
+        return await self._commit(lambda now: self.room.decide_shown(call_ids, screen, now))
+
+    async def annunciated(self, call_id: str, screen: str) -> list[LogRecord]:
+        return await self.shown([call_id], screen)
 
     async def set_fall_risk(self, bed: str, enabled: bool, by: str) -> dict[str, Any]:
         await self._commit(lambda now: self.room.decide_fall_risk(bed, enabled, by, now))
@@ -536,6 +541,19 @@ class RoomController:
         return self.room.outputs(self.clock()).to_json()
 
     # ------------------------------------------------------------------ reads
+    def degraded(self) -> list[dict[str, Any]]:
+        """Why the room cannot promise that calls reach a nurse right now (empty: it can). Each entry
+        is {"reason": code, "message": text} (and "since_ms" where known); /api/v1/health reports them."""
+        reasons: list[dict[str, Any]] = [*self.storage.reasons()]
+        late = self.room.not_displayed(self.clock())
+        alarm = self.room.display_alarm()
+        if late or alarm is not None:
+            count = len(late) if late or alarm is None else len(alarm.detail.get("calls", ()))
+            reasons.append({"reason": "not_displayed", "message": (
+                f"{count} active call(s) not shown on any nurse screen within "
+                f"{self.config.timers.not_displayed_s:g} s")})
+        return reasons
+
     def snapshot(self) -> dict[str, Any]:
         return {**self.room.snapshot(self.clock()), "storage": self.storage.to_json()}
 

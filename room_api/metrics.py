@@ -1,13 +1,15 @@
 """Prometheus metrics for one room (text exposition at ``/metrics``).
 
-Counts that already live elsewhere (gateway counters, nodes online, active calls) are read at
-scrape time by a collector, so there is one source of truth; only the delivery-time histogram and
-the stream-subscriber gauge are kept here. Each app has its own registry: no globals.
+Counts that already live elsewhere (gateway counters, nodes online, active calls, calls not shown
+on any nurse screen) are read at scrape time by a collector, so there is one source of truth; only
+the delivery-time histogram and the streams' gauges and drop counter are kept here. Each app has
+its own registry: no globals.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,7 +20,7 @@ from controller.room import TIERS
 from controller.service import RoomController
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Node event stored -> first delivery to a nurse endpoint; nurse-call systems aim for seconds.
+# Call stored -> first shown on a nurse screen (the page's receipt); nurse-call systems aim for seconds.
 DELIVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -84,6 +86,10 @@ class _RoomCollector(Collector):
         for tier in TIERS:
             calls.add_metric([tier], sum(1 for c in room.calls.values() if c.ctype.level == tier))
         yield calls
+        late = GaugeMetricFamily("smartroom_calls_not_displayed",
+                                 "Active calls no nurse screen has shown within the room's not_displayed_s")
+        late.add_metric([], len(room.not_displayed(self._controller.clock())))
+        yield late
         blocked = CounterMetricFamily("smartroom_auth_blocked", "Requests refused: too many failed logins")
         blocked.add_metric([], self._auth_blocked())
         yield blocked
@@ -108,12 +114,31 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices))
         self.delivery = Histogram("smartroom_call_delivery_seconds",
-                                  "Time from a call being stored to its first delivery to a nurse endpoint",
+                                  "Time from a call being stored to a nurse screen's receipt that it shows it",
                                   buckets=DELIVERY_BUCKETS_S, registry=self.registry)
         self.subscribers = Gauge("smartroom_event_stream_subscribers", "Open event-stream connections",
                                  registry=self.registry)
         self.bad_bodies = Counter("smartroom_api_bad_bodies", "Request bodies refused (not JSON, not an object, "
                                   "nested too deeply), by reason", ["reason"], registry=self.registry)
+
+        self.nurse_streams = 0
+        Gauge("smartroom_nurse_streams", "Open event streams with a nurse token (screens that may show calls)",
+              registry=self.registry).set_function(lambda: self.nurse_streams)
+        self.streams_dropped = Counter("smartroom_event_stream_dropped",
+                                       "Event streams closed by the controller, by reason (send_timeout: "
+                                       "the client took no data; lagged: it fell too far behind)",
+                                       labelnames=["reason"], registry=self.registry)
+        for reason in ("send_timeout", "lagged"):
+            self.streams_dropped.labels(reason)
+
+    @contextmanager
+    def nurse_stream(self, nurse: bool) -> Iterator[None]:
+        """Counts an open stream as a nurse's while it is open."""
+        self.nurse_streams += nurse
+        try:
+            yield
+        finally:
+            self.nurse_streams -= nurse
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -97,6 +97,9 @@ class Timers:
     bath_dwell_s: float = 1200
     fall_ok_window_s: float = 30
     silence_s: float = 120
+    presence_s: float = 1800          # staff presence ends by itself after this long (a forgotten presence)
+    presence_reminder_s: float = 60   # the reminder comes this long before presence ends
+    not_displayed_s: float = 15       # a call not shown on any nurse screen this long is a technical alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +468,8 @@ _TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "
 _ROOM_KEYS = ("id", "name", "profile")
 _BED_KEYS = ("id", "fall_risk")
 _GATEWAY_KEYS = ("host", "port", "heartbeat_ms")
-_TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s") + TIERS
+_TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s", "presence_s", "presence_reminder_s",
+               "not_displayed_s") + TIERS
 _TIER_KEYS = ("escalate_s", "reminder_s")
 _SUPERVISION_KEYS = ("missed_heartbeats", "low_battery_v", "battery_replaced_v")
 _RULE_KEYS = ("low", "high", "hysteresis", "min_duration_s", "clear_s", "enabled")
@@ -524,12 +528,22 @@ def _parse_tier(doc: _Doc, timers: Mapping[str, Any], tier: str) -> TierTimers:
 def _parse_timers(doc: _Doc, root: Mapping[str, Any]) -> Timers:
     timers = _section(doc, root, "timers", _TIMER_KEYS)
     path = ("timers",)
+    presence_s = _optional(doc, timers, path, "presence_s", float, DEFAULT_TIMERS.presence_s, (60, 14_400))
+    reminder_s = _optional(doc, timers, path, "presence_reminder_s", float, DEFAULT_TIMERS.presence_reminder_s,
+                           (5, 600))
+    if reminder_s >= presence_s:
+        raise doc.error(path + ("presence_reminder_s",), f"{reminder_s:g} must be less than presence_s "
+                        f"({presence_s:g}): the reminder comes before presence ends")
     return Timers(
         MappingProxyType({tier: _parse_tier(doc, timers, tier) for tier in TIERS}),
         bath_dwell_s=_optional(doc, timers, path, "bath_dwell_s", float, DEFAULT_TIMERS.bath_dwell_s, (10, 86_400)),
         fall_ok_window_s=_optional(doc, timers, path, "fall_ok_window_s", float, DEFAULT_TIMERS.fall_ok_window_s,
                                    (0, 600)),
         silence_s=_optional(doc, timers, path, "silence_s", float, DEFAULT_TIMERS.silence_s, (10, 3600)),
+        presence_s=presence_s,
+        presence_reminder_s=reminder_s,
+        not_displayed_s=_optional(doc, timers, path, "not_displayed_s", float, DEFAULT_TIMERS.not_displayed_s,
+                                  (5, 600)),
     )
 
 

@@ -157,7 +157,11 @@ class Narrator:
             call = calls.get(d["call_id"])
             self.say("ACK", f"{d['by']} acknowledged {LABELS.get(call.type, '') if call else ''} {d['call_id']}")
         elif record.kind == "staff.presence":
-            self.say("STAFF", "staff presence registered" if d["present"] else "staff left the room")
+            self.say("STAFF", "staff presence renewed" if d.get("renewed") else
+                     "staff presence registered" if d["present"] else
+                     "staff presence ended by itself (forgotten?)" if d.get("timed_out") else "staff left the room")
+        elif record.kind == "staff.presence_reminder":
+            self.say("STAFF", "staff presence ends in a moment: press presence in the room to stay")
         elif record.kind in ("environment.excursion", "environment.recovered"):
             state = f"out of range ({d['bound']} limit {d['limit']})" if record.kind.endswith("excursion") else \
                 "back in range"
