@@ -126,4 +126,4 @@ async def test_a_client_leaving_the_stream_is_logged_at_debug_not_as_an_error(se
             await press(server, "env", "cancel")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
         [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("ended by the client" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    assert any("closed by its client" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
