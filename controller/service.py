@@ -144,6 +144,10 @@ class RoomController:
                 status.last_seen_ms = now
         log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
                  len(self.room.calls))
+        disk_alarm = self.room.call_from(None, f"system:{DISK_SPACE_SOURCE}", "system_fault")
+        if disk_alarm is not None:  # readings were paused before the restart: resume (and clear) once there is room
+            self.storage.readings_paused_since_ms = disk_alarm.raised_at_ms
+        self._room_for_readings()  # health is right from the start, readings or not
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
         if self._run_timers:
             self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
@@ -168,12 +172,16 @@ class RoomController:
                       seq_mark: SeqMark | None = None) -> list[LogRecord]:
         async with self._lock:
             now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
+            # A storage alarm shown but not stored goes first: the log tells the failure before what followed.
+            alarm = await self._store_storage_alarm(now) if self._held else []
             entries = decide(now)
-            if not entries and seq_mark is None:
+            if not entries and seq_mark is None and not alarm:
                 return []
-            records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
-            self.room.apply_all(records)
-        self.bus.publish(records)
+            records = []
+            if entries or seq_mark is not None:
+                records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
+                self.room.apply_all(records)
+        self.bus.publish(alarm + records)
         self._timer_wakeup.set()
         self._outputs_changed()
         return records
@@ -377,40 +385,51 @@ class RoomController:
         Returns True while the alarm is up (the storage task calls this again every few seconds: the
         attempt to store the alarm is the probe that finds the storage working again)."""
         shown: list[LogRecord] = []
+        records: list[LogRecord] = []
         async with self._lock:
             now = max(self.clock(), self.room.last_ms)
             st = self.storage
-            alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
-            if st.failing_since_ms is not None and alarm is None:
+            if st.failing_since_ms is not None and self._storage_alarm() is None:
                 detail = {"error": st.error, "since_ms": st.failing_since_ms}
                 self._held = self.room.decide_system_fault(STORAGE_SOURCE, True, detail, now)
                 shown = [LogRecord(0, now, e.kind, e.data) for e in self._held]  # shown now, stored later
                 self.room.apply_all(shown)
-                alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
-            if alarm is None:
+            if self._storage_alarm() is None:
                 return False
-            summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
-            alarm.detail.update(summary)
-            held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
-                    else e for e in self._held]
-            entries = held + self.room.decide_system_fault(STORAGE_SOURCE, False, {}, now)
             try:
-                records = await self.store.append(now, entries)
+                records = await self._store_storage_alarm(now)
             except StorageError:
-                records = []
-            else:
-                self._held = []
-                st.waiting.clear()
-                self.room.apply_all(records)
+                pass
         if shown:
             self.bus.notify()
         if records:
-            log.warning("storage: the alarm and its end are stored (%d records)", len(records))
             self.bus.publish(records)
         if shown or records:
             self._timer_wakeup.set()
             self._outputs_changed()
         return not records
+
+    def _storage_alarm(self):  # -> Call | None
+        return self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
+
+    async def _store_storage_alarm(self, now: int) -> list[LogRecord]:
+        """Under the lock: store the held alarm (as shown, with what it saw) and its end, at once.
+        Raises StorageError while the database still cannot be written."""
+        alarm = self._storage_alarm()
+        if alarm is None:
+            self._held = []
+            return []
+        st = self.storage
+        summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
+        alarm.detail.update(summary)
+        held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
+                else e for e in self._held]
+        records = await self.store.append(now, held + self.room.decide_system_fault(STORAGE_SOURCE, False, {}, now))
+        self._held = []
+        st.waiting.clear()
+        self.room.apply_all(records)
+        log.warning("storage: the alarm and its end are stored (%d records)", len(records))
+        return records
 
     # ------------------------------------------------------------------ Pi-attached sources
     # Wired inputs (sensors/wired.py), Bluetooth sensors (sensors/ble.py) and the voice pipeline
