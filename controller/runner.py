@@ -13,7 +13,8 @@ from pathlib import Path
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
-from .service import READINGS_MIN_FREE_BYTES, RoomController
+from .service import RoomController
+from .store.health import READINGS_MIN_FREE_BYTES
 from .security.tls import TlsMaterial, ssl_context
 
 log = logging.getLogger("smartroom.runner")

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,6 +28,7 @@ from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
+from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
 log = logging.getLogger("smartroom.controller")
 
@@ -39,12 +38,6 @@ OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed hear
 BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings history once a minute
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
-# Readings stop being stored when the database's file system has less free space than this, so the
-# room's events keep about two months of room: ~170 B a log record with its indexes, and 500 calls a
-# day with their acks, presence and PIR changes is ~1.1 MB a day (docs/history.md). Facilities get
-# a technical alarm the day readings stop, not the day calls cannot be stored.
-READINGS_MIN_FREE_BYTES = 64 * 2**20
-READINGS_RESUME_MARGIN = 0.25  # resume 25 % above the floor, so one batch or one expiry cannot flap the alarm
 STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store the alarm (a probe) this often
 STORAGE_SOURCE = "storage"  # the storage alarm: a system_fault from "system:storage"
 DISK_SPACE_SOURCE = "disk_space"  # readings paused below the floor: a system_fault from "system:disk_space"
@@ -55,51 +48,11 @@ MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_pp
             "batt_mv": ("batt_v", 1000), "noise_cdb": ("noise_db", 100), "dp_mpa": ("pressure_pa", 1000)}
 
 
-@dataclass(slots=True)
-class StorageStatus:
-    """The room's storage as the controller sees it; in memory, because a failing disk cannot record it."""
-
-    min_free_bytes: int = READINGS_MIN_FREE_BYTES
-    failing_since_ms: int | None = None        # a write failed and none has worked since
-    error: str | None = None
-    write_failures: int = 0                    # failed writes since the controller started
-    readings_paused_since_ms: int | None = None  # free space went below the floor: readings not stored
-    free_bytes: int | None = None              # at the last check (before each batch of readings)
-    readings_not_stored: Counter[str] = field(default_factory=Counter)  # by reason: disk_floor, storage_failed
-    waiting: dict[str, str] = field(default_factory=dict)  # "node/input" -> meaning, refused while failing
-
-    @property
-    def state(self) -> str:
-        if self.failing_since_ms is not None:
-            return "failed"
-        return "readings_paused" if self.readings_paused_since_ms is not None else "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"state": self.state, "failing_since_ms": self.failing_since_ms, "error": self.error,
-                "write_failures": self.write_failures, "readings_paused_since_ms": self.readings_paused_since_ms,
-                "free_bytes": self.free_bytes, "min_free_bytes": self.min_free_bytes,
-                "readings_not_stored": dict(self.readings_not_stored), "inputs_waiting": dict(sorted(self.waiting.items()))}
-
-    def reasons(self) -> list[dict[str, Any]]:
-        """Why storage makes the room degraded (empty: it does not)."""
-        found: list[dict[str, Any]] = []
-        if self.failing_since_ms is not None:
-            waiting = "; inputs waiting: " + ", ".join(f"{k} ({v})" for k, v in sorted(self.waiting.items())) \
-                if self.waiting else ""
-            found.append({"reason": "storage_failed", "since_ms": self.failing_since_ms,
-                          "message": f"the room database cannot be written ({self.error}): new calls are not "
-                                     f"recorded until it can; nodes keep them and resend{waiting}"})
-        if self.readings_paused_since_ms is not None:
-            found.append({"reason": "disk_low", "since_ms": self.readings_paused_since_ms,
-                          "message": f"less than {self.min_free_bytes // 2**20} MiB free for the database: "
-                                     "readings are not stored, so that events are"})
-        return found
-
-
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
                  *, clock: Callable[[], int] = wall_ms, timers: bool = True,
-                 retention: Retention = Retention(), readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
+                 retention: Retention = Retention(),
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
@@ -332,20 +285,16 @@ class RoomController:
         if st.readings_paused_since_ms is None and free < st.min_free_bytes:
             st.readings_paused_since_ms = self.clock()
             log.warning("storage: %d bytes free, below the %d kept for events: readings are not stored until "
-                        "%d are free", free, st.min_free_bytes, self._readings_resume_bytes)
+                        "%d are free", free, st.min_free_bytes, st.resume_bytes)
             self._spawn(self.system_fault(DISK_SPACE_SOURCE, True, {"free_bytes": free,
                                                                     "min_free_bytes": st.min_free_bytes}))
             self.bus.notify()
-        elif st.readings_paused_since_ms is not None and free >= self._readings_resume_bytes:
+        elif st.readings_paused_since_ms is not None and free >= st.resume_bytes:
             st.readings_paused_since_ms = None
             log.warning("storage: %d bytes free again: readings are stored again", free)
             self._spawn(self.system_fault(DISK_SPACE_SOURCE, False, {"free_bytes": free}))
             self.bus.notify()
         return st.readings_paused_since_ms is None
-
-    @property
-    def _readings_resume_bytes(self) -> int:
-        return int(self.storage.min_free_bytes * (1 + READINGS_RESUME_MARGIN))
 
     # ------------------------------------------------------------------ storage failure
     def _storage_health(self, error: StorageError | None) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from controller.link.nodeclient import NodeClient
 from controller.link.protocol import NodeEvent
-from controller.service import READINGS_MIN_FREE_BYTES, READINGS_RESUME_MARGIN
+from controller.store.health import READINGS_MIN_FREE_BYTES, READINGS_RESUME_MARGIN
 from controller.store import StorageError, Store
 from tests.helpers import node_key
 from tests.roomsim import RoomSim, rules_config
@@ -46,7 +46,8 @@ async def test_a_storage_failure_is_an_alarm_at_once_and_stored_with_its_end_whe
     assert await room.c.check_storage() is True, "still failing"
     [alarm] = storage_alarms(room)
     assert (alarm["type"], alarm["priority"], alarm["clears"]) == ("system_fault", "low", "condition")
-    assert alarm["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"} and "readonly" in alarm["detail"]["error"]
+    assert alarm["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"}
+    assert "readonly" in alarm["detail"]["error"]
     outputs = room.c.snapshot()["outputs"]  # the patient's call keeps the dome light and the tone
     assert (outputs["dome"]["colour"], outputs["tone"]["pattern"]) == ("white", "medium")
     assert [r["reason"] for r in room.c.storage.reasons()] == ["storage_failed"]
@@ -80,7 +81,8 @@ async def test_when_a_resent_event_finds_the_storage_working_the_alarm_is_stored
     await room.c.node_event(NodeEvent("bath", room.boot, room._seq["bath"], "button", "cord", 1, 0, {}))
     new = (await room.log())[before:]
     assert [(r.kind, r.data.get("type")) for r in new] == [
-        ("call.raised", "system_fault"), ("call.cleared", None), ("node.event", None), ("call.raised", "bath_emergency")]
+        ("call.raised", "system_fault"), ("call.cleared", None),
+        ("node.event", None), ("call.raised", "bath_emergency")]
     assert storage_alarms(room) == [] and room.types() == ["bath_emergency"]
     assert await room.c.check_storage() is False, "nothing left to store"
 
