@@ -294,7 +294,7 @@ def _nested(sub: Any, group: str, group_help: str, action: str, action_help: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .service import READINGS_MIN_FREE_BYTES
+    from .store.health import READINGS_MIN_FREE_BYTES
 
     parser = argparse.ArgumentParser(prog="smartroom", description="Smart hospital room controller.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")

@@ -15,7 +15,8 @@ from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
 from .model import wall_ms
-from .service import READINGS_MIN_FREE_BYTES, RoomController
+from .service import RoomController
+from .store.health import READINGS_MIN_FREE_BYTES
 from .security.tls import TlsMaterial, ssl_context
 
 log = logging.getLogger("smartroom.runner")

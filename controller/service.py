@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,6 +28,7 @@ from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
+from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
 log = logging.getLogger("smartroom.controller")
 
@@ -39,12 +38,6 @@ OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed hear
 BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings history once a minute
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
-# Readings stop being stored when the database's file system has less free space than this, so the
-# room's events keep about two months of room: ~170 B a log record with its indexes, and 500 calls a
-# day with their acks, presence and PIR changes is ~1.1 MB a day (docs/history.md). Facilities get
-# a technical alarm the day readings stop, not the day calls cannot be stored.
-READINGS_MIN_FREE_BYTES = 64 * 2**20
-READINGS_RESUME_MARGIN = 0.25  # resume 25 % above the floor, so one batch or one expiry cannot flap the alarm
 STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store the alarm (a probe) this often
 STORAGE_SOURCE = "storage"  # the storage alarm: a system_fault from "system:storage"
 DISK_SPACE_SOURCE = "disk_space"  # readings paused below the floor: a system_fault from "system:disk_space"
@@ -55,51 +48,11 @@ MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_pp
             "batt_mv": ("batt_v", 1000), "noise_cdb": ("noise_db", 100), "dp_mpa": ("pressure_pa", 1000)}
 
 
-@dataclass(slots=True)
-class StorageStatus:
-    """The room's storage as the controller sees it; in memory, because a failing disk cannot record it."""
-
-    min_free_bytes: int = READINGS_MIN_FREE_BYTES
-    failing_since_ms: int | None = None        # a write failed and none has worked since
-    error: str | None = None
-    write_failures: int = 0                    # failed writes since the controller started
-    readings_paused_since_ms: int | None = None  # free space went below the floor: readings not stored
-    free_bytes: int | None = None              # at the last check (before each batch of readings)
-    readings_not_stored: Counter[str] = field(default_factory=Counter)  # by reason: disk_floor, storage_failed
-    waiting: dict[str, str] = field(default_factory=dict)  # "node/input" -> meaning, refused while failing
-
-    @property
-    def state(self) -> str:
-        if self.failing_since_ms is not None:
-            return "failed"
-        return "readings_paused" if self.readings_paused_since_ms is not None else "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"state": self.state, "failing_since_ms": self.failing_since_ms, "error": self.error,
-                "write_failures": self.write_failures, "readings_paused_since_ms": self.readings_paused_since_ms,
-                "free_bytes": self.free_bytes, "min_free_bytes": self.min_free_bytes,
-                "readings_not_stored": dict(self.readings_not_stored), "inputs_waiting": dict(sorted(self.waiting.items()))}
-
-    def reasons(self) -> list[dict[str, Any]]:
-        """Why storage makes the room degraded (empty: it does not)."""
-        found: list[dict[str, Any]] = []
-        if self.failing_since_ms is not None:
-            waiting = "; inputs waiting: " + ", ".join(f"{k} ({v})" for k, v in sorted(self.waiting.items())) \
-                if self.waiting else ""
-            found.append({"reason": "storage_failed", "since_ms": self.failing_since_ms,
-                          "message": f"the room database cannot be written ({self.error}): new calls are not "
-                                     f"recorded until it can; nodes keep them and resend{waiting}"})
-        if self.readings_paused_since_ms is not None:
-            found.append({"reason": "disk_low", "since_ms": self.readings_paused_since_ms,
-                          "message": f"less than {self.min_free_bytes // 2**20} MiB free for the database: "
-                                     "readings are not stored, so that events are"})
-        return found
-
-
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
                  *, clock: Callable[[], int] = wall_ms, timers: bool = True,
-                 retention: Retention = Retention(), readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
+                 retention: Retention = Retention(),
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
@@ -144,6 +97,10 @@ class RoomController:
                 status.last_seen_ms = now
         log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
                  len(self.room.calls))
+        disk_alarm = self.room.call_from(None, f"system:{DISK_SPACE_SOURCE}", "system_fault")
+        if disk_alarm is not None:  # readings were paused before the restart: resume (and clear) once there is room
+            self.storage.readings_paused_since_ms = disk_alarm.raised_at_ms
+        self._room_for_readings()  # health is right from the start, readings or not
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
         if self._run_timers:
             self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
@@ -168,12 +125,16 @@ class RoomController:
                       seq_mark: SeqMark | None = None) -> list[LogRecord]:
         async with self._lock:
             now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
+            # A storage alarm shown but not stored goes first: the log tells the failure before what followed.
+            alarm = await self._store_storage_alarm(now) if self._held else []
             entries = decide(now)
-            if not entries and seq_mark is None:
+            if not entries and seq_mark is None and not alarm:
                 return []
-            records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
-            self.room.apply_all(records)
-        self.bus.publish(records)
+            records = []
+            if entries or seq_mark is not None:
+                records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
+                self.room.apply_all(records)
+        self.bus.publish(alarm + records)
         self._timer_wakeup.set()
         self._outputs_changed()
         return records
@@ -324,20 +285,16 @@ class RoomController:
         if st.readings_paused_since_ms is None and free < st.min_free_bytes:
             st.readings_paused_since_ms = self.clock()
             log.warning("storage: %d bytes free, below the %d kept for events: readings are not stored until "
-                        "%d are free", free, st.min_free_bytes, self._readings_resume_bytes)
+                        "%d are free", free, st.min_free_bytes, st.resume_bytes)
             self._spawn(self.system_fault(DISK_SPACE_SOURCE, True, {"free_bytes": free,
                                                                     "min_free_bytes": st.min_free_bytes}))
             self.bus.notify()
-        elif st.readings_paused_since_ms is not None and free >= self._readings_resume_bytes:
+        elif st.readings_paused_since_ms is not None and free >= st.resume_bytes:
             st.readings_paused_since_ms = None
             log.warning("storage: %d bytes free again: readings are stored again", free)
             self._spawn(self.system_fault(DISK_SPACE_SOURCE, False, {"free_bytes": free}))
             self.bus.notify()
         return st.readings_paused_since_ms is None
-
-    @property
-    def _readings_resume_bytes(self) -> int:
-        return int(self.storage.min_free_bytes * (1 + READINGS_RESUME_MARGIN))
 
     # ------------------------------------------------------------------ storage failure
     def _storage_health(self, error: StorageError | None) -> None:
@@ -377,40 +334,51 @@ class RoomController:
         Returns True while the alarm is up (the storage task calls this again every few seconds: the
         attempt to store the alarm is the probe that finds the storage working again)."""
         shown: list[LogRecord] = []
+        records: list[LogRecord] = []
         async with self._lock:
             now = max(self.clock(), self.room.last_ms)
             st = self.storage
-            alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
-            if st.failing_since_ms is not None and alarm is None:
+            if st.failing_since_ms is not None and self._storage_alarm() is None:
                 detail = {"error": st.error, "since_ms": st.failing_since_ms}
                 self._held = self.room.decide_system_fault(STORAGE_SOURCE, True, detail, now)
                 shown = [LogRecord(0, now, e.kind, e.data) for e in self._held]  # shown now, stored later
                 self.room.apply_all(shown)
-                alarm = self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
-            if alarm is None:
+            if self._storage_alarm() is None:
                 return False
-            summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
-            alarm.detail.update(summary)
-            held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
-                    else e for e in self._held]
-            entries = held + self.room.decide_system_fault(STORAGE_SOURCE, False, {}, now)
             try:
-                records = await self.store.append(now, entries)
+                records = await self._store_storage_alarm(now)
             except StorageError:
-                records = []
-            else:
-                self._held = []
-                st.waiting.clear()
-                self.room.apply_all(records)
+                pass
         if shown:
             self.bus.notify()
         if records:
-            log.warning("storage: the alarm and its end are stored (%d records)", len(records))
             self.bus.publish(records)
         if shown or records:
             self._timer_wakeup.set()
             self._outputs_changed()
         return not records
+
+    def _storage_alarm(self):  # -> Call | None
+        return self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
+
+    async def _store_storage_alarm(self, now: int) -> list[LogRecord]:
+        """Under the lock: store the held alarm (as shown, with what it saw) and its end, at once.
+        Raises StorageError while the database still cannot be written."""
+        alarm = self._storage_alarm()
+        if alarm is None:
+            self._held = []
+            return []
+        st = self.storage
+        summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
+        alarm.detail.update(summary)
+        held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
+                else e for e in self._held]
+        records = await self.store.append(now, held + self.room.decide_system_fault(STORAGE_SOURCE, False, {}, now))
+        self._held = []
+        st.waiting.clear()
+        self.room.apply_all(records)
+        log.warning("storage: the alarm and its end are stored (%d records)", len(records))
+        return records
 
     # ------------------------------------------------------------------ Pi-attached sources
     # Wired inputs (sensors/wired.py), Bluetooth sensors (sensors/ble.py) and the voice pipeline

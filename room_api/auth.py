@@ -18,6 +18,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from controller.security.tokens import AuditEntry, Principal
+from controller.store import StorageError
 
 log = logging.getLogger("smartroom.auth")
 
@@ -131,6 +132,8 @@ def make_middleware(*, roles_for: Callable[[web.Request], frozenset[str] | None]
                                    status, remote)
                 try:
                     await audit(entry)
+                except StorageError as exc:  # the storage alarm is up; the lost entry is still logged
+                    log.error("could not write the audit entry %s: %s", entry, exc)
                 except Exception:  # the audit store failing must be loud, but not turn into a 500
                     log.exception("could not write the audit entry %s", entry)
 

@@ -65,7 +65,8 @@ class _RoomCollector(Collector):
         up.add_metric([], 0 if storage.failing_since_ms is not None else 1)
         yield up
         failures = CounterMetricFamily("smartroom_storage_write_failures",
-                                       "Writes to the room database that failed (disk full, I/O error), probes included")
+                                       "Writes to the room database that failed (disk full, I/O error), "
+                                       "probes included")
         failures.add_metric([], storage.write_failures)
         yield failures
         paused = GaugeMetricFamily("smartroom_readings_paused", "1 while free space is below the floor kept for events")

@@ -12,8 +12,8 @@ import pytest
 
 from controller.link.nodeclient import NodeClient
 from controller.link.protocol import NodeEvent
-from controller.service import READINGS_MIN_FREE_BYTES, READINGS_RESUME_MARGIN
-from controller.store import StorageError
+from controller.store.health import READINGS_MIN_FREE_BYTES, READINGS_RESUME_MARGIN
+from controller.store import StorageError, Store
 from tests.helpers import node_key
 from tests.roomsim import RoomSim, rules_config
 
@@ -46,7 +46,8 @@ async def test_a_storage_failure_is_an_alarm_at_once_and_stored_with_its_end_whe
     assert await room.c.check_storage() is True, "still failing"
     [alarm] = storage_alarms(room)
     assert (alarm["type"], alarm["priority"], alarm["clears"]) == ("system_fault", "low", "condition")
-    assert alarm["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"} and "readonly" in alarm["detail"]["error"]
+    assert alarm["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"}
+    assert "readonly" in alarm["detail"]["error"]
     outputs = room.c.snapshot()["outputs"]  # the patient's call keeps the dome light and the tone
     assert (outputs["dome"]["colour"], outputs["tone"]["pattern"]) == ("white", "medium")
     assert [r["reason"] for r in room.c.storage.reasons()] == ["storage_failed"]
@@ -68,6 +69,22 @@ async def test_a_storage_failure_is_an_alarm_at_once_and_stored_with_its_end_whe
     # The node resends the same event: stored once, the emergency is raised.
     await room.c.node_event(NodeEvent("bath", room.boot, bath_seq, "button", "cord", 1, 0, {}))
     assert room.types() == ["bath_emergency", "patient_call"]
+
+
+async def test_when_a_resent_event_finds_the_storage_working_the_alarm_is_stored_before_it(room):
+    await read_only(room.c)
+    with pytest.raises(StorageError):
+        await room.press("bath", "cord")
+    await room.c.check_storage()
+    before = len(await room.log())
+    await read_only(room.c, False)
+    await room.c.node_event(NodeEvent("bath", room.boot, room._seq["bath"], "button", "cord", 1, 0, {}))
+    new = (await room.log())[before:]
+    assert [(r.kind, r.data.get("type")) for r in new] == [
+        ("call.raised", "system_fault"), ("call.cleared", None),
+        ("node.event", None), ("call.raised", "bath_emergency")]
+    assert storage_alarms(room) == [] and room.types() == ["bath_emergency"]
+    assert await room.c.check_storage() is False, "nothing left to store"
 
 
 async def test_with_no_call_active_the_storage_alarm_lights_the_dome_and_sounds(room):
@@ -126,6 +143,19 @@ async def test_readings_resume_only_with_a_margin_above_the_floor(room, free, re
     disk = [r for r in await room.log() if r.kind.startswith("call.") and
             (r.data.get("input") == "system:disk_space" or r.kind == "call.cleared")]
     assert [r.kind for r in disk] == (["call.raised", "call.cleared"] if resumed else ["call.raised"])
+
+
+async def test_a_disk_space_alarm_from_before_a_restart_clears_when_there_is_room(room, monkeypatch):
+    room.c.store.free_bytes = lambda: FLOOR - 1
+    await room.reading("env", temp_mdegc=22_000)
+    await room.c.flush_readings()
+    await room.c.settle()
+    assert [c["source"]["input"] for c in room.calls()] == ["system:disk_space"]
+    await room.stop()
+    monkeypatch.setattr(Store, "free_bytes", lambda self: RESUME)  # space was freed while it was down
+    await room.start()
+    await room.c.settle()
+    assert room.calls() == [] and room.c.storage.reasons() == []
 
 
 # ---------------------------------------------------------------------- through the API

@@ -167,7 +167,8 @@ async def test_a_full_disk_is_an_alarm_and_nothing_is_lost_when_space_comes_back
             await _until(lambda: _gateway_value(get, "readings_stored"), "readings are stored")
             health = await get("/api/v1/health")
             assert (health["status"], health["reasons"]) == ("ok", [])
-            assert room_now["outputs"]["dome"]["colour"] == "white" and room_now["outputs"]["tone"]["pattern"] == "medium"
+            outputs = room_now["outputs"]
+            assert (outputs["dome"]["colour"], outputs["tone"]["pattern"]) == ("white", "medium")
 
             # 2. Free space below the floor: readings stop (counted, alarmed); events are still stored.
             _checkpoint(proc.pid, db)
@@ -196,7 +197,8 @@ async def test_a_full_disk_is_an_alarm_and_nothing_is_lost_when_space_comes_back
             await bath.start()  # a bathroom emergency while nothing can be stored
             room_now = await _until(lambda: _room_waiting(get, "bath/cord"), "the alarm names the waiting input")
             storage_alarm = [c for c in room_now["calls"] if c["source"]["input"] == "system:storage"]
-            assert [(c["type"], c["priority"], c["clears"]) for c in storage_alarm] == [("system_fault", "low", "condition")]
+            assert [(c["type"], c["priority"], c["clears"]) for c in storage_alarm] == \
+                [("system_fault", "low", "condition")]
             assert "bath/cord" in storage_alarm[0]["detail"]["inputs_waiting"]
             assert "bath_emergency" not in [c["type"] for c in room_now["calls"]], "not stored, so not a call yet"
             outputs = room_now["outputs"]  # the patient call still leads the dome light and the tone
