@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
                             tls=tls, advertise=not args.no_advertise)
         try:
             endpoints = await server.start()
-        except SensorError as exc:  # a wiring mistake in the room file: nothing is half started
+        except (SensorError, ConfigError) as exc:  # a wiring or [ward] mistake: nothing is half started
             await server.stop()
             print(f"smartroom: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
