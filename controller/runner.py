@@ -81,6 +81,7 @@ class RoomServer:
                                    self._tls.fingerprint_sha256 if self._tls else None)
         if self.uplink is not None:  # the room runs without the broker; the uplink connects when it can
             self.uplink.api_url = self.endpoints.api_url
+            self.uplink.fingerprint = self.endpoints.tls_fingerprint
             await self.uplink.start()
         if self._advertise:  # only now: a client that finds the room can reach its API
             self._advertising = asyncio.create_task(self._announce(api_port), name="mdns announce")

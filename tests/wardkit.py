@@ -4,6 +4,7 @@ ACLs, rooms whose room file has a [ward] section, and an MQTT listener with the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,14 +117,94 @@ class WardListener:
         await self.client.publish_checked(Topics(SITE, UNIT, room).cmd, json.dumps({"v": 1, **payload}).encode())
 
 
+_BOOTS = itertools.count(1000)
+
+
 async def press(server, node: str, src: str) -> None:
     """A button press from a protocol-level node; stored in the room when this returns."""
     from controller.link.nodeclient import NodeClient
     from tests.helpers import node_key
 
-    client = NodeClient(node, node_key(node))
+    client = NodeClient(node, node_key(node), boot=next(_BOOTS))  # a new boot each time: no replayed seq
     await client.connect(server.endpoints.node_host, server.endpoints.node_port)
     ev = client.event_msg("button", src)
     await client.send(ev)
     await client.recv_ack(ev["s"])
     await client.close()
+
+
+def ward_config(broker: Mosquitto, tmp: Path, tokens: dict[str, str] | None = None, *, rooms=ROOMS,
+                username: str = WARD_USER, password: str = WARD_PASSWORD, unit: str = UNIT, site: str = SITE,
+                client_id: str | None = None):
+    """The ward.toml a unit's console would have, as the parsed config."""
+    from ward.config import parse_ward
+
+    secret = tmp / "ward-broker.password"
+    secret.write_text(password + "\n")
+    doc: dict[str, Any] = {"ward": {"name": "Ward 4B", "site": site, "unit": unit, "rooms": list(rooms)},
+                           "broker": {"host": broker.host, "port": broker.port, "username": username,
+                                      "password_file": secret.name},
+                           "http": {"host": "127.0.0.1", "port": 0}}
+    if client_id:
+        doc["broker"]["client_id"] = client_id
+    if tokens is not None:
+        (tmp / "room-tokens.json").write_text(json.dumps(tokens))
+        doc["backfill"] = {"token_file": "room-tokens.json"}
+    return parse_ward(doc, str(tmp / "ward.toml"), base=tmp), doc
+
+
+class Cutter:
+    """A TCP relay between a room and the broker that can cut the room off (connections dropped,
+    new ones closed at once) and let it back."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.cut = False
+        self._pipes: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+
+        for task in (asyncio.create_task(pipe(reader, up_w)), asyncio.create_task(pipe(up_r, writer))):
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    def cut_off(self) -> None:
+        self.cut = True
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.cut = False
+
+    async def stop(self) -> None:
+        self.cut_off()
+        self._server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()

@@ -95,6 +95,7 @@ class WardUplink:
         self.link = link
         self.topics = Topics(link.site, link.unit, controller.config.room_id)
         self.api_url = api_url
+        self.fingerprint: str | None = None  # the API's certificate, when it speaks https
         self.username = link.username or controller.config.room_id
         self.password = read_password(link)
         self.client_id = client_id or f"room-{link.site}-{link.unit}-{controller.config.room_id}"
@@ -141,7 +142,7 @@ class WardUplink:
     # ------------------------------------------------------------------ connection
     def _status(self, status: str, reason: str) -> bytes:
         return RoomStatus(self.topics.room, status, reason, self.controller.clock(), self.api_url,
-                          self.controller.config.name).encode()
+                          self.controller.config.name, self.fingerprint).encode()
 
     def _make_client(self) -> MqttClient:
         link = self.link

@@ -168,10 +168,11 @@ class RoomStatus:
     ts_ms: int
     api_url: str | None = None  # where the ward backfills a gap from (GET /api/v1/events)
     name: str | None = None
+    fingerprint: str | None = None  # the API's TLS certificate (SHA-256), pinned by the ward's backfill
 
     def encode(self) -> bytes:
         return _dump({"room": self.room, "status": self.status, "reason": self.reason, "ts_ms": self.ts_ms,
-                      "api_url": self.api_url, "name": self.name})
+                      "api_url": self.api_url, "name": self.name, "fingerprint": self.fingerprint})
 
 
 def decode_status(payload: bytes, room: str) -> RoomStatus:
@@ -179,10 +180,10 @@ def decode_status(payload: bytes, room: str) -> RoomStatus:
     status = _field(obj, "status", str, "status")
     if status not in STATUSES:
         raise WireError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
-    api_url, name = obj.get("api_url"), obj.get("name")
+    api_url, name, fp = obj.get("api_url"), obj.get("name"), obj.get("fingerprint")
     st = RoomStatus(_field(obj, "room", str, "status"), status, _field(obj, "reason", str, "status"),
                     _field(obj, "ts_ms", int, "status"), api_url if isinstance(api_url, str) else None,
-                    name if isinstance(name, str) else None)
+                    name if isinstance(name, str) else None, fp if isinstance(fp, str) else None)
     if st.room != room:
         raise WireError(f"status: names room {st.room!r} but came on room {room!r}'s topic")
     return st
