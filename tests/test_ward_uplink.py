@@ -5,6 +5,7 @@ without the broker, ward commands carried out under the room's rules, credential
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -257,5 +258,6 @@ async def test_a_dead_or_frozen_room_controller_is_offline_on_the_ward_within_10
         finally:
             if how == "SIGSTOP":
                 proc.send_signal(signal.SIGCONT)
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()

@@ -208,3 +208,20 @@ class Cutter:
             task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
         await self._server.wait_closed()
+
+
+def toml_text(doc: dict[str, Any]) -> str:
+    """Enough TOML for ward.toml files in tests (tables of strings, numbers, booleans, lists)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    return "".join(f"[{table}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in body.items()) + "\n"
+                   for table, body in doc.items())
