@@ -366,3 +366,92 @@ async def test_the_unit_report_counts_response_times_per_room_priority_and_nurse
         assert report["nurses"]["Nurse Kim"]["to_ack_s"]["median"] is not None
         empty = await ward.console.report(0, 1)
         assert empty["total"]["calls"] == 0
+
+
+async def test_wrong_ward_credentials_and_bad_messages_are_refused_and_counted(broker, tmp_path):
+    from controller.uplink.client import MqttClient
+    from controller.uplink.wire import Topics
+    from tests.wardkit import SITE, UNIT, room_password
+    import aiomqtt
+
+    async with rooms_and_ward(broker, tmp_path, rooms=("4b-12",)) as (servers, ward):
+        await eventually(lambda: ward.console.rooms.get("4b-12") is not None)
+        # A room's own account may write its event topic; what it writes must still make sense.
+        async with MqttClient(broker.host, broker.port, username="4b-12", password=room_password("4b-12"),
+                              protocol=aiomqtt.ProtocolVersion.V5) as fake:
+            topics = Topics(SITE, UNIT, "4b-12")
+            for payload in (b"not json", b'{"v":1,"room":"4b-14","cursor":1,"ts_ms":1,"kind":"x","data":{}}',
+                            b'{"v":2}', b'{"v":1,"room":"4b-12","cursor":0,"ts_ms":1,"kind":"x","data":{}}'):
+                await fake.publish_checked(topics.event, payload)
+            await fake.publish_checked(topics.status, b'{"v":1,"room":"4b-12","status":"asleep"}')
+        await eventually(lambda: ward.console.stats.rejected["event"] == 4 and ward.console.stats.rejected["status"] == 1)
+        await press(servers["4b-12"], "bedside-a", "call")  # and the ward carries on
+        await until_all_stored(ward, servers)
+        assert ward.console.rooms["4b-12"].status == "online"
+
+    (tmp_path / "bad").mkdir()
+    config, _ = ward_config(broker, tmp_path / "bad", password="wrong")
+    async with WardServer(config, tmp_path / "bad" / "ward.db", http_port=0) as ward:
+        await eventually(lambda: ward.console.stats.connect_refused["not_authorized"] >= 1)
+        assert not ward.console.connected.is_set()
+        admin = await ward.create_token("admin", "admin")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http:
+            async with http.get(f"{ward.url}/metrics") as resp:
+                text = await resp.text()
+        assert 'smartroom_ward_broker_refusals_total{reason="not_authorized"}' in text
+        assert "smartroom_ward_broker_connected 0.0" in text
+        assert 'smartroom_ward_rooms{status="never_seen"} 2.0' in text
+
+
+async def test_rooms_reach_the_broker_over_tls_with_the_hospitals_certificate(tmp_path):
+    from controller.security.tls import load_or_create
+    from tests.wardkit import broker_users
+    from ward.broker import Mosquitto
+
+    tls = load_or_create(tmp_path / "broker-cert.pem", tmp_path / "broker-key.pem", ["127.0.0.1", "localhost"])
+    mq = Mosquitto(tmp_path / "broker", free_port(), users=broker_users(), certfile=tls.cert_path,
+                   keyfile=tls.key_path)
+    await mq.start()
+    try:
+        config = ward_room("4b-12", mq, tmp_path, tls=True, ca_file=str(tls.cert_path))
+        async with RoomServer(config, keys_for(config), tmp_path / "room.db", api_port=0, node_port=0) as room:
+            await eventually(lambda: room.uplink.connected.is_set())
+            await press(room, "bedside-a", "call")
+            await eventually(lambda: room.uplink.acked == room.controller.room.cursor)
+        # Without the hospital CA the room refuses the broker's certificate: it never connects.
+        (tmp_path / "2").mkdir()
+        other = load_or_create(tmp_path / "2" / "c.pem", tmp_path / "2" / "k.pem", ["127.0.0.1"])
+        config = ward_room("4b-12", mq, tmp_path / "2", tls=True, ca_file=str(other.cert_path))
+        async with RoomServer(config, keys_for(config), tmp_path / "2" / "room.db", api_port=0, node_port=0) as room:
+            await eventually(lambda: room.uplink.stats.link_errors >= 2, timeout_s=10)
+            assert "CERTIFICATE_VERIFY_FAILED" in room.uplink.stats.last_error
+            assert room.uplink.stats.connects == 0 and not room.uplink.connected.is_set()
+    finally:
+        await mq.stop()
+
+
+async def test_the_api_description_covers_every_route_and_roles_are_enforced(broker, tmp_path):
+    from ward.web import app as ward_app
+    from ward.web.openapi import build, described
+
+    spec = build(ward_app.ROUTES)
+    assert described(spec) == {(r.method, r.path) for r in ward_app.ROUTES}
+    async with rooms_and_ward(broker, tmp_path, rooms=("4b-12",)) as (servers, ward):
+        nurse = await ward.create_token("nurse", "Nurse Kim")
+        admin = await ward.create_token("admin", "admin")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{ward.url}/api/v1/openapi.json") as resp:
+                assert resp.status == 200 and (await resp.json())["info"]["title"] == "smartroom ward console"
+            async with http.get(f"{ward.url}/api/v1/ward") as resp:
+                assert resp.status == 401
+            for token, path, status in ((nurse, "/api/v1/ward", 200), (nurse, "/api/v1/me", 200),
+                                        (nurse, "/metrics", 403), (nurse, "/api/v1/reports/response-times", 403),
+                                        (admin, "/api/v1/me", 403), (admin, "/api/v1/audit", 200),
+                                        (admin, "/api/v1/reports/response-times?from=x", 400)):
+                async with http.get(ward.url + path, headers={"Authorization": f"Bearer {token}"}) as resp:
+                    assert resp.status == status, (path, await resp.text())
+            async with http.get(f"{ward.url}/api/v1/events/stream", headers={
+                    "Authorization": f"Bearer {nurse}", "Last-Event-ID": "0"}) as resp:
+                assert resp.status == 200
+                first = await asyncio.wait_for(resp.content.readline(), 5)
+                assert first.startswith(b"id: 1") or first.startswith(b"id:1")

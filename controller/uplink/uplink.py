@@ -61,6 +61,8 @@ class UplinkStats:
     connects: int = 0
     connect_refused: Counter[str] = field(default_factory=Counter)  # by reason: bad_credentials, not_authorized
     disconnects: int = 0
+    link_errors: int = 0            # connects that failed (no broker, TLS refused) and sessions lost
+    last_error: str | None = None
     events_published: int = 0
     events_resent: int = 0          # published again after an outage (at-least-once)
     publish_refused: Counter[str] = field(default_factory=Counter)  # by topic leaf
@@ -71,7 +73,8 @@ class UplinkStats:
 
     def to_json(self) -> dict[str, Any]:
         return {"connects": self.connects, "connect_refused": dict(self.connect_refused),
-                "disconnects": self.disconnects, "events_published": self.events_published,
+                "disconnects": self.disconnects, "link_errors": self.link_errors, "last_error": self.last_error,
+                "events_published": self.events_published,
                 "events_resent": self.events_resent, "publish_refused": dict(self.publish_refused),
                 "states_published": self.states_published, "commands": dict(self.commands),
                 "commands_rejected": dict(self.commands_rejected), "commands_repeated": self.commands_repeated}
@@ -179,7 +182,9 @@ class WardUplink:
                 elif isinstance(exc, PublishRefused):
                     log.error("ward uplink: %s; check the broker's ACL for user %s", exc, self.username)
                 else:
+                    self.stats.link_errors += 1
                     log.warning("ward uplink: %s: %s; retrying in %.1f s", self.remote, exc, backoff)
+                self.stats.last_error = str(exc)
             finally:
                 if self.connected.is_set():
                     self.stats.disconnects += 1
