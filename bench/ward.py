@@ -51,6 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STORED_US: dict = {}  # debug: event published -> stored by the ward (its ms clock)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     k = (len(ordered) - 1) * q
@@ -125,6 +128,7 @@ async def read_stream(url: str, token: str, got: dict[tuple[str, int], list[int]
             d = record["data"]
             if record["kind"] == "call.repeated" and "sent_ns" in d:
                 got.setdefault((d["room"], d["cursor"]), []).append((now - d["sent_ns"]) // 1000)
+                STORED_US[(d["room"], d["cursor"])] = record["ts_ms"] * 1000 - d["sent_ns"] // 1000
 
 
 async def main() -> None:
@@ -151,7 +155,10 @@ async def main() -> None:
     exe = Path(sys.executable).with_name("smartroom")
     token = (await _run([str(exe), "ward", "token", "create", "--db", str(work / "ward.db"), "--role", "admin",
                          "--name", "bench"])).strip().splitlines()[-1]
-    ward = await asyncio.create_subprocess_exec(str(exe), "ward", "--config", str(work / "ward.toml"), "--db",
+    prefix = [str(exe)]
+    if os.environ.get("WARD_BENCH_PROFILE"):  # debug: profile the console (cProfile output to that file)
+        prefix = [sys.executable, "-m", "cProfile", "-o", os.environ["WARD_BENCH_PROFILE"], "-m", "controller.cli"]
+    ward = await asyncio.create_subprocess_exec(*prefix, "ward", "--config", str(work / "ward.toml"), "--db",
                                                 str(work / "ward.db"), stdout=asyncio.subprocess.PIPE,
                                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -189,6 +196,13 @@ async def main() -> None:
         cpu1, rss = proc_usage(ward.pid)
         reader.cancel()
         latencies_ms = [v[0] / 1000 for k, v in got.items() if k in sent]
+        if os.environ.get("WARD_BENCH_DEBUG"):
+            sent_at = {(r.topics.room, c): t for r in rooms for c, t in r.sent.items()}
+            t0_ns = min(sent_at.values())
+            for k, v in sorted(got.items(), key=lambda kv: sent_at.get(kv[0], 0)):
+                if v[0] > 100_000:
+                    print(f"slow {k} at {(sent_at[k] - t0_ns) / 1e9:.2f} s: {v[0] / 1000:.0f} ms "
+                          f"(stored after {STORED_US.get(k, 0) / 1000:.0f} ms)", file=sys.stderr)
         result = {
             "rooms": args.rooms, "seconds": round(elapsed, 1), "events": len(sent),
             "events_per_s": round(len(sent) / elapsed, 1),

@@ -48,6 +48,7 @@ BACKFILL_PAGE = 1000         # events per request to the room's API (its maximum
 BACKFILL_TIMEOUT_S = 10.0    # one page from a room's API on the LAN takes milliseconds
 BACKFILL_RETRY_MAX_S = 30.0  # a room's API down: retry at most this far apart (the gap stays an alarm)
 BUFFER_MAX = 20_000          # out-of-order events held per room while a gap is filled; beyond, the API has them
+INGEST_BATCH = 1000          # messages handled (and events stored) together when a burst piles up
 COMMAND_TIMEOUT_S = 10.0     # a room answers a command in milliseconds; ten seconds is a dead room
 COMMAND_EXPIRY_S = 30        # MQTT 5 message expiry: a command never reaches a room late
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps the ward's session (and queues for it) a week
@@ -99,7 +100,7 @@ class WardConsole:
         self.shift: Shift | None = None
         self.gaps: dict[str, tuple[int, int, str]] = {}  # room -> (from, to, why) while a gap is unfilled
         self._buffer: dict[str, dict[int, RoomEvent]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._ingest = asyncio.Lock()  # events are stored by one writer at a time, in each room's order
         self._gap_tasks: dict[str, asyncio.Task[None]] = {}
         self._pending: dict[str, asyncio.Future[Result]] = {}
         self._client: MqttClient | None = None
@@ -159,8 +160,7 @@ class WardConsole:
                         await client.subscribe(unit_filter(self.config.site, self.config.unit, leaf), qos=1)
                     self.connected.set()
                     await self._note("ward.link", {"state": "connected"})
-                    async for message in client.messages:
-                        await self._on_message(str(message.topic), bytes(message.payload or b""))
+                    await self._receive(client)
             except aiomqtt.MqttError as exc:
                 reason = refusal_reason(exc)
                 if reason:
@@ -181,6 +181,52 @@ class WardConsole:
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # a retry pause, not a wait for a condition
             backoff = min(backoff * 2, RECONNECT_MAX_S)
 
+    async def _receive(self, client: MqttClient) -> None:
+        """Take messages as they come, and what has piled up meanwhile as one batch: a burst from
+        many rooms is stored in one transaction, not one per event."""
+        inbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for message in client.messages:
+                    inbox.put_nowait((str(message.topic), bytes(message.payload or b"")))
+            finally:
+                inbox.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="ward mqtt reader")
+        try:
+            while True:
+                batch = [await inbox.get()]
+                while not inbox.empty() and len(batch) < INGEST_BATCH:
+                    batch.append(inbox.get_nowait())
+                if None in batch:
+                    await self._on_batch([m for m in batch if m is not None])
+                    reader.result()  # the error that ended the connection
+                    raise aiomqtt.MqttError("the broker connection ended")
+                await self._on_batch(batch)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _on_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        events: list[RoomEvent] = []
+        for topic, payload in batch:  # events first (one transaction), then states, statuses, results
+            if topic.endswith("/event"):
+                try:
+                    topics, _ = parse_topic(topic)
+                    if not self._mine(topics):
+                        raise WireError(f"{topic}: not this ward's site/unit")
+                    events.append(decode_event(payload, topics.room))
+                    self.stats.messages["event"] += 1
+                except WireError as exc:
+                    self.stats.rejected["event"] += 1
+                    log.warning("ward: rejected a message on %s: %s", topic, exc)
+        if events:
+            await self._on_events(events)
+        for topic, payload in batch:
+            if not topic.endswith("/event"):
+                await self._on_message(topic, payload)
+
     def _mine(self, topics: Topics) -> bool:
         return self.config.site in ("+", topics.site) and self.config.unit in ("+", topics.unit)
 
@@ -194,7 +240,7 @@ class WardConsole:
             self.stats.messages[leaf] += 1
             room = topics.room
             if leaf == "event":
-                await self._on_event(topics, decode_event(payload, room))
+                await self._on_events([decode_event(payload, room)])
             elif leaf == "state":
                 await self._on_state(topics, payload)
             elif leaf == "status":
@@ -208,51 +254,49 @@ class WardConsole:
             log.warning("ward: rejected a message on %s: %s", topic, exc)
 
     # ------------------------------------------------------------------ events, in cursor order
-    def _lock(self, room: str) -> asyncio.Lock:
-        return self._locks.setdefault(room, asyncio.Lock())
+    async def _on_events(self, events: list[RoomEvent]) -> None:
+        """Buffer each event; store every room's events that now follow its stored cursor."""
+        async with self._ingest:
+            rooms = set()
+            for ev in events:
+                last = self.cursors.get(ev.room, 0)
+                buffer = self._buffer.setdefault(ev.room, {})
+                if ev.cursor <= last or ev.cursor in buffer:
+                    self.stats.duplicates += 1
+                    continue
+                if len(buffer) < BUFFER_MAX:  # beyond, the room's API has them (the gap filler reads them)
+                    buffer[ev.cursor] = ev
+                rooms.add(ev.room)
+            await self._store_in_order(rooms)
+            for room in rooms:
+                if self._buffer.get(room):
+                    self._schedule_gap(room)
 
-    async def _on_event(self, topics: Topics, ev: RoomEvent) -> None:
-        room = ev.room
-        async with self._lock(room):
-            last = self.cursors.get(room, 0)
-            if ev.cursor <= last:
-                self.stats.duplicates += 1
-                return
+    async def _store_in_order(self, rooms: set[str], from_api: set[tuple[str, int]] = frozenset()) -> None:
+        """Store, in one transaction, each room's buffered events that follow its stored cursor
+        without a gap (``_ingest`` held)."""
+        rows: list[RoomEvent] = []
+        for room in rooms:
             buffer = self._buffer.setdefault(room, {})
-            if ev.cursor in buffer:
-                self.stats.duplicates += 1
-                return
-            if len(buffer) < BUFFER_MAX:
-                buffer[ev.cursor] = ev
-            if ev.cursor == last + 1:
-                await self._store_in_order(room)
-            if buffer:
-                self._schedule_gap(room)
-
-    async def _store_in_order(self, room: str, backfill: list[RoomEvent] | None = None) -> None:
-        """Store the room's events that follow its stored cursor without a gap (lock held)."""
-        buffer = self._buffer.setdefault(room, {})
-        backfill = backfill or []
-        from_api = {ev.cursor for ev in backfill}
-        for ev in backfill:
-            if ev.cursor > self.cursors.get(room, 0):
-                buffer.setdefault(ev.cursor, ev)
-        last = self.cursors.get(room, 0)
-        run: list[RoomEvent] = []
-        while (nxt := buffer.pop(last + 1 + len(run), None)) is not None:
-            run.append(nxt)
-        for stale in [c for c in buffer if c <= last]:
-            del buffer[stale]
-        if not run:
+            last = self.cursors.get(room, 0)
+            run: list[RoomEvent] = []
+            while (nxt := buffer.pop(last + 1 + len(run), None)) is not None:
+                run.append(nxt)
+            for stale in [c for c in buffer if c <= last]:
+                del buffer[stale]
+            rows += run
+        if not rows:
             return
-        records, dupes = await self.store.add_room_events(self.clock(), room, [(e.cursor, e.ts_ms, e.kind, e.data)
-                                                                             for e in run])
+        records, dupes = await self.store.add_room_events(self.clock(), [(e.room, e.cursor, e.ts_ms, e.kind, e.data)
+                                                                        for e in rows])
         self.stats.duplicates += dupes
         self.stats.events_stored += len(records)
-        self.stats.backfilled += sum(1 for e in run if e.cursor in from_api)
-        self.cursors[room] = run[-1].cursor
-        if room in self.gaps and self.cursors[room] >= self.gaps[room][1]:
-            del self.gaps[room]
+        self.stats.backfilled += sum(1 for e in rows if (e.room, e.cursor) in from_api)
+        for e in rows:
+            self.cursors[e.room] = max(self.cursors.get(e.room, 0), e.cursor)
+        for room in rooms:
+            if room in self.gaps and self.cursors.get(room, 0) >= self.gaps[room][1]:
+                del self.gaps[room]
         self._publish(records)
 
     def _publish(self, records: list[LogRecord]) -> None:
@@ -294,8 +338,12 @@ class WardConsole:
                 await asyncio.sleep(retry)  # the room's API is down: try again later; the gap is an alarm meanwhile
                 retry = min(retry * 2, BACKFILL_RETRY_MAX_S)
                 continue
-            async with self._lock(room):
-                await self._store_in_order(room, events)
+            async with self._ingest:
+                buffer = self._buffer.setdefault(room, {})
+                for ev in events:
+                    if ev.cursor > self.cursors.get(room, 0):
+                        buffer.setdefault(ev.cursor, ev)
+                await self._store_in_order({room}, {(room, ev.cursor) for ev in events})
             if self.cursors.get(room, 0) == last:  # the room had nothing more to give: stop, say so
                 self.gaps[room] = (last + 1, target, "the room's log has no such events")
                 return
@@ -326,13 +374,14 @@ class WardConsole:
     # ------------------------------------------------------------------ state, status, results
     async def _on_state(self, topics: Topics, payload: bytes) -> None:
         st = decode_state(payload, topics.room)
-        await self.store.save_state(st.room, topics.site, topics.unit, dict(st.state), st.cursor, st.ts_ms)
         old = self.rooms.get(st.room)
         if old is not None and (old.state_cursor, old.state_ms or 0) > (st.cursor, st.ts_ms):
             return  # an older state arriving late
+        record = await self.store.save_state(st.room, topics.site, topics.unit, dict(st.state), st.cursor, st.ts_ms,
+                                             self.clock())
         self.rooms[st.room] = _replace_row(old, topics, state=dict(st.state), state_cursor=st.cursor,
                                            state_ms=st.ts_ms)
-        await self._note("ward.state", {"cursor": st.cursor}, st.room)
+        self._publish([record])
         if st.cursor > self.cursors.get(st.room, 0):
             self._schedule_gap(st.room)
         active = {(st.room, c["id"]) for c in st.state.get("calls", [])}
