@@ -73,7 +73,7 @@ class RoomServer:
             self.voice = VoiceService(self.controller)
             await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        self._api = ApiServer(self.controller, self.gateway, self.devices)
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink)
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"

@@ -166,6 +166,14 @@ async def test_wrong_credentials_are_refused_and_counted_and_the_room_still_work
         assert not server.uplink.connected.is_set()
         await press(server, "bedside-a", "call")
         assert len(server.controller.room.calls) == 1
+        token = await server.create_token("facilities", "facilities")
+        import aiohttp
+
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+                http.get(server.endpoints.api_url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'smartroom_ward_uplink_refusals_total{reason="connect_not_authorized"}' in text
+        assert "smartroom_ward_uplink_connected 0.0" in text
 
 
 async def test_the_acl_keeps_a_room_to_its_own_topics_and_commands_to_the_ward(broker, tmp_path):
