@@ -55,6 +55,16 @@ class Subscription:
         record = await self._queue.get()
         return None if self._ended else record
 
+    def get_nowait(self, limit: int) -> list[LogRecord]:
+        """Up to ``limit`` records already waiting, without waiting (empty once the stream ended)."""
+        out: list[LogRecord] = []
+        while len(out) < limit and not self._ended and not self._queue.empty():
+            record = self._queue.get_nowait()
+            if record is None or self._ended:
+                break
+            out.append(record)
+        return out
+
     def close(self) -> None:
         self._bus._subscribers.discard(self)
 

@@ -59,10 +59,15 @@ class RoomServer:
         self._advertising: asyncio.Task[None] | None = None
         self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
         self.endpoints: Endpoints | None = None
+        self.uplink = None   # controller.uplink.WardUplink when the room file has a [ward] section
 
     async def start(self) -> Endpoints:
         from room_api.server import ApiServer  # the API depends on the controller, not the reverse
 
+        if self.config.ward is not None:
+            from .uplink.uplink import WardUplink  # aiomqtt loads only for rooms on a ward broker
+
+            self.uplink = WardUplink(self.controller, self.config.ward)  # raises UplinkError on a bad [ward]
         await self.controller.start()
         import sensors  # Pi-attached devices first: a wired pull-cord works even before the network side
 
@@ -75,12 +80,16 @@ class RoomServer:
             self.voice = VoiceService(self.controller)
             await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        self._api = ApiServer(self.controller, self.gateway, self.devices)
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink)
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"
         self.endpoints = Endpoints(f"{scheme}://{self._api_host}:{api_port}", self._node_host, node_port,
                                    self._tls.fingerprint_sha256 if self._tls else None)
+        if self.uplink is not None:  # the room runs without the broker; the uplink connects when it can
+            self.uplink.api_url = self.endpoints.api_url
+            self.uplink.fingerprint = self.endpoints.tls_fingerprint
+            await self.uplink.start()
         if self._advertise:  # only now: a client that finds the room can reach its API
             self._advertising = asyncio.create_task(self._announce(api_port), name="mdns announce")
         return self.endpoints
@@ -106,6 +115,8 @@ class RoomServer:
         return secret
 
     async def stop(self) -> None:
+        if self.uplink is not None:  # "offline, stopped" to the ward before anything goes away
+            await self.uplink.stop()
         if self._advertising is not None:  # goodbye first, so browsers drop the room before the API goes away
             self._advertising.cancel()
             with suppress(asyncio.CancelledError):

@@ -448,8 +448,9 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
 
 
 def create_app(controller: RoomController, gateway: NodeGateway | None = None,
-               devices: object | None = None) -> web.Application:
-    """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics."""
+               devices: object | None = None, uplink: object | None = None) -> web.Application:
+    """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics;
+    ``uplink``: the ward uplink (controller.uplink.WardUplink), its counters in /metrics."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
                            audit=controller.store.audit, limiter=limiter, error=ApiError,
@@ -461,7 +462,7 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
         app[GATEWAY] = gateway
     app[DEVICES] = devices
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
-                                       lambda: devices)
+                                       lambda: devices, lambda: uplink)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
     for route in ROUTES:

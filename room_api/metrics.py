@@ -26,11 +26,13 @@ DELIVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 
 class _RoomCollector(Collector):
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
-                 auth_blocked: Callable[[], int], devices: Callable[[], Any]) -> None:
+                 auth_blocked: Callable[[], int], devices: Callable[[], Any],
+                 uplink: Callable[[], Any] = lambda: None) -> None:
         self._controller = controller
         self._gateway = gateway
         self._auth_blocked = auth_blocked
         self._devices = devices
+        self._uplink = uplink
 
     def collect(self) -> Iterable[Metric]:
         room = self._controller.room
@@ -94,6 +96,7 @@ class _RoomCollector(Collector):
         blocked = CounterMetricFamily("smartroom_auth_blocked", "Requests refused: too many failed logins")
         blocked.add_metric([], self._auth_blocked())
         yield blocked
+        yield from _uplink_metrics(self._uplink())
         devices = self._devices()
         ble = devices.ble_status if devices is not None else None
         if ble is not None:
@@ -109,11 +112,43 @@ class _RoomCollector(Collector):
             yield adverts
 
 
+def _uplink_metrics(uplink: Any) -> Iterable[Metric]:
+    """The ward uplink's counters (controller/uplink/uplink.py), when the room is on a ward broker."""
+    if uplink is None:
+        return
+    s = uplink.stats
+    up = GaugeMetricFamily("smartroom_ward_uplink_connected", "1 while the room is connected to the ward broker")
+    up.add_metric([], 1 if uplink.connected.is_set() else 0)
+    yield up
+    acked = GaugeMetricFamily("smartroom_ward_uplink_acked_cursor", "Highest log cursor the ward broker acknowledged")
+    acked.add_metric([], uplink.acked)
+    yield acked
+    refused = CounterMetricFamily("smartroom_ward_uplink_refusals",
+                                  "Connections and publishes the ward broker refused, by reason", labels=["reason"])
+    for reason, n in sorted(s.connect_refused.items()):
+        refused.add_metric([f"connect_{reason}"], n)
+    for leaf, n in sorted(s.publish_refused.items()):
+        refused.add_metric([f"publish_{leaf}"], n)
+    yield refused
+    for name, value, doc in (("events_published", s.events_published, "Room events the broker acknowledged"),
+                             ("events_resent", s.events_resent, "Room events published again after an outage"),
+                             ("commands_rejected", sum(s.commands_rejected.values()), "Malformed ward commands")):
+        m = CounterMetricFamily(f"smartroom_ward_uplink_{name}", doc)
+        m.add_metric([], value)
+        yield m
+    commands = CounterMetricFamily("smartroom_ward_uplink_commands", "Ward commands carried out, by result",
+                                   labels=["result"])
+    for code, n in sorted(s.commands.items()):
+        commands.add_metric([code], n)
+    yield commands
+
+
 class Metrics:
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
-                 auth_blocked: Callable[[], int], devices: Callable[[], Any] = lambda: None) -> None:
+                 auth_blocked: Callable[[], int], devices: Callable[[], Any] = lambda: None,
+                 uplink: Callable[[], Any] = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices))
+        self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices, uplink))
         self.delivery = Histogram("smartroom_call_delivery_seconds",
                                   "Time from a call being stored to a nurse screen's receipt that it shows it",
                                   buckets=DELIVERY_BUCKETS_S, registry=self.registry)

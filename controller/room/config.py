@@ -156,6 +156,21 @@ DEFAULT_TIMERS = Timers(TIER_DEFAULTS)
 
 
 @dataclass(frozen=True, slots=True)
+class WardLink:
+    """The room file's [ward] section: the ward's MQTT broker this room publishes to (docs/ward.md)."""
+
+    host: str
+    site: str
+    unit: str
+    port: int = 1883
+    username: str | None = None        # default: the room id
+    password_file: Path | None = None  # a file holding the broker password (mode 0600)
+    tls: bool = False
+    ca_file: Path | None = None        # the hospital CA for the broker's certificate (default: system CAs)
+    keepalive_s: int = 6               # the broker publishes the room's last will within 1.5 x this
+
+
+@dataclass(frozen=True, slots=True)
 class RoomConfig:
     room_id: str
     name: str
@@ -171,6 +186,7 @@ class RoomConfig:
     escalation_levels: tuple[str, ...] = DEFAULT_ESCALATION
     supervision: Supervision = Supervision()
     environment: Mapping[str, EnvRule] = field(default_factory=lambda: dict(PROFILES[DEFAULT_PROFILE]))
+    ward: WardLink | None = None  # None: the room is not on a ward broker
 
     def meaning(self, node: str, src: str) -> str | None:
         cfg = self.nodes.get(node)
@@ -464,7 +480,7 @@ def _section(doc: _Doc, root: Mapping[str, Any], key: str, allowed: tuple[str, .
 
 # --------------------------------------------------------------------------- sections
 
-_TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "environment", "nodes")
+_TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "environment", "nodes", "ward")
 _ROOM_KEYS = ("id", "name", "profile")
 _BED_KEYS = ("id", "fall_risk")
 _GATEWAY_KEYS = ("host", "port", "heartbeat_ms")
@@ -473,6 +489,8 @@ _TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s", "presence_s", "p
 _TIER_KEYS = ("escalate_s", "reminder_s")
 _SUPERVISION_KEYS = ("missed_heartbeats", "low_battery_v", "battery_replaced_v")
 _RULE_KEYS = ("low", "high", "hysteresis", "min_duration_s", "clear_s", "enabled")
+_WARD_KEYS = ("host", "port", "site", "unit", "username", "password_file", "tls", "ca_file", "keepalive_s")
+_TOPIC_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # part of MQTT topic names (controller/uplink/wire.py)
 _NODE_KEYS = ("location", "bed", "indicator", "tone", "inputs", "transport", "check_in_s", *TRANSPORTS[1:])
 
 
@@ -689,6 +707,37 @@ def _parse_options(doc: _Doc, table: Mapping[str, Any], path: KeyPath, transport
         raise doc.error(path + (transport, *exc.path), exc.message) from None
 
 
+def _parse_ward(doc: _Doc, root: Mapping[str, Any], room_id: str) -> WardLink | None:
+    if "ward" not in root:
+        return None
+    table = _section(doc, root, "ward", _WARD_KEYS)
+    path = ("ward",)
+    base = Path(doc.source).parent if doc.lines is not None else Path(".")  # relative to the room file
+
+    def segment(key: str, value: str, where: KeyPath) -> str:
+        if not _TOPIC_SEGMENT_RE.match(value):
+            raise doc.error(where, f"{key} {value!r} must be 1 to 64 of A-Z a-z 0-9 . _ - (it names MQTT topics)")
+        return value
+
+    def file(key: str) -> Path | None:
+        value = _optional(doc, table, path, key, str, None)
+        return None if value is None else base / _text(doc, value, path + (key,))
+
+    segment("room id", room_id, ("room", "id"))
+    tls = _optional(doc, table, path, "tls", bool, False)
+    return WardLink(
+        host=_text(doc, _required(doc, table, path, "host", str, " (the ward broker's address)"), path + ("host",)),
+        site=segment("site", _required(doc, table, path, "site", str), path + ("site",)),
+        unit=segment("unit", _required(doc, table, path, "unit", str), path + ("unit",)),
+        port=_optional(doc, table, path, "port", int, 8883 if tls else 1883, (1, 65535)),
+        username=_optional(doc, table, path, "username", str, None),
+        password_file=file("password_file"),
+        tls=tls,
+        ca_file=file("ca_file"),
+        keepalive_s=_optional(doc, table, path, "keepalive_s", int, 6, (2, 300)),
+    )
+
+
 def _parse_nodes(doc: _Doc, root: Mapping[str, Any], beds: tuple[str, ...]) -> dict[str, NodeConfig]:
     nodes = _required(doc, root, (), "nodes", dict, " (the file needs at least one [nodes.<id>] table)")
     return {node_id: _parse_node(doc, node_id, table, beds) for node_id, table in nodes.items()}
@@ -710,8 +759,9 @@ def parse_room(doc: Mapping[str, Any], source: str = "<memory>", *, text: str | 
     supervision = _parse_supervision(where, root)
     environment = _parse_environment(where, root, profile)
     nodes = _parse_nodes(where, root, beds)
+    ward = _parse_ward(where, root, room_id)
     return RoomConfig(room_id, name, beds, nodes, heartbeat_ms, host, port, source, profile, fall_risk,
-                      timers, levels, supervision, environment)
+                      timers, levels, supervision, environment, ward)
 
 
 def load_room(path: Path) -> RoomConfig:

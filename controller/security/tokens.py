@@ -93,10 +93,12 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
 
 
-def create(db: sqlite3.Connection, role: str, name: str, now_ms: int) -> tuple[TokenInfo, str]:
-    """A new token; returns its record and the secret (the only time the secret exists in clear)."""
-    if role not in ROLES:
-        raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+def create(db: sqlite3.Connection, role: str, name: str, now_ms: int,
+           roles: tuple[str, ...] = ROLES) -> tuple[TokenInfo, str]:
+    """A new token; returns its record and the secret (the only time the secret exists in clear).
+    ``roles``: the roles of the service the token is for (the ward console has its own)."""
+    if role not in roles:
+        raise TokenError(f"role must be one of {', '.join(roles)}, got {role!r}")
     if not NAME_RE.match(name) or not name.strip():
         raise TokenError("name must be 1 to 64 printable characters (who or what holds the token)")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
