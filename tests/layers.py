@@ -25,12 +25,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.service",),                                  # decide -> store -> apply -> publish
     ("controller.link", "controller.sim.nodes", "controller.fall_eval"),  # node gateway; tools
     ("sensors",),                                             # Pi-attached sources
+    ("integrations",),                                        # the hospital's systems: HL7, FHIR, webhooks
     ("room_api",),                                            # the only HTTP
     ("controller.runner",),                                   # one room, all pieces started together
     ("controller.sim.demo",),
     ("controller.cli",),
 )
-PACKAGES = ("controller", "sensors", "room_api")
+PACKAGES = ("controller", "sensors", "room_api", "integrations")
 NOT_CPYTHON = {"controller.fall_eval.mp_runner"}  # a MicroPython script, run as a file
 HTTP_SERVER_IMPORTS = {"aiohttp.web", "aiohttp_sse"}  # only room_api serves HTTP
 HTTP_PACKAGE = "room_api"
