@@ -25,6 +25,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from . import fhir as fhir_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
@@ -354,6 +355,7 @@ FACILITIES = frozenset({"facilities", "admin"})
 REPORT_READERS = frozenset({"nurse", "admin"})
 ADMIN = frozenset({"admin"})
 SCRAPERS = frozenset({"facilities", "admin", "integration"})
+FHIR_READERS = frozenset({"nurse", "admin", "integration"})  # calls name patients: not facilities
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, None, "Nurse page (HTML)"),
@@ -376,6 +378,19 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/tokens/{name}", delete_token, ADMIN, "Revoke a token by name or id"),
     Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
     Route("GET", "/metrics", get_metrics, SCRAPERS, "Prometheus metrics"),
+    # FHIR R4 reads (room_api/fhir.py)
+    Route("GET", "/fhir/r4/metadata", fhir_api.get_metadata, FHIR_READERS, "FHIR CapabilityStatement"),
+    Route("GET", "/fhir/r4/Device", fhir_api.search_devices, FHIR_READERS, "FHIR Devices: the room's nodes"),
+    Route("GET", "/fhir/r4/Device/{id}", fhir_api.read_device, FHIR_READERS, "FHIR Device: one node"),
+    Route("GET", "/fhir/r4/Observation", fhir_api.search_observations, FHIR_READERS,
+          "FHIR Observations: the newest environment readings"),
+    Route("GET", "/fhir/r4/Observation/{id}", fhir_api.read_observation, FHIR_READERS, "FHIR Observation"),
+    Route("GET", "/fhir/r4/Communication", fhir_api.search_communications, FHIR_READERS,
+          "FHIR Communications: calls raised in a range, and the active ones"),
+    Route("GET", "/fhir/r4/Communication/{id}", fhir_api.read_communication, FHIR_READERS,
+          "FHIR Communication: one call"),
+    Route("GET", "/fhir/r4/Flag", fhir_api.search_flags, FHIR_READERS, "FHIR Flags: the active calls"),
+    Route("GET", "/fhir/r4/Flag/{id}", fhir_api.read_flag, FHIR_READERS, "FHIR Flag: one call"),
 )
 
 

@@ -135,6 +135,16 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("DELETE", "/api/v1/tokens/{name}"): {"ok": "Token", "errors": [404]},
     ("GET", "/api/v1/audit"): {"ok": "AuditPage", "query": {"after_ms": INT, "limit": INT}, "errors": [400]},
     ("GET", "/metrics"): {"text": True},
+    ("GET", "/fhir/r4/metadata"): {"fhir": "CapabilityStatement"},
+    ("GET", "/fhir/r4/Device"): {"fhir": "Bundle"},
+    ("GET", "/fhir/r4/Device/{id}"): {"fhir": "Device", "errors": [404]},
+    ("GET", "/fhir/r4/Observation"): {"fhir": "Bundle", "query": {"code": STR}},
+    ("GET", "/fhir/r4/Observation/{id}"): {"fhir": "Observation", "errors": [404]},
+    ("GET", "/fhir/r4/Communication"): {"fhir": "Bundle", "errors": [400], "query": {
+        "sent": {"type": "string", "description": "ge<date>, gt<date>, le<date> or lt<date> (ISO 8601 or ms)"}}},
+    ("GET", "/fhir/r4/Communication/{id}"): {"fhir": "Communication", "errors": [404]},
+    ("GET", "/fhir/r4/Flag"): {"fhir": "Bundle"},
+    ("GET", "/fhir/r4/Flag/{id}"): {"fhir": "Flag", "errors": [404]},
 }
 
 
@@ -167,6 +177,9 @@ def _operation(route: Any, doc: S) -> S:
     elif doc.get("text"):
         responses["200"] = {"description": "Prometheus text exposition",
                             "content": {"text/plain": {"schema": STR}}}
+    elif doc.get("fhir"):
+        responses["200"] = {"description": f"FHIR R4 {doc['fhir']} (JSON)", "content": {"application/fhir+json": {
+            "schema": _obj(["resourceType"], resourceType={"type": "string", "enum": [doc["fhir"]]})}}}
     elif doc.get("sse"):
         responses["200"] = {"description": "Server-Sent Events; each data line is an Event",
                             "content": {"text/event-stream": {"schema": STR}}}
