@@ -150,3 +150,36 @@ async def test_an_oversized_frame_closes_the_connection_and_is_counted(room, fee
     await feed.writer.drain()
     assert await feed.reader.read() == b""                 # closed by the room
     assert feed.service.inbound["bad_frame"] == 1
+
+
+# ---------------------------------------------------------------- the room's rules for patients and delivery steps
+
+
+async def test_fall_risk_ends_with_the_patient_not_with_an_update(room):
+    from controller.room.hospital import ADMIT, UPDATE, Patient
+
+    c = room.c
+    await c.admission("A", Patient("MRN-1", "Jane Doe"), ADMIT, "adt", "1")
+    await c.set_fall_risk("A", True, "Nurse Kim")
+    await c.admission("A", Patient("MRN-1", "Jane Doe-Smith"), UPDATE, "adt", "2")   # same patient: stays on
+    assert c.room.fall_risk["A"] is True
+    await c.admission("A", Patient("MRN-2", "John Roe"), ADMIT, "adt", "3")          # another patient: off
+    assert c.room.fall_risk["A"] is False
+    assert await c.admission("A", Patient("MRN-2", "John Roe"), ADMIT, "adt", "4") == []  # nothing changes
+
+
+async def test_an_unknown_bed_is_refused_by_the_room(room):
+    from controller.room import UnknownBed
+    from controller.room.hospital import ADMIT, Patient
+
+    with pytest.raises(UnknownBed, match="no bed 'C'"):
+        await room.c.admission("C", Patient("MRN-1"), ADMIT, "adt", "1")
+
+
+@pytest.mark.parametrize("length, stored", [(199, 199), (200, 200), (201, 200)])
+async def test_a_delivery_status_is_one_line_of_at_most_200_characters(room, length, stored):
+    await room.press("bedside-a", "call")
+    call = room.call("patient_call")
+    await room.c.call_delivery(call["id"], "x" * length + "\n", "alarm manager AM")
+    step = room.c.room.calls[call["id"]].timeline[-1]
+    assert step["step"] == "delivery" and len(step["status"]) == stored
