@@ -84,8 +84,8 @@ class AlarmManager:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _n: int = 0
 
-    async def start(self, port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port or self.port)
+    async def start(self, port: int = 0, ssl_context=None) -> int:  # noqa: ANN001 - ssl.SSLContext
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port or self.port, ssl=ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -152,8 +152,8 @@ class MllpClient:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, port: int) -> "MllpClient":
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    async def connect(cls, port: int, ssl_context=None) -> "MllpClient":  # noqa: ANN001 - ssl.SSLContext
+        return cls(*await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context))
 
     async def send_raw(self, payload: bytes) -> str:
         self.writer.write(payload)

@@ -229,3 +229,56 @@ async def test_reporting_starts_with_the_calls_open_now_not_the_rooms_history(am
         cursor, _ = await service.outbox.cursor(CURSOR)
     assert obx(am.received[0].text, "196616^")[3].split("^")[3] == "bath_emergency"
     assert cursor == now                         # saved with the start it sent; the history before is skipped
+
+
+async def test_mllp_over_tls_to_the_alarm_manager_and_on_the_listener(tmp_path, room):
+    """Both directions over TLS, with certificates checked: the reporter trusts only the given CA."""
+    import ssl
+
+    from controller.security.tls import load_or_create, ssl_context
+    from integrations.config import TlsOptions
+
+    am_tls = load_or_create(tmp_path / "am.pem", tmp_path / "am.key", ["127.0.0.1"])
+    room_tls = load_or_create(tmp_path / "room.pem", tmp_path / "room.key", ["127.0.0.1"])
+    manager = AlarmManager()
+    await manager.start(ssl_context=ssl_context(am_tls))
+    base = options(manager.port)
+    opts = Integrations(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
+                           "alarm_manager": AlarmManagerOptions(
+                               "127.0.0.1", manager.port, tls=TlsOptions(ca=str(tmp_path / "am.pem")), **FAST),
+                           "mllp": ListenerOptions("127.0.0.1", 0, ("127.0.0.1",), TlsOptions(
+                               cert=str(tmp_path / "room.pem"), key=str(tmp_path / "room.key")))})
+    try:
+        async with IntegrationService(room.c, opts) as service:
+            await room.press("bedside-a", "call")
+            await until(lambda: len(manager.received) == 1 and service.reporter.stats.outbox == 0, "delivery")
+            trusting = ssl.create_default_context(cafile=str(tmp_path / "room.pem"))
+            client = await MllpClient.connect(service.listener.port, trusting)
+            ack = await client.send(ora_r41(room.call("patient_call")["id"], "read", "AM-1"))
+            await client.close()
+            assert fields(ack, "MSA")[1] == "AA"
+            with pytest.raises(ssl.SSLError):  # a peer that does not trust our certificate cannot talk
+                await MllpClient.connect(service.listener.port, ssl.create_default_context())
+    finally:
+        await manager.stop()
+    assert manager.received[0].valid
+
+
+async def test_the_reporter_refuses_an_alarm_manager_it_does_not_trust(tmp_path, room):
+    from controller.security.tls import load_or_create, ssl_context
+    from integrations.config import TlsOptions
+
+    am_tls = load_or_create(tmp_path / "am.pem", tmp_path / "am.key", ["127.0.0.1"])
+    load_or_create(tmp_path / "other.pem", tmp_path / "other.key", ["127.0.0.1"])
+    manager = AlarmManager()
+    await manager.start(ssl_context=ssl_context(am_tls))
+    opts = Integrations(hl7_room="412", alarm_manager=AlarmManagerOptions(
+        "127.0.0.1", manager.port, tls=TlsOptions(ca=str(tmp_path / "other.pem")), **FAST))
+    try:
+        async with IntegrationService(room.c, opts) as service:
+            await room.press("bedside-a", "call")
+            await until(lambda: service.reporter.stats.link_failures >= 2, "failed handshakes")
+            assert "CERTIFICATE_VERIFY_FAILED" in service.reporter.stats.last_error
+    finally:
+        await manager.stop()
+    assert manager.received == []
