@@ -74,7 +74,7 @@ class RoomServer:
 
             self.integrations = IntegrationService(self.controller, self.config.integrations)
             await self.integrations.start()
-        self._api = ApiServer(self.controller, self.gateway, self.devices)
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.integrations)
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"

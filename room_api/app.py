@@ -29,7 +29,7 @@ from . import fhir as fhir_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
-from .base import CONTROLLER, DEVICES, GATEWAY, METRICS, OPENAPI, PRINCIPAL, ApiError
+from .base import CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError
 from .readings import HISTORY, get_readings
 
 from controller.link.gateway import NodeGateway
@@ -175,6 +175,14 @@ async def get_gateway(request: web.Request) -> web.Response:
     devices = request.app[DEVICES]
     stats["devices"] = devices.to_json() if devices is not None else None
     return web.json_response(stats)
+
+
+async def get_integrations(request: web.Request) -> web.Response:
+    """The hospital integrations' counters: alarm manager link and outbox, admissions, listener, webhooks."""
+    service = request.app[INTEGRATIONS]
+    if service is None:
+        return web.json_response({"configured": False})
+    return web.json_response({"configured": True, **service.to_json()})
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -372,6 +380,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/reports/response-times", get_response_times, REPORT_READERS, "Response times"),
     Route("GET", "/api/v1/readings", get_readings, ROOM_READERS, "A measure's history in buckets"),
     Route("GET", "/api/v1/gateway", get_gateway, FACILITIES, "Node gateway counters"),
+    Route("GET", "/api/v1/integrations", get_integrations, SCRAPERS, "HL7 / webhook integration counters"),
     Route("GET", "/api/v1/config", get_config, ADMIN, "The room's configuration as loaded"),
     Route("GET", "/api/v1/tokens", get_tokens, ADMIN, "Active API tokens (never their secrets)"),
     Route("POST", "/api/v1/tokens", post_token, ADMIN, "Create a token; its secret is shown once"),
@@ -408,7 +417,7 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
 
 
 def create_app(controller: RoomController, gateway: NodeGateway | None = None,
-               devices: object | None = None) -> web.Application:
+               devices: object | None = None, integrations: object | None = None) -> web.Application:
     """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
@@ -420,6 +429,7 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
     if gateway is not None:
         app[GATEWAY] = gateway
     app[DEVICES] = devices
+    app[INTEGRATIONS] = integrations
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
                                        lambda: devices)
     app[OPENAPI] = openapi.build(ROUTES)

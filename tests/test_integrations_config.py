@@ -136,3 +136,20 @@ def load_room_with(tmp_path: Path, integrations: str):
     path = tmp_path / "room.toml"
     path.write_text(ROOM + textwrap.dedent(integrations))
     return load_room(path)
+
+
+async def test_the_api_shows_the_integrations_counters(tmp_path):
+    import aiohttp
+
+    config = load_room_with(tmp_path, "[integrations]\nhl7_room = \"412\"\n[integrations.mllp]\nport = 0\n")
+    async with RoomServer(config, keys_for(config), tmp_path / "room.db", api_port=0, node_port=0) as server:
+        token = await server.create_token("integration", "engine")
+        client = await MllpClient.connect(server.integrations.listener.port)
+        await client.send("not HL7")
+        await client.close()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with http.get(server.endpoints.api_url + "/api/v1/integrations") as resp:
+                body = await resp.json()
+    assert body["configured"] is True and body["alarm_manager"] is None
+    assert body["mllp_listener"]["messages"] == {"unparseable": 1}
+    assert body["admissions"]["refused"] == {"100": 1}
