@@ -111,8 +111,12 @@ class WebhookSender:
         wanted = [r for r in records if self.options.wants(r.kind)]
         if wanted:
             await self._deliver(wanted)
+            # taken: the cursor moves now (no await in between), so even a stop during the save below
+            # saves it in stop(); skipped kinds are saved with the next delivery or at stop
+            self._cursor = self.stats.cursor = records[-1].id
+            self.stats.delivered += len(wanted)
             await self.outbox.save(self._cursor_name, records[-1].id, {"since": records[-1].id})
-        self._cursor = self.stats.cursor = records[-1].id  # skipped kinds: saved with the next delivery or at stop
+        self._cursor = self.stats.cursor = records[-1].id
 
     async def _deliver(self, records: list[LogRecord]) -> None:
         """POST until a 2xx: never gives up (an event is never dropped), backing off between tries."""
@@ -131,7 +135,6 @@ class WebhookSender:
                     self.stats.last_status = resp.status
                     await resp.read()
                     if 200 <= resp.status < 300:
-                        self.stats.delivered += len(records)
                         return
                     self.stats.last_error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -11,20 +11,41 @@ Answers are ``application/fhir+json``; errors keep the API's one error shape.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+from types import ModuleType
+from typing import AsyncIterator
+
 from aiohttp import web
 
 from controller.room import reports
-from integrations import fhir
 
 from .base import CONTROLLER, ApiError
 
 FHIR_BASE = "/fhir/r4"
 DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a Communication search without 'sent' covers the last day
 NO_END_MS = 2**62                   # no upper bound on 'sent'
+CONTENT_TYPE = "application/fhir+json"
+
+
+async def preload(app: web.Application) -> AsyncIterator[None]:
+    """A cleanup context: load the FHIR models in a worker thread once the API starts, so the first
+    FHIR request does not wait; on cleanup, wait for that thread to finish."""
+    loading = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "integrations.fhir")
+    yield
+    await loading
+
+
+def _fhir() -> ModuleType:
+    """integrations.fhir, imported on the first FHIR request: its models (pydantic) take ~0.5 s to
+    load, which a restarting controller must not spend before it takes calls again."""
+    from integrations import fhir
+
+    return fhir
 
 
 def _respond(resource: dict) -> web.Response:
-    return web.json_response(resource, content_type=fhir.CONTENT_TYPE)
+    return web.json_response(resource, content_type=CONTENT_TYPE)
 
 
 def _base_url(request: web.Request) -> str:
@@ -34,32 +55,32 @@ def _base_url(request: web.Request) -> str:
 def _found(fn, *args):  # noqa: ANN001, ANN202 - a resource, or the API's 404
     try:
         return fn(*args)
-    except fhir.NotFound as exc:
+    except _fhir().NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
 async def get_metadata(request: web.Request) -> web.Response:
-    return _respond(fhir.capability_statement(request.app[CONTROLLER].clock(), _base_url(request)))
+    return _respond(_fhir().capability_statement(request.app[CONTROLLER].clock(), _base_url(request)))
 
 
 async def search_devices(request: web.Request) -> web.Response:
-    return _respond(fhir.bundle(fhir.devices(request.app[CONTROLLER]), _base_url(request)))
+    return _respond(_fhir().bundle(_fhir().devices(request.app[CONTROLLER]), _base_url(request)))
 
 
 async def read_device(request: web.Request) -> web.Response:
-    return _respond(_found(fhir.device, request.app[CONTROLLER], request.match_info["id"]))
+    return _respond(_found(_fhir().device, request.app[CONTROLLER], request.match_info["id"]))
 
 
 async def search_observations(request: web.Request) -> web.Response:
     code = request.query.get("code")
     if code is not None and "|" in code:
         code = code.split("|", 1)[1]  # system|code token: the code alone identifies a measure here
-    found = fhir.observations(request.app[CONTROLLER], code or None)
-    return _respond(fhir.bundle(found, _base_url(request)))
+    found = _fhir().observations(request.app[CONTROLLER], code or None)
+    return _respond(_fhir().bundle(found, _base_url(request)))
 
 
 async def read_observation(request: web.Request) -> web.Response:
-    return _respond(_found(fhir.observation_by_id, request.app[CONTROLLER], request.match_info["id"]))
+    return _respond(_found(_fhir().observation_by_id, request.app[CONTROLLER], request.match_info["id"]))
 
 
 def _sent_range(request: web.Request, now_ms: int) -> tuple[int, int]:
@@ -84,14 +105,14 @@ def _sent_range(request: web.Request, now_ms: int) -> tuple[int, int]:
 
 async def _calls(request: web.Request, from_ms: int, to_ms: int) -> list[reports.CallTimes]:
     controller = request.app[CONTROLLER]
-    return fhir.calls(controller, await controller.call_history(from_ms), from_ms, to_ms)
+    return _fhir().calls(controller, await controller.call_history(from_ms), from_ms, to_ms)
 
 
 async def search_communications(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
     from_ms, to_ms = _sent_range(request, controller.clock())
-    found = [fhir.communication(controller, c) for c in await _calls(request, from_ms, to_ms)]
-    return _respond(fhir.bundle(found, _base_url(request)))
+    found = [_fhir().communication(controller, c) for c in await _calls(request, from_ms, to_ms)]
+    return _respond(_fhir().bundle(found, _base_url(request)))
 
 
 async def _one_call(request: web.Request) -> reports.CallTimes:
@@ -103,14 +124,14 @@ async def _one_call(request: web.Request) -> reports.CallTimes:
 
 
 async def read_communication(request: web.Request) -> web.Response:
-    return _respond(fhir.communication(request.app[CONTROLLER], await _one_call(request)))
+    return _respond(_fhir().communication(request.app[CONTROLLER], await _one_call(request)))
 
 
 async def search_flags(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
-    active = [c for c in fhir.calls(controller, [], 0, 0)]  # the active calls only
-    return _respond(fhir.bundle([fhir.flag(controller, c) for c in active], _base_url(request)))
+    active = [c for c in _fhir().calls(controller, [], 0, 0)]  # the active calls only
+    return _respond(_fhir().bundle([_fhir().flag(controller, c) for c in active], _base_url(request)))
 
 
 async def read_flag(request: web.Request) -> web.Response:
-    return _respond(fhir.flag(request.app[CONTROLLER], await _one_call(request)))
+    return _respond(_fhir().flag(request.app[CONTROLLER], await _one_call(request)))
