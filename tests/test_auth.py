@@ -18,7 +18,7 @@ PROTECTED = [r for r in ROUTES if r.roles is not None]
 
 def _url(server, path: str) -> str:
     return server.endpoints.api_url + path.replace("{call_id}", "nope").replace("{bed}", "Z").replace(
-        "{name}", "nobody")
+        "{name}", "nobody").replace("{id}", "nope")
 
 
 async def _status(http: aiohttp.ClientSession, server, route, token: str | None) -> int:
