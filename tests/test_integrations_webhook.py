@@ -68,9 +68,9 @@ async def test_events_are_signed_and_delivered_in_order(receiver, room):
     async with IntegrationService(room.c, options(receiver.port, ("call.",))) as service:
         await room.press("bedside-a", "call")
         await room.press("door", "cancel")
-        await until(lambda: service.webhooks[0].stats.delivered == 3, "raised, present, cleared")
+        await until(lambda: service.webhooks[0].stats.delivered == 4, "raised, shown, present, cleared")
     events = [e for _, body in receiver.posts for e in json.loads(body)["events"]]
-    assert [e["kind"] for e in events] == ["call.raised", "call.present", "call.cleared"]
+    assert [e["kind"] for e in events] == ["call.raised", "call.annunciated", "call.present", "call.cleared"]
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
     for headers, body in receiver.posts:
         assert verify(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
