@@ -3,7 +3,7 @@
     .venv/bin/python bench/latency.py [--load-nodes 50] [--rate-hz 10] [--button-nodes 3] [--seconds 30]
 
 The controller runs as its own process (`smartroom run`), as on a Pi. In this process:
-`--load-nodes` CPython load generators speak protocol v1 and stream readings at `--rate-hz` each;
+`--load-nodes` CPython load generators speak the node protocol and stream readings at `--rate-hz` each;
 `--button-nodes` real firmware nodes (MicroPython, 64 KB heap) press their call button every
 `--press-every-ms`; an SSE client takes delivery. Printed: edge→SSE p50/p90/p99/max over all
 presses, and readings/s the controller stored durably (committed to SQLite) over the run.
@@ -104,7 +104,7 @@ async def main() -> None:
         "--keys", str(work / "keys.json"), "--db", str(work / "room.db"), "--api-port", str(args.api_port),
         "--node-port", str(args.node_port), stdout=asyncio.subprocess.DEVNULL)
     stop = asyncio.Event()
-    received: dict[tuple[str, int], int] = {}  # (node, seq) -> SSE receive wall time, µs
+    received: dict[tuple[str, int], int] = {}  # (node, event number) -> SSE receive wall time, µs
     try:
         await wait_http(api + "/api/v1/health")
 
@@ -116,7 +116,7 @@ async def main() -> None:
                         if line.startswith("data:"):
                             ev = json.loads(line[5:])
                             if ev["kind"] == "node.event" and ev["data"]["kind"] == "button":
-                                received[(ev["data"]["node"], ev["data"]["seq"])] = time.time_ns() // 1000
+                                received[(ev["data"]["node"], ev["data"]["e"])] = time.time_ns() // 1000
 
         sse_task = asyncio.create_task(sse())
         sent = [0]
@@ -161,7 +161,7 @@ async def main() -> None:
                 if line.tag == "edge" and line.fields.get("pin") == "call" and line.fields.get("level") == "0":
                     edge_us = int(line.fields["wall_us"]) if edge_us is None else edge_us
                 elif line.tag == "event" and line.fields.get("kind") == "button" and edge_us is not None:
-                    got = received.get((sim.node_id, int(line.fields["seq"])))
+                    got = received.get((sim.node_id, int(line.fields["e"])))
                     if got is None:
                         missing += 1
                     else:

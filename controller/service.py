@@ -50,6 +50,7 @@ class RoomController:
         self.room = Room(config)
         self.bus = EventBus()
         self.marks: dict[str, SeqMark] = {}
+        self._stored_event_no: dict[str, tuple[int, int]] = {}  # node -> (boot, highest e stored), once asked
         self._lock = asyncio.Lock()
         self._output_listeners: list[Callable[[], None]] = []
         self._readings: list[tuple[int, str, str, float]] = []
@@ -135,14 +136,25 @@ class RoomController:
         await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
-        return await self.store.has_node_event(ev.node, ev.boot, ev.seq)
+        """Is (node, boot, e) stored already? A number above the boot's highest stored one is new
+        without asking the store (a node numbers its events in the order they happen)."""
+        known = self._stored_event_no.get(ev.node)
+        if known is None or known[0] != ev.boot:
+            known = self._stored_event_no[ev.node] = (ev.boot, await self.store.max_event_no(ev.node, ev.boot))
+        if ev.e > known[1]:
+            return False
+        return await self.store.has_node_event(ev.node, ev.boot, ev.e)
 
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         self.room.note_seen(ev.node, self.clock())
-        return await self._commit(lambda now: self.room.decide_node_event(ev, now),
-                                  node_event=(ev.node, ev.boot, ev.seq), seq_mark=mark)
+        records = await self._commit(lambda now: self.room.decide_node_event(ev, now),
+                                     node_event=(ev.node, ev.boot, ev.e), seq_mark=mark)
+        known = self._stored_event_no.get(ev.node)
+        if known is not None and known[0] == ev.boot and ev.e > known[1]:
+            self._stored_event_no[ev.node] = (ev.boot, ev.e)
+        return records
 
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
@@ -249,7 +261,7 @@ class RoomController:
         """An input from a Pi-attached source; stored (and so never lost) when this returns."""
         self._local_node(node)
         self._local_seq += 1
-        ev = NodeEvent(node, self._local_boot, self._local_seq, kind, src, val, 0, dict(detail or {}))
+        ev = NodeEvent(node, self._local_boot, self._local_seq, self._local_seq, kind, src, val, 0, dict(detail or {}))
         self.room.note_seen(node, self.clock())
         return await self._commit(lambda now: self.room.decide_node_event(ev, now),
                                   node_event=(node, self._local_boot, self._local_seq))

@@ -149,7 +149,7 @@ class NodePeer:
             self.close_on_events -= 1
             conn.writer.close()
         elif (obj["t"] == "event" and self.ack_events) or (obj["t"] == "hb" and self.ack_hbs):
-            await self.send(conn, p.ack(conn.sid, conn.next_seq(), obj["s"]))
+            await self.send(conn, p.ack(conn.sid, conn.next_seq(), obj["s"], obj.get("e")))
 
 
 # ------------------------------------------------------------------------------- the node process

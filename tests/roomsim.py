@@ -112,7 +112,8 @@ class RoomSim:
         return self._seq[node]
 
     async def event(self, node: str, kind: str, src: str, val: int = 1, **features: int) -> list[LogRecord]:
-        ev = NodeEvent(node, self.boot, self._next(node), kind, src, val, 0, features)
+        seq = self._next(node)
+        ev = NodeEvent(node, self.boot, seq, seq, kind, src, val, 0, features)
         return await self.c.node_event(ev)
 
     async def press(self, node: str, src: str) -> list[LogRecord]:

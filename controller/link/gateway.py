@@ -1,4 +1,4 @@
-"""The node gateway: a TCP server speaking node link protocol v1 (docs/protocol.md).
+"""The node gateway: a TCP server speaking node link protocol v2 (docs/protocol.md).
 
 Layers: :func:`read_frame` (framing) → :class:`NodeConnection` (one node's session: hello,
 acceptance rules, acks, commands) → :class:`RoomController` (storage and room logic). A bad frame
@@ -85,8 +85,8 @@ class NodeConnection:
             self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
             await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
 
-    async def send_ack(self, seq: int) -> None:
-        await self.send(lambda s: p.ack(self.sid, s, seq))
+    async def send_ack(self, seq: int, event_no: int | None = None) -> None:
+        await self.send(lambda s: p.ack(self.sid, s, seq, event_no))
 
     async def sync_outputs(self) -> None:
         """Send the reassurance light and tone patterns the room wants, where the node shows others."""
@@ -144,19 +144,19 @@ class NodeConnection:
             raise p.ProtocolError("stale_boot", f"connection is boot {self.boot}, frame says {msg.boot}")
         mark = self.controller.marks.get(msg.node)
         max_seq = mark.max_seq if mark and mark.boot == msg.boot else 0
+        if msg.seq <= max_seq:
+            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
         if isinstance(msg, p.NodeEvent):
-            if msg.seq <= max_seq - p.SEQ_WINDOW:
-                raise p.ProtocolError("seq_out_of_window", f"seq {msg.seq} <= {max_seq} - {p.SEQ_WINDOW}")
-            if msg.seq <= max_seq and await self.controller.is_duplicate(msg):
+            if await self.controller.is_duplicate(msg):
+                self.controller.accept_mark(msg.node, msg.boot, msg.seq)
                 self.gateway.stats.duplicates += 1
-                log.info("node=%s duplicate event boot=%d seq=%d: acked again, not stored", msg.node, msg.boot, msg.seq)
+                log.info("node=%s duplicate event boot=%d e=%d (seq %d): acked again, not stored",
+                         msg.node, msg.boot, msg.e, msg.seq)
             else:
                 await self.controller.node_event(msg)
                 self.gateway.stats.accepted["event"] += 1
-            await self.send_ack(msg.seq)
+            await self.send_ack(msg.seq, msg.e)
             return
-        if msg.seq <= max_seq:
-            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
         if isinstance(msg, p.Heartbeat):
             await self.controller.node_heartbeat(msg)
             self.gateway.stats.accepted["hb"] += 1

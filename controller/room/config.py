@@ -47,7 +47,7 @@ INPUT_MEANINGS = (
     "patient_cancel",   # the patient cancels their own routine call ("never mind")
 )
 
-# How a node reaches the controller. "tcp" nodes run the firmware and speak protocol v1; the
+# How a node reaches the controller. "tcp" nodes run the firmware and speak the node protocol (v2); the
 # others are attached to the Pi itself and feed the controller in-process (RoomController.local_*).
 TRANSPORTS = ("tcp", "gpio", "ble", "voice")
 # transport -> "module:function" that checks the node's [nodes.<id>.<transport>] options table.
@@ -63,7 +63,7 @@ KEY_BYTES = 32
 TIERS = ("high", "medium", "low", "info")  # IEC 60601-1-8 alarm priorities plus information signals
 MEASURES = ("temp_c", "rh_pct", "co2_ppm", "noise_db", "pressure_pa")
 DEFAULT_ESCALATION = ("primary nurse", "charge nurse", "all staff")
-_PROTOCOL_TEXT_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]+$')  # what protocol v1 strings may hold
+_PROTOCOL_TEXT_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]+$')  # what protocol strings may hold
 
 KeyPath = tuple[str | int, ...]
 

@@ -74,7 +74,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
     def decide_node_event(self, ev: NodeEvent, now_ms: int) -> list[LogEntry]:
         meaning = self.config.meaning(ev.node, ev.src)
         entries = [LogEntry("node.event", {
-            "node": ev.node, "boot": ev.boot, "seq": ev.seq, "kind": ev.kind, "src": ev.src,
+            "node": ev.node, "boot": ev.boot, "seq": ev.seq, "e": ev.e, "kind": ev.kind, "src": ev.src,
             "val": ev.val, "at_ms": ev.at_ms, "x": dict(ev.features), "meaning": meaning,
         })]
         source = f"{ev.node}/{ev.src}"
