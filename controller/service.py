@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,6 +23,7 @@ from .store.history import ReadingsHistory, Retention
 from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
+from .room.supervision import MAPPED_KINDS
 from .store import LogEntry, LogRecord, SeqMark, Store
 
 log = logging.getLogger("smartroom.controller")
@@ -64,6 +66,7 @@ class RoomController:
         self._local_seq = 0
         self._battery_stored_ms: dict[str, int] = {}
         self.readings_stored = 0
+        self.unmapped_inputs: Counter[tuple[str, str]] = Counter()  # (node, input) -> events the room file gives no meaning
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -81,6 +84,8 @@ class RoomController:
         for status in self.room.nodes.values():
             if status.online:
                 status.last_seen_ms = now
+        self.room.started_ms = now  # configured nodes that never checked in are alarmed from here
+        await self._commit(self.room.decide_config_checked)  # alarms the room file has fixed since
         log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
                  len(self.room.calls))
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
@@ -133,6 +138,7 @@ class RoomController:
 
     async def node_hello(self, hello: Hello, peer: str) -> None:
         mark = self.accept_mark(hello.node, hello.boot, hello.seq)
+        self.room.note_connected(hello.node)
         await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
@@ -149,12 +155,36 @@ class RoomController:
         """Store a node's event; when this returns it is durable and may be acked."""
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         self.room.note_seen(ev.node, self.clock())
-        records = await self._commit(lambda now: self.room.decide_node_event(ev, now),
+        self._count_unmapped(ev)
+        records = await self._commit(lambda now: self.room.decide_node_event(ev, now)
+                                     + self.room.decide_delivers(ev.node, "an event was stored", now),
                                      node_event=(ev.node, ev.boot, ev.e), seq_mark=mark)
         known = self._stored_event_no.get(ev.node)
         if known is not None and known[0] == ev.boot and ev.e > known[1]:
             self._stored_event_no[ev.node] = (ev.boot, ev.e)
         return records
+
+    def _count_unmapped(self, ev: NodeEvent) -> None:
+        if ev.kind in MAPPED_KINDS and self.config.meaning(ev.node, ev.src) is None:
+            self.unmapped_inputs[(ev.node, ev.src)] += 1
+            log.warning("node=%s input=%s: the room file gives this input no meaning (technical alarm)",
+                        ev.node, ev.src)
+
+    # ------------------------------------------------------------------ link supervision (from the gateway)
+    def node_connection_lost(self, node: str) -> None:
+        """The node's live connection ended: offline after the grace unless it is welcomed again."""
+        self.room.note_connection_lost(node, self.clock())
+        self._timer_wakeup.set()  # a new deadline
+
+    async def node_cannot_deliver(self, node: str, detail: Mapping[str, Any]) -> list[LogRecord]:
+        """The gateway saw the node's sessions end rejected, one after another, with nothing delivered."""
+        return await self._commit(lambda now: self.room.decide_cannot_deliver(node, dict(detail), now))
+
+    async def node_delivers(self, node: str, how: str) -> list[LogRecord]:
+        """The node showed it delivers (e.g. a heartbeat with nothing queued): "cannot deliver" clears."""
+        if not self.room.cannot_deliver(node):
+            return []
+        return await self._commit(lambda now: self.room.decide_delivers(node, how, now))
 
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
@@ -263,6 +293,7 @@ class RoomController:
         self._local_seq += 1
         ev = NodeEvent(node, self._local_boot, self._local_seq, self._local_seq, kind, src, val, 0, dict(detail or {}))
         self.room.note_seen(node, self.clock())
+        self._count_unmapped(ev)
         return await self._commit(lambda now: self.room.decide_node_event(ev, now),
                                   node_event=(node, self._local_boot, self._local_seq))
 

@@ -63,7 +63,8 @@ SCHEMAS: dict[str, S] = {
                  outputs={"$ref": "#/components/schemas/Outputs"},
                  environment={"type": "object", "additionalProperties": _obj(["value", "node", "ts_ms"],
                                                                              value=NUM, node=STR, ts_ms=MS)},
-                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)}),
+                 nodes={"type": "array", "items": _obj(["id", "online", "state"], id=STR, online=BOOL, state={
+                     "type": "string", "enum": ["online", "offline", "cannot_deliver", "never_connected"]})}),
     "Event": _obj(["id", "ts_ms", "kind", "data"], id=INT, ts_ms=MS, kind=STR, data={"type": "object"}),
     "EventPage": _obj(["events", "next", "more"], events={"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                       next=INT, more=BOOL),
@@ -74,6 +75,12 @@ SCHEMAS: dict[str, S] = {
                     accepted={"type": "object", "additionalProperties": INT},
                     rejected={"type": "object", "additionalProperties": INT}, duplicates=INT, connections=INT,
                     nodes_connected={"type": "array", "items": STR}, readings_stored=INT,
+                    readings_dropped={"type": "object", "description": "node/reason (over_budget) -> readings "
+                                      "dropped", "additionalProperties": INT},
+                    undelivered_sessions={"type": "object", "description": "node -> sessions ended by a "
+                                          "rejection with no event delivered", "additionalProperties": INT},
+                    unmapped_inputs={"type": "object", "description": "node/input -> events from an input the "
+                                     "room file gives no meaning", "additionalProperties": INT},
                     devices=_nullable({"type": "object", "description": "Pi-attached GPIO nodes and the BLE "
                                        "scanner's state (stopped, starting, scanning, degraded)"})),
     "Readings": _obj(["measure", "node", "from_ms", "to_ms", "step_ms", "requested_step_ms", "step_rounded",

@@ -38,6 +38,7 @@ def test_every_call_type_has_its_iec_tier():
         "patient_emergency": "high", "cord_removed": "low", "system_fault": "low",
         "bed_exit": "medium", "bath_dwell": "medium", "staff_assist": "medium", "patient_call": "medium",
         "request": "low", "node_offline": "low", "low_battery": "low", "sensor_fault": "low",
+        "node_cannot_deliver": "low", "node_never_connected": "low", "unmapped_input": "low",
         "environment": "info",
     }
     assert {t: c.level for t, c in CALL_TYPES.items()} == expected

@@ -53,6 +53,10 @@ class NodeClient:
     def reading_msg(self, at_ms: int, **measures: int) -> dict[str, Any]:
         return {**self.base("reading"), "at_ms": at_ms, "m": measures}
 
+    def reading_frame(self, at_ms: int, **measures: int) -> bytes:
+        """A reading, framed and tagged, to write without waiting (load generators)."""
+        return p.encode_frame(self.key, self.reading_msg(at_ms, **measures))
+
     def hb_msg(self, up_ms: int = 0) -> dict[str, Any]:
         return {**self.base("hb"), "up_ms": up_ms, "q": 0, "heap": 0, "drop": 0}
 
