@@ -17,6 +17,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,22 +95,30 @@ async def main() -> None:
     (work / "keys.json").write_text(json.dumps({"nodes": {n: k.hex() for n, k in keys.items()}}))
     nodes_toml = "\n".join(f'[nodes.{n}]\ninputs = {{ call = "patient_call" }}' for n in button_names) + "\n" + \
         "\n".join(f"[nodes.{n}]" for n in load_names)
-    (work / "room.toml").write_text(f'[room]\nid = "bench"\n[gateway]\nheartbeat_ms = 10000\n{nodes_toml}\n')
+    # Each load node streams at --rate-hz: give it the budget for that (bench/flood.py measures the budget itself).
+    budget = f"readings_per_s = {max(10.0, 2 * args.rate_hz):g}\nreadings_burst = {max(20, int(4 * args.rate_hz))}\n"
+    (work / "room.toml").write_text(f'[room]\nid = "bench"\n[gateway]\nheartbeat_ms = 10000\n{budget}{nodes_toml}\n')
     api = f"http://127.0.0.1:{args.api_port}"
     print(f"bench: controller process, {args.load_nodes} load nodes x {args.rate_hz:g} Hz readings, "
           f"{args.button_nodes} firmware nodes pressing every {args.press_every_ms} ms, {args.seconds:g} s",
           flush=True)
+    # The API wants a token (the stream and the gateway counters: the facilities role), made the way
+    # an administrator makes one; plain http on loopback, as the tests run it.
+    token = subprocess.run([str(Path(sys.executable).with_name("smartroom")), "token", "create", "--db",
+                            str(work / "room.db"), "--role", "facilities", "--name", "bench"],
+                           check=True, capture_output=True, text=True).stdout.split()[-1]
+    headers = {"Authorization": f"Bearer {token}"}
     controller = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("smartroom")), "run", "--config", str(work / "room.toml"),
         "--keys", str(work / "keys.json"), "--db", str(work / "room.db"), "--api-port", str(args.api_port),
-        "--node-port", str(args.node_port), stdout=asyncio.subprocess.DEVNULL)
+        "--node-port", str(args.node_port), "--no-tls", "--no-advertise", stdout=asyncio.subprocess.DEVNULL)
     stop = asyncio.Event()
     received: dict[tuple[str, int], int] = {}  # (node, event number) -> SSE receive wall time, µs
     try:
         await wait_http(api + "/api/v1/health")
 
         async def sse() -> None:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=headers) as http:
                 async with http.get(api + "/api/v1/events/stream") as resp:
                     async for raw in resp.content:
                         line = raw.decode()
@@ -134,7 +143,7 @@ async def main() -> None:
             sims.append(SimNode(cfg, work / "nodes"))
         for sim in sims:
             await sim.start()
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers) as http:
             async with http.get(api + "/api/v1/gateway") as resp:
                 stored_before = (await resp.json())["readings_stored"]
             t_start = time.monotonic()
