@@ -8,12 +8,14 @@ CHROMIUM := /usr/bin/chromium
 .PHONY: demo test setup firmware bench bench-voice clean
 
 # Debian packages the voice pipeline and its tests use: espeak-ng (speech), sox (noise in the
-# voice benchmark), PortAudio (the microphone, through sounddevice).
+# voice benchmark), PortAudio (the microphone, through sounddevice); Mosquitto, the ward's MQTT
+# broker (the ward tests start their own on 127.0.0.1, the demo starts one too).
 SYSDEPS := $(VENV)/.sysdeps
-$(SYSDEPS):
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 || { \
-	  echo "installing espeak-ng, sox, libportaudio2 (Debian) ..."; \
-	  apt-get update -qq && apt-get install -y -qq espeak-ng sox libportaudio2; }
+$(SYSDEPS): Makefile
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 \
+	  && { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || { \
+	  echo "installing espeak-ng, sox, libportaudio2, mosquitto (Debian) ..."; \
+	  apt-get update -qq && apt-get install -y -qq espeak-ng sox libportaudio2 mosquitto; }
 	@mkdir -p $(VENV) && touch $@
 
 $(STAMP): pyproject.toml $(SYSDEPS)

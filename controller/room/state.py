@@ -36,6 +36,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
         self.fall_risk: dict[str, bool] = {bed: bed in config.fall_risk_beds for bed in config.beds}
         self.staff_present = False
         self.staff_since_ms: int | None = None
+        self.presence_reminded_ms: int | None = None  # when the reminder before presence ends fell due
         self.bath_dwell_for: int | None = None   # bathroom stay (its start) that already alarmed
         self.silence: tuple[int, int, str] | None = None  # (at_ms, until_ms, by)
         self.nodes: dict[str, NodeStatus] = {node: NodeStatus(node) for node in config.nodes}
@@ -49,9 +50,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
     def next_due_ms(self, now_ms: int, offline_after_ms: int) -> int | None:
         """The earliest moment :meth:`decide_tick` has something to do."""
         due = self._calls_due(now_ms) + self._envs_due() + self._nodes_due(offline_after_ms)
-        bath = self._bath_dwell_due()
-        if bath is not None:
-            due.append(bath)
+        due += [d for d in (self._bath_dwell_due(), self._presence_due(), self._display_due(now_ms)) if d is not None]
         return min(due) if due else None
 
     def snapshot(self, now_ms: int) -> dict[str, Any]:
@@ -62,7 +61,8 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
             "cursor": self.cursor,
             "calls": [c.to_json(self.call_due_ms(c), levels) for c in self.active_calls()],
             "occupancy": {"state": self.occupancy(), "room": self.area["room"], "bath": self.area["bath"],
-                          "beds": dict(self.beds), "staff_present": self.staff_present},
+                          "beds": dict(self.beds), "staff_present": self.staff_present,
+                          "staff_since_ms": self.staff_since_ms, "presence_ends_at_ms": self.presence_ends_ms()},
             "fall_risk": dict(self.fall_risk),
             "voice": {n.bed or n.id: bool(n.options.get("enabled", True))
                       for n in self.config.nodes.values() if n.transport == "voice"},
@@ -87,7 +87,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
             elif meaning == "cancel":
                 entries += self._in_room_cancel(f"in-room cancel ({source})", now_ms)
             elif meaning == "staff_presence":
-                entries += self._staff_presence(not self.staff_present, f"staff presence ({source})", now_ms)
+                entries += self._staff_presence_press(f"staff presence ({source})", now_ms)
             elif meaning == "im_ok":
                 entries += self._patient_ok(ev.node, f"patient pressed I'm OK ({source})", now_ms)
             elif meaning == "patient_cancel":
@@ -123,7 +123,8 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
     def decide_tick(self, now_ms: int, offline_after_ms: int) -> list[LogEntry]:
         """Everything that has fallen due by ``now_ms``; call again until it returns nothing."""
         return (self._decide_escalations(now_ms) + self._decide_bath_dwell(now_ms)
-                + self._decide_environment(now_ms) + self._decide_supervision(now_ms, offline_after_ms))
+                + self._decide_presence_timeout(now_ms) + self._decide_environment(now_ms)
+                + self._decide_supervision(now_ms, offline_after_ms) + self._decide_display(now_ms))
 
     # ------------------------------------------------------------------ state changes
     def apply_all(self, records: Iterable[LogRecord]) -> None:
