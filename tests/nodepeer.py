@@ -1,4 +1,4 @@
-"""Test doubles for the firmware tests: a controller-side protocol v1 peer and a node process.
+"""Test doubles for the firmware tests: a controller-side protocol v2 peer and a node process.
 
 :class:`NodePeer` accepts node connections on loopback, checks every frame with
 ``controller/link/protocol.py``, answers ``hello`` with ``welcome`` and acks events and heartbeats.
