@@ -3,7 +3,7 @@
     .venv/bin/python bench/latency.py [--load-nodes 50] [--rate-hz 10] [--button-nodes 3] [--seconds 30]
 
 The controller runs as its own process (`smartroom run`), as on a Pi. In this process:
-`--load-nodes` CPython load generators speak protocol v1 and stream readings at `--rate-hz` each;
+`--load-nodes` CPython load generators speak the node protocol and stream readings at `--rate-hz` each;
 `--button-nodes` real firmware nodes (MicroPython, 64 KB heap) press their call button every
 `--press-every-ms`; an SSE client takes delivery. Printed: edge→SSE p50/p90/p99/max over all
 presses, and readings/s the controller stored durably (committed to SQLite) over the run.
@@ -17,6 +17,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,29 +95,37 @@ async def main() -> None:
     (work / "keys.json").write_text(json.dumps({"nodes": {n: k.hex() for n, k in keys.items()}}))
     nodes_toml = "\n".join(f'[nodes.{n}]\ninputs = {{ call = "patient_call" }}' for n in button_names) + "\n" + \
         "\n".join(f"[nodes.{n}]" for n in load_names)
-    (work / "room.toml").write_text(f'[room]\nid = "bench"\n[gateway]\nheartbeat_ms = 10000\n{nodes_toml}\n')
+    # Each load node streams at --rate-hz: give it the budget for that (bench/flood.py measures the budget itself).
+    budget = f"readings_per_s = {max(10.0, 2 * args.rate_hz):g}\nreadings_burst = {max(20, int(4 * args.rate_hz))}\n"
+    (work / "room.toml").write_text(f'[room]\nid = "bench"\n[gateway]\nheartbeat_ms = 10000\n{budget}{nodes_toml}\n')
     api = f"http://127.0.0.1:{args.api_port}"
     print(f"bench: controller process, {args.load_nodes} load nodes x {args.rate_hz:g} Hz readings, "
           f"{args.button_nodes} firmware nodes pressing every {args.press_every_ms} ms, {args.seconds:g} s",
           flush=True)
+    # The API wants a token (the stream and the gateway counters: the facilities role), made the way
+    # an administrator makes one; plain http on loopback, as the tests run it.
+    token = subprocess.run([str(Path(sys.executable).with_name("smartroom")), "token", "create", "--db",
+                            str(work / "room.db"), "--role", "facilities", "--name", "bench"],
+                           check=True, capture_output=True, text=True).stdout.split()[-1]
+    headers = {"Authorization": f"Bearer {token}"}
     controller = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("smartroom")), "run", "--config", str(work / "room.toml"),
         "--keys", str(work / "keys.json"), "--db", str(work / "room.db"), "--api-port", str(args.api_port),
-        "--node-port", str(args.node_port), stdout=asyncio.subprocess.DEVNULL)
+        "--node-port", str(args.node_port), "--no-tls", "--no-advertise", stdout=asyncio.subprocess.DEVNULL)
     stop = asyncio.Event()
-    received: dict[tuple[str, int], int] = {}  # (node, seq) -> SSE receive wall time, µs
+    received: dict[tuple[str, int], int] = {}  # (node, event number) -> SSE receive wall time, µs
     try:
         await wait_http(api + "/api/v1/health")
 
         async def sse() -> None:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=headers) as http:
                 async with http.get(api + "/api/v1/events/stream") as resp:
                     async for raw in resp.content:
                         line = raw.decode()
                         if line.startswith("data:"):
                             ev = json.loads(line[5:])
                             if ev["kind"] == "node.event" and ev["data"]["kind"] == "button":
-                                received[(ev["data"]["node"], ev["data"]["seq"])] = time.time_ns() // 1000
+                                received[(ev["data"]["node"], ev["data"]["e"])] = time.time_ns() // 1000
 
         sse_task = asyncio.create_task(sse())
         sent = [0]
@@ -134,7 +143,7 @@ async def main() -> None:
             sims.append(SimNode(cfg, work / "nodes"))
         for sim in sims:
             await sim.start()
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers) as http:
             async with http.get(api + "/api/v1/gateway") as resp:
                 stored_before = (await resp.json())["readings_stored"]
             t_start = time.monotonic()
@@ -161,7 +170,7 @@ async def main() -> None:
                 if line.tag == "edge" and line.fields.get("pin") == "call" and line.fields.get("level") == "0":
                     edge_us = int(line.fields["wall_us"]) if edge_us is None else edge_us
                 elif line.tag == "event" and line.fields.get("kind") == "button" and edge_us is not None:
-                    got = received.get((sim.node_id, int(line.fields["seq"])))
+                    got = received.get((sim.node_id, int(line.fields["e"])))
                     if got is None:
                         missing += 1
                     else:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .room.config import DEFAULT_API_PORT, ConfigError, load_keys, load_room
+from .room.config import DEFAULT_API_PORT, ConfigError, input_warnings, load_keys, load_room
 
 HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
 CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
@@ -85,6 +85,41 @@ def _run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Check a room file, and against it the key file and the nodes' own configs, without starting anything.
+
+    Errors (the room file is wrong) exit 2; warnings (it will run, but something would fail loud at
+    run time) are printed and exit 0, or 1 with --strict.
+    """
+    try:
+        config = load_room(args.config)
+        keys = load_keys(args.keys) if args.keys else None
+    except ConfigError as exc:
+        print(f"smartroom check: error: {exc}", file=sys.stderr)
+        return 2
+    warnings: list[str] = []
+    if keys is not None:
+        missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
+        warnings += [f"{args.keys}: no key for node '{node}': it cannot connect" for node in missing]
+    for node in config.nodes.values():
+        if node.transport == "gpio":  # the pin map is in the room file itself
+            warnings += input_warnings(config, node.id, node.options.get("inputs", {}))
+    for path in args.node_config:
+        try:
+            doc = json.loads(path.read_text())
+            node_id = doc["node_id"]
+            inputs = [spec["name"] for spec in doc.get("inputs", ())]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"smartroom check: error: {path}: not a node config ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
+        warnings += [f"{w} (node config {path})" for w in input_warnings(config, node_id, inputs)]
+    for warning in warnings:
+        print(f"warning: {warning}")
+    print(f"{args.config}: room {config.room_id}, {len(config.nodes)} nodes: "
+          + (f"{len(warnings)} warning(s)" if warnings else "ok"))
+    return 1 if warnings and args.strict else 0
 
 
 def _certificate_names(room_id: str, api_host: str) -> list[str]:
@@ -372,6 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-tls", action="store_true",
                      help="serve plain http (only behind a TLS-terminating proxy, or on loopback for tests)")
     run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="check a room file against its keys and the nodes' own configs",
+                           description="Check a room file (errors exit 2) and warn where it does not match the "
+                                       "key file or a node's inputs (a typo between a pin map and the room file "
+                                       "would turn every press into a technical alarm).")
+    check.add_argument("--config", type=Path, required=True, help="the room's TOML file")
+    check.add_argument("--keys", type=Path, default=None, help="node key file: warn about nodes without a key")
+    check.add_argument("--node-config", type=Path, action="append", default=[], metavar="NODE_JSON",
+                       help="a firmware node's config (docs/firmware.md): warn about inputs the room file does "
+                            "not map, or maps but the node lacks (repeatable)")
+    check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    check.set_defaults(func=_check)
 
     discover = sub.add_parser("discover", help="list the rooms announced on the local network (mDNS)")
     discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")

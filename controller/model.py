@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")  # protocol v1 node ids; room files use the same rule
+NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")  # protocol node ids; room files use the same rule
 
 
 def wall_ms() -> int:
@@ -58,7 +58,8 @@ class Reading:
 class NodeEvent:
     node: str
     boot: int
-    seq: int
+    seq: int      # the frame that carried it (replay rule); a resend comes in a new frame
+    e: int        # the event's own number within the boot: (node, boot, e) names it for good (dedupe)
     kind: str
     src: str
     val: int

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,6 +29,7 @@ from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .room.hospital import Patient
+from .room.supervision import MAPPED_KINDS
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
 from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
@@ -66,6 +68,7 @@ class RoomController:
         self.room = Room(config)
         self.bus = EventBus()
         self.marks: dict[str, SeqMark] = {}
+        self._stored_event_no: dict[str, tuple[int, int]] = {}  # node -> (boot, highest e stored), once asked
         self._lock = asyncio.Lock()
         self._output_listeners: list[Callable[[], None]] = []
         self._readings: list[tuple[int, str, str, float]] = []
@@ -79,6 +82,7 @@ class RoomController:
         self._local_seq = 0
         self._battery_stored_ms: dict[str, int] = {}
         self.readings_stored = 0
+        self.unmapped_inputs: Counter[tuple[str, str]] = Counter()  # (node, input) -> events the room file gives no meaning
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -96,6 +100,11 @@ class RoomController:
         for status in self.room.nodes.values():
             if status.online:
                 status.last_seen_ms = now
+        self.room.started_ms = now  # configured nodes that never checked in are alarmed from here
+        try:
+            await self._commit(self.room.decide_config_checked)  # alarms the room file has fixed since
+        except StorageError as exc:  # they stay up (still true to the log); the storage alarm says why
+            log.warning("could not clear alarms the room file has fixed: %s", exc)
         log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
                  len(self.room.calls))
         disk_alarm = self.room.call_from(None, f"system:{DISK_SPACE_SOURCE}", "system_fault")
@@ -157,6 +166,7 @@ class RoomController:
 
     async def node_hello(self, hello: Hello, peer: str) -> None:
         mark = self.accept_mark(hello.node, hello.boot, hello.seq)
+        self.room.note_connected(hello.node)
         try:
             await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
         except StorageError as exc:
@@ -165,18 +175,53 @@ class RoomController:
             log.debug("node=%s online, not recorded: %s", hello.node, exc)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
-        return await self.store.has_node_event(ev.node, ev.boot, ev.seq)
+        """Is (node, boot, e) stored already? A number above the boot's highest stored one is new
+        without asking the store (a node numbers its events in the order they happen)."""
+        known = self._stored_event_no.get(ev.node)
+        if known is None or known[0] != ev.boot:
+            known = self._stored_event_no[ev.node] = (ev.boot, await self.store.max_event_no(ev.node, ev.boot))
+        if ev.e > known[1]:
+            return False
+        return await self.store.has_node_event(ev.node, ev.boot, ev.e)
 
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         self.room.note_seen(ev.node, self.clock())
+        self._count_unmapped(ev)
         try:
-            return await self._commit(lambda now: self.room.decide_node_event(ev, now),
-                                      node_event=(ev.node, ev.boot, ev.seq), seq_mark=mark)
+            records = await self._commit(lambda now: self.room.decide_node_event(ev, now)
+                                         + self.room.decide_delivers(ev.node, "an event was stored", now),
+                                         node_event=(ev.node, ev.boot, ev.e), seq_mark=mark)
         except StorageError:
             self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
             raise
+        known = self._stored_event_no.get(ev.node)
+        if known is not None and known[0] == ev.boot and ev.e > known[1]:
+            self._stored_event_no[ev.node] = (ev.boot, ev.e)
+        return records
+
+    def _count_unmapped(self, ev: NodeEvent) -> None:
+        if ev.kind in MAPPED_KINDS and self.config.meaning(ev.node, ev.src) is None:
+            self.unmapped_inputs[(ev.node, ev.src)] += 1
+            log.warning("node=%s input=%s: the room file gives this input no meaning (technical alarm)",
+                        ev.node, ev.src)
+
+    # ------------------------------------------------------------------ link supervision (from the gateway)
+    def node_connection_lost(self, node: str) -> None:
+        """The node's live connection ended: offline after the grace unless it is welcomed again."""
+        self.room.note_connection_lost(node, self.clock())
+        self._timer_wakeup.set()  # a new deadline
+
+    async def node_cannot_deliver(self, node: str, detail: Mapping[str, Any]) -> list[LogRecord]:
+        """The gateway saw the node's sessions end rejected, one after another, with nothing delivered."""
+        return await self._commit(lambda now: self.room.decide_cannot_deliver(node, dict(detail), now))
+
+    async def node_delivers(self, node: str, how: str) -> list[LogRecord]:
+        """The node showed it delivers (e.g. a heartbeat with nothing queued): "cannot deliver" clears."""
+        if not self.room.cannot_deliver(node):
+            return []
+        return await self._commit(lambda now: self.room.decide_delivers(node, how, now))
 
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
@@ -406,8 +451,9 @@ class RoomController:
         """An input from a Pi-attached source; stored (and so never lost) when this returns."""
         self._local_node(node)
         self._local_seq += 1
-        ev = NodeEvent(node, self._local_boot, self._local_seq, kind, src, val, 0, dict(detail or {}))
+        ev = NodeEvent(node, self._local_boot, self._local_seq, self._local_seq, kind, src, val, 0, dict(detail or {}))
         self.room.note_seen(node, self.clock())
+        self._count_unmapped(ev)
         try:
             return await self._commit(lambda now: self.room.decide_node_event(ev, now),
                                       node_event=(node, self._local_boot, self._local_seq))

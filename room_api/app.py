@@ -195,6 +195,8 @@ async def get_gateway(request: web.Request) -> web.Response:
     stats = gateway.stats.to_json() if gateway else {}
     stats["nodes_connected"] = sorted(gateway.connections) if gateway else []
     stats["readings_stored"] = request.app[CONTROLLER].readings_stored
+    stats["unmapped_inputs"] = {f"{node}/{src}": n for (node, src), n in
+                                sorted(request.app[CONTROLLER].unmapped_inputs.items())}
     stats["readings_not_stored"] = dict(request.app[CONTROLLER].storage.readings_not_stored)
     devices = request.app[DEVICES]
     stats["devices"] = devices.to_json() if devices is not None else None

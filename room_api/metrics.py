@@ -20,6 +20,7 @@ from controller.room import TIERS
 from controller.service import RoomController
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NODE_STATES = ("online", "offline", "cannot_deliver", "never_connected")  # Room.node_state
 # Call stored -> first shown on a nurse screen (the page's receipt); nurse-call systems aim for seconds.
 DELIVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -33,6 +34,26 @@ class _RoomCollector(Collector):
         self._auth_blocked = auth_blocked
         self._devices = devices
         self._uplink = uplink
+
+    def _link_failures(self, gateway: NodeGateway | None) -> Iterable[Metric]:
+        """Failure modes of the node link, made loud (docs/architecture.md): each by node."""
+        dropped = CounterMetricFamily("smartroom_node_readings_dropped",
+                                      "Node readings dropped by the gateway, by node and reason (over_budget)",
+                                      labels=["node", "reason"])
+        sessions = CounterMetricFamily("smartroom_node_sessions_undelivered",
+                                       "Node sessions ended by a rejection with no event delivered", labels=["node"])
+        if gateway is not None:
+            for (node, reason), count in sorted(gateway.stats.readings_dropped.items()):
+                dropped.add_metric([node, reason], count)
+            for node, count in sorted(gateway.stats.undelivered_sessions.items()):
+                sessions.add_metric([node], count)
+        unmapped = CounterMetricFamily("smartroom_unmapped_input_events",
+                                       "Events from inputs the room file gives no meaning", labels=["node", "input"])
+        for (node, src), count in sorted(self._controller.unmapped_inputs.items()):
+            unmapped.add_metric([node, src], count)
+        yield dropped
+        yield sessions
+        yield unmapped
 
     def collect(self) -> Iterable[Metric]:
         room = self._controller.room
@@ -79,10 +100,12 @@ class _RoomCollector(Collector):
                                      "Free space for the room database at the last readings batch")
             free.add_metric([], storage.free_bytes)
             yield free
-        nodes = GaugeMetricFamily("smartroom_nodes", "Configured nodes by state", labels=["state"])
-        online = sum(1 for n in room.nodes.values() if n.online)
-        nodes.add_metric(["online"], online)
-        nodes.add_metric(["offline"], len(room.nodes) - online)
+        yield from self._link_failures(gateway)
+        nodes = GaugeMetricFamily("smartroom_nodes", "Nodes by state: online, offline, cannot_deliver "
+                                  "(connects but delivers nothing), never_connected", labels=["state"])
+        states = [room.node_state(n) for n in room.nodes.values()]
+        for state in NODE_STATES:
+            nodes.add_metric([state], states.count(state))
         yield nodes
         calls = GaugeMetricFamily("smartroom_active_calls", "Active calls by IEC 60601-1-8 priority",
                                   labels=["priority"])

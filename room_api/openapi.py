@@ -66,7 +66,8 @@ SCHEMAS: dict[str, S] = {
                  outputs={"$ref": "#/components/schemas/Outputs"},
                  environment={"type": "object", "additionalProperties": _obj(["value", "node", "ts_ms"],
                                                                              value=NUM, node=STR, ts_ms=MS)},
-                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)},
+                 nodes={"type": "array", "items": _obj(["id", "online", "state"], id=STR, online=BOOL, state={
+                     "type": "string", "enum": ["online", "offline", "cannot_deliver", "never_connected"]})},
                  storage={"$ref": "#/components/schemas/Storage"},
                  patients={"type": "object", "description": "bed -> the patient admissions put there, or null",
                            "additionalProperties": _nullable({"allOf": [{"$ref": "#/components/schemas/Patient"}]})}),
@@ -92,6 +93,12 @@ SCHEMAS: dict[str, S] = {
                     accepted={"type": "object", "additionalProperties": INT},
                     rejected={"type": "object", "additionalProperties": INT}, duplicates=INT, connections=INT,
                     nodes_connected={"type": "array", "items": STR}, readings_stored=INT,
+                    readings_dropped={"type": "object", "description": "node/reason (over_budget) -> readings "
+                                      "dropped", "additionalProperties": INT},
+                    undelivered_sessions={"type": "object", "description": "node -> sessions ended by a "
+                                          "rejection with no event delivered", "additionalProperties": INT},
+                    unmapped_inputs={"type": "object", "description": "node/input -> events from an input the "
+                                     "room file gives no meaning", "additionalProperties": INT},
                     readings_not_stored={"type": "object", "additionalProperties": INT,
                                          "description": "by reason: disk_floor, storage_failed"},
                     devices=_nullable({"type": "object", "description": "Pi-attached GPIO nodes and the BLE "

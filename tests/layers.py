@@ -19,7 +19,7 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.model",),                                    # messages and ids that cross layers
     ("controller.link.protocol", "controller.security", "controller.sim.firmware",
-     "controller.uplink.wire", "controller.uplink.client"),  # wire formats: protocol v1, the ward's MQTT
+     "controller.uplink.wire", "controller.uplink.client"),  # wire formats: protocol v2, the ward's MQTT
     ("controller.store",),                                    # the event log, readings history
     ("controller.room",),                                     # configuration, rules, reports
     ("controller.bus",),                                      # live fan-out of stored records

@@ -1,4 +1,4 @@
-"""Test doubles for the firmware tests: a controller-side protocol v1 peer and a node process.
+"""Test doubles for the firmware tests: a controller-side protocol v2 peer and a node process.
 
 :class:`NodePeer` accepts node connections on loopback, checks every frame with
 ``controller/link/protocol.py``, answers ``hello`` with ``welcome`` and acks events and heartbeats.
@@ -149,7 +149,7 @@ class NodePeer:
             self.close_on_events -= 1
             conn.writer.close()
         elif (obj["t"] == "event" and self.ack_events) or (obj["t"] == "hb" and self.ack_hbs):
-            await self.send(conn, p.ack(conn.sid, conn.next_seq(), obj["s"]))
+            await self.send(conn, p.ack(conn.sid, conn.next_seq(), obj["s"], obj.get("e")))
 
 
 # ------------------------------------------------------------------------------- the node process

@@ -27,6 +27,9 @@ RULES_DOC: dict[str, Any] = {
     "room": {"id": "4b-12", "name": "Ward 4B room 12"},
     "beds": [{"id": "A"}, {"id": "B"}],
     "gateway": {"heartbeat_ms": 10_000},
+    # The rule tests feed inputs without connecting every node; a day before "never connected"
+    # keeps that alarm out of them (tests/faults/test_link_supervision.py tests it).
+    "supervision": {"first_check_in_s": 86_400},
     "nodes": {
         "bedside-a": {"bed": "A", "location": "bedside", "indicator": True,
                       "inputs": {"call": "patient_call", "water": "request_water", "pain": "request_pain",
@@ -132,7 +135,8 @@ class RoomSim:
         return self._seq[node]
 
     async def event(self, node: str, kind: str, src: str, val: int = 1, **features: int) -> list[LogRecord]:
-        ev = NodeEvent(node, self.boot, self._next(node), kind, src, val, 0, features)
+        seq = self._next(node)
+        ev = NodeEvent(node, self.boot, seq, seq, kind, src, val, 0, features)
         return await self._shown(await self.c.node_event(ev))
 
     async def press(self, node: str, src: str) -> list[LogRecord]:

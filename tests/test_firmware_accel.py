@@ -51,7 +51,7 @@ async def test_recorded_fall_trace_reaches_the_detector(tmp_path, part):
         cfg = node_config(tmp_path, peer.port, steps, end_ms=end_ms, speed=10, **accel(part))
         async with FirmwareNode(cfg, tmp_path) as node:
             fall = await node.wait_line("event", kind="fall", src="accel")
-            await node.wait_line("acked", seq=fall.fields["seq"])
+            await node.wait_line("acked", e=fall.fields["e"])
             await node.wait_line("end")
     assert TRACE_AT_MS + impact_ms < fall.node_ms < end_ms, fall.raw
     assert len(node.find("event", kind="fall")) == 1, node.tail()

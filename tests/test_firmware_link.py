@@ -55,17 +55,23 @@ async def test_hello_welcome_events_and_heartbeats_acked(tmp_path):
             boot = await node.wait_line("boot")
             await node.wait_line("link", "up")
             press = await node.wait_line("event", kind="button", src="call")
-            await node.wait_line("acked", seq=press.fields["seq"])
+            await node.wait_line("acked", e=press.fields["e"])
             pir = await node.wait_line("event", kind="presence", src="pir", val=1)
-            await node.wait_line("acked", seq=pir.fields["seq"])
+            await node.wait_line("acked", e=pir.fields["e"])
             hb = await node.wait_line("hb", start=node.lines.index(pir))
-            _, hb_frame = await peer.wait_frame(lambda c, f: f["t"] == "hb" and f["s"] == hb.int("seq"))
+            pir_s = next(f["s"] for _, f in peer.frames("event") if f["e"] == pir.int("e"))
+            _, hb_frame = await peer.wait_frame(lambda c, f: f["t"] == "hb" and f["s"] > pir_s)
     _, hello = peer.frames("hello")[0]
     assert hello["n"] == NODE and hello["b"] == boot.int("boot") == 1 and hello["s"] == 1
     assert hello["hb_ms"] == 10000 and {"button", "presence", "indicator", "tone"} <= set(hello["caps"])
     events = [f for _, f in peer.frames("event")]
-    assert [(e["k"], e["src"], e["val"], e["s"], e["b"]) for e in events] == [
-        ("button", "call", 1, press.int("seq"), 1), ("presence", "pir", 1, pir.int("seq"), 1)]
+    assert [(e["k"], e["src"], e["val"], e["e"], e["b"]) for e in events] == [
+        ("button", "call", 1, press.int("e"), 1), ("presence", "pir", 1, pir.int("e"), 1)]
+    assert [press.int("e"), pir.int("e")] == [1, 2], "events are numbered from 1 in every boot"
+    frames = [f["s"] for _, f in peer.frames()]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames), "s grows in the order frames leave"
+    sent = {ln.int("e"): ln.int("s") for ln in node.find("sent")}
+    assert [sent[e["e"]] for e in events] == [e["s"] for e in events], "the sent line names the frame"
     assert 300 <= events[0]["at_ms"] < 400, "at_ms is the edge, not the end of the debounce"
     assert len(node.find("event", kind="button")) == 1, "bounce made more than one event"
     # the welcome's hb_ms was adopted; the heartbeat carries the input levels
@@ -99,7 +105,7 @@ async def test_commands_drive_indicator_and_tone(tmp_path):
     no_errors(node)
 
 
-async def test_ack_timeout_reconnects_and_resends_with_the_same_boot_and_seq(tmp_path):
+async def test_ack_timeout_reconnects_and_resends_the_same_event_in_a_new_frame(tmp_path):
     steps = [{"at_ms": 200, "pin": "call", "press_ms": 100}]
     async with NodePeer({NODE: KEY}) as peer:
         peer.ack_events = False
@@ -109,13 +115,14 @@ async def test_ack_timeout_reconnects_and_resends_with_the_same_boot_and_seq(tmp
             peer.ack_events = True
             down = await node.wait_line("link", "down", reason="ack_timeout")
             backoff = await node.wait_line("backoff", start=node.lines.index(down))
-            await node.wait_line("acked", seq=event.fields["seq"])
-    sent = [(conn, f["b"], f["s"]) for conn, f in peer.frames("event")]
-    assert sent == [(0, 1, event.int("seq")), (1, 1, event.int("seq"))], "resent as it was, on the new connection"
+            await node.wait_line("acked", e=event.fields["e"])
+    sent = [(conn, f["b"], f["e"]) for conn, f in peer.frames("event")]
+    assert sent == [(0, 1, event.int("e")), (1, 1, event.int("e"))], "the same event, on the new connection"
+    first, again = [f["s"] for _, f in peer.frames("event")]
     assert 5000 <= down.node_ms - event.node_ms <= 5600, "ACK_TIMEOUT_MS is 5 s"
     assert 125 <= backoff.int("ms") <= 250, "first backoff is drawn from [250/2, 250]"
     hello_seqs = [f["s"] for _, f in peer.frames("hello")]
-    assert hello_seqs[1] > event.int("seq") > hello_seqs[0], "a new hello takes a new seq"
+    assert hello_seqs[0] < first < hello_seqs[1] < again, "every frame takes a new s, a resent event too"
     no_errors(node)
 
 
@@ -125,9 +132,10 @@ async def test_closed_connection_reconnects_and_resends(tmp_path):
         peer.close_on_events = 3  # three connections die on the event, the fourth acks it
         async with FirmwareNode(node_config(tmp_path, peer.port, steps, speed=10, **BEDSIDE), tmp_path) as node:
             event = await node.wait_line("event", kind="button")
-            await node.wait_line("acked", seq=event.fields["seq"])
+            await node.wait_line("acked", e=event.fields["e"])
     assert [conn for conn, _ in peer.frames("event")] == [0, 1, 2, 3]
-    assert {(f["b"], f["s"]) for _, f in peer.frames("event")} == {(1, event.int("seq"))}
+    assert {(f["b"], f["e"]) for _, f in peer.frames("event")} == {(1, event.int("e"))}
+    assert len({f["s"] for _, f in peer.frames("event")}) == 4, "each resend is a new frame"
     assert [ln.fields["reason"] for ln in node.find("link", "down")] == ["closed"] * 3
     # every connection got a welcome, which resets the backoff to its first step
     assert all(125 <= ln.int("ms") <= 250 for ln in node.find("backoff"))
@@ -158,7 +166,7 @@ async def test_welcome_that_fails_verification_is_not_accepted(tmp_path, fault):
             down = await node.wait_line("link", "down", reason="welcome_timeout")
             up = await node.wait_line("link", "up")
             event = await node.wait_line("event", kind="button")
-            await node.wait_line("acked", seq=event.fields["seq"])
+            await node.wait_line("acked", e=event.fields["e"])
     assert reject.fields["reason"] == ("bad_mac" if fault == "tag" else "bad_message")
     assert len(node.find("link", "up")) == 1 and node.lines.index(up) > node.lines.index(down)
     assert [f["t"] for f in peer.conns[0].frames] == ["hello"], "nothing streamed before a good welcome"
@@ -242,5 +250,5 @@ async def test_soak_ten_simulated_minutes_in_a_board_sized_heap(tmp_path):
     assert not node.find("fault"), "healthy sensors reported a fault"
     readings = node.find("reading")
     assert len(readings) >= 19 and {"temp_mdegc", "rh_mpct", "co2_ppm"} <= set(readings[-1].fields)
-    acked = {ln.int("seq") for ln in node.find("acked")}
-    assert {e.int("seq") for e in events[:-3]} <= acked, "events not acked by the end"
+    acked = {ln.int("e") for ln in node.find("acked")}
+    assert {e.int("e") for e in events[:-3]} <= acked, "events not acked by the end"

@@ -43,7 +43,7 @@ def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> N
 
 
 def test_protocol_vectors_pass_under_micropython() -> None:
-    run_mp(MP_TESTS / "run_vectors.py", str(ROOT / "tests" / "vectors" / "protocol_v1.json"))
+    run_mp(MP_TESTS / "run_vectors.py", str(ROOT / "tests" / "vectors" / "protocol_v2.json"))
 
 
 def test_every_firmware_module_compiles_with_mpy_cross(tmp_path: Path) -> None:

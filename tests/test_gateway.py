@@ -30,9 +30,7 @@ async def closed_by_controller(client: NodeClient) -> bool:
 
 
 async def good_node_still_works(server, client: NodeClient) -> None:
-    ev = client.event_msg("button", "call")
-    await client.send(ev)
-    await asyncio.wait_for(client.recv_ack(ev["s"]), 5)
+    await asyncio.wait_for(client.send_event(client.event_msg("button", "call")), 5)
 
 
 async def test_hello_welcome_event_ack_and_indicator(server):
@@ -46,7 +44,7 @@ async def test_hello_welcome_event_ack_and_indicator(server):
     ev = client.event_msg("button", "call", at_ms=1234)
     await client.send(ev)
     msgs = [await client.recv() for _ in range(3)]
-    assert {"t": "ack", "a": ev["s"]}.items() <= next(m for m in msgs if m["t"] == "ack").items()
+    assert {"t": "ack", "a": ev["s"], "e": ev["e"]}.items() <= next(m for m in msgs if m["t"] == "ack").items()
     cmds = [(m["c"], m["p"]) for m in msgs if m["t"] == "cmd"]
     assert cmds == [("indicator", "received"), ("tone", "medium")]
 
@@ -63,9 +61,9 @@ async def test_event_is_durable_before_its_ack(server, tmp_path):
     await client.recv_ack(ev["s"])
     # A second, independent reader of the database file already sees it: the ack followed the commit.
     db = sqlite3.connect(tmp_path / "room.db")
-    rows = db.execute("SELECT node, boot, seq FROM node_events").fetchall()
+    rows = db.execute("SELECT node, boot, e FROM node_events").fetchall()
     db.close()
-    assert rows == [("bedside-a", 1, ev["s"])]
+    assert rows == [("bedside-a", 1, ev["e"])]
     await client.close()
 
 
@@ -76,30 +74,40 @@ async def test_duplicate_event_is_acked_but_stored_once(server):
     await client.recv_ack(ev["s"])
     await client.close()
 
-    # The node did not see the ack (say): it reconnects and resends the same (boot, seq).
+    # The node did not see the ack (say): it reconnects and resends the same (boot, e) in a new frame.
     again = NodeClient("bedside-a", node_key("bedside-a"), boot=1)
     again.seq = client.seq
     await again.connect(server.endpoints.node_host, server.endpoints.node_port)
-    await again.send(ev)
-    await again.recv_ack(ev["s"])
-    assert server.gateway.stats.duplicates == 1
+    ack = await again.send_event(again.resend(ev))
+    assert ack["a"] > ev["s"] and server.gateway.stats.duplicates == 1
     events = await server.controller.events_after(0, 100)
-    assert [e.data["seq"] for e in events if e.kind == "node.event"] == [ev["s"]]
+    assert [(e.data["e"], e.data["seq"]) for e in events if e.kind == "node.event"] == [(ev["e"], ev["s"])]
     assert len(server.controller.snapshot()["calls"]) == 1
     await again.close()
 
 
-async def test_resent_event_with_lower_seq_than_new_hello_is_accepted(server):
+async def test_an_event_resent_in_an_old_frame_is_a_replay(server):
+    """v2: a frame's s must grow, events included; a resend goes in a new frame (v1 allowed old s)."""
     client = await connected(server)
-    queued = client.event_msg("button", "call")  # created while the link was down
+    hb = client.hb_msg()
+    await client.send(hb)
+    await client.recv_ack(hb["s"])
+    await client.send(client.event_msg("button", "call", seq=hb["s"] - 1))
+    assert await closed_by_controller(client)
+    assert server.gateway.stats.rejected == {"replayed_seq": 1}
+    assert server.controller.snapshot()["calls"] == []
+
+
+async def test_event_numbers_name_events_and_frames_only_carry_them(server):
+    """Two events of one boot with the same e are one event, whatever frames carry them."""
+    client = await connected(server)
+    first = client.event_msg("button", "call")
+    await client.send_event(first)
+    other = client.event_msg("button", "cancel")  # e = 2: a new event although its frame came later
+    await client.send_event(other)
+    await client.send_event(client.event_msg("button", "call", e=first["e"]))  # e = 1 again: a duplicate
+    assert server.gateway.stats.duplicates == 1 and server.gateway.stats.accepted["event"] == 2
     await client.close()
-    later = NodeClient("bedside-a", node_key("bedside-a"), boot=1)
-    later.seq = client.seq  # the new hello gets a higher seq than the queued event
-    await later.connect(server.endpoints.node_host, server.endpoints.node_port)
-    await later.send(queued)
-    await later.recv_ack(queued["s"])
-    assert len(server.controller.snapshot()["calls"]) == 1
-    await later.close()
 
 
 def _frame_with_length(length: int, payload: bytes) -> bytes:
@@ -115,7 +123,6 @@ BAD_INPUTS = {
     "node_mismatch": lambda c: p.encode_frame(node_key("bath"), {**c.event_msg("button", "call"), "n": "bath"}),
     "stale_boot": lambda c: p.encode_frame(c.key, {**c.hb_msg(), "b": c.boot - 1}),
     "replayed_seq": lambda c: p.encode_frame(c.key, c.hb_msg() | {"s": 1}),
-    "seq_out_of_window": lambda c: p.encode_frame(c.key, c.event_msg("button", "call", seq=1)),
 }
 
 
@@ -123,10 +130,6 @@ BAD_INPUTS = {
 async def test_bad_input_is_rejected_and_only_that_connection_closes(server, reason):
     good = await connected(server, "good")
     bad = await connected(server, "bedside-a", boot=5)
-    if reason == "seq_out_of_window":
-        bad.seq = p.SEQ_WINDOW + 10
-        await bad.send(bad.hb_msg())
-        await bad.recv_ack(bad.seq)
     await bad.send_raw(BAD_INPUTS[reason](bad))
     assert await closed_by_controller(bad)
     assert server.gateway.stats.rejected == {reason: 1}
@@ -214,15 +217,14 @@ async def test_store_failure_means_no_ack_and_the_resend_is_stored(server, monke
     monkeypatch.setattr(server.controller.store, "append", failing_once)
     client = NodeClient("bedside-a", node_key("bedside-a"))
     await client.connect(server.endpoints.node_host, server.endpoints.node_port)
-    await client.send(client.event_msg("button", "call"))
-    ev = client.event_msg("button", "call", seq=client.seq)  # the same event, to resend
+    ev = client.event_msg("button", "call")
+    await client.send(ev)
     # Only the hello's node.online was stored; the event failed: no ack, connection closed.
     assert await closed_by_controller(client)
     assert server.gateway.stats.rejected == {"internal_error": 1}
     again = NodeClient("bedside-a", node_key("bedside-a"))
     again.seq = client.seq
     await again.connect(server.endpoints.node_host, server.endpoints.node_port)
-    await again.send(ev)
-    await again.recv_ack(ev["s"])
+    await again.send_event(again.resend(ev))
     assert [c["source"]["node"] for c in server.controller.snapshot()["calls"]] == ["bedside-a"]
     await again.close()

@@ -110,16 +110,16 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
         # The scenario stops making events at 8 s; wait until every event the node kept is acked.
         await node.wait_for("hb", start=down_at, timeout_s=40)
         while True:
-            events = {int(l.fields["seq"]) for l in node.lines if l.tag == "event"}
-            done = {int(l.fields["seq"]) for l in node.lines if l.tag in ("acked", "dropped")}
+            events = {int(l.fields["e"]) for l in node.lines if l.tag == "event"}
+            done = {int(l.fields["e"]) for l in node.lines if l.tag in ("acked", "dropped")}
             if node.lines[-1].node_ms > 9000 and events <= done:
                 break
             await node.wait_for(None, start=len(node.lines), timeout_s=40)  # any next line
 
-    generated = {int(l.fields["seq"]) for l in node.lines if l.tag == "event"}
-    dropped = {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped"}
-    acked = {int(l.fields["seq"]) for l in node.lines if l.tag == "acked"}
-    assert not {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped" and l.fields.get("kind") == "button"}
+    generated = {int(l.fields["e"]) for l in node.lines if l.tag == "event"}
+    dropped = {int(l.fields["e"]) for l in node.lines if l.tag == "dropped"}
+    acked = {int(l.fields["e"]) for l in node.lines if l.tag == "acked"}
+    assert not {int(l.fields["e"]) for l in node.lines if l.tag == "dropped" and l.fields.get("kind") == "button"}
     async with aiohttp.ClientSession(headers=auth(token)) as http:
         stored, after = [], 0
         while True:
@@ -131,7 +131,7 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
                 break
     proc.terminate()
     await proc.wait()
-    seqs = [e["seq"] for e in stored if e["node"] == "bedside-a"]
+    seqs = [e["e"] for e in stored if e["node"] == "bedside-a"]  # event numbers: a resend keeps its own
     assert len(seqs) == len(set(seqs)), "an event was stored twice"
     # Every event the node kept is stored exactly once. A dropped presence event may be stored too
     # (sent before the kill, dropped from the full queue while the controller was down).

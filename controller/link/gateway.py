@@ -1,13 +1,19 @@
-"""The node gateway: a TCP server speaking node link protocol v1 (docs/protocol.md).
+"""The node gateway: a TCP server speaking node link protocol v2 (docs/protocol.md).
 
 Layers: :func:`read_frame` (framing) → :class:`NodeConnection` (one node's session: hello,
 acceptance rules, acks, commands) → :class:`RoomController` (storage and room logic). A bad frame
 closes only the connection it came on.
+
+Failures are made loud here (docs/architecture.md, "Failure modes"): a node whose sessions keep
+ending rejected with nothing delivered is a technical alarm; a live connection that ends starts
+the room's offline grace; each node's readings have a budget (a token bucket), so one node's
+flood cannot delay the others' calls — events are never limited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import struct
 from collections import Counter
@@ -24,6 +30,17 @@ log = logging.getLogger("smartroom.gateway")
 HELLO_TIMEOUT_S = 5.0          # a node sends hello right after connecting; anything slower is not a node
 WRITE_TIMEOUT_S = 5.0          # a node that cannot take a 60-byte ack in 5 s is gone
 IDLE_GRACE_S = 1.0             # on top of three heartbeat intervals before a silent link is closed
+# Sessions in a row, each ended by a rejection with no event delivered, before a node that keeps
+# connecting is a "cannot deliver" alarm. One or two are a glitch (a restart, a torn frame); by
+# the third the node's own backoff has run ~2 s and the same frame was refused each time.
+CANNOT_DELIVER_SESSIONS = 3
+BUDGET_WARN_EVERY_MS = 60_000  # a node over its readings budget is logged at most once a minute
+# After a reading dropped by the budget, that connection waits this long before its next frame:
+# a flooding node then costs the controller at most ~500 frames/s of parsing (a few % of a Pi's
+# core) instead of all of it, and TCP holds the rest back at the node. A firmware node cannot
+# flood (its outbox holds 4 messages and it writes queued events first), and the few frames its
+# socket buffer holds ahead of an event delay that event by tens of ms at most.
+DROPPED_READING_PACE_S = 0.002
 
 
 @dataclass
@@ -32,10 +49,33 @@ class GatewayStats:
     rejected: Counter[str] = field(default_factory=Counter)   # by reason (docs/protocol.md §4)
     duplicates: int = 0
     connections: int = 0
+    readings_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (node, reason)
+    undelivered_sessions: Counter[str] = field(default_factory=Counter)  # node: sessions rejected, nothing delivered
 
     def to_json(self) -> dict[str, object]:
+        dropped = {f"{node}/{reason}": count for (node, reason), count in sorted(self.readings_dropped.items())}
         return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "duplicates": self.duplicates,
-                "connections": self.connections}
+                "connections": self.connections, "readings_dropped": dropped,
+                "undelivered_sessions": dict(sorted(self.undelivered_sessions.items()))}
+
+
+@dataclass
+class TokenBucket:
+    """``rate_per_s`` tokens a second up to ``burst``; a reading takes one or is dropped. Time in ms."""
+
+    rate_per_s: float
+    burst: float
+    tokens: float
+    at_ms: int
+
+    def take(self, now_ms: int) -> bool:
+        if now_ms > self.at_ms:  # a clock that steps back refills nothing until it catches up
+            self.tokens = min(self.burst, self.tokens + (now_ms - self.at_ms) * self.rate_per_s / 1000)
+            self.at_ms = now_ms
+        if self.tokens >= 1 - 1e-9:  # (floating-point refill in steps must still reach a whole token)
+            self.tokens = max(0.0, self.tokens - 1)
+            return True
+        return False
 
 
 class _ConnectionEnded(Exception):
@@ -71,6 +111,9 @@ class NodeConnection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.node: str | None = None
+        self.verified_node: str | None = None  # whose tag verified on this connection, even if refused after
+        self.delivered = False                 # an event was stored (or was a duplicate) on this connection
+        self.rejected: str | None = None       # the reason the gateway ended the session, if it did
         self.boot = 0
         self.key = b""
         self.sid = 0
@@ -86,8 +129,8 @@ class NodeConnection:
             self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
             await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
 
-    async def send_ack(self, seq: int) -> None:
-        await self.send(lambda s: p.ack(self.sid, s, seq))
+    async def send_ack(self, seq: int, event_no: int | None = None) -> None:
+        await self.send(lambda s: p.ack(self.sid, s, seq, event_no))
 
     async def sync_outputs(self) -> None:
         """Send the reassurance light and tone patterns the room wants, where the node shows others."""
@@ -115,6 +158,7 @@ class NodeConnection:
                 await self._handle(await read_frame(self.reader, self.idle_timeout_s()), hello_expected=False)
         except p.ProtocolError as exc:
             stats.rejected[exc.reason] += 1
+            self.rejected = exc.reason
             log.warning("rejected frame from node=%s peer=%s reason=%s: %s; closing its connection",
                         self.node or "?", self.peer, exc.reason, exc.detail)
         except _ConnectionEnded as exc:
@@ -126,17 +170,30 @@ class NodeConnection:
             log.warning("node=%s peer=%s: cannot store (%s); closing its connection", self.node or "?", self.peer, exc)
         except Exception:  # e.g. the store failed: nothing was acked, so the node will resend
             stats.rejected["internal_error"] += 1
+            self.rejected = "internal_error"
             log.exception("node=%s peer=%s: internal error; closing so the node resends", self.node or "?", self.peer)
+
+    def _note_sender(self, obj: dict[str, object], body: bytes, tag: bytes) -> None:
+        """Who sent a frame that will be refused (e.g. another protocol version), if its tag proves it."""
+        node = obj.get("n")
+        key = self.controller.keys.get(node) if isinstance(node, str) else None
+        if key is not None and hmac.compare_digest(p.compute_tag(key, body), tag):
+            self.verified_node = node  # type: ignore[assignment]
 
     async def _handle(self, payload: bytes, *, hello_expected: bool) -> None:
         body, tag, obj = p.split_payload(payload)
-        msg = p.parse_node_message(obj)
+        try:
+            msg = p.parse_node_message(obj)
+        except p.ProtocolError:
+            self._note_sender(obj, body, tag)
+            raise
         if hello_expected and not isinstance(msg, p.Hello):
             raise p.ProtocolError("hello_required", f"first message is {obj.get('t')!r}")
         key = self.controller.keys.get(msg.node)
         if key is None:
             raise p.ProtocolError("unknown_node", f"no key for node {msg.node!r}")
         p.verify_tag(key, body, tag)
+        self.verified_node = self.verified_node or msg.node
         if isinstance(msg, p.Hello):
             if not hello_expected:
                 raise p.ProtocolError("bad_message", "second hello on one connection")
@@ -148,32 +205,41 @@ class NodeConnection:
             raise p.ProtocolError("stale_boot", f"connection is boot {self.boot}, frame says {msg.boot}")
         mark = self.controller.marks.get(msg.node)
         max_seq = mark.max_seq if mark and mark.boot == msg.boot else 0
+        if msg.seq <= max_seq:
+            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
         if isinstance(msg, p.NodeEvent):
-            if msg.seq <= max_seq - p.SEQ_WINDOW:
-                raise p.ProtocolError("seq_out_of_window", f"seq {msg.seq} <= {max_seq} - {p.SEQ_WINDOW}")
-            if msg.seq <= max_seq and await self.controller.is_duplicate(msg):
+            if await self.controller.is_duplicate(msg):
+                self.controller.accept_mark(msg.node, msg.boot, msg.seq)
                 self.gateway.stats.duplicates += 1
-                log.info("node=%s duplicate event boot=%d seq=%d: acked again, not stored", msg.node, msg.boot, msg.seq)
+                log.info("node=%s duplicate event boot=%d e=%d (seq %d): acked again, not stored",
+                         msg.node, msg.boot, msg.e, msg.seq)
             else:
                 try:
                     await self.controller.node_event(msg)
                 except StorageError as exc:  # not acked: the node keeps it and offers it again after its
                     self.gateway.stats.rejected["storage_unavailable"] += 1  # ack timeout (the alarm is up)
-                    log.warning("node=%s event seq=%d not stored (%s); not acked, so the node resends it",
-                                msg.node, msg.seq, exc)
+                    log.warning("node=%s event e=%d not stored (%s); not acked, so the node resends it",
+                                msg.node, msg.e, exc)
                     return
                 self.gateway.stats.accepted["event"] += 1
-            await self.send_ack(msg.seq)
+            if not self.delivered:
+                self.delivered = True
+                self.gateway.delivered(msg.node)
+            await self.send_ack(msg.seq, msg.e)
             return
-        if msg.seq <= max_seq:
-            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
         if isinstance(msg, p.Heartbeat):
             await self.controller.node_heartbeat(msg)
             self.gateway.stats.accepted["hb"] += 1
             await self.send_ack(msg.seq)
-        else:
+            if msg.queued == 0 and self.gateway.failing(msg.node) == 0:
+                await self.controller.node_delivers(msg.node, "its heartbeat says nothing is waiting")
+        elif self.gateway.take_reading(msg.node):
             self.controller.node_reading(msg)
             self.gateway.stats.accepted["reading"] += 1
+            await asyncio.sleep(0)  # a node streaming readings yields after each: others' frames go in between
+        else:
+            self.controller.accept_mark(msg.node, msg.boot, msg.seq)  # a good frame, dropped by the budget
+            await asyncio.sleep(DROPPED_READING_PACE_S)
 
     async def _hello(self, hello: p.Hello, key: bytes) -> None:
         mark = self.controller.marks.get(hello.node)
@@ -195,6 +261,9 @@ class NodeGateway:
         self.controller = controller
         self.stats = GatewayStats()
         self.connections: dict[str, NodeConnection] = {}
+        self._failing: dict[str, int] = {}  # node -> sessions in a row rejected with nothing delivered
+        self._budgets: dict[str, TokenBucket] = {}
+        self._budget_warned_ms: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         controller.on_outputs_changed(self._schedule_sync)
@@ -231,12 +300,61 @@ class NodeGateway:
         self.stats.connections += 1
         conn = NodeConnection(self, reader, writer)
         try:
-            await conn.run()
+            try:
+                await conn.run()
+            finally:
+                if conn.node is not None and self.connections.get(conn.node) is conn:
+                    del self.connections[conn.node]
+                    self.controller.node_connection_lost(conn.node)
+                writer.close()
+            await self._session_ended(conn)
+        except asyncio.CancelledError:
+            pass  # stop(): ending quietly, since 3.11's start_server callback logs a cancelled handler as an error
         finally:
             self._handlers.discard(task)
-            if conn.node is not None and self.connections.get(conn.node) is conn:
-                del self.connections[conn.node]
-            writer.close()
+
+    # ------------------------------------------------------------------ failure modes, made loud
+    def failing(self, node: str) -> int:
+        """Sessions in a row that ended rejected with nothing delivered."""
+        return self._failing.get(node, 0)
+
+    def delivered(self, node: str) -> None:
+        self._failing.pop(node, None)
+
+    async def _session_ended(self, conn: NodeConnection) -> None:
+        """Count a session that ended in a rejection with nothing delivered; alarm at the Nth in a row."""
+        node = conn.verified_node
+        if node is None:
+            return  # nobody proved who they are: the rejection counters say it all
+        if conn.delivered or conn.rejected is None:
+            self._failing.pop(node, None)
+            return
+        self.stats.undelivered_sessions[node] += 1
+        failing = self._failing[node] = self._failing.get(node, 0) + 1
+        if failing < CANNOT_DELIVER_SESSIONS:
+            return
+        log.error("node=%s: %d sessions in a row ended rejected (%s) with nothing delivered: cannot deliver",
+                  node, failing, conn.rejected)
+        try:
+            await self.controller.node_cannot_deliver(node, {"sessions": failing, "reason": conn.rejected})
+        except Exception:  # the store failed too; the rejection counters and this log still say it
+            log.exception("node=%s: could not store the cannot-deliver alarm", node)
+
+    def take_reading(self, node: str) -> bool:
+        """The node's readings budget (docs/configuration.md, [gateway]); False: drop it and count it."""
+        now = self.controller.clock()
+        bucket = self._budgets.get(node)
+        if bucket is None:
+            gw = self.controller.config
+            bucket = self._budgets[node] = TokenBucket(gw.readings_per_s, gw.readings_burst, gw.readings_burst, now)
+        if bucket.take(now):
+            return True
+        self.stats.readings_dropped[(node, "over_budget")] += 1
+        if now - self._budget_warned_ms.get(node, -BUDGET_WARN_EVERY_MS) >= BUDGET_WARN_EVERY_MS:
+            self._budget_warned_ms[node] = now
+            log.warning("node=%s sends readings faster than its budget (%g/s, burst %d): the excess is dropped "
+                        "and counted", node, bucket.rate_per_s, bucket.burst)
+        return False
 
     def _schedule_sync(self) -> None:
         for conn in list(self.connections.values()):

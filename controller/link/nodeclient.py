@@ -1,4 +1,4 @@
-"""The node side of protocol v1 in CPython: for load generators, tests and commissioning tools.
+"""The node side of protocol v2 in CPython: for load generators, tests and commissioning tools.
 
 The real node is ``firmware/`` under MicroPython; this client exists so that a benchmark can put
 fifty nodes' worth of traffic on one machine, and so tests can send exactly the frames they need.
@@ -17,7 +17,8 @@ from . import protocol as p
 class NodeClient:
     def __init__(self, node: str, key: bytes, *, boot: int = 1, hb_ms: int = 10_000) -> None:
         self.node, self.key, self.boot, self.hb_ms = node, key, boot, hb_ms
-        self.seq = 0
+        self.seq = 0           # frame numbers: every frame takes the next
+        self.event_no = 0      # event numbers: a resent event keeps its own
         self.nonce = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -27,18 +28,34 @@ class NodeClient:
         self.seq += 1
         return self.seq
 
+    def next_event_no(self) -> int:
+        self.event_no += 1
+        return self.event_no
+
     def base(self, t: str, seq: int | None = None) -> dict[str, Any]:
-        return {"v": 1, "t": t, "n": self.node, "b": self.boot, "s": self.next_seq() if seq is None else seq}
+        return {"v": p.PROTOCOL_VERSION, "t": t, "n": self.node, "b": self.boot,
+                "s": self.next_seq() if seq is None else seq}
 
     def hello_msg(self) -> dict[str, Any]:
         return {**self.base("hello"), "fw": "pyclient", "hw": "cpython", "caps": ["button"], "hb_ms": self.hb_ms,
                 "nonce": self.nonce}
 
-    def event_msg(self, kind: str, src: str, val: int = 1, at_ms: int = 0, seq: int | None = None) -> dict[str, Any]:
-        return {**self.base("event", seq), "k": kind, "src": src, "val": val, "at_ms": at_ms}
+    def event_msg(self, kind: str, src: str, val: int = 1, at_ms: int = 0, seq: int | None = None,
+                  e: int | None = None) -> dict[str, Any]:
+        """A new event (the next event number), or with ``e`` given a resend of that event."""
+        return {**self.base("event", seq), "e": self.next_event_no() if e is None else e, "k": kind, "src": src,
+                "val": val, "at_ms": at_ms}
+
+    def resend(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The same event in a new frame: a new ``s``, the same ``e`` (what a node does after a reconnect)."""
+        return {**event, "s": self.next_seq()}
 
     def reading_msg(self, at_ms: int, **measures: int) -> dict[str, Any]:
         return {**self.base("reading"), "at_ms": at_ms, "m": measures}
+
+    def reading_frame(self, at_ms: int, **measures: int) -> bytes:
+        """A reading, framed and tagged, to write without waiting (load generators)."""
+        return p.encode_frame(self.key, self.reading_msg(at_ms, **measures))
 
     def hb_msg(self, up_ms: int = 0) -> dict[str, Any]:
         return {**self.base("hb"), "up_ms": up_ms, "q": 0, "heap": 0, "drop": 0}
@@ -73,11 +90,19 @@ class NodeClient:
         return obj
 
     async def recv_ack(self, seq: int) -> dict[str, Any]:
-        """Wait for the ack of ``seq``, skipping commands; returns the ack."""
+        """Wait for the ack of frame ``seq``, skipping commands; returns the ack."""
         while True:
             msg = await self.recv()
             if msg["t"] == "ack" and msg["a"] == seq:
                 return msg
+
+    async def send_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Send an event frame and wait for its ack, which must name the event; returns the ack."""
+        await self.send(event)
+        ack = await self.recv_ack(event["s"])
+        if ack.get("e") != event["e"]:
+            raise p.ProtocolError("bad_message", f"ack of event {event['e']} names event {ack.get('e')}")
+        return ack
 
     async def close(self) -> None:
         if self.writer is not None:

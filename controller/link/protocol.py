@@ -1,8 +1,13 @@
-"""Node link protocol v1, controller side (specification: docs/protocol.md).
+"""Node link protocol v2, controller side (specification: docs/protocol.md).
 
 Layered like the node's copy in ``firmware/srnode/proto.py``: framing and tags here, canonical
 JSON here, typed messages as frozen dataclasses for the layers above. Both copies pass
-``tests/vectors/protocol_v1.json``.
+``tests/vectors/protocol_v2.json``.
+
+v2 (over v1): every frame's ``s`` grows in the order frames leave the node, events included, so
+one replay rule covers every message; an event carries its own number ``e`` within the boot,
+which a resend keeps and duplicates are recognised by. v1's event window (``seq_out_of_window``)
+is gone, and with it the wedge after a long outage (docs/protocol.md §8).
 """
 
 from __future__ import annotations
@@ -16,12 +21,11 @@ from typing import Any, Mapping
 
 from ..model import NODE_ID_RE, Heartbeat, Hello, NodeEvent, NodeMessage, Reading
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 1024
 TAG_BYTES = 32
 LENGTH_BYTES = 2
 MIN_FRAME_BYTES = TAG_BYTES + 2  # tag plus "{}"
-SEQ_WINDOW = 1024
 INT_MIN = -(2**31)
 INT_MAX = 2**31 - 1
 
@@ -33,7 +37,7 @@ TONE_PATTERNS = ("off", "high", "medium", "low")
 
 
 class ProtocolError(ValueError):
-    """A frame or message that breaks protocol v1; ``reason`` is the counter label."""
+    """A frame or message that breaks the protocol; ``reason`` is the counter label."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -188,8 +192,8 @@ def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
         ev_kind = _get(obj, "k", str)
         if ev_kind not in EVENT_KINDS:
             raise ProtocolError("bad_message", f"event kind {ev_kind!r} is not one of {EVENT_KINDS}")
-        return NodeEvent(node, boot, seq, ev_kind, _get(obj, "src", str), _get(obj, "val", int),
-                         _get(obj, "at_ms", int, lo=0), _int_map(obj, "x"))
+        return NodeEvent(node, boot, seq, _get(obj, "e", int, lo=1), ev_kind, _get(obj, "src", str),
+                         _get(obj, "val", int), _get(obj, "at_ms", int, lo=0), _int_map(obj, "x"))
     raise ProtocolError("bad_message", f"unknown message type {kind!r}")
 
 
@@ -198,8 +202,12 @@ def welcome(sid: int, seq: int, hb_ms: int, time_ms: int) -> dict[str, Any]:
             "time_ms": time_ms % (INT_MAX + 1)}
 
 
-def ack(sid: int, seq: int, acked: int) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "t": "ack", "sid": sid, "s": seq, "a": acked}
+def ack(sid: int, seq: int, acked: int, event_no: int | None = None) -> dict[str, Any]:
+    """The ack of frame ``acked``; an event's ack also names the event (``e``), which frees it at the node."""
+    msg = {"v": PROTOCOL_VERSION, "t": "ack", "sid": sid, "s": seq, "a": acked}
+    if event_no is not None:
+        msg["e"] = event_no
+    return msg
 
 
 def command(sid: int, seq: int, name: str, **fields: Any) -> dict[str, Any]:

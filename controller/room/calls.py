@@ -50,6 +50,9 @@ CALL_TYPES: dict[str, CallType] = {
     "patient_call": CallType(3, "medium", ROUTINE, ("white", "steady"), "Patient call"),
     "request": CallType(4, "low", ROUTINE, ("white", "slow"), "Request"),
     "node_offline": CallType(5, "low", CONDITION, ("yellow", "steady"), "Node offline"),
+    "node_cannot_deliver": CallType(5, "low", CONDITION, ("yellow", "steady"), "Node cannot deliver"),
+    "node_never_connected": CallType(5, "low", CONDITION, ("yellow", "steady"), "Node never connected"),
+    "unmapped_input": CallType(5, "low", CONDITION, ("yellow", "steady"), "Input not in the room file"),
     "low_battery": CallType(5, "low", CONDITION, ("yellow", "steady"), "Low battery"),
     "sensor_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "Sensor fault"),
     "cord_removed": CallType(5, "low", CONDITION, ("yellow", "steady"), "Call cord removed"),
@@ -206,6 +209,9 @@ def _ms(seconds: float) -> int:
 
 _RESOLVES = {
     "node_offline": "the node checks in again",
+    "node_cannot_deliver": "an event from the node is stored, or it reports nothing waiting",
+    "node_never_connected": "the node checks in",
+    "unmapped_input": "the room file maps the input and the controller is restarted",
     "low_battery": "a reading shows the battery replaced",
     "sensor_fault": "the sensor reports plausible values again",
     "environment": "the measure is back in range for its clear time",

@@ -23,7 +23,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..model import NODE_ID_RE
 
@@ -47,7 +47,7 @@ INPUT_MEANINGS = (
     "patient_cancel",   # the patient cancels their own routine call ("never mind")
 )
 
-# How a node reaches the controller. "tcp" nodes run the firmware and speak protocol v1; the
+# How a node reaches the controller. "tcp" nodes run the firmware and speak the node protocol (v2); the
 # others are attached to the Pi itself and feed the controller in-process (RoomController.local_*).
 TRANSPORTS = ("tcp", "gpio", "ble", "voice")
 # transport -> "module:function" that checks the node's [nodes.<id>.<transport>] options table.
@@ -56,6 +56,12 @@ _OPTION_PARSERS = {"gpio": "sensors.wired:parse_options", "ble": "sensors.ble:pa
                    "voice": "sensors.voice:parse_options"}
 
 DEFAULT_HEARTBEAT_MS = 10_000
+# Each node's readings budget (a token bucket in the gateway). A node sends its climate readings
+# every 30 s and a fast sensor (noise, pressure) at most once a second, so 10/s with a burst of 20
+# leaves ten times the headroom of any real node, while one flooding node costs the controller no
+# more than ten well-behaved ones. Events are never limited.
+DEFAULT_READINGS_PER_S = 10.0
+DEFAULT_READINGS_BURST = 20
 DEFAULT_NODE_PORT = 7700
 DEFAULT_API_PORT = 8080
 KEY_BYTES = 32
@@ -63,7 +69,7 @@ KEY_BYTES = 32
 TIERS = ("high", "medium", "low", "info")  # IEC 60601-1-8 alarm priorities plus information signals
 MEASURES = ("temp_c", "rh_pct", "co2_ppm", "noise_db", "pressure_pa")
 DEFAULT_ESCALATION = ("primary nurse", "charge nurse", "all staff")
-_PROTOCOL_TEXT_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]+$')  # what protocol v1 strings may hold
+_PROTOCOL_TEXT_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]+$')  # what protocol strings may hold
 
 KeyPath = tuple[str | int, ...]
 
@@ -107,6 +113,10 @@ class Supervision:
     missed_heartbeats: int = 3
     low_battery_v: float = 3.45
     battery_replaced_v: float = 3.9
+    # A configured node that has not checked in this long after the controller started is a
+    # technical alarm. A node retries at least every 30 s (its backoff cap) and boots in well under
+    # a minute, so 2 min after a power cut that brought both up every working node is in.
+    first_check_in_s: float = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,8 @@ class RoomConfig:
     environment: Mapping[str, EnvRule] = field(default_factory=lambda: dict(PROFILES[DEFAULT_PROFILE]))
     ward: WardLink | None = None  # None: the room is not on a ward broker
     integrations: Any = None  # integrations.config.Integrations: the [integrations] section, checked; None without
+    readings_per_s: float = DEFAULT_READINGS_PER_S  # each node's readings budget: sustained rate ...
+    readings_burst: int = DEFAULT_READINGS_BURST    # ... and burst
 
     def meaning(self, node: str, src: str) -> str | None:
         cfg = self.nodes.get(node)
@@ -485,11 +497,11 @@ _TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "
              "integrations")
 _ROOM_KEYS = ("id", "name", "profile")
 _BED_KEYS = ("id", "fall_risk")
-_GATEWAY_KEYS = ("host", "port", "heartbeat_ms")
+_GATEWAY_KEYS = ("host", "port", "heartbeat_ms", "readings_per_s", "readings_burst")
 _TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s", "presence_s", "presence_reminder_s",
                "not_displayed_s") + TIERS
 _TIER_KEYS = ("escalate_s", "reminder_s")
-_SUPERVISION_KEYS = ("missed_heartbeats", "low_battery_v", "battery_replaced_v")
+_SUPERVISION_KEYS = ("missed_heartbeats", "low_battery_v", "battery_replaced_v", "first_check_in_s")
 _RULE_KEYS = ("low", "high", "hysteresis", "min_duration_s", "clear_s", "enabled")
 _WARD_KEYS = ("host", "port", "site", "unit", "username", "password_file", "tls", "ca_file", "keepalive_s")
 _TOPIC_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # part of MQTT topic names (controller/uplink/wire.py)
@@ -534,6 +546,14 @@ def _parse_gateway(doc: _Doc, root: Mapping[str, Any]) -> tuple[str, int, int]:
     port = _optional(doc, gateway, path, "port", int, DEFAULT_NODE_PORT, (0, 65535))
     heartbeat_ms = _optional(doc, gateway, path, "heartbeat_ms", int, DEFAULT_HEARTBEAT_MS, (1000, 600_000))
     return host, port, heartbeat_ms
+
+
+def _parse_budget(doc: _Doc, root: Mapping[str, Any]) -> tuple[float, int]:
+    """Each node's readings budget: (readings per second, burst)."""
+    gateway = _section(doc, root, "gateway", _GATEWAY_KEYS)
+    path = ("gateway",)
+    return (_optional(doc, gateway, path, "readings_per_s", float, DEFAULT_READINGS_PER_S, (0.01, 10_000)),
+            _optional(doc, gateway, path, "readings_burst", int, DEFAULT_READINGS_BURST, (1, 100_000)))
 
 
 def _parse_tier(doc: _Doc, timers: Mapping[str, Any], tier: str) -> TierTimers:
@@ -590,6 +610,7 @@ def _parse_supervision(doc: _Doc, root: Mapping[str, Any]) -> Supervision:
         _optional(doc, table, path, "missed_heartbeats", int, default.missed_heartbeats, (2, 10)),
         _optional(doc, table, path, "low_battery_v", float, default.low_battery_v, (2.0, 5.0)),
         _optional(doc, table, path, "battery_replaced_v", float, default.battery_replaced_v, (2.0, 5.0)),
+        _optional(doc, table, path, "first_check_in_s", float, default.first_check_in_s, (10, 86_400)),
     )
     if result.battery_replaced_v <= result.low_battery_v:
         key = "battery_replaced_v" if "battery_replaced_v" in table else "low_battery_v"
@@ -782,8 +803,10 @@ def parse_room(doc: Mapping[str, Any], source: str = "<memory>", *, text: str | 
     nodes = _parse_nodes(where, root, beds)
     ward = _parse_ward(where, root, room_id)
     integrations = _parse_integrations(where, root, beds)
+    readings_per_s, readings_burst = _parse_budget(where, root)
     return RoomConfig(room_id, name, beds, nodes, heartbeat_ms, host, port, source, profile, fall_risk,
-                      timers, levels, supervision, environment, ward, integrations)
+                      timers, levels, supervision, environment, ward, integrations=integrations,
+                      readings_per_s=readings_per_s, readings_burst=readings_burst)
 
 
 def load_room(path: Path) -> RoomConfig:
@@ -799,6 +822,27 @@ def load_room(path: Path) -> RoomConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     return parse_room(doc, str(path), text=text)
+
+
+def input_warnings(config: RoomConfig, node: str, inputs: Iterable[str]) -> list[str]:
+    """Mismatches between the inputs a node has (its pin map / firmware config) and the room file.
+
+    An input the room file does not map would make every press a technical alarm at run time
+    instead of a call; an input the room file maps that the node does not have is usually a typo.
+    """
+    inputs = list(inputs)
+    cfg = config.nodes.get(node)
+    if cfg is None:
+        return [f"{config.source}: nodes.{node}: the node has inputs ({', '.join(inputs) or 'none'}) but is not in "
+                f"the room file{_suggest(node, list(config.nodes))}: every event from it would be a technical alarm"]
+    warnings = [f"{config.source}: nodes.{node}.inputs: the node has input '{name}', which the room file gives no "
+                f"meaning{_suggest(name, list(cfg.inputs))}: its presses would raise the technical alarm "
+                "'input not in the room file', not a call"
+                for name in inputs if name not in cfg.inputs]
+    warnings += [f"{config.source}: nodes.{node}.inputs.{name}: the node has no input '{name}'"
+                 f"{_suggest(name, inputs)}: nothing will ever raise this {cfg.inputs[name]}"
+                 for name in cfg.inputs if name not in inputs]
+    return warnings
 
 
 def load_keys(path: Path) -> dict[str, bytes]:

@@ -41,6 +41,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
         self.bath_dwell_for: int | None = None   # bathroom stay (its start) that already alarmed
         self.silence: tuple[int, int, str] | None = None  # (at_ms, until_ms, by)
         self.nodes: dict[str, NodeStatus] = {node: NodeStatus(node) for node in config.nodes}
+        self.started_ms: int | None = None  # set by the controller once rebuilt: supervision runs from then
         self.environment: dict[str, dict[str, Any]] = {}
         self.env: dict[str, EnvState] = {m: EnvState() for m in config.environment}
         self.cursor = 0
@@ -69,7 +70,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
                       for n in self.config.nodes.values() if n.transport == "voice"},
             "outputs": self.outputs(now_ms).to_json(),
             "environment": {m: dict(v, **self._env_json(m)) for m, v in self.environment.items()},
-            "nodes": [n.to_json() for n in sorted(self.nodes.values(), key=lambda n: n.id)],
+            "nodes": [self.node_json(n) for n in sorted(self.nodes.values(), key=lambda n: n.id)],
             "patients": dict(self.patients),
         }
 
@@ -77,10 +78,11 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
     def decide_node_event(self, ev: NodeEvent, now_ms: int) -> list[LogEntry]:
         meaning = self.config.meaning(ev.node, ev.src)
         entries = [LogEntry("node.event", {
-            "node": ev.node, "boot": ev.boot, "seq": ev.seq, "kind": ev.kind, "src": ev.src,
+            "node": ev.node, "boot": ev.boot, "seq": ev.seq, "e": ev.e, "kind": ev.kind, "src": ev.src,
             "val": ev.val, "at_ms": ev.at_ms, "x": dict(ev.features), "meaning": meaning,
         })]
         source = f"{ev.node}/{ev.src}"
+        entries += self.decide_unmapped(ev.node, ev.src, ev.kind, ev.val, now_ms)
         if ev.kind == "button" and ev.val:
             if meaning in CALL_INPUTS:
                 ctype, detail = CALL_INPUTS[meaning]

@@ -1,8 +1,9 @@
-"""Supervision of the room's own parts: nodes online and offline (check-in), their batteries,
-sensor faults and implausible values, call cords pulled out, faults of the controller itself, and
-the nurse screens: a call that no nurse screen has shown within ``timers.not_displayed_s`` raises
-"calls not shown on any nurse screen". Each is a technical alarm that clears itself when the
-condition is gone.
+"""Supervision of the room's own parts: nodes online and offline (check-in, a dropped connection),
+nodes that connect but cannot deliver, nodes that never checked in, inputs the room file does not
+map, their batteries, sensor faults and implausible values, call cords pulled out, faults of the
+controller itself, and the nurse screens: a call that no nurse screen has shown within
+``timers.not_displayed_s`` raises "calls not shown on any nurse screen". Each is a technical alarm
+that clears itself when the condition is gone.
 
 One part of :class:`~controller.room.state.Room`.
 """
@@ -27,6 +28,14 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 }
 BATTERY_MEASURE = "batt_v"
 FAULT_CORD_REMOVED = 4  # fault code of a call cord pulled out of its socket (nurse-call supervision)
+# A node whose connection ended is offline when no new one is welcomed within this. A node's first
+# reconnects come after 0.25 + 0.5 + 1 + 2 s of backoff at most (docs/protocol.md §3), and a Wi-Fi
+# reassociation takes a second or two: 5 s lets a healthy node come back unnoticed, and keeps
+# "offline" well inside the 30 s supervision goal. Heartbeat silence stays the backstop.
+DROP_GRACE_MS = 5000
+LINK_SOURCE = "link"             # the input of a node's "cannot deliver" alarm
+SUPERVISION_SOURCE = "supervision"
+MAPPED_KINDS = ("button", "presence")  # event kinds whose meaning comes from the room file
 NOT_DISPLAYED = "not_displayed"  # the call type of "calls not shown on any nurse screen"
 DISPLAY_SRC = "display"          # its source (no node: the room controller raises it)
 
@@ -45,6 +54,7 @@ class NodeStatus:
     heap: int | None = None
     queued: int | None = None
     dropped: int | None = None
+    connection_lost_ms: int | None = None  # live: its connection ended then, and no new one yet
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,25 +80,120 @@ class SupervisionRules(CallRules):
         return missed * cfg.check_in_ms + grace_ms
 
     def _nodes_due(self, offline_after_ms: int) -> list[int]:
-        return [status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms) + 1
-                for status in self.nodes.values() if status.online and status.last_seen_ms is not None]
+        due = [status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms) + 1
+               for status in self.nodes.values() if status.online and status.last_seen_ms is not None]
+        due += [status.connection_lost_ms + DROP_GRACE_MS + 1 for status in self.nodes.values()
+                if status.online and status.connection_lost_ms is not None]
+        due += [self._first_check_in_due(status.id, offline_after_ms) + 1 for status in self._never_seen()]
+        return due
 
     def _decide_supervision(self, now_ms: int, offline_after_ms: int) -> list[LogEntry]:
         entries: list[LogEntry] = []
         for status in list(self.nodes.values()):
-            if status.online and status.last_seen_ms is not None and \
+            if status.online and status.connection_lost_ms is not None and \
+                    now_ms > status.connection_lost_ms + DROP_GRACE_MS:
+                entries += self.decide_offline(status.id, f"connection lost, not back within "
+                                                          f"{DROP_GRACE_MS // 1000} s", now_ms)
+            elif status.online and status.last_seen_ms is not None and \
                     now_ms > status.last_seen_ms + self.offline_after_ms(status.id, offline_after_ms):
                 entries += self.decide_offline(status.id, f"missed {self.config.supervision.missed_heartbeats} "
                                                           "heartbeats", now_ms)
+        for status in self._never_seen():
+            due = self._first_check_in_due(status.id, offline_after_ms)
+            if now_ms > due:
+                entries += self._raise_or_repeat("node_never_connected", status.id, SUPERVISION_SOURCE, now_ms, {
+                    "reason": f"configured, but not checked in within {(due - self.started_ms) // 1000} s "
+                              "of the controller's start", "transport": self.config.nodes[status.id].transport})
         return entries
 
+    # ------------------------------------------------------------------ never connected
+    started_ms: int | None  # when the controller started supervising (None: not yet)
+
+    def _never_seen(self) -> list[NodeStatus]:
+        """Configured nodes with no check-in ever (none in the log either), not yet alarmed."""
+        if self.started_ms is None:
+            return []
+        return [status for status in self.nodes.values()
+                if status.id in self.config.nodes and status.since_ms is None and status.last_seen_ms is None
+                and not status.online and self.call_from(status.id, SUPERVISION_SOURCE, "node_never_connected") is None]
+
+    def _first_check_in_due(self, node: str, offline_after_ms: int) -> int:
+        """A node has this long from the controller's start to check in (at least its own offline time)."""
+        assert self.started_ms is not None
+        first_ms = int(self.config.supervision.first_check_in_s * 1000)
+        return self.started_ms + max(first_ms, self.offline_after_ms(node, offline_after_ms))
+
+    # ------------------------------------------------------------------ cannot deliver
+    def decide_cannot_deliver(self, node: str, detail: dict[str, Any], now_ms: int) -> list[LogEntry]:
+        """A node keeps connecting but its sessions end rejected with nothing delivered: a technical alarm."""
+        if self.call_from(node, LINK_SOURCE, "node_cannot_deliver") is not None:
+            return []
+        return self._raise_or_repeat("node_cannot_deliver", node, LINK_SOURCE, now_ms, detail)
+
+    def decide_delivers(self, node: str, how: str, now_ms: int) -> list[LogEntry]:
+        """The node delivers again (an event stored, or nothing waiting): its "cannot deliver" clears."""
+        active = self.call_from(node, LINK_SOURCE, "node_cannot_deliver")
+        if active is None:
+            return []
+        return [self._clear(active, f"{node} delivers again ({how})", HOW_RESOLVED, now_ms)]
+
+    def cannot_deliver(self, node: str) -> bool:
+        return self.call_from(node, LINK_SOURCE, "node_cannot_deliver") is not None
+
+    # ------------------------------------------------------------------ inputs the room file does not map
+    def decide_unmapped(self, node: str, src: str, kind: str, val: int, now_ms: int) -> list[LogEntry]:
+        """A press (or presence change) from an input the room file gives no meaning: it would be lost."""
+        if kind not in MAPPED_KINDS or self.config.meaning(node, src) is not None:
+            return []
+        source = f"input:{src}"
+        press = kind == "button" and val != 0  # every press counts on the alarm ("pressed 3x")
+        if not press and self.call_from(node, source, "unmapped_input") is not None:
+            return []
+        why = ("the node is not in the room file" if node not in self.config.nodes
+               else f"the room file has no meaning for input '{src}' of node '{node}'")
+        return self._raise_or_repeat("unmapped_input", node, source, now_ms,
+                                     {"input": src, "kind": kind, "reason": why})
+
+    def decide_config_checked(self, now_ms: int) -> list[LogEntry]:
+        """At start: "input not in the room file" alarms whose input the room file now maps are cleared."""
+        return [self._clear(call, f"the room file maps {call.node}/{call.detail.get('input')} now", HOW_RESOLVED,
+                            now_ms)
+                for call in list(self.calls.values())
+                if call.type == "unmapped_input" and call.node is not None
+                and self.config.meaning(call.node, str(call.detail.get("input"))) is not None]
+
+    # ------------------------------------------------------------------ node state, as shown
+    def node_state(self, status: NodeStatus) -> str:
+        """cannot_deliver (keeps connecting, delivers nothing: the diagnosis that matters, whether its
+        last welcome was long ago or not), online, offline or never_connected."""
+        if self.cannot_deliver(status.id):
+            return "cannot_deliver"
+        if status.online:
+            return "online"
+        if status.since_ms is None and status.last_seen_ms is None:
+            return "never_connected"
+        return "offline"
+
+    def node_json(self, status: NodeStatus) -> dict[str, Any]:
+        state = self.node_state(status)
+        return {**status.to_json(), "online": state == "online", "state": state}
+
     def decide_online(self, hello: Hello, peer: str, now_ms: int) -> list[LogEntry]:
+        """A node checked in. Only a change is logged: a reconnect of an online node (same boot and
+        firmware) adds no row, so a flapping connection cannot fill the log."""
+        status = self.nodes.get(hello.node)
+        if status is not None and status.online and (status.boot, status.fw, status.hw) == \
+                (hello.boot, hello.fw, hello.hw):
+            return []
         entries = [LogEntry("node.online", {
             "node": hello.node, "boot": hello.boot, "fw": hello.fw, "hw": hello.hw, "caps": list(hello.caps),
             "peer": peer, "at_ms": now_ms})]
-        offline = self.call_from(hello.node, "supervision", "node_offline")
+        offline = self.call_from(hello.node, SUPERVISION_SOURCE, "node_offline")
         if offline is not None:
             entries.append(self._clear(offline, f"{hello.node} back online", HOW_RESOLVED, now_ms))
+        never = self.call_from(hello.node, SUPERVISION_SOURCE, "node_never_connected")
+        if never is not None:
+            entries.append(self._clear(never, f"{hello.node} checked in", HOW_RESOLVED, now_ms))
         return entries
 
     def decide_offline(self, node: str, reason: str, now_ms: int) -> list[LogEntry]:
@@ -96,7 +201,7 @@ class SupervisionRules(CallRules):
         if status is None or not status.online:
             return []
         return [LogEntry("node.offline", {"node": node, "reason": reason, "at_ms": now_ms}),
-                *self._raise_or_repeat("node_offline", node, "supervision", now_ms, {"reason": reason})]
+                *self._raise_or_repeat("node_offline", node, SUPERVISION_SOURCE, now_ms, {"reason": reason})]
 
     def decide_system_fault(self, src: str, faulty: bool, detail: dict[str, Any], now_ms: int) -> list[LogEntry]:
         """A part of the controller itself (e.g. the Bluetooth adapter) failed or works again."""
@@ -181,6 +286,7 @@ class SupervisionRules(CallRules):
     def _apply_offline(self, d: dict[str, Any]) -> None:
         status = self.nodes.setdefault(d["node"], NodeStatus(d["node"]))
         status.online, status.since_ms = False, d["at_ms"]
+        status.connection_lost_ms = None
 
     # ------------------------------------------------------------------ live, unlogged node status
     def note_heartbeat(self, hb: Heartbeat, now_ms: int) -> None:
@@ -193,6 +299,17 @@ class SupervisionRules(CallRules):
     def note_seen(self, node: str, now_ms: int) -> None:
         if node in self.nodes:
             self.nodes[node].last_seen_ms = now_ms
+
+    def note_connected(self, node: str) -> None:
+        """A connection of the node was welcomed: a lost one no longer counts."""
+        if node in self.nodes:
+            self.nodes[node].connection_lost_ms = None
+
+    def note_connection_lost(self, node: str, now_ms: int) -> None:
+        """The node's live connection ended; offline after DROP_GRACE_MS unless it is welcomed again."""
+        status = self.nodes.get(node)
+        if status is not None and status.online:
+            status.connection_lost_ms = now_ms
 
 
 

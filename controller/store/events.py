@@ -37,9 +37,9 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE TABLE IF NOT EXISTS node_events (
     node   TEXT NOT NULL,
     boot   INTEGER NOT NULL,
-    seq    INTEGER NOT NULL,
+    e      INTEGER NOT NULL,
     log_id INTEGER NOT NULL REFERENCES log(id),
-    PRIMARY KEY (node, boot, seq)
+    PRIMARY KEY (node, boot, e)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS node_seq (
     node    TEXT PRIMARY KEY,
@@ -148,6 +148,7 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
+            _migrate_node_events(db)
             db.executescript(SCHEMA)
             tokens.ensure_schema(db)
             history.ensure_schema(db)
@@ -173,7 +174,7 @@ class Store:
     ) -> list[LogRecord]:
         """Append ``entries`` in one transaction; durable when this returns.
 
-        ``node_event`` (node, boot, seq) is recorded against the first entry so a resent event is
+        ``node_event`` (node, boot, e) is recorded against the first entry so a resent event is
         recognised as a duplicate; ``seq_mark`` moves the node's accepted-sequence mark.
         """
         entries = list(entries)
@@ -190,7 +191,7 @@ class Store:
                     records.append(LogRecord(cur.lastrowid, ts_ms, entry.kind, entry.data))
                 if node_event is not None:
                     db.execute(
-                        "INSERT INTO node_events (node, boot, seq, log_id) VALUES (?, ?, ?, ?)",
+                        "INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)",
                         (*node_event, records[0].id),
                     )
                 if seq_mark is not None:
@@ -224,14 +225,19 @@ class Store:
         await self._write(lambda db: _upsert_mark(db, mark))
 
     # -- reads -----------------------------------------------------------------------------
-    async def has_node_event(self, node: str, boot: int, seq: int) -> bool:
+    async def has_node_event(self, node: str, boot: int, event_no: int) -> bool:
         def _has(db: sqlite3.Connection) -> bool:
             row = db.execute(
-                "SELECT 1 FROM node_events WHERE node = ? AND boot = ? AND seq = ?", (node, boot, seq)
+                "SELECT 1 FROM node_events WHERE node = ? AND boot = ? AND e = ?", (node, boot, event_no)
             ).fetchone()
             return row is not None
 
         return await self._run(_has)
+
+    async def max_event_no(self, node: str, boot: int) -> int:
+        """The highest event number stored from this node's boot (0: none)."""
+        return await self._run(lambda db: db.execute(
+            "SELECT COALESCE(MAX(e), 0) FROM node_events WHERE node = ? AND boot = ?", (node, boot)).fetchone()[0])
 
     async def read_log(self, after: int = 0, limit: int = 100) -> list[LogRecord]:
         def _read(db: sqlite3.Connection) -> list[LogRecord]:
@@ -296,6 +302,17 @@ class Store:
 
     async def count_readings(self) -> int:
         return await self._run(lambda db: db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+
+def _migrate_node_events(db: sqlite3.Connection) -> None:
+    """A database from protocol v1 keyed node events by their frame seq; v2 by the event number.
+
+    The column is renamed in place: a v1 row's seq was that event's number in its boot, and a node
+    running v2 firmware has rebooted since (a new boot), so old and new keys never meet.
+    """
+    columns = [row[1] for row in db.execute("PRAGMA table_info(node_events)")]
+    if "seq" in columns:
+        db.execute("ALTER TABLE node_events RENAME COLUMN seq TO e")
 
 
 def _rollback(db: sqlite3.Connection) -> None:

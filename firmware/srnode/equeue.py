@@ -3,9 +3,10 @@ from micropython import const
 
 EVENT_QUEUE_LEN = const(16)  # section 5; more call inputs than 8 would break its guarantee
 
-# An entry is a list: [seq, kind, src, val, at_ms, x, sent_ms]. sent_ms is the node time it
-# was last sent on the current connection, or -1 when it is still to be sent.
-SEQ = const(0)
+# An entry is a list: [e, kind, src, val, at_ms, x, sent_ms]. e is the event number (section 2:
+# it names the event for good, whatever frame carries it); sent_ms is the node time it was last
+# sent on the current connection, or -1 when it is still to be sent.
+EV = const(0)
 KIND = const(1)
 SRC = const(2)
 VAL = const(3)
@@ -14,8 +15,8 @@ X = const(5)
 SENT_MS = const(6)
 
 
-def entry(seq, kind, src, val, at_ms, x=None):
-    return [seq, kind, src, val, at_ms, x, -1]
+def entry(e, kind, src, val, at_ms, x=None):
+    return [e, kind, src, val, at_ms, x, -1]
 
 
 class EventQueue:
@@ -73,16 +74,17 @@ class EventQueue:
                     return e
         return new  # unreachable: the runtime refuses configs with more inputs than section 5 allows
 
-    def ack(self, seq):
-        """Frees the entry with this seq; returns it, or None if it was not queued."""
+    def ack(self, ev):
+        """Frees the entry with event number ev; returns it, or None if it was not queued."""
         for e in self.items:
-            if e[SEQ] == seq:
+            if e[EV] == ev:
                 self.items.remove(e)
                 return e
         return None
 
     def unsent(self):
-        """After a reconnect: every entry is resent, oldest first, with its original seq."""
+        """After a reconnect: every entry is resent, oldest first, with its own event number
+        (in a new frame, with a new frame seq)."""
         for e in self.items:
             e[SENT_MS] = -1
 

@@ -1,14 +1,15 @@
 # The node's side of the connection lifecycle (docs/protocol.md section 3).
 #
-# One session: connect -> hello -> verified welcome -> resend unacked events oldest first ->
-# stream. A session ends on a read/write error, a bad frame length or a missing ack; then the
+# One session: connect -> hello -> verified welcome -> resend unacked events oldest first (each
+# in a new frame: new `s`, same event number `e`) -> stream. Every frame gets its `s` here, as it
+# is written, so `s` grows in the order frames leave (protocol v2, section 2). A session ends on a read/write error, a bad frame length or a missing ack; then the
 # link waits a jittered, capped exponential backoff and starts the next session.
 import asyncio
 import os
 from micropython import const
 
 from srnode import proto
-from srnode.equeue import SENT_MS, SEQ
+from srnode.equeue import EV, SENT_MS
 
 # Section 3. 5 s covers a Wi-Fi reassociation and a controller busy with an fsync, and is short
 # enough that a call waits at most one connect + welcome before the next attempt.
@@ -56,8 +57,9 @@ def _io_reason(e):
 
 
 class Link:
-    """Keeps the node connected. `node` builds the messages and takes the commands:
-    node.hello_msg(nonce), node.event_msg(entry), node.on_welcome(msg), node.on_cmd(msg)."""
+    """Keeps the node connected. `node` numbers the frames and builds the messages and takes
+    the commands: node.next_seq(), node.hello_msg(nonce), node.event_msg(entry, s),
+    node.on_welcome(msg), node.on_cmd(msg)."""
 
     def __init__(self, hal, mac, queue, host, port, node):
         self._hal = hal
@@ -170,11 +172,12 @@ class Link:
                 if msg["t"] == "cmd":
                     self._node.on_cmd(msg)
                 elif msg["t"] == "ack":
-                    a = msg.get("a")
-                    if a == self._hb_seq and self._hb_sent_ms >= 0:
+                    ev = msg.get("e")  # an event's ack names the event; a heartbeat's only the frame
+                    if ev is not None:
+                        if self._queue.ack(ev) is not None:
+                            self._hal.log("acked", "e=%d" % ev)
+                    elif msg.get("a") == self._hb_seq and self._hb_sent_ms >= 0:
                         self._hb_sent_ms = -1
-                    elif self._queue.ack(a) is not None:
-                        self._hal.log("acked", "seq=%d" % a)
         except LinkDown as e:
             self._fail = e.args[0]
         except EOFError:
@@ -202,13 +205,16 @@ class Link:
             if (oldest >= 0 and now - oldest > _ACK_TIMEOUT_MS) or \
                     (self._hb_sent_ms >= 0 and now - self._hb_sent_ms > _ACK_TIMEOUT_MS):
                 raise LinkDown("ack_timeout")
-            for e in queue.items:
+            node = self._node
+            for e in queue.items:  # events first: they go ahead of heartbeats and readings
                 if e[SENT_MS] < 0:
                     e[SENT_MS] = now
-                    writer.write(proto.encode_frame(self._mac, self._node.event_msg(e)))
-                    hal.log("sent", "seq=%d" % e[SEQ])
+                    s = node.next_seq()
+                    writer.write(proto.encode_frame(self._mac, node.event_msg(e, s)))
+                    hal.log("sent", "e=%d s=%d" % (e[EV], s))
             while self._outbox:
                 msg = self._outbox.pop(0)
+                msg["s"] = node.next_seq()
                 if msg["t"] == "hb":  # the deadline runs from the oldest heartbeat not acked
                     self._hb_seq = msg["s"]
                     if self._hb_sent_ms < 0:

@@ -1,8 +1,9 @@
-# Node link protocol v1, node side (docs/protocol.md). Same vectors as controller/link/protocol.py.
+# Node link protocol v2, node side (docs/protocol.md). Same vectors as controller/link/protocol.py.
+import io
 import json
 from micropython import const
 
-PROTOCOL_VERSION = const(1)
+PROTOCOL_VERSION = const(2)
 MAX_FRAME_BYTES = const(1024)
 TAG_BYTES = const(32)
 MIN_FRAME_BYTES = const(34)
@@ -16,51 +17,53 @@ class ProtoError(Exception):
         self.detail = detail
 
 
-def _enc(obj, out):
+def _enc(obj, w):
+    # w: a stream the pieces are written to. One growing buffer, not a list of pieces: a fall
+    # event's ~150 pieces would need one 2 KB pointer array, hard to find in a fragmented heap.
     t = type(obj)
     if t is bool:
-        out.append("true" if obj else "false")
+        w.write("true" if obj else "false")
     elif t is int:
         if obj < -2147483648 or obj > 2147483647:
             raise ProtoError("bad_message", "int range")
-        out.append(str(obj))
+        w.write(str(obj))
     elif t is str:
         # Bytes, not characters: iterating a str makes one-character strings, which the unix port
         # interns as names (a table that only grows); ints cost nothing.
         for c in obj.encode():
             if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
                 raise ProtoError("bad_message", "string chars")
-        out.append('"')
-        out.append(obj)
-        out.append('"')
+        w.write('"')
+        w.write(obj)
+        w.write('"')
     elif t is list or t is tuple:
-        out.append("[")
+        w.write("[")
         first = True
         for item in obj:
             if not first:
-                out.append(",")
+                w.write(",")
             first = False
-            _enc(item, out)
-        out.append("]")
+            _enc(item, w)
+        w.write("]")
     elif t is dict:
-        out.append("{")
+        w.write("{")
         first = True
         for key in sorted(obj):
             if not first:
-                out.append(",")
+                w.write(",")
             first = False
-            _enc(key, out)
-            out.append(":")
-            _enc(obj[key], out)
-        out.append("}")
+            _enc(key, w)
+            w.write(":")
+            _enc(obj[key], w)
+        w.write("}")
     else:
         raise ProtoError("bad_message", "type not allowed")
 
 
 def canonical(obj):
-    out = []
-    _enc(obj, out)
-    return "".join(out).encode()
+    w = io.StringIO()
+    _enc(obj, w)
+    return w.getvalue().encode()
 
 
 def encode_frame(mac, obj):
@@ -118,26 +121,28 @@ def check_controller_msg(obj, sid, last_s):
     return t
 
 
-# Message builders (node -> controller). n: node id, b: boot, s: seq.
+# Message builders (node -> controller). n: node id, b: boot, s: frame seq, e: event number.
+# The link stamps `s` on every frame when it writes it (section 2: `s` grows in the order frames
+# leave), so the builders of queued messages take no `s`.
 def hello(n, b, s, fw, hw, caps, hb_ms, nonce):
-    return {"v": 1, "t": "hello", "n": n, "b": b, "s": s, "fw": fw, "hw": hw,
+    return {"v": 2, "t": "hello", "n": n, "b": b, "s": s, "fw": fw, "hw": hw,
             "caps": caps, "hb_ms": hb_ms, "nonce": nonce}
 
 
-def event(n, b, s, kind, src, val, at_ms, x=None):
-    d = {"v": 1, "t": "event", "n": n, "b": b, "s": s, "k": kind, "src": src,
+def event(n, b, s, e, kind, src, val, at_ms, x=None):
+    d = {"v": 2, "t": "event", "n": n, "b": b, "s": s, "e": e, "k": kind, "src": src,
          "val": val, "at_ms": at_ms}
     if x:
         d["x"] = x
     return d
 
 
-def reading(n, b, s, at_ms, m):
-    return {"v": 1, "t": "reading", "n": n, "b": b, "s": s, "at_ms": at_ms, "m": m}
+def reading(n, b, at_ms, m):
+    return {"v": 2, "t": "reading", "n": n, "b": b, "s": 0, "at_ms": at_ms, "m": m}
 
 
-def heartbeat(n, b, s, up_ms, q, heap, drop, rssi=None, batt_mv=None, state=None):
-    d = {"v": 1, "t": "hb", "n": n, "b": b, "s": s, "up_ms": up_ms, "q": q,
+def heartbeat(n, b, up_ms, q, heap, drop, rssi=None, batt_mv=None, state=None):
+    d = {"v": 2, "t": "hb", "n": n, "b": b, "s": 0, "up_ms": up_ms, "q": q,
          "heap": heap, "drop": drop}
     if rssi is not None:
         d["rssi"] = rssi

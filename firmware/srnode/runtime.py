@@ -1,5 +1,5 @@
-# The node: builds the drivers its config names, numbers every message (boot, seq), queues
-# events until acked, and keeps heartbeats, readings and the accelerometer going.
+# The node: builds the drivers its config names, numbers every event (boot, e) and every frame
+# (boot, s), queues events until acked, and keeps heartbeats, readings and the accelerometer going.
 #
 #     node = Node(json.load(open("config.json")), hal)   # hal: hal/board.py or hal/sim.py
 #     asyncio.run(node.run())
@@ -9,7 +9,7 @@ from binascii import unhexlify
 from micropython import const
 
 from srnode import FW_VERSION, proto
-from srnode.equeue import AT_MS, KIND, SEQ, SRC, VAL, X, EventQueue, entry
+from srnode.equeue import AT_MS, EV, KIND, SRC, VAL, X, EventQueue, entry
 from srnode.hmac256 import Hmac256
 from srnode.link import Link
 
@@ -34,7 +34,8 @@ class Node:
         self.boot = state.get("boot", 0) + 1
         state["boot"] = self.boot
         hal.save_state(state)
-        self._seq = 0
+        self._seq = 0       # frame numbers: one per frame written, in the order they leave
+        self._ev = 0        # event numbers: one per event, kept by the event through every resend
         self.queue = EventQueue()
         self._faults = {}
         self._build(cfg, hal)
@@ -83,6 +84,10 @@ class Node:
         self._seq += 1
         return self._seq
 
+    def next_event_no(self):
+        self._ev += 1
+        return self._ev
+
     def uptime_ms(self):
         return self._hal.ticks_ms() & _INT31
 
@@ -90,20 +95,20 @@ class Node:
         return proto.hello(self.node_id, self.boot, self.next_seq(), FW_VERSION, self.hw, self.caps,
                            self.hb_ms, nonce)
 
-    def event_msg(self, e):
-        return proto.event(self.node_id, self.boot, e[SEQ], e[KIND], e[SRC], e[VAL], e[AT_MS], e[X])
+    def event_msg(self, e, s):
+        return proto.event(self.node_id, self.boot, s, e[EV], e[KIND], e[SRC], e[VAL], e[AT_MS], e[X])
 
     def emit(self, kind, src, val, at_ms, x=None):
         """A driver saw something: number it, queue it, wake the link."""
-        seq = self.next_seq()
-        e = entry(seq, kind, src, val, at_ms & _INT31, x)
+        ev = self.next_event_no()
+        e = entry(ev, kind, src, val, at_ms & _INT31, x)
         dropped = self.queue.push(e)
         extra = ""
         if x:
             extra = "".join(" %s=%d" % (k, x[k]) for k in sorted(x))
-        self._hal.log("event", "seq=%d kind=%s src=%s val=%d q=%d%s" % (seq, kind, src, val, len(self.queue), extra))
+        self._hal.log("event", "e=%d kind=%s src=%s val=%d q=%d%s" % (ev, kind, src, val, len(self.queue), extra))
         if dropped is not None:
-            self._hal.log("dropped", "seq=%d kind=%s src=%s" % (dropped[SEQ], dropped[KIND], dropped[SRC]))
+            self._hal.log("dropped", "e=%d kind=%s src=%s" % (dropped[EV], dropped[KIND], dropped[SRC]))
         self.link.wake()
 
     def fault(self, src, code):
@@ -179,12 +184,11 @@ class Node:
             gc.collect()
             alloc = gc.mem_alloc()
             free = gc.mem_free()
-            seq = self.next_seq()
             q = len(self.queue)
-            hal.log("hb", "seq=%d heap_alloc=%d heap_free=%d q=%d" % (seq, alloc, free, q))
+            hal.log("hb", "heap_alloc=%d heap_free=%d q=%d" % (alloc, free, q))
             if self.link.up:
                 state = {}
                 for i in self.inputs:
                     state[i.name] = i.active
-                self.link.post(proto.heartbeat(self.node_id, self.boot, seq, self.uptime_ms(), q, free,
+                self.link.post(proto.heartbeat(self.node_id, self.boot, self.uptime_ms(), q, free,
                                                self.queue.drops, hal.rssi(), hal.battery_mv(), state))

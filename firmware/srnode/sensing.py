@@ -56,9 +56,8 @@ async def readings(node, hal, sensors, period_ms):
             except SensorFault as f:
                 node.fault(sensor.name, f.code)
         if m:
-            seq = node.next_seq()
-            hal.log("reading", "seq=%d %s" % (seq, " ".join("%s=%d" % (k, m[k]) for k in sorted(m))))
-            node.link.post(proto.reading(node.node_id, node.boot, seq, node.uptime_ms(), m))
+            hal.log("reading", " ".join("%s=%d" % (k, m[k]) for k in sorted(m)))
+            node.link.post(proto.reading(node.node_id, node.boot, node.uptime_ms(), m))
         await hal.sleep_ms(period_ms)
 
 

@@ -101,6 +101,10 @@ function alarmDetail(c) {
   const d = c.detail || {};
   switch (c.type) {
     case "node_offline": return `node ${c.source.node}: ${d.reason || "offline"}`;
+    case "node_cannot_deliver":
+      return `node ${c.source.node}: ${d.sessions} connections in a row refused (${d.reason}), nothing delivered`;
+    case "node_never_connected": return `node ${c.source.node}: ${d.reason}`;
+    case "unmapped_input": return `node ${c.source.node}: ${d.reason} (pressed ${c.presses}×)`;
     case "low_battery":
       return `node ${c.source.node}: battery ${formatValue(d.batt_v, "batt_v")} V (below ${d.below_v} V)`;
     case "sensor_fault":
@@ -139,11 +143,15 @@ function renderAlarms(alarms) {
 
 const num = (v, f = (x) => x) => (v === null || v === undefined ? "—" : f(v));
 
+// A node's state in words (the controller's node state; the last two are technical alarms too).
+const NODE_STATE = { online: "online", offline: "OFFLINE", cannot_deliver: "CANNOT DELIVER",
+                     never_connected: "NEVER SEEN" };
+
 function renderNodes(nodes) {
   const rows = nodes.map((n) => el("tr", { dataset: { node: n.id } },
     el("td", {}, n.id),
     el("td", { class: n.online ? "status-online" : "status-offline" },
-       n.online ? "online" : n.last_seen_ms ? "OFFLINE" : "NEVER SEEN"),
+       NODE_STATE[n.state] || (n.online ? "online" : "OFFLINE")),
     el("td", {}, n.last_seen_ms ? age(n.last_seen_ms, " ago") : "never"),
     el("td", { class: "num" }, num(n.batt_mv, (mv) => `${(mv / 1000).toFixed(2)} V`)),
     el("td", { class: "num" }, num(n.rssi, (r) => `${r} dBm`)),

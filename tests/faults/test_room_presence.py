@@ -28,42 +28,43 @@ async def test_presence_left_on_then_an_emergency_escalates_and_presence_ends_af
             arrived = await room.next_record("staff.presence", present=True)
             since = arrived.data["at_ms"]
 
-            # Presence is still on when the patient pulls the bathroom cord.
+            # Presence is still on when the patient pulls the bathroom cord. (The bathroom node stays
+            # connected: one that went away would be offline 5 s later, and alarm.)
             async with SimNode(bath_cfg, nodes):
                 raised = await room.next_record("call.raised", type="bath_emergency")
-            call_id = raised.data["call_id"]
-            assert room.controller.outputs().tone == "high", "a new emergency sounds while staff are present"
-            await bedside.wait_for("tone", pattern="high")
-            snapshot = await room.get("/api/v1/room")
-            [call] = snapshot["calls"]
-            assert (call["id"], call["held_by_presence"], snapshot["occupancy"]["staff_present"]) == \
-                (call_id, False, True)
+                call_id = raised.data["call_id"]
+                assert room.controller.outputs().tone == "high", "a new emergency sounds while staff are present"
+                await bedside.wait_for("tone", pattern="high")
+                snapshot = await room.get("/api/v1/room")
+                [call] = snapshot["calls"]
+                assert (call["id"], call["held_by_presence"], snapshot["occupancy"]["staff_present"]) == \
+                    (call_id, False, True)
 
-            # The station shows it, but nobody acknowledges it: it escalates on the high tier's 30 s.
-            await room.post("/api/v1/calls/shown", {"calls": [call_id], "by": "station 4B"})
-            assert await room.advance_to(raised.ts_ms + 29_999) == []
-            escalated = await room.advance_to(raised.ts_ms + 30_000)
-            assert [(r.kind, r.data["call_id"], r.data["to"]) for r in escalated] == \
-                [("call.escalated", call_id, "charge nurse")]
-            mark = len(bedside.lines)
-            await room.post(f"/api/v1/calls/{call_id}/ack", {"by": "Nurse Kim"})
-            await bedside.wait_for("tone", pattern="off", start=mark)
+                # The station shows it, but nobody acknowledges it: it escalates on the high tier's 30 s.
+                await room.post("/api/v1/calls/shown", {"calls": [call_id], "by": "station 4B"})
+                assert await room.advance_to(raised.ts_ms + 29_999) == []
+                escalated = await room.advance_to(raised.ts_ms + 30_000)
+                assert [(r.kind, r.data["call_id"], r.data["to"]) for r in escalated] == \
+                    [("call.escalated", call_id, "charge nurse")]
+                mark = len(bedside.lines)
+                await room.post(f"/api/v1/calls/{call_id}/ack", {"by": "Nurse Kim"})
+                await bedside.wait_for("tone", pattern="off", start=mark)
 
-            # The forgotten presence: its reminder first (the low pulse in the room), then its end.
-            mark = len(bedside.lines)
-            assert await room.advance_to(since + (PRESENCE_S - REMINDER_S) * 1000 - 1) == []
-            [reminder] = await room.advance_to(since + (PRESENCE_S - REMINDER_S) * 1000)
-            assert (reminder.kind, reminder.data["ends_at_ms"]) == ("staff.presence_reminder", since + PRESENCE_S * 1000)
-            await bedside.wait_for("tone", pattern="low", start=mark)
-            outputs = (await room.get("/api/v1/room"))["outputs"]
-            assert (outputs["dome"]["presence"], outputs["dome"]["presence_ending"]) == (True, True)
+                # The forgotten presence: its reminder first (the low pulse in the room), then its end.
+                mark = len(bedside.lines)
+                assert await room.advance_to(since + (PRESENCE_S - REMINDER_S) * 1000 - 1) == []
+                [reminder] = await room.advance_to(since + (PRESENCE_S - REMINDER_S) * 1000)
+                assert (reminder.kind, reminder.data["ends_at_ms"]) == ("staff.presence_reminder", since + PRESENCE_S * 1000)
+                await bedside.wait_for("tone", pattern="low", start=mark)
+                outputs = (await room.get("/api/v1/room"))["outputs"]
+                assert (outputs["dome"]["presence"], outputs["dome"]["presence_ending"]) == (True, True)
 
-            mark = len(bedside.lines)
-            assert await room.advance_to(since + PRESENCE_S * 1000 - 1) == []
-            [ended] = await room.advance_to(since + PRESENCE_S * 1000)
-            assert (ended.kind, ended.data["present"], ended.data["timed_out"]) == ("staff.presence", False, True)
-            await bedside.wait_for("tone", pattern="off", start=mark)
-            snapshot = await room.get("/api/v1/room")
-            assert snapshot["occupancy"]["staff_present"] is False
-            assert snapshot["outputs"]["dome"]["presence"] is False
-            assert [c["id"] for c in snapshot["calls"]] == [call_id], "the emergency is cancelled in the room only"
+                mark = len(bedside.lines)
+                assert await room.advance_to(since + PRESENCE_S * 1000 - 1) == []
+                [ended] = await room.advance_to(since + PRESENCE_S * 1000)
+                assert (ended.kind, ended.data["present"], ended.data["timed_out"]) == ("staff.presence", False, True)
+                await bedside.wait_for("tone", pattern="off", start=mark)
+                snapshot = await room.get("/api/v1/room")
+                assert snapshot["occupancy"]["staff_present"] is False
+                assert snapshot["outputs"]["dome"]["presence"] is False
+                assert [c["id"] for c in snapshot["calls"]] == [call_id], "the emergency is cancelled in the room only"

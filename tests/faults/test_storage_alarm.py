@@ -67,7 +67,7 @@ async def test_a_storage_failure_is_an_alarm_at_once_and_stored_with_its_end_whe
     assert raised.data["at_ms"] == alarm["raised_at_ms"], "stored with the time it was raised"
     assert raised.data["detail"]["inputs_waiting"] == {"bath/cord": "bath_emergency"}
     # The node resends the same event: stored once, the emergency is raised.
-    await room.c.node_event(NodeEvent("bath", room.boot, bath_seq, "button", "cord", 1, 0, {}))
+    await room.c.node_event(NodeEvent("bath", room.boot, room._next("bath"), bath_seq, "button", "cord", 1, 0, {}))
     assert room.types() == ["bath_emergency", "patient_call"]
 
 
@@ -78,7 +78,8 @@ async def test_when_a_resent_event_finds_the_storage_working_the_alarm_is_stored
     await room.c.check_storage()
     before = len(await room.log())
     await read_only(room.c, False)
-    await room.c.node_event(NodeEvent("bath", room.boot, room._seq["bath"], "button", "cord", 1, 0, {}))
+    event_no = room._seq["bath"]  # the event that was refused, resent in a new frame
+    await room.c.node_event(NodeEvent("bath", room.boot, room._next("bath"), event_no, "button", "cord", 1, 0, {}))
     new = (await room.log())[before:]
     assert [(r.kind, r.data.get("type")) for r in new] == [
         ("call.raised", "system_fault"), ("call.cleared", None),
@@ -207,8 +208,8 @@ async def test_health_metrics_stream_and_pages_data_follow_the_storage(server):
             async with http.get(f"{api}/api/v1/gateway", headers=bearer(server.tokens["facilities"])) as resp:
                 assert (await resp.json())["rejected"]["storage_unavailable"] >= 1
             await read_only(server.controller, False)
-            await client.send(client.event_msg("button", "cord", seq=ev["s"]))  # the node's resend
-            assert (await client.recv_ack(ev["s"]))["a"] == ev["s"]
+            resent = client.resend(ev)  # the node's resend: a new frame, the same event
+            assert (await client.send_event(resent))["e"] == ev["e"]
             await _until(lambda: _ok(health), "health is ok again")
             await client.close()
     kinds = [(r.kind, r.data.get("type")) for r in await server.controller.events_after(0, 100)]

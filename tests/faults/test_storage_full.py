@@ -227,9 +227,9 @@ async def test_a_full_disk_is_an_alarm_and_nothing_is_lost_when_space_comes_back
             await proc.wait()
 
     for node in (bedside, bath):
-        generated = {int(l.fields["seq"]) for l in node.lines if l.tag == "event"}
-        dropped = {int(l.fields["seq"]) for l in node.lines if l.tag == "dropped"}
-        stored = [e["data"]["seq"] for e in log if e["kind"] == "node.event" and e["data"]["node"] == node.node_id]
+        generated = {int(l.fields["e"]) for l in node.lines if l.tag == "event"}
+        dropped = {int(l.fields["e"]) for l in node.lines if l.tag == "dropped"}
+        stored = [e["data"]["e"] for e in log if e["kind"] == "node.event" and e["data"]["node"] == node.node_id]
         assert len(stored) == len(set(stored)), f"{node.node_id}: an event was stored twice"
         assert generated - dropped <= set(stored) <= generated, f"{node.node_id}: an event was lost or invented"
     raised = [e for e in log if e["kind"] == "call.raised"]
@@ -293,8 +293,8 @@ async def _more_events(get, count: int) -> bool:
 
 async def _all_acked(node: SimNode, until_ms: int) -> bool:
     """The node's presses are over and every event it kept has been acked."""
-    events = {int(l.fields["seq"]) for l in node.lines if l.tag == "event"}
-    done = {int(l.fields["seq"]) for l in node.lines if l.tag in ("acked", "dropped")}
+    events = {int(l.fields["e"]) for l in node.lines if l.tag == "event"}
+    done = {int(l.fields["e"]) for l in node.lines if l.tag in ("acked", "dropped")}
     return bool(node.lines) and node.lines[-1].node_ms > until_ms and events <= done
 
 

@@ -52,8 +52,7 @@ async def test_the_nurse_page_shows_a_storage_failure_at_once_and_the_call_keeps
     await screenshot(facilities, "facilities-page-storage-failed.png")
 
     await read_only(server.controller, False)
-    await bath.send(bath.event_msg("button", "cord", seq=cord["s"]))  # the node's resend
-    await bath.recv_ack(cord["s"])
+    await bath.send_event(bath.resend(cord))  # the node's resend: a new frame, the same event
     await bath.close()
     await expect(banner).to_be_hidden()
     await expect(calls).to_have_count(2)

@@ -1,5 +1,5 @@
-# Runs under MicroPython: the firmware's codec against tests/vectors/protocol_v1.json.
-# Usage: MICROPYPATH=firmware micropython tests/mp/run_vectors.py tests/vectors/protocol_v1.json
+# Runs under MicroPython: the firmware's codec and message builders against tests/vectors/protocol_v2.json.
+# Usage: MICROPYPATH=firmware micropython tests/mp/run_vectors.py tests/vectors/protocol_v2.json
 import sys
 import json
 import binascii
@@ -34,6 +34,29 @@ for case in doc["valid"]:
     got = proto.decode_frame(mac, binascii.unhexlify(case["frame_hex"]))
     check("decode " + case["name"], got == case["obj"], got)
     check("canonical " + case["name"], proto.canonical(case["obj"]).decode() == case["body"])
+
+# The builders make exactly the vectors' bodies (a queued message's s is stamped by the link).
+check("protocol version", doc["protocol"] == proto.PROTOCOL_VERSION)
+built = {}
+for case in doc["valid"]:
+    o = case["obj"]
+    t = o["t"]
+    if t == "hello":
+        m = proto.hello(o["n"], o["b"], o["s"], o["fw"], o["hw"], o["caps"], o["hb_ms"], o["nonce"])
+    elif t == "event":
+        m = proto.event(o["n"], o["b"], o["s"], o["e"], o["k"], o["src"], o["val"], o["at_ms"], o.get("x"))
+    elif t == "reading":
+        m = proto.reading(o["n"], o["b"], o["at_ms"], o["m"])
+        m["s"] = o["s"]
+    elif t == "hb":
+        m = proto.heartbeat(o["n"], o["b"], o["up_ms"], o["q"], o["heap"], o["drop"], o.get("rssi"),
+                            o.get("batt_mv"), o.get("state"))
+        m["s"] = o["s"]
+    else:
+        continue
+    built[case["name"]] = 1
+    check("build " + case["name"], proto.canonical(m).decode() == case["body"], proto.canonical(m))
+check("every node message built", len(built) == 8, built)
 
 for case in doc["invalid"]:
     try:

@@ -2,7 +2,7 @@
 import random
 
 from mpcheck import check, done
-from srnode.equeue import EVENT_QUEUE_LEN, KIND, SEQ, SRC, EventQueue, entry
+from srnode.equeue import EV, EVENT_QUEUE_LEN, KIND, SRC, EventQueue, entry
 
 _seq = [0]
 
@@ -73,7 +73,7 @@ check("a fall to a queue full of presses is queued", q.push(fall) is not fall an
 q = EventQueue()
 fill(q, [ev("button", "call"), ev("presence", "pir")])
 first = q.items[0]
-check("ack returns the entry", q.ack(first[SEQ]) is first and len(q) == 1)
+check("ack returns the entry", q.ack(first[EV]) is first and len(q) == 1)
 check("unknown ack", q.ack(99999) is None and len(q) == 1)
 q.items[0][6] = 1234
 check("oldest_sent_ms", q.oldest_sent_ms() == 1234)
@@ -90,7 +90,7 @@ violations = 0
 for step in range(20000):
     r = random.getrandbits(4)
     if r < 3 and q.items:
-        q.ack(q.items[random.getrandbits(4) % len(q.items)][SEQ])
+        q.ack(q.items[random.getrandbits(4) % len(q.items)][EV])
         continue
     if r < 8:
         new = ev("button", inputs[random.getrandbits(3)])

@@ -1,0 +1,141 @@
+"""Issue 12, item 6: a configured node that never connects, and a node input the room file does not
+map, are technical alarms with counters; the second is also a warning of `smartroom check`."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from controller import cli
+from controller.link.nodeclient import NodeClient
+from controller.sim.nodes import SimNode
+from tests.faults.linkfaults import WAIT_S, firmware, metric, room_server, stored, until
+from tests.helpers import node_key, write_room_files
+from tests.roomsim import FakeClock
+
+FIRST_CHECK_IN_S = 60
+
+
+def alarmed(server, ctype: str) -> list[str]:
+    return sorted(c["source"]["node"] for c in server.controller.snapshot()["calls"] if c["type"] == ctype)
+
+
+async def test_a_configured_node_that_never_checks_in_is_a_technical_alarm(tmp_path):
+    clock = FakeClock()
+    async with room_server(tmp_path, clock, supervision={"first_check_in_s": FIRST_CHECK_IN_S}) as server:
+        controller = server.controller
+        started = clock.ms
+        bedside = NodeClient("bedside-a", node_key("bedside-a"))
+        await bedside.connect(server.endpoints.node_host, server.endpoints.node_port)
+        clock.ms = started + FIRST_CHECK_IN_S * 1000
+        await controller.tick()
+        assert alarmed(server, "node_never_connected") == [], "not before its time"
+        clock.ms += 1
+        await controller.tick()
+        never = ["bath", "env", "good", "wearable-a"]
+        assert alarmed(server, "node_never_connected") == never
+        assert await controller.tick() == [], "raised once, not again on every tick"
+        states = {n["id"]: n["state"] for n in controller.snapshot()["nodes"]}
+        assert [n for n, s in states.items() if s == "never_connected"] == never
+
+        token = await server.create_token("facilities", "tech")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with http.get(server.endpoints.api_url + "/metrics") as resp:
+                text = await resp.text()
+        assert metric(text, "smartroom_nodes", 'state="never_connected"') == 4
+        # One of them turns up: its alarm clears, the others stay.
+        bath = NodeClient("bath", node_key("bath"))
+        await bath.connect(server.endpoints.node_host, server.endpoints.node_port)
+        assert alarmed(server, "node_never_connected") == ["env", "good", "wearable-a"]
+        await bath.close()
+        await bedside.close()
+    assert [d["by"] for d in stored(tmp_path / "room.db", "call.cleared")] == ["bath checked in"]
+
+
+async def test_the_alarm_survives_a_restart_and_is_not_raised_twice(tmp_path):
+    clock = FakeClock()
+    for run in range(2):
+        async with room_server(tmp_path, clock, supervision={"first_check_in_s": FIRST_CHECK_IN_S}) as server:
+            clock.ms += FIRST_CHECK_IN_S * 1000 + 1
+            await server.controller.tick()
+            assert alarmed(server, "node_never_connected") == ["bath", "bedside-a", "env", "good", "wearable-a"]
+    raised = [d["node"] for d in stored(tmp_path / "room.db", "call.raised") if d["type"] == "node_never_connected"]
+    assert sorted(raised) == ["bath", "bedside-a", "env", "good", "wearable-a"]
+
+
+async def test_a_press_on_an_input_the_room_file_does_not_map_is_a_technical_alarm(tmp_path):
+    """A typo between the node's pin map ('cal') and the room file ('call'): the press is stored and
+    acked like any other (nothing is lost), and the room raises an alarm and counts it."""
+    async with room_server(tmp_path) as server:
+        steps = [{"at_ms": 200, "pin": "call", "press_ms": 100}, {"at_ms": 1500, "pin": "call", "press_ms": 100}]
+        cfg = firmware("bedside-a", server.endpoints.node_port, tmp_path, steps,
+                       inputs=[{"name": "cal", "kind": "button", "pin": "call"}])
+        async with SimNode(cfg, tmp_path / "nodes") as node:
+            first = await node.wait_for("event", src="cal", timeout_s=WAIT_S)
+            await node.wait_for("acked", e=first.fields["e"], timeout_s=WAIT_S)
+            second = await node.wait_for("event", src="cal", start=node.lines.index(first) + 1, timeout_s=WAIT_S)
+            await node.wait_for("acked", e=second.fields["e"], timeout_s=WAIT_S)
+        calls = server.controller.snapshot()["calls"]
+        token = await server.create_token("facilities", "tech")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with http.get(server.endpoints.api_url + "/api/v1/gateway") as resp:
+                gateway = await resp.json()
+            async with http.get(server.endpoints.api_url + "/metrics") as resp:
+                text = await resp.text()
+    assert [(c["type"], c["source"], c["presses"]) for c in calls] == [
+        ("unmapped_input", {"node": "bedside-a", "input": "input:cal"}, 2)]
+    assert "no meaning for input 'cal'" in calls[0]["detail"]["reason"]
+    assert gateway["unmapped_inputs"] == {"bedside-a/cal": 2}
+    assert metric(text, "smartroom_unmapped_input_events_total", 'input="cal",node="bedside-a"') == 2
+    assert [d["src"] for d in stored(tmp_path / "room.db", "node.event")] == ["cal", "cal"], "stored, not lost"
+
+
+async def test_the_alarm_clears_at_start_once_the_room_file_maps_the_input(tmp_path):
+    async with room_server(tmp_path) as server:
+        node = NodeClient("bedside-a", node_key("bedside-a"))
+        await node.connect(server.endpoints.node_host, server.endpoints.node_port)
+        await node.send_event(node.event_msg("button", "cal"))
+        await node.close()
+        assert alarmed(server, "unmapped_input") == ["bedside-a"]
+    async with room_server(tmp_path, nodes={"bedside-a": {"bed": "A", "inputs": {"cal": "patient_call"}}}) as server:
+        assert alarmed(server, "unmapped_input") == []
+    assert [d["by"] for d in stored(tmp_path / "room.db", "call.cleared")] == ["the room file maps bedside-a/cal now"]
+
+
+def test_smartroom_check_warns_about_inputs_the_room_file_does_not_map(tmp_path, capsys):
+    room, keys = write_room_files(tmp_path, "check")
+    node_cfg = tmp_path / "bedside-a.json"
+    node_cfg.write_text(json.dumps({"node_id": "bedside-a", "inputs": [
+        {"name": "cal", "kind": "button", "pin": "call"}, {"name": "cancel", "kind": "button", "pin": "cancel"},
+        {"name": "pir", "kind": "presence", "pin": "pir"}]}))
+    assert cli.main(["check", "--config", str(room), "--keys", str(keys), "--node-config", str(node_cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        f"warning: {room}: nodes.bedside-a.inputs: the node has input 'cal', which the room file gives no meaning "
+        "(did you mean 'call'?): its presses would raise the technical alarm 'input not in the room file', not a call"
+        f" (node config {node_cfg})",
+        f"warning: {room}: nodes.bedside-a.inputs.call: the node has no input 'call' (did you mean 'cal'?): "
+        f"nothing will ever raise this patient_call (node config {node_cfg})"]
+    assert out[2] == f"{room}: room check, 5 nodes: 2 warning(s)"
+    assert cli.main(["check", "--config", str(room), "--node-config", str(node_cfg), "--strict"]) == 1
+    capsys.readouterr()
+    node_cfg.write_text(json.dumps({"node_id": "bedside-a", "inputs": [
+        {"name": n, "kind": "button", "pin": n} for n in ("call", "cancel", "pir")]}))
+    assert cli.main(["check", "--config", str(room), "--node-config", str(node_cfg), "--strict"]) == 0
+    assert capsys.readouterr().out == f"{room}: room check, 5 nodes: ok\n"
+
+
+def test_smartroom_check_warns_about_a_gpio_pin_map_and_missing_keys(tmp_path, capsys):
+    room, keys = write_room_files(tmp_path, "check", )
+    text = room.read_text() + ('[nodes.wired]\ntransport = "gpio"\ninputs = { call = "patient_call" }\n'
+                               '[nodes.wired.gpio.inputs]\ncal = 5\n')
+    room.write_text(text)
+    assert cli.main(["check", "--config", str(room), "--keys", str(keys)]) == 0
+    out = capsys.readouterr().out
+    assert "nodes.wired.inputs: the node has input 'cal', which the room file gives no meaning" in out
+    assert f"{keys}: no key for node" not in out, "a gpio node needs no key"
+    text += '[nodes.spare]\ninputs = { call = "patient_call" }\n'
+    room.write_text(text)
+    assert cli.main(["check", "--config", str(room), "--keys", str(keys)]) == 0
+    assert f"warning: {keys}: no key for node 'spare': it cannot connect" in capsys.readouterr().out

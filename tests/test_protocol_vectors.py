@@ -1,0 +1,59 @@
+"""The controller's codec against the shared vectors (tests/vectors/protocol_v2.json).
+
+The firmware passes the same file under MicroPython (tests/mp/run_vectors.py); together they pin
+the wire byte for byte on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.link import protocol as p
+
+DOC = json.loads((Path(__file__).parent / "vectors" / "protocol_v2.json").read_text())
+KEY = bytes.fromhex(DOC["key_hex"])
+NODE_TYPES = ("hello", "event", "reading", "hb")
+
+
+def test_the_vectors_are_for_this_protocol_version():
+    assert DOC["protocol"] == p.PROTOCOL_VERSION == 2
+
+
+@pytest.mark.parametrize("case", DOC["valid"], ids=lambda c: c["name"])
+def test_valid_frames_encode_and_decode_byte_for_byte(case):
+    assert p.canonical_json(case["obj"]).decode() == case["body"]
+    assert p.encode_frame(KEY, case["obj"]).hex() == case["frame_hex"]
+    assert p.decode_frame(KEY, bytes.fromhex(case["frame_hex"])) == case["obj"]
+    if case["obj"]["t"] in NODE_TYPES:
+        msg = p.parse_node_message(case["obj"])
+        assert (msg.node, msg.boot, msg.seq) == (case["obj"]["n"], case["obj"]["b"], case["obj"]["s"])
+        if case["obj"]["t"] == "event":
+            assert msg.e == case["obj"]["e"]
+
+
+def test_a_resent_event_is_a_new_frame_carrying_the_same_event():
+    by_name = {c["name"]: c["obj"] for c in DOC["valid"]}
+    first, resent = p.parse_node_message(by_name["event-button"]), p.parse_node_message(by_name["event-button-resent"])
+    assert resent.seq > first.seq and (resent.node, resent.boot, resent.e) == (first.node, first.boot, first.e)
+
+
+@pytest.mark.parametrize("case", DOC["invalid"], ids=lambda c: c["name"])
+def test_invalid_frames_are_rejected_with_their_reason(case):
+    with pytest.raises(p.ProtocolError) as err:
+        p.decode_frame(KEY, bytes.fromhex(case["frame_hex"]))
+    assert err.value.reason == case["reason"]
+
+
+@pytest.mark.parametrize("case", DOC["bad_messages"], ids=lambda c: c["name"])
+def test_messages_that_break_v2_are_refused(case):
+    with pytest.raises(p.ProtocolError) as err:
+        p.parse_node_message(case["obj"])
+    assert err.value.reason == case["reason"]
+
+
+def test_acks_name_the_event_only_for_events():
+    assert p.ack(5, 2, 7, 2) == {"v": 2, "t": "ack", "sid": 5, "s": 2, "a": 7, "e": 2}
+    assert "e" not in p.ack(5, 3, 8)
