@@ -572,3 +572,15 @@ async def test_a_silent_link_is_closed_after_three_missed_heartbeats_and_a_beati
     waited = await closed_within(client, 3.0)   # 30 missed heartbeats would be 6 s
     assert waited >= 0.6 - 0.02, "closed before three heartbeat periods of silence"
     assert gateway.stats.rejected == {}
+
+
+async def test_an_older_information_call_is_listed_and_lit_below_a_technical_alarm(tmp_path):
+    """call-model.md: the list is highest priority first, then oldest; information is the lowest tier,
+    so an environment alarm never hides a technical one on the list or the dome light."""
+    async with RoomSim(rules_config(), tmp_path / "room.db") as room:
+        await raise_call(room, "info")
+        await room.advance(1)
+        await room.event("env", "fault", "sht3x", 2)
+        assert [c["type"] for c in room.calls()] == ["sensor_fault", "environment"]
+        out = room.c.outputs()
+        assert (out.dome_colour, out.dome_pattern) == ("yellow", "steady")

@@ -53,7 +53,7 @@ CALL_TYPES: dict[str, CallType] = {
     "sensor_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "Sensor fault"),
     "cord_removed": CallType(5, "low", CONDITION, ("yellow", "steady"), "Call cord removed"),
     "system_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "System fault"),
-    "environment": CallType(5, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
+    "environment": CallType(6, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
 }
 
 # Input meanings (config.INPUT_MEANINGS) that raise a call when pressed: meaning -> (type, detail).
