@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
+from .model import wall_ms
 from .service import RoomController
 from .security.tls import TlsMaterial, ssl_context
 
@@ -35,9 +36,11 @@ class RoomServer:
                  node_host: str | None = None, node_port: int | None = None,
                  tls: TlsMaterial | None = None, advertise: bool = False,
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
-                 ble_backend: object | None = None, scheduler: object | None = None) -> None:
+                 ble_backend: object | None = None, scheduler: object | None = None,
+                 clock: Callable[[], int] = wall_ms) -> None:
+        """``clock`` (epoch ms) drives the room's deadlines; tests pass a fake one and call ``tick()``."""
         self.config = config
-        self.controller = RoomController(config, keys, db_path)
+        self.controller = RoomController(config, keys, db_path, clock=clock)
         self.gateway = NodeGateway(self.controller)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
