@@ -268,11 +268,11 @@ async def test_a_missing_microphone_is_a_technical_alarm_until_it_works(tmp_path
         service = VoiceService(room.c, source=no_microphone, player=Spoken())
         for node in service.nodes:
             node._recognizer = recognizer
-        await service.start()
-        for _ in range(100):
-            if room.types():
-                break
-            await asyncio.sleep(0.01)   # the node's task runs on this loop: yield to it, no clock involved
+        with room.c.subscribe() as stored:
+            await service.start()
+            async with asyncio.timeout(10):   # a guard: the fault is stored as soon as the node's task runs
+                while (record := await stored.get()) is not None and record.kind != "call.raised":
+                    pass
         fault = room.call("system_fault")
         assert fault["source"]["input"] == "system:voice:voice-b" and "no such device" in fault["detail"]["error"]
         await service.stop()

@@ -57,7 +57,7 @@ CALL_TYPES: dict[str, CallType] = {
     "sensor_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "Sensor fault"),
     "cord_removed": CallType(5, "low", CONDITION, ("yellow", "steady"), "Call cord removed"),
     "system_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "System fault"),
-    "environment": CallType(5, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
+    "environment": CallType(6, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
     # Supervision of the screens (supervision.py): calls raised but not shown on any nurse screen in time.
     "not_displayed": CallType(5, "medium", CONDITION, ("yellow", "fast"), "Calls not shown on any nurse screen"),
 }
