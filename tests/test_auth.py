@@ -27,16 +27,19 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
     # nurse: see the room, the event log and stream, reports; acknowledge, clear routine calls,
     # silence the tone, set fall-risk. facilities: the room, nodes, gateway counters, event log and
     # stream, metrics. admin: tokens, the configuration, the audit log; read everything.
-    # integration: the read-only event feed (/api/v1/events, the stream) and metrics.
-    ("GET", "/api/v1/room"): (("nurse", "facilities", "admin"), 200),
+    # integration: read-only: the room, the event feed (/api/v1/events, the stream), reports,
+    # metrics, the integrations' counters and the FHIR reads (docs/integration.md).
+    ("GET", "/api/v1/room"): (ALL, 200),
     ("GET", "/api/v1/readings"): (("nurse", "facilities", "admin"), 400),   # no measure named
     ("GET", "/api/v1/events"): (ALL, 200),
     ("GET", "/api/v1/events/stream"): (ALL, 200),
+    ("POST", "/api/v1/calls/shown"): (("nurse",), 400),                     # no "calls" listed
     ("POST", "/api/v1/calls/{call_id}/ack"): (("nurse",), 404),
     ("POST", "/api/v1/calls/{call_id}/clear"): (("nurse",), 404),
     ("POST", "/api/v1/room/silence"): (("nurse",), 200),
     ("PUT", "/api/v1/beds/{bed}/fall-risk"): (("nurse",), 400),            # no "enabled"
-    ("GET", "/api/v1/reports/response-times"): (("nurse", "admin"), 200),
+    ("GET", "/api/v1/reports/response-times"): (("nurse", "admin", "integration"), 200),
+    ("GET", "/api/v1/integrations"): (("facilities", "admin", "integration"), 200),
     ("GET", "/api/v1/gateway"): (("facilities", "admin"), 200),
     ("GET", "/api/v1/config"): (("admin",), 200),
     ("GET", "/api/v1/tokens"): (("admin",), 200),
@@ -44,6 +47,15 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
     ("DELETE", "/api/v1/tokens/{name}"): (("admin",), 404),
     ("GET", "/api/v1/audit"): (("admin",), 200),
     ("GET", "/metrics"): (("facilities", "admin", "integration"), 200),
+    ("GET", "/fhir/r4/metadata"): (("nurse", "admin", "integration"), 200),
+    ("GET", "/fhir/r4/Device"): (("nurse", "admin", "integration"), 200),
+    ("GET", "/fhir/r4/Device/{id}"): (("nurse", "admin", "integration"), 404),
+    ("GET", "/fhir/r4/Observation"): (("nurse", "admin", "integration"), 200),
+    ("GET", "/fhir/r4/Observation/{id}"): (("nurse", "admin", "integration"), 404),
+    ("GET", "/fhir/r4/Communication"): (("nurse", "admin", "integration"), 200),
+    ("GET", "/fhir/r4/Communication/{id}"): (("nurse", "admin", "integration"), 404),
+    ("GET", "/fhir/r4/Flag"): (("nurse", "admin", "integration"), 200),
+    ("GET", "/fhir/r4/Flag/{id}"): (("nurse", "admin", "integration"), 404),
 }
 
 
