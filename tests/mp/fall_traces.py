@@ -260,6 +260,37 @@ def slump_then_moving(tr):
     tr.still(tr.pose("back"), 20)
 
 
+def lie_back_after_contact(tr):
+    # Half lying at the contact (an elbow on the mattress, 65 degrees, a soft bump), then turning
+    # 25 degrees more onto the back before lying still: turning after the contact is lying down.
+    tr.walk(8)
+    tr.still(tr.pose("up"), 1)
+    tr.move(tr.pose("up"), tr.pose("up", 65), 1.0, low_mg=800)
+    tr.impact(tr.pose("up", 65), 1800, ms=100)
+    tr.move(tr.pose("up", 65), tr.pose("back"), 0.7)
+    tr.still(tr.pose("back"), 20)
+
+
+def flop_from_reclined(tr):
+    # Sitting reclined in bed (40 degrees), letting oneself fall sideways onto the mattress with
+    # a soft bump, then still: it started reclining, not upright, so it is lying down, not a slump.
+    tr.still(tr.pose("up", 40), 10)
+    tr.move(tr.pose("up", 40), tr.pose("side"), 0.6, low_mg=700)
+    tr.impact(tr.pose("side"), 1800, ms=100)
+    tr.still(tr.pose("side"), 20)
+
+
+def lie_down_then_settle(tr):
+    # Lying down onto the back with a soft bump, then seconds of shifting and settling in place
+    # (no turn): moving after a soft contact is lying down, not a slump.
+    tr.walk(8)
+    tr.still(tr.pose("up"), 1)
+    tr.move(tr.pose("up"), tr.pose("back"), 1.2, low_mg=700)
+    tr.impact(tr.pose("back"), 1800, ms=100)
+    tr.settle(tr.pose("back"), 3.0, wobble_mg=500)
+    tr.still(tr.pose("back"), 20)
+
+
 def fall_out_of_bed(tr):
     # Lying on the back in bed, rolling onto the side and off the edge: 0.4 s of dropping, a hard
     # landing on the floor (4.5 g, ~210 mg s), lying on the side.
@@ -276,6 +307,16 @@ def roll_over_in_bed_hard(tr):
     tr.move(tr.pose("back"), tr.pose("side"), 0.8)
     tr.impact(tr.pose("side"), 2200, ms=120)
     tr.still(tr.pose("side"), 20)
+
+
+def fall_then_knock(tr):
+    # A fall, then 1.3 s later an arm knocks the floor (1.8 g, less than half the impact): part
+    # of the same fall, judged on the impact, alarmed 2 s after it; not 2 s after the knock.
+    tr.walk(10)
+    tr.fall()
+    tr.still(tr.pose("back"), 0.9)
+    tr.impact(tr.pose("back"), 1800, mark="knock")
+    tr.still(tr.pose("back"), 20)
 
 
 def clipped_fall(tr):
@@ -335,12 +376,16 @@ SCENARIOS = {
     "clean_fall_100hz": (100, clean_fall, MOUNT_Y, None),
     "clean_fall_200hz": (200, clean_fall, MOUNT_Y, None),
     "clipped_fall": (50, clipped_fall, MOUNT_Y, None),
+    "fall_then_knock": (50, fall_then_knock, MOUNT_Y, None),
     "lie_down_on_a_bed": (50, lie_down_on_a_bed, MOUNT_Y, None),
     "lie_down_on_a_bed_200hz": (200, lie_down_on_a_bed, MOUNT_Y, None),
     "lie_down_hard_sit": (50, lie_down_hard_sit, MOUNT_Y, None),
     "slump": (50, slump, MOUNT_Y, None),
     "slump_100hz": (100, slump, MOUNT_Y, None),
     "slump_then_moving": (50, slump_then_moving, MOUNT_Y, None),
+    "lie_back_after_contact": (50, lie_back_after_contact, MOUNT_Y, None),
+    "flop_from_reclined": (50, flop_from_reclined, MOUNT_Y, None),
+    "lie_down_then_settle": (50, lie_down_then_settle, MOUNT_Y, None),
     "fall_out_of_bed": (50, fall_out_of_bed, MOUNT_Y, None),
     "fall_out_of_bed_200hz": (200, fall_out_of_bed, MOUNT_Y, None),
     "roll_over_in_bed_hard": (50, roll_over_in_bed_hard, MOUNT_Y, None),
