@@ -77,14 +77,15 @@ def test_clean_fall_alarms_once_two_seconds_after_the_impact(outcomes, name):
     assert DECIDE_S - 0.1 <= delay <= ALARM_LIMIT_S
     f = o["fires"][0][1]
     assert all(type(v) is int for v in f.values()), f
-    assert set(f) == {"peak_mg", "ff_mg", "impulse_mgs", "pre_deg", "post_deg", "turn_in_deg", "turn_after_deg",
-                      "motion_mg", "score", "fall_type"}     # ten at most: the event frame's budget
+    # nine at most: a tenth makes the event's frame outgrow proto.canonical()'s 128 pieces
+    assert set(f) == {"peak_mg", "impulse_mgs", "pre_deg", "post_deg", "turn_in_deg", "turn_after_deg",
+                      "motion_mg", "score", "fall_type"}
     assert 3000 <= f["peak_mg"] <= 4100
     assert f["turn_in_deg"] >= 75 and f["turn_after_deg"] <= 5
     # a 60 ms 4 g pulse carries ~100 mg s: below a hard impact, caught as a slump (lying, still)
     assert f["fall_type"] == 2 and 80 <= f["impulse_mgs"] < 140
     assert f["pre_deg"] <= 15 and f["post_deg"] >= 75
-    assert f["motion_mg"] < 50 and f["ff_mg"] < 500
+    assert f["motion_mg"] < 50
 
 
 def test_fall_then_getting_up_keeps_its_alarm_and_a_second_fall_alarms_again(outcomes):
