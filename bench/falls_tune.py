@@ -34,7 +34,8 @@
 Activities are grouped by their names, the same in any dataset: "falls from a bed" are falls
 whose name has the word bed (FallAllD F27, F28); "lying down" are daily activities named lying
 down, slowly or quickly (FallAllD D16; SisFall D12, D13). Bounded: two worker processes at most;
-run it with ``nice`` on a shared machine (about 3 minutes for both datasets at three rates).
+run it with ``nice`` on a shared machine (15 minutes for both datasets at three rates on two
+cores shared by six engineers; --rates 50 takes about a third of that).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from controller.fall_eval.stats import Proportion, nearest_rank  # noqa: E402
 from srnode import fall  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("FALL_DATA", "/work/shared/data")
+DETECTOR = "firmware/srnode/fall.py"
 #: The detector's own rate: the fit runs at it, whatever the node's rate.
 FIT_RATE_HZ = 50
 #: Training daily activities that must stay quiet when the bias is set.
@@ -441,9 +443,6 @@ def run(datasets: list[Dataset], rates: list[int], range_g: int, write: bool, js
         print(f"wrote {json_path}")
     print(f"wall time {time.monotonic() - t0:.0f} s")
     return out
-
-
-DETECTOR = "firmware/srnode/fall.py"
 
 
 # ------------------------------------------------------------------------ the smoke dataset

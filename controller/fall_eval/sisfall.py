@@ -138,8 +138,8 @@ class Trial:
     path: Path
     group: str        # "young" (SA..) or "elderly" (SE..)
     is_fall: bool
-    dataset: str = "" # the dataset's folder name: "SisFall_dataset", "FallAllD_dev"
-    activity: str = ""   # the code's name in that dataset: "Lying down"
+    dataset: str = ""      # the dataset's folder name: "SisFall_dataset", "FallAllD_dev"
+    activity: str = ""     # the code's name in that dataset: "Lying down"
 
     @property
     def name(self) -> str:

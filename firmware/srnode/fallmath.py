@@ -21,7 +21,17 @@ def isqrt(n):
 
 def cos1000(a, b, c, d, e, f):
     # 1000 x cos of the angle between (a, b, c) and (d, e, f), both in 8 mg units; 0 when one is
-    # zero. Means over >= 1 s stay below 4 g (500), so every product stays below 2^30.
+    # zero. Each vector is halved until within 4 g (500) a component, so that every product stays
+    # below 2^30 (a 32-bit board's small ints): means over >= 1 s always are, the 200 ms just
+    # after a hard impact need not be.
+    while a > 500 or a < -500 or b > 500 or b < -500 or c > 500 or c < -500:
+        a >>= 1
+        b >>= 1
+        c >>= 1
+    while d > 500 or d < -500 or e > 500 or e < -500 or f > 500 or f < -500:
+        d >>= 1
+        e >>= 1
+        f >>= 1
     n = isqrt(a * a + b * b + c * c) * isqrt(d * d + e * e + f * f)
     return (a * d + b * e + c * f) * 1000 // n if n else 0
 
