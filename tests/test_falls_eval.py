@@ -401,6 +401,9 @@ def test_cli_errors_exit_2(tmp_path: Path, dataset: Path, capsys) -> None:
     assert "no trials for subjects SA09" in capsys.readouterr().err
     assert main(["falls", "eval", str(dataset), "--firmware", str(tmp_path)]) == 2
     assert "no detector at" in capsys.readouterr().err
+    (dataset / "activity_codes.csv").write_text(FALLALLD_CODES + "D16,A016,Lying down,0,73\n")
+    assert main(["falls", "eval", str(dataset)]) == 2
+    assert "activity_codes.csv:5: code D16 given twice" in capsys.readouterr().err
 
 
 FAKE_DETECTOR = '''
