@@ -186,8 +186,8 @@ def speak(text: str, voice: str, speed: int, pitch: int, out: Path) -> Path:
 # Voices as "engine:name[:speed:pitch]". espeak-ng: development; flite and festival: held out.
 DEV_VOICES = ("espeak:en-us:150:50", "espeak:en-gb+f3:165:60", "espeak:en-us+m3:130:40",
               "espeak:en-gb-scotland:150:50", "espeak:en-029+f2:175:70", "espeak:en-us+klatt:150:45")
-HELD_OUT_VOICES = ("flite:kal16", "flite:awb", "flite:rms", "flite:slt",
-                   "festival:kal_diphone", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts")
+HELD_OUT_VOICES = ("flite:awb", "festival:kal_diphone", "flite:rms", "festival:cmu_us_slt_arctic_hts",
+                   "flite:slt", "festival:ked_diphone", "flite:kal16")   # --voice-limit N takes the first N
 BABBLE_TALKERS = ("espeak:en-us+f4:160:60", "espeak:en-gb+m2:150:40", "espeak:en-us+m7:170:50",
                   "espeak:en-gb-x-rp+f2:155:65", "espeak:en-029+m3:145:45", "espeak:en-us+f3:165:55")
 

@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=None, help="corpus directory (default ~/.cache/smartroom/voice-bench)")
     ap.add_argument("--voices", choices=("held-out", "dev", "all"), default="held-out")
+    ap.add_argument("--voice-limit", type=int, default=None, help="only the first N voices of the set (a bounded run)")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--threshold", type=float, default=None, help="whisper: minimum confidence (default: the option's)")
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = C.cache_dir(args.cache)
     voices = {"held-out": C.HELD_OUT_VOICES, "dev": C.DEV_VOICES, "all": C.DEV_VOICES + C.HELD_OUT_VOICES}[args.voices]
+    voices = voices[:args.voice_limit] if args.voice_limit else voices
     conditions = [c.strip() for c in args.conditions.split(",")]
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
@@ -242,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                          for h in r["heard"][:1]})
         print(f"\n{engine} (threshold {threshold:g}), {time.time() - t1:.0f} s wall:")
         print(report(engine, res, conditions, timing, misses), flush=True)
+        if engine == "whisper":
+            for other in sorted({0.0, 0.1, 0.2, 0.3, 0.4} - {threshold}):
+                alt = score(results, other, max_no_speech, conditions)["table"]
+                print(f"  at threshold {other:g}: recognised " + ", ".join(f"{c} {_pct(alt['all'][c])}" for c in conditions)
+                      + "; false calls " + ", ".join(f"{c} {alt['false_n'][c]}" for c in conditions)
+                      + "; wrong " + ", ".join(f"{c} {_pct(alt['wrong'][c])}" for c in conditions))
         out["engines"][engine] = {"threshold": threshold, "table": res["table"], "false_calls": res["false_calls"],
                                   "timing": timing, "results": results}
     print(f"\n(command: {' '.join(['bench/voice/run.py'] + (argv if argv is not None else sys.argv[1:]))}; "
