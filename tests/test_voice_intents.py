@@ -84,6 +84,7 @@ def test_normalise_spells_out_what_whisper_writes():
     assert normalise("Can't get up -- I've fallen.") == "can not get up i have fallen"
     assert normalise("Uh, O.K., never-mind") == "okay never mind"
     assert normalise("It's alright") == "it is all right"
+    assert normalise("Nevermind, I'm fine.") == "never mind i am fine"
 
 
 def test_the_sentence_length_limit_at_its_edge():

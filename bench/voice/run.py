@@ -199,6 +199,36 @@ def timing_of(results: list[dict]) -> dict:
             "load": loads[0] if loads else None}
 
 
+def rescore(path: Path, threshold: float | None) -> int:
+    """The tables of an earlier run's whisper transcripts under the current grammar and thresholds."""
+    from sensors.voice.intents import DEFAULT_MAX_NO_SPEECH, IntentMatcher, decide
+
+    data = json.loads(path.read_text())
+    conditions = data["conditions"]
+    options = parse_options({"engine": "whisper"})
+    threshold = options["threshold"] if threshold is None else threshold
+    matcher = IntentMatcher(options["phrases"])
+    for engine, e in data["engines"].items():
+        results = e["results"]
+        if engine == "whisper":
+            for r in results:
+                r["found"] = []
+                for h in r["heard"]:
+                    d = decide(matcher, h["text"], h["confidence"], h["no_speech"], min_confidence=0.0, max_no_speech=1.0)
+                    h["reason"] = d.reason
+                    if d.intent is not None:
+                        r["found"].append({"intent": d.intent, "confidence": h["confidence"], "phrase": d.phrase,
+                                           "no_speech": h["no_speech"]})
+        t = threshold if engine == "whisper" else e["threshold"]
+        res = score(results, t, DEFAULT_MAX_NO_SPEECH if engine == "whisper" else 1.0, conditions)
+        misses = sorted({f"{r['text']!r} -> {h['text']!r} ({h['reason']})" for r in results
+                         if r["kind"] == "command" and not any(d["intent"] == r["intent"] for d in r["found"])
+                         for h in r["heard"][:1]})
+        print(f"\n{engine} (threshold {t:g}; rescored from {path.name}, voices {', '.join(data['voices'])}):")
+        print(report(engine, res, conditions, e["timing"], misses))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=None, help="corpus directory (default ~/.cache/smartroom/voice-bench)")
@@ -211,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="one command and one distractor, one voice, quiet only")
     ap.add_argument("--json", type=Path, help="write every verdict and the tables here")
+    ap.add_argument("--rescore", type=Path, help="no decoding: apply today's grammar and thresholds to the "
+                                                 "whisper transcripts of an earlier --json (decoding is deterministic)")
     args = ap.parse_args(argv)
+    if args.rescore:
+        return rescore(args.rescore, args.threshold)
     root = C.cache_dir(args.cache)
     voices = {"held-out": C.HELD_OUT_VOICES, "dev": C.DEV_VOICES, "all": C.DEV_VOICES + C.HELD_OUT_VOICES}[args.voices]
     voices = voices[:args.voice_limit] if args.voice_limit else voices
