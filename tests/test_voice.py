@@ -199,7 +199,13 @@ def _files(*roots: Path) -> set[Path]:
 
 @needs_espeak
 async def test_no_audio_is_stored_anywhere(tmp_path, recognizer, monkeypatch, caplog):
-    recording = write_wav(tmp_path / "call.wav", speech("call the nurse"), 22050)
+    await check_no_audio_is_stored(tmp_path, recognizer, monkeypatch, caplog, "call the nurse")
+
+
+async def check_no_audio_is_stored(tmp_path, recognizer, monkeypatch, caplog, said: str):
+    """Run ``said`` through a room with HOME, TMPDIR and the working directory empty and every write
+    refused; then no file, database page or log line may hold audio (also run for whisper)."""
+    recording = write_wav(tmp_path / "call.wav", speech(said), 22050)
     x = np.frombuffer(b"".join(WavFileSource(recording).frames()), "<i2")
     home, tmp, cwd, db_dir = (tmp_path / d for d in ("home", "tmp", "cwd", "db"))
     for d in (home, tmp, cwd, db_dir):
@@ -235,6 +241,7 @@ async def test_no_audio_is_stored_anywhere(tmp_path, recognizer, monkeypatch, ca
             assert len(text) < 1000, f"{record.kind} is too big to be an intent: {len(text)} bytes"
             if record.kind == "node.event":
                 assert set(record.data["x"]) == {"intent", "phrase", "transcript", "confidence", "engine"}
+                assert record.data["x"]["engine"] == recognizer.engine
         stored = b"".join(p.read_bytes() for p in db_dir.iterdir())
         pcm = x.tobytes()
         for start in range(SAMPLE_RATE, len(pcm) - 64, 4801 * 2):   # pieces of the recording, speech included

@@ -22,7 +22,7 @@ from controller.room.config import parse_room
 from sensors.voice import VoiceNode, VoiceService, WavFileSource
 from sensors.voice import whisper as W
 from tests.roomsim import RoomSim
-from tests.test_voice import Spoken, file_source, needs_espeak, room_doc, speech, write_wav
+from tests.test_voice import Spoken, check_no_audio_is_stored, file_source, needs_espeak, room_doc, speech, write_wav
 
 HAVE_MODEL = (importlib.util.find_spec("faster_whisper") is not None
               and importlib.util.find_spec(W.MODEL_MODULE) is not None)
@@ -124,6 +124,15 @@ async def test_sentences_that_only_contain_command_words_raise_nothing(tmp_path,
         node = whisper_node(room, "voice-b", path, transcriber)
         await node.run()
         assert node.delivered == [] and room.calls() == []
+
+
+@needs_espeak
+@needs_model
+async def test_the_whisper_engine_stores_no_audio_either(tmp_path, transcriber, monkeypatch, caplog):
+    from sensors.voice.intents import GRAMMAR
+
+    await check_no_audio_is_stored(tmp_path, W.WhisperRecognizer(transcriber, GRAMMAR), monkeypatch, caplog,
+                                   "can you get the nurse")
 
 
 @needs_espeak
