@@ -54,14 +54,14 @@ PI5_FACTOR = 2.0   # assumed, not measured: a Pi 5 core (Cortex-A76, 2.4 GHz) ta
 _worker: dict = {}
 
 
-def _init(engine: str, noises: dict[str, str], window_s: float | None) -> None:
+def _init(engine: str, noises: dict[str, str], window_s: float | None, beam: int | None) -> None:
     options = parse_options({"engine": engine})
     if engine == "whisper":
-        from sensors.voice.whisper import WINDOW_S, WhisperRecognizer, WhisperTranscriber
+        from sensors.voice.whisper import BEAM_SIZE, WINDOW_S, WhisperRecognizer, WhisperTranscriber
 
         t0 = time.monotonic()
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        transcriber = WhisperTranscriber.load(window_s=window_s or WINDOW_S)
+        transcriber = WhisperTranscriber.load(window_s=window_s or WINDOW_S, beam_size=beam or BEAM_SIZE)
         _worker["load"] = {"load_s": time.monotonic() - t0,
                            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                            "rss_added_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
@@ -178,9 +178,10 @@ def report(engine: str, res: dict, conditions: list[str], timing: dict, misses: 
     return "\n".join(lines)
 
 
-def run_engine(engine: str, items: list[dict], noises: dict[str, str], workers: int, window_s: float | None) -> list[dict]:
+def run_engine(engine: str, items: list[dict], noises: dict[str, str], workers: int, window_s: float | None,
+               beam: int | None) -> list[dict]:
     out = []
-    with multiprocessing.Pool(workers, initializer=_init, initargs=(engine, noises, window_s)) as pool:
+    with multiprocessing.Pool(workers, initializer=_init, initargs=(engine, noises, window_s, beam)) as pool:
         for n, done in enumerate(pool.imap_unordered(_listen, items, chunksize=4), 1):
             out.append(done)
             if n % 200 == 0:
@@ -199,11 +200,26 @@ def timing_of(results: list[dict]) -> dict:
             "load": loads[0] if loads else None}
 
 
+def _merged(runs: list[dict]) -> dict:
+    """Several --json runs (other voices or conditions) as one: results joined, timings pooled."""
+    out = {"voices": [], "conditions": [], "engines": {}}
+    for run in runs:
+        out["voices"] += [v for v in run["voices"] if v not in out["voices"]]
+        out["conditions"] += [c for c in run["conditions"] if c not in out["conditions"]]
+        for engine, e in run["engines"].items():
+            into = out["engines"].setdefault(engine, {"threshold": e["threshold"], "results": []})
+            into["results"] += e["results"]
+    for e in out["engines"].values():
+        e["timing"] = timing_of(e["results"])
+    out["conditions"] = [c for c in CONDITIONS if c in out["conditions"]]
+    return out
+
+
 def rescore(path: Path, threshold: float | None) -> int:
     """The tables of an earlier run's whisper transcripts under the current grammar and thresholds."""
     from sensors.voice.intents import DEFAULT_MAX_NO_SPEECH, IntentMatcher, decide
 
-    data = json.loads(path.read_text())
+    data = _merged([json.loads(Path(p).read_text()) for p in str(path).split(",")])
     conditions = data["conditions"]
     options = parse_options({"engine": "whisper"})
     threshold = options["threshold"] if threshold is None else threshold
@@ -224,7 +240,7 @@ def rescore(path: Path, threshold: float | None) -> int:
         misses = sorted({f"{r['text']!r} -> {h['text']!r} ({h['reason']})" for r in results
                          if r["kind"] == "command" and not any(d["intent"] == r["intent"] for d in r["found"])
                          for h in r["heard"][:1]})
-        print(f"\n{engine} (threshold {t:g}; rescored from {path.name}, voices {', '.join(data['voices'])}):")
+        print(f"\n{engine} (threshold {t:g}; rescored from {path}; voices {', '.join(data['voices'])}):")
         print(report(engine, res, conditions, e["timing"], misses))
     return 0
 
@@ -238,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--threshold", type=float, default=None, help="whisper: minimum confidence (default: the option's)")
     ap.add_argument("--window", type=float, default=None, help="whisper: encoder window in seconds")
+    ap.add_argument("--beam", type=int, default=None, help="whisper: beam size")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="one command and one distractor, one voice, quiet only")
     ap.add_argument("--json", type=Path, help="write every verdict and the tables here")
     ap.add_argument("--rescore", type=Path, help="no decoding: apply today's grammar and thresholds to the "
-                                                 "whisper transcripts of an earlier --json (decoding is deterministic)")
+                                                 "whisper transcripts of earlier --json runs (a,b,...: joined); "
+                                                 "decoding is deterministic, so this is what a new run would print")
     args = ap.parse_args(argv)
     if args.rescore:
         return rescore(args.rescore, args.threshold)
@@ -270,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         from sensors.voice.intents import DEFAULT_MAX_NO_SPEECH
         max_no_speech = DEFAULT_MAX_NO_SPEECH if engine == "whisper" else 1.0
         t1 = time.time()
-        results = run_engine(engine, items, noises, 1 if args.smoke else args.workers, args.window)
+        results = run_engine(engine, items, noises, 1 if args.smoke else args.workers, args.window, args.beam)
         res = score(results, threshold, max_no_speech, conditions)
         timing = timing_of(results)
         misses = sorted({f"{r['text']!r} -> {h['text']!r} ({h['reason']})" for r in results
