@@ -346,8 +346,8 @@ def _falls_eval(args: argparse.Namespace) -> int:
 
 def _voice_recognize(args: argparse.Namespace) -> int:
     """Intents in a recording, one JSON object per line, through the microphone's code path."""
-    from sensors.voice import AudioError, Listener, RecognizerError, WavFileSource, parse_options, recognizer_for
-    from sensors.voice.recognizer import PhraseRecognizer
+    from sensors.voice import (AudioError, Listener, RecognizerError, WavFileSource, make_recognizer, parse_options,
+                               recognizer_for)
 
     try:
         if args.config is not None:
@@ -359,9 +359,8 @@ def _voice_recognize(args: argparse.Namespace) -> int:
             options = dict(node.options)
             recognizer = recognizer_for(node)
         else:
-            options = parse_options({})
-            recognizer = PhraseRecognizer(options["phrases"], language=options["language"],
-                                          threshold=options["threshold"])
+            options = parse_options({} if args.engine is None else {"engine": args.engine})
+            recognizer = make_recognizer(options)
         if args.threshold is not None:
             recognizer.threshold = args.threshold
         listener = Listener(recognizer, vad_mode=options["vad_mode"], max_utterance_s=options["max_utterance_s"])
@@ -494,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", type=Path, help="use a room file's voice node (its phrases and options)")
     rec.add_argument("--node", help="which voice node of --config (default: the first)")
     rec.add_argument("--threshold", type=float, help="accept at this confidence or more (0..1)")
+    rec.add_argument("--engine", choices=("whisper", "pocketsphinx"),
+                     help="recogniser without --config (default whisper; pocketsphinx is the low-power one)")
     rec.set_defaults(func=_voice_recognize)
     return parser
 
