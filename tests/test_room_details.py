@@ -18,7 +18,7 @@ from controller.runner import RoomServer
 from controller.service import RoomController
 from tests.helpers import keys_for, node_key, room_config
 from tests.roomsim import RULES_DOC, RoomSim, rules_config
-from tests.test_protocol_vectors import VECTORS
+from tests.test_protocol_vectors import DOC as VECTORS
 
 
 @pytest.fixture
@@ -187,7 +187,8 @@ def test_the_controllers_frames_are_the_vectors():
     objs = {c["name"]: c["obj"] for c in VECTORS["valid"]}
     assert p.welcome(123456789, 1, 10_000, 1719999999) == objs["welcome"]
     assert p.welcome(1, 1, 10_000, 2**31 + 5)["time_ms"] == 5, "time_ms is the wall clock modulo 2^31"
-    assert p.ack(123456789, 2, 7) == objs["ack"]
+    assert p.ack(123456789, 2, 7, 2) == objs["ack-event"]
+    assert p.ack(123456789, 3, 8) == objs["ack-heartbeat"]
     assert p.command(123456789, 3, "indicator", p="acknowledged") == objs["cmd-indicator"]
     assert p.command(5, 4, "config", hb_ms=5000) == objs["cmd-config"]
     for name, pattern in (("indicator", "blinking"), ("tone", "loud")):
