@@ -304,7 +304,7 @@ def _ward_token(args: argparse.Namespace) -> int:
 
 def _falls_eval(args: argparse.Namespace) -> int:
     from .fall_eval.evaluate import RunnerError, evaluate
-    from .fall_eval.sisfall import DatasetError, dataset_root, iter_trials, parse_subjects
+    from .fall_eval.sisfall import DatasetError, find_datasets, iter_trials, parse_subjects
     from .sim.firmware import FirmwareNotFound
 
     try:
@@ -314,11 +314,12 @@ def _falls_eval(args: argparse.Namespace) -> int:
             params = json.loads(args.params.read_text())
             if not isinstance(params, dict):
                 raise ValueError(f"{args.params}: expected a JSON object of detector parameters")
-        root = dataset_root(args.path)
+        datasets = [ds for path in args.path for ds in find_datasets(path)]
         skipped: list[Path] = []
-        trials = list(iter_trials(root, subjects, skipped=skipped))
+        trials = [t for ds in datasets for t in iter_trials(ds, subjects, skipped=skipped)]
+        source = ", ".join(str(ds.root) for ds in datasets)
         if not trials:
-            raise DatasetError(f"{root}: no trials" + (f" for subjects {args.subjects}" if subjects else ""))
+            raise DatasetError(f"{source}: no trials" + (f" for subjects {args.subjects}" if subjects else ""))
     except (OSError, ValueError) as exc:   # DatasetError and json.JSONDecodeError are ValueErrors
         print(f"smartroom falls eval: {exc}", file=sys.stderr)
         return 2
@@ -328,8 +329,8 @@ def _falls_eval(args: argparse.Namespace) -> int:
             print(f"  {done}/{total} trials, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
 
     try:
-        result = evaluate(trials, args.rate_hz, params, progress, firmware=args.firmware, source=str(root),
-                          skipped=skipped)
+        result = evaluate(trials, args.rate_hz, params, progress, firmware=args.firmware, source=source,
+                          skipped=skipped, range_g=args.range_g)
     except FirmwareNotFound as exc:
         print(f"smartroom falls eval: {exc}", file=sys.stderr)
         return 2
@@ -345,8 +346,8 @@ def _falls_eval(args: argparse.Namespace) -> int:
 
 def _voice_recognize(args: argparse.Namespace) -> int:
     """Intents in a recording, one JSON object per line, through the microphone's code path."""
-    from sensors.voice import AudioError, Listener, RecognizerError, WavFileSource, parse_options, recognizer_for
-    from sensors.voice.recognizer import PhraseRecognizer
+    from sensors.voice import (AudioError, Listener, RecognizerError, WavFileSource, make_recognizer, parse_options,
+                               recognizer_for)
 
     try:
         if args.config is not None:
@@ -358,9 +359,8 @@ def _voice_recognize(args: argparse.Namespace) -> int:
             options = dict(node.options)
             recognizer = recognizer_for(node)
         else:
-            options = parse_options({})
-            recognizer = PhraseRecognizer(options["phrases"], language=options["language"],
-                                          threshold=options["threshold"])
+            options = parse_options({} if args.engine is None else {"engine": args.engine})
+            recognizer = make_recognizer(options)
         if args.threshold is not None:
             recognizer.threshold = args.threshold
         listener = Listener(recognizer, vad_mode=options["vad_mode"], max_utterance_s=options["max_utterance_s"])
@@ -468,12 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=_keygen)
 
     ev = _nested(sub, "falls", "fall detection: evaluate the node's detector on recorded falls", "eval",
-                 "run the firmware's fall detector (in MicroPython) on a SisFall dataset and score it",
-                 "Run the firmware's fall detector, inside MicroPython, on every trial of a dataset in "
-                 "SisFall's layout and score it per trial (docs/falls.md).")
-    ev.add_argument("path", type=Path, help="the SisFall_dataset folder, or the folder holding it")
-    ev.add_argument("--subjects", help="e.g. SA01,SA02 or SA01-SA05 or SA01-SA03,SE01 (default: all)")
-    ev.add_argument("--rate-hz", type=int, choices=(50, 100), default=50, help="the node's sample rate (default 50)")
+                 "run the firmware's fall detector (in MicroPython) on fall datasets and score it",
+                 "Run the firmware's fall detector, inside MicroPython, on every trial of one or more "
+                 "datasets in SisFall's layout (SisFall, FallAllD converted) and score it per trial "
+                 "(docs/falls.md).")
+    ev.add_argument("path", type=Path, nargs="+",
+                    help="a dataset folder (SisFall_dataset, FallAllD_dev), or a folder holding several")
+    ev.add_argument("--subjects", help="e.g. SA01,SA02 or SA01-SA05 or SA01-SA03,SE01, in every dataset "
+                                       "(default: all)")
+    ev.add_argument("--rate-hz", type=int, choices=(50, 100, 200), default=50,
+                    help="the node's sample rate (default 50)")
+    ev.add_argument("--range-g", type=int, choices=(8, 16), default=16,
+                    help="the node accelerometer's range: 8 clips every axis at +-8 g (default 16)")
     ev.add_argument("--params", type=Path, help="JSON object of detector parameters, passed to FallDetector")
     ev.add_argument("--firmware", type=Path, default=None, help="firmware folder (default: the repo's firmware/)")
     ev.add_argument("--json", type=Path, help="also write the results, per trial, to this JSON file")
@@ -487,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", type=Path, help="use a room file's voice node (its phrases and options)")
     rec.add_argument("--node", help="which voice node of --config (default: the first)")
     rec.add_argument("--threshold", type=float, help="accept at this confidence or more (0..1)")
+    rec.add_argument("--engine", choices=("whisper", "pocketsphinx"),
+                     help="recogniser without --config (default whisper; pocketsphinx is the low-power one)")
     rec.set_defaults(func=_voice_recognize)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ class RoomServer:
         self._pin_factory, self._ble_backend, self._scheduler = pin_factory, ble_backend, scheduler
         self.devices = None  # sensors.Attachment: wired GPIO nodes and the BLE scanner
         self.voice = None    # sensors.voice.VoiceService: the room's microphones, when it has voice nodes
+        self.integrations = None  # integrations.IntegrationService: HL7 / webhooks, when [integrations] is set
         self._mdns_interfaces = mdns_interfaces
         self._advertising: asyncio.Task[None] | None = None
         self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
@@ -80,7 +81,12 @@ class RoomServer:
             self.voice = VoiceService(self.controller)
             await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink)
+        if self.config.integrations is not None:
+            from integrations.service import IntegrationService  # HL7 and webhooks load only where configured
+
+            self.integrations = IntegrationService(self.controller, self.config.integrations)
+            await self.integrations.start()
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink, self.integrations)
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"
@@ -128,6 +134,8 @@ class RoomServer:
         await self.gateway.stop()
         if self._api is not None:
             await self._api.stop()
+        if self.integrations is not None:
+            await self.integrations.stop()  # the reporter saves its cursor; queued messages wait in the outbox
         if self.voice is not None:
             await self.voice.stop()
         if self.devices is not None:

@@ -28,6 +28,7 @@ from .store.history import ReadingsHistory, Retention
 from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
+from .room.hospital import Patient
 from .room.supervision import MAPPED_KINDS
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
 from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
@@ -553,6 +554,16 @@ class RoomController:
     async def silence_tone(self, by: str) -> dict[str, Any]:
         await self._commit(lambda now: self.room.decide_silence(by, now))
         return self.room.outputs(self.clock()).to_json()
+
+    # ------------------------------------------------------------------ the hospital's systems (integrations/)
+    async def admission(self, bed: str, patient: Patient | None, reason: str, by: str,
+                        control_id: str = "") -> list[LogRecord]:
+        """Admissions (HL7 ADT): set or clear the patient in a bed; stored when this returns."""
+        return await self._commit(lambda now: self.room.decide_patient(bed, patient, reason, by, control_id, now))
+
+    async def call_delivery(self, call_id: str, status: str, by: str, control_id: str = "") -> list[LogRecord]:
+        """The alarm manager's word on a call (accepted, rejected, delivered, read) onto its timeline."""
+        return await self._commit(lambda now: self.room.decide_delivery(call_id, status, by, now, control_id))
 
     # ------------------------------------------------------------------ reads
     def degraded(self) -> list[dict[str, Any]]:

@@ -27,10 +27,11 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from . import fhir as fhir_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
-from .base import CONTROLLER, DEVICES, GATEWAY, METRICS, OPENAPI, PRINCIPAL, ApiError
+from .base import CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError
 from .readings import HISTORY, get_readings
 
 from controller.bus import STATUS_CHANGED
@@ -223,6 +224,14 @@ async def post_shown(request: web.Request) -> web.Response:
                               "not_active": [i for i in dict.fromkeys(ids) if i not in raised_at]})
 
 
+async def get_integrations(request: web.Request) -> web.Response:
+    """The hospital integrations' counters: alarm manager link and outbox, admissions, listener, webhooks."""
+    service = request.app[INTEGRATIONS]
+    if service is None:
+        return web.json_response({"configured": False})
+    return web.json_response({"configured": True, **service.to_json()})
+
+
 async def get_health(request: web.Request) -> web.Response:
     """Public: liveness, how many calls are active per priority (no patient or call details), and
     why the room is degraded when it is (``reasons``: a list of {reason, message, since_ms?}; the
@@ -410,6 +419,7 @@ FACILITIES = frozenset({"facilities", "admin"})
 REPORT_READERS = frozenset({"nurse", "admin", "integration"})
 ADMIN = frozenset({"admin"})
 SCRAPERS = frozenset({"facilities", "admin", "integration"})
+FHIR_READERS = frozenset({"nurse", "admin", "integration"})  # calls name patients: not facilities
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, None, "Nurse page (HTML)"),
@@ -427,12 +437,26 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/reports/response-times", get_response_times, REPORT_READERS, "Response times"),
     Route("GET", "/api/v1/readings", get_readings, HISTORY_READERS, "A measure's history in buckets"),
     Route("GET", "/api/v1/gateway", get_gateway, FACILITIES, "Node gateway counters"),
+    Route("GET", "/api/v1/integrations", get_integrations, SCRAPERS, "HL7 / webhook integration counters"),
     Route("GET", "/api/v1/config", get_config, ADMIN, "The room's configuration as loaded"),
     Route("GET", "/api/v1/tokens", get_tokens, ADMIN, "Active API tokens (never their secrets)"),
     Route("POST", "/api/v1/tokens", post_token, ADMIN, "Create a token; its secret is shown once"),
     Route("DELETE", "/api/v1/tokens/{name}", delete_token, ADMIN, "Revoke a token by name or id"),
     Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
     Route("GET", "/metrics", get_metrics, SCRAPERS, "Prometheus metrics"),
+    # FHIR R4 reads (room_api/fhir.py)
+    Route("GET", "/fhir/r4/metadata", fhir_api.get_metadata, FHIR_READERS, "FHIR CapabilityStatement"),
+    Route("GET", "/fhir/r4/Device", fhir_api.search_devices, FHIR_READERS, "FHIR Devices: the room's nodes"),
+    Route("GET", "/fhir/r4/Device/{id}", fhir_api.read_device, FHIR_READERS, "FHIR Device: one node"),
+    Route("GET", "/fhir/r4/Observation", fhir_api.search_observations, FHIR_READERS,
+          "FHIR Observations: the newest environment readings"),
+    Route("GET", "/fhir/r4/Observation/{id}", fhir_api.read_observation, FHIR_READERS, "FHIR Observation"),
+    Route("GET", "/fhir/r4/Communication", fhir_api.search_communications, FHIR_READERS,
+          "FHIR Communications: calls raised in a range, and the active ones"),
+    Route("GET", "/fhir/r4/Communication/{id}", fhir_api.read_communication, FHIR_READERS,
+          "FHIR Communication: one call"),
+    Route("GET", "/fhir/r4/Flag", fhir_api.search_flags, FHIR_READERS, "FHIR Flags: the active calls"),
+    Route("GET", "/fhir/r4/Flag/{id}", fhir_api.read_flag, FHIR_READERS, "FHIR Flag: one call"),
 )
 
 
@@ -450,9 +474,11 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
 
 
 def create_app(controller: RoomController, gateway: NodeGateway | None = None,
-               devices: object | None = None, uplink: object | None = None) -> web.Application:
+               devices: object | None = None, uplink: object | None = None,
+               integrations: object | None = None) -> web.Application:
     """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics;
-    ``uplink``: the ward uplink (controller.uplink.WardUplink), its counters in /metrics."""
+    ``uplink``: the ward uplink (controller.uplink.WardUplink), its counters in /metrics;
+    ``integrations``: the hospital integrations (integrations.IntegrationService), GET /api/v1/integrations."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
                            audit=controller.store.audit, limiter=limiter, error=ApiError,
@@ -463,10 +489,12 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
     if gateway is not None:
         app[GATEWAY] = gateway
     app[DEVICES] = devices
+    app[INTEGRATIONS] = integrations
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
                                        lambda: devices, lambda: uplink)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
+    app.cleanup_ctx.append(fhir_api.preload)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_static("/static/", STATIC_DIR)

@@ -44,7 +44,10 @@ SCHEMAS: dict[str, S] = {
         acknowledged_at_ms=_nullable(MS), acknowledged_by=_nullable(STR), present_at_ms=_nullable(MS),
         present_by=_nullable(STR), escalation_level=INT, escalated_to=_nullable(STR), reminders=INT,
         next_due_ms=_nullable(MS), held_by_presence=BOOL, detail={"type": "object"},
-        timeline={"type": "array", "items": _obj(["step", "at_ms"], step=STR, at_ms=MS, by=STR)}),
+        timeline={"type": "array", "items": _obj(["step", "at_ms"], step=STR, at_ms=MS, by=STR)},
+        patient=_nullable({"allOf": [{"$ref": "#/components/schemas/Patient"}]})),
+    "Patient": _obj(["id"], id=STR, name=STR, family=STR, given=STR, id_system=STR, birth_date=STR, sex=STR,
+                    visit=STR),
     "ClearedCall": _obj(["id", "state"], id=STR, state={"type": "string", "enum": ["cleared"]}),
     "Outputs": _obj(["dome", "tone", "indicators"],
                     dome=_obj(["colour", "pattern", "call_id", "presence"], colour=STR, pattern=STR,
@@ -65,7 +68,9 @@ SCHEMAS: dict[str, S] = {
                                                                              value=NUM, node=STR, ts_ms=MS)},
                  nodes={"type": "array", "items": _obj(["id", "online", "state"], id=STR, online=BOOL, state={
                      "type": "string", "enum": ["online", "offline", "cannot_deliver", "never_connected"]})},
-                 storage={"$ref": "#/components/schemas/Storage"}),
+                 storage={"$ref": "#/components/schemas/Storage"},
+                 patients={"type": "object", "description": "bed -> the patient admissions put there, or null",
+                           "additionalProperties": _nullable({"allOf": [{"$ref": "#/components/schemas/Patient"}]})}),
     "Storage": _obj(["state", "write_failures", "readings_not_stored", "min_free_bytes"],
                     state={"type": "string", "enum": ["ok", "readings_paused", "failed"]},
                     failing_since_ms=_nullable(MS), error=_nullable(STR), write_failures=INT,
@@ -105,6 +110,9 @@ SCHEMAS: dict[str, S] = {
                      buckets={"type": "array", "items": _obj(["start_ms", "n", "min", "max", "mean"], start_ms=MS,
                                                              n=INT, min=NUM, max=NUM, mean=NUM)},
                      limits=_obj(["low", "high"], low=_nullable(NUM), high=_nullable(NUM))),
+    "Integrations": _obj(["configured"], configured=BOOL,
+                         alarm_manager=_nullable({"type": "object", "description": "link, outbox and ACK counters"}),
+                         admissions={"type": "object"}, mllp_listener={"type": "object"}, webhooks={"type": "object"}),
     "FallRisk": _obj(["bed", "fall_risk"], bed=STR, fall_risk=BOOL),
     "Report": _obj(["from_ms", "to_ms", "calls", "tiers", "responders"], from_ms=MS, to_ms=MS,
                    calls={"type": "array", "items": {"type": "object"}}, tiers={"type": "object"},
@@ -152,6 +160,7 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
         "from": STR, "to": STR, "step": {"type": "string", "description": "whole seconds, or 30s, 5m, 1h, 1d"},
         "node": STR}},
     ("GET", "/api/v1/gateway"): {"ok": "Gateway"},
+    ("GET", "/api/v1/integrations"): {"ok": "Integrations"},
     ("GET", "/api/v1/config"): {"ok": "Config"},
     ("GET", "/api/v1/tokens"): {"ok": "TokenList"},
     ("POST", "/api/v1/tokens"): {"created": "Token", "errors": [400],
@@ -160,6 +169,16 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("DELETE", "/api/v1/tokens/{name}"): {"ok": "Token", "errors": [404]},
     ("GET", "/api/v1/audit"): {"ok": "AuditPage", "query": {"after_ms": INT, "limit": INT}, "errors": [400]},
     ("GET", "/metrics"): {"text": True},
+    ("GET", "/fhir/r4/metadata"): {"fhir": "CapabilityStatement"},
+    ("GET", "/fhir/r4/Device"): {"fhir": "Bundle"},
+    ("GET", "/fhir/r4/Device/{id}"): {"fhir": "Device", "errors": [404]},
+    ("GET", "/fhir/r4/Observation"): {"fhir": "Bundle", "query": {"code": STR}},
+    ("GET", "/fhir/r4/Observation/{id}"): {"fhir": "Observation", "errors": [404]},
+    ("GET", "/fhir/r4/Communication"): {"fhir": "Bundle", "errors": [400], "query": {
+        "sent": {"type": "string", "description": "ge<date>, gt<date>, le<date> or lt<date> (ISO 8601 or ms)"}}},
+    ("GET", "/fhir/r4/Communication/{id}"): {"fhir": "Communication", "errors": [404]},
+    ("GET", "/fhir/r4/Flag"): {"fhir": "Bundle"},
+    ("GET", "/fhir/r4/Flag/{id}"): {"fhir": "Flag", "errors": [404]},
 }
 
 
@@ -193,6 +212,9 @@ def _operation(route: Any, doc: S) -> S:
     elif doc.get("text"):
         responses["200"] = {"description": "Prometheus text exposition",
                             "content": {"text/plain": {"schema": STR}}}
+    elif doc.get("fhir"):
+        responses["200"] = {"description": f"FHIR R4 {doc['fhir']} (JSON)", "content": {"application/fhir+json": {
+            "schema": _obj(["resourceType"], resourceType={"type": "string", "enum": [doc["fhir"]]})}}}
     elif doc.get("sse"):
         responses["200"] = {"description": "Server-Sent Events; each data line is an Event",
                             "content": {"text/event-stream": {"schema": STR}}}

@@ -27,13 +27,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.link", "controller.sim.nodes", "controller.fall_eval",  # node gateway; tools
      "controller.uplink"),                                    # the room's uplink to the ward broker
     ("sensors",),                                             # Pi-attached sources
+    ("integrations",),                                        # the hospital's systems: HL7, FHIR, webhooks
     ("room_api",),                                            # the room's HTTP
     ("ward",),                                                # the ward console: a service of its own
     ("controller.runner",),                                   # one room, all pieces started together
     ("controller.sim.demo",),
     ("controller.cli",),
 )
-PACKAGES = ("controller", "sensors", "room_api", "ward")
+PACKAGES = ("controller", "sensors", "room_api", "ward", "integrations")
 NOT_CPYTHON = {"controller.fall_eval.mp_runner"}  # a MicroPython script, run as a file
 HTTP_SERVER_IMPORTS = {"aiohttp.web", "aiohttp_sse"}  # only the two web packages serve HTTP
 HTTP_PACKAGES = ("room_api", "ward.web")  # the room's API and pages; the ward console's

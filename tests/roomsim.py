@@ -99,7 +99,7 @@ class RoomSim:
     async def restart(self, down_s: float = 0) -> None:
         """Stop the controller, let ``down_s`` pass with nothing running, start it on the same store."""
         await self.stop()
-        self.clock.ms += int(down_s * 1000)
+        self.clock.ms += round(down_s * 1000)
         await self.start()
 
     async def __aenter__(self) -> "RoomSim":

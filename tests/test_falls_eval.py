@@ -1,8 +1,9 @@
-"""``smartroom falls eval``: the SisFall reader, resampling, statistics, and the evaluation run
-through the firmware's detector in MicroPython.
+"""``smartroom falls eval``: the readers (SisFall, FallAllD converted to SisFall's layout with its
+own activity codes), resampling and clipping, statistics, and the evaluation run through the
+firmware's detector in MicroPython.
 
 Every dataset here is written into tmp_path in SisFall's exact format (CRLF, padded columns,
-trailing ``;``, plain / gzip / xz): the tests never read the shared dataset.
+trailing ``;``, plain / gzip / xz): the tests never read the shared datasets.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import pytest
 
 from controller.cli import main
 from controller.fall_eval.evaluate import RunnerError, evaluate, impact_peak
-from controller.fall_eval.sisfall import (DatasetError, counts_to_mg, dataset_root, iter_trials, parse_subjects,
-                                      read_counts, resample)
+from controller.fall_eval.sisfall import (SISFALL_ACTIVITIES, DatasetError, counts_to_mg, dataset_root, find_datasets,
+                                          iter_trials, open_dataset, parse_subjects, read_activity_codes, read_counts,
+                                          resample)
 from controller.fall_eval.stats import bootstrap_f1, f1_score, nearest_rank, wilson
 from controller.sim.firmware import FirmwareNotFound
 
@@ -152,6 +154,59 @@ def test_a_folder_that_is_not_sisfall_is_a_clear_error(tmp_path: Path) -> None:
         dataset_root(tmp_path)
 
 
+FALLALLD_CODES = ('code,src_activity_id,src_activity,is_fall,n_trials\n'
+                  'D13,A013,Sitting down,0,140\n'
+                  'D16,A016,Lying down,0,73\n'
+                  'F27,A127,"Fall L, bed",1,21\n')
+
+
+def test_a_converted_dataset_names_its_codes_from_its_activity_codes_csv(tmp_path: Path) -> None:
+    root = tmp_path / "FallAllD_dev"
+    for name in ("D13_SA01_R01", "D16_SA01_R02", "F27_SA01_R01", "D99_SA01_R01"):
+        write_trial(root, "SA01", name, still(0.1))
+    (root / "activity_codes.csv").write_text(FALLALLD_CODES)
+    trials = list(iter_trials(root))
+    assert [(t.code, t.activity, t.is_fall, t.dataset) for t in trials] == [
+        ("D13", "Sitting down", False, "FallAllD_dev"),          # not SisFall's D13 (lying quickly)
+        ("D16", "Lying down", False, "FallAllD_dev"),
+        ("D99", "", False, "FallAllD_dev"),                      # unknown to the table: unnamed
+        ("F27", "Fall L, bed", True, "FallAllD_dev")]
+    # without the file, SisFall's own table names the codes
+    (root / "activity_codes.csv").unlink()
+    d13 = next(iter_trials(root))
+    assert d13.activity == SISFALL_ACTIVITIES["D13"].name == "Sitting a moment, lying quickly, wait a moment, and sit again"
+    assert open_dataset(root).codes_from == "SisFall"
+
+
+@pytest.mark.parametrize("text, error", [
+    ("code,name\nD13,x\n", r"activity_codes\.csv:1: expected the columns code, src_activity, is_fall; missing"),
+    (FALLALLD_CODES + "X1,A1,Odd,0,1\n", r"activity_codes\.csv:5: expected a code like F01 or D13"),
+    (FALLALLD_CODES + "D17,A017,Turning,2,1\n", r"activity_codes\.csv:5: expected a code"),
+    (FALLALLD_CODES + "D17,A017,,0,1\n", r"activity_codes\.csv:5: expected a code"),
+    (FALLALLD_CODES + "D16,A016,Lying down again,0,1\n", r"activity_codes\.csv:5: code D16 given twice"),
+])
+def test_a_bad_activity_codes_file_names_the_file_and_line(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "activity_codes.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=error):
+        read_activity_codes(path)
+
+
+def test_find_datasets_takes_a_dataset_or_a_folder_of_them(tmp_path: Path) -> None:
+    write_trial(tmp_path / "SisFall_dataset", "SA01", "F01_SA01_R01", still(0.1))
+    write_trial(tmp_path / "FallAllD_dev", "SA01", "F27_SA01_R01", still(0.1))
+    (tmp_path / "FallAllD_dev" / "activity_codes.csv").write_text(FALLALLD_CODES)
+    (tmp_path / "notes").mkdir()                                          # not a dataset: ignored
+    both = find_datasets(tmp_path)
+    assert [(d.name, d.codes_from.endswith("activity_codes.csv")) for d in both] == [
+        ("FallAllD_dev", True), ("SisFall_dataset", False)]
+    assert [d.name for d in find_datasets(tmp_path / "SisFall_dataset")] == ["SisFall_dataset"]
+    with pytest.raises(DatasetError, match="no such directory"):
+        find_datasets(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="not a SisFall dataset"):
+        find_datasets(tmp_path / "notes")
+
+
 def test_parse_subjects() -> None:
     assert parse_subjects("SA01,sa03") == {"SA01", "SA03"}
     assert parse_subjects("SA01-SA04,SE02") == {"SA01", "SA02", "SA03", "SA04", "SE02"}
@@ -174,6 +229,18 @@ def test_resample_averages_blocks_of_four_into_milli_g() -> None:
     assert resample(counts[:3], 50) == []
     with pytest.raises(ValueError, match="supported node rates"):
         resample(counts, 60)
+
+
+def test_resample_emulates_a_smaller_range_by_clipping_each_axis_before_averaging() -> None:
+    lim = 8 * G                                                  # +-8 g: 2048 counts
+    counts = [(4000, -4096, 100), (2048, -2049, 100), (0, 0, 100), (0, 0, 100)]
+    # x: (2048 + 2048 + 0 + 0) / 4 = 1024 counts = 4000 mg (unclipped: 1512 counts = 5906 mg)
+    assert resample(counts, 50, 8) == [(4000, -4000, 391)]
+    assert resample(counts, 50) == [(5906, -6001, 391)]      # y: -6145 / 4 counts = -6000.98 mg
+    assert resample(counts[:2], 200, 8) == [(8000, -8000, 391), (8000, -8000, 391)]
+    assert resample([(lim - 1, -lim + 1, 0)] * 4, 50, 8) == [(7996, -7996, 0)]     # just under: untouched
+    with pytest.raises(ValueError, match="supported ranges"):
+        resample(counts, 50, 6)
 
 
 def test_counts_to_milli_g_rounds_half_up() -> None:
@@ -263,8 +330,11 @@ def test_cli_evaluates_the_firmware_detector_in_micropython(dataset: Path, tmp_p
     assert scores["all"]["f1"]["value"] == f1_score(2, 1, 1)
     assert scores["elderly"]["sensitivity"] is None and scores["elderly"]["f1"] is None
     assert scores["elderly"]["specificity"]["k"] == 1
-    assert doc["codes"]["F02"] == {"is_fall": True, "trials": 1, "missed": ["SA01/R01"]}
-    assert doc["codes"]["D19"] == {"is_fall": False, "trials": 1, "false_alarms": ["SA01/R01"]}
+    acts = {a["code"]: a for a in doc["activities"]}
+    assert acts["F02"] == {"dataset": "SisFall_dataset", "code": "F02",
+                           "activity": "Fall backward while walking caused by a slip", "is_fall": True,
+                           "trials": 1, "missed": ["SA01/R01"]}
+    assert acts["D19"]["false_alarms"] == ["SA01/R01"] and acts["D01"]["false_alarms"] == []
     assert doc["latency"] == {"n": 1, "median_s": fall["latency_s"], "p95_s": fall["latency_s"],
                               "percentile": "nearest rank", "before_peak_only": 1}
     cost = doc["cost"]
@@ -274,8 +344,8 @@ def test_cli_evaluates_the_firmware_detector_in_micropython(dataset: Path, tmp_p
     report = captured.out
     assert re.search(r"All subjects: 6 trials\n  sensitivity +66\.7 %  \(\d+\.\d-\d+\.\d %\)  2/3\n", report)
     assert "Elderly (SE): 1 trials" in report and "sensitivity  no falls" in report
-    assert "F02  1/1 missed: SA01/R01" in report
-    assert "D19  1/1 alarmed: SA01/R01" in report
+    assert "F02 (Fall backward while walking caused by a slip)  1/1 missed: SA01/R01" in report
+    assert "D19 (Gently jump without falling (trying to reach a high object))  1/1 alarmed: SA01/R01" in report
     assert "1 detected fall(s) alarmed only before their impact peak" in report
     assert "6/6 trials" in captured.err
 
@@ -297,6 +367,33 @@ def test_cli_selects_subjects_and_rate(dataset: Path, tmp_path: Path) -> None:
     assert doc["trials"][0]["samples"] == 1200 and doc["cost"]["trace"] == "D01_SE01_R01"
 
 
+def test_cli_scores_two_datasets_apart_and_names_their_codes(dataset: Path, tmp_path: Path, capsys) -> None:
+    fad = dataset.parent / "FallAllD_dev"
+    hard = still(6) + [(0, -102, 0)] * 80 + [(0, 10 * G, 0)] * 4 + still(8, axis=2, sign=1)
+    write_trial(fad, "SA01", "F27_SA01_R01", hard)                         # detected; a 10 g impact
+    write_trial(fad, "SA01", "D16_SA01_R01", clean_fall())                 # labelled daily: false alarm
+    write_trial(fad, "SA02", "D13_SA02_R01", walking(12))                  # quiet
+    (fad / "activity_codes.csv").write_text(FALLALLD_CODES)
+    out = tmp_path / "both.json"
+    assert main(["falls", "eval", str(dataset.parent), "--rate-hz", "200", "--range-g", "8",
+                 "--json", str(out)]) == 0
+    report = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["rate_hz"] == 200 and doc["range_g"] == 8
+    assert {g: (s["tp"], s["fn"], s["fp"], s["tn"]) for g, s in doc["scores"].items()} == {
+        "all": (3, 1, 2, 3), "FallAllD_dev": (1, 0, 1, 1), "SisFall_dataset": (2, 1, 1, 2),
+        "young": (3, 1, 2, 2), "elderly": (0, 0, 0, 1)}
+    d13 = [(a["dataset"], a["activity"]) for a in doc["activities"] if a["code"] == "D13"]
+    assert d13 == [("FallAllD_dev", "Sitting down")]
+    assert "FallAllD_dev D16 (Lying down)  1/1 alarmed: SA01/R01" in report
+    assert "FallAllD_dev: 3 trials" in report and "SisFall_dataset: 6 trials" in report
+    assert "clipped at +-8 g" in report
+    # the clip reached the detector: the 10 g impact reads 8 g
+    f27 = next(t for t in doc["trials"] if t["name"] == "F27_SA01_R01")
+    assert f27["dataset"] == "FallAllD_dev" and f27["activity"] == "Fall L, bed" and f27["peak_mg"] == 8000
+    assert f27["fires"][0][1]["peak_mg"] <= 8000
+
+
 def test_cli_errors_exit_2(tmp_path: Path, dataset: Path, capsys) -> None:
     assert main(["falls", "eval", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such directory" in capsys.readouterr().err
@@ -304,6 +401,9 @@ def test_cli_errors_exit_2(tmp_path: Path, dataset: Path, capsys) -> None:
     assert "no trials for subjects SA09" in capsys.readouterr().err
     assert main(["falls", "eval", str(dataset), "--firmware", str(tmp_path)]) == 2
     assert "no detector at" in capsys.readouterr().err
+    (dataset / "activity_codes.csv").write_text(FALLALLD_CODES + "D16,A016,Lying down,0,73\n")
+    assert main(["falls", "eval", str(dataset)]) == 2
+    assert "activity_codes.csv:5: code D16 given twice" in capsys.readouterr().err
 
 
 FAKE_DETECTOR = '''

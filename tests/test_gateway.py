@@ -20,11 +20,14 @@ async def connected(server, node="bedside-a", boot=1) -> NodeClient:
     return client
 
 
+WAIT_S = 10.0  # a guard only: the controller closes a bad connection within milliseconds
+
+
 async def closed_by_controller(client: NodeClient) -> bool:
     """True when the controller closes the connection (EOF) instead of answering."""
     try:
         while True:
-            await asyncio.wait_for(client.recv(), 5)
+            await asyncio.wait_for(client.recv(), WAIT_S)
     except (asyncio.IncompleteReadError, ConnectionError):
         return True
 

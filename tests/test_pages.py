@@ -3,13 +3,11 @@ running room: a call raised by the real firmware, acknowledged with a click; the
 controller restart without a reload or a lost event; login, 401/403/429; the facilities view.
 
 Screenshots go to tests/artifacts/ (not committed). Waits are Playwright's auto-waiting
-``expect``; the only sleep is a protocol-level node's heartbeat period, not a wait.
+``expect``; node supervision runs on a fake clock the test moves, never on waiting.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 from pathlib import Path
@@ -22,7 +20,9 @@ from controller.room.config import parse_room
 from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
 from controller.sim.nodes import SimNode
+from controller.model import wall_ms
 from tests.helpers import ROOM_DOC, next_event, node_key, sse_events
+from tests.roomsim import FakeClock
 from tests.test_system import BEDSIDE, firmware_config, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -267,9 +267,10 @@ def supervised_room(heartbeat_ms: int, missed: int):
 
 
 async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys, page):
-    # The shortest supervision the configuration allows, so a node goes offline within 3 s.
-    config = supervised_room(heartbeat_ms=1000, missed=2)
-    async with RoomServer(config, keys, tmp_path / "room.db", api_port=0, node_port=0) as server:
+    # Supervision on the room's clock, which the test moves: offline after 2 x 10 s + 1 s of silence.
+    config = supervised_room(heartbeat_ms=10_000, missed=2)
+    clock = FakeClock(wall_ms())  # starts now: the page asks for the last 24 h by its own clock
+    async with RoomServer(config, keys, tmp_path / "room.db", api_port=0, node_port=0, clock=clock) as server:
         facilities = await server.create_token("facilities", "facilities desk")
         nurse = await server.create_token("nurse", "station")
         host, port = server.endpoints.node_host, server.endpoints.node_port
@@ -287,12 +288,13 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
         # Above the 24 °C limit; shown to the sensors' precision (0.1 °C, 1 %, 10 ppm), not 26.549.
         await bedside.send(bedside.reading_msg(0, temp_mdegc=26_549, rh_mpct=44_612, co2_ppm=623))
 
-        async def keep_alive() -> None:
-            while True:
-                await bedside.send({**bedside.hb_msg(), "rssi": -55, "batt_mv": 4100})
-                await asyncio.sleep(0.3)  # a node's heartbeat period, not a test wait
 
-        beating = asyncio.create_task(keep_alive())
+        async def heartbeat() -> None:
+            hb = {**bedside.hb_msg(), "rssi": -55, "batt_mv": 4100}
+            await bedside.send(hb)
+            await bedside.recv_ack(hb["s"])
+
+        await heartbeat()
         try:
             await login(page, url, facilities)
             await expect(page.locator("#link")).to_have_text("live")
@@ -324,7 +326,11 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
                 await expect(gateway).not_to_contain_text(junk)
 
             await bath.close()  # silent from now on: offline after two missed heartbeats
-            await expect(nodes.locator('tr[data-node="bath"]')).to_contain_text("OFFLINE", timeout=10_000)
+            clock.ms += 15_000
+            await heartbeat()                  # bedside checks in; bath stays silent
+            clock.ms += 6_001                  # bath silent for 21.001 s, bedside for 6.001 s
+            await server.controller.tick()
+            await expect(nodes.locator('tr[data-node="bath"]')).to_contain_text("OFFLINE")
             await expect(alarms.locator('[data-type="node_offline"]')).to_contain_text("node bath")
             await expect(nodes.locator('tr[data-node="bedside-a"]')).to_contain_text("online")
             await expect(nodes.locator('tr[data-node="env"]')).to_contain_text("NEVER SEEN")
@@ -349,9 +355,6 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
             await expect(page.locator('[data-measure="co2_ppm"] .plot-box')).to_have_text("no history yet")
             await screenshot(page, "facilities-page.png")
         finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
             await bedside.close()
 
 

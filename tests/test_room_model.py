@@ -1,12 +1,20 @@
-"""Hypothesis stateful test: random presses, cancels, acknowledgements, presence, restarts and time
-jumps against the real controller and store, checking the nurse-call invariants after every step:
+"""Hypothesis stateful test: random presses, cancels, acknowledgements, presence, readings, restarts
+(with downtime) and time jumps against the real controller and store, checking the nurse-call
+invariants after every step:
 
 - no call is lost: every raised call is active or has exactly one clear, and nothing else is active;
-- a call that requires cancel at origin (or clears itself) is never cleared remotely;
-- the active list is always highest priority first, then oldest first;
+- a call is cleared only the ways docs/call-model.md allows for its type, and refused remotely
+  exactly when the table says so; "I'm OK" clears a fall only within 30 s;
+- every escalation and reminder falls due when the call model says, counted from the right moment
+  (raised, acknowledged, staff present, staff left, the previous step), and none is ever overdue,
+  also for deadlines that passed while the controller was down;
+- the active list is never in the wrong priority order, and oldest first within a type;
 - every cleared call has a complete timeline (raised ... cleared) whose times never go back;
 - a restart changes nothing a nurse can see;
 - an emergency nobody has answered always sounds, staff presence or not, and presence ends by itself.
+
+The expectations are this file's own tables, written from docs/call-model.md: nothing here is
+imported from the rules under test.
 """
 
 from __future__ import annotations
@@ -20,12 +28,32 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from controller.room import CALL_TYPES, CONDITION, IN_ROOM, RoomError
+from controller.room import RoomError
 from tests.roomsim import RoomSim, rules_config
+
+# docs/call-model.md "Calls, highest priority first": type -> (priority, who may clear it).
+IN_ROOM, FALL, ROUTINE, CONDITION = "in-room cancel only", "in-room cancel or I'm OK", "routine", "itself"
+CALLS = {
+    "code_call": ("high", IN_ROOM), "staff_emergency": ("high", IN_ROOM), "bath_emergency": ("high", IN_ROOM),
+    "fall": ("high", FALL), "bed_exit": ("medium", IN_ROOM), "bath_dwell": ("medium", IN_ROOM),
+    "staff_assist": ("medium", ROUTINE), "patient_call": ("medium", ROUTINE), "request": ("low", ROUTINE),
+    "node_offline": ("low", CONDITION), "low_battery": ("low", CONDITION), "sensor_fault": ("low", CONDITION),
+    "environment": ("info", CONDITION),
+}
+# How each may be cleared, as the log records it ("how").
+CLEARED_HOW = {IN_ROOM: {"in_room_cancel"}, FALL: {"in_room_cancel", "patient_ok"},
+               ROUTINE: {"presence", "in_room_cancel", "api"}, CONDITION: {"resolved"}}
+PRIORITY_ORDER = ("high", "medium", "low", "info")
+# "If nobody answers": seconds per level, and after an acknowledgement; three levels.
+ESCALATE_S = {"high": 30, "medium": 60, "low": 120, "info": 600}
+REMINDER_S = {"high": 180, "medium": 180, "low": 180, "info": 1800}
+LEVELS = 3
+FALL_OK_WINDOW_S = 30
 
 CALL_BUTTONS = [("bedside-a", "call"), ("bedside-a", "water"), ("bedside-b", "call"), ("bath", "cord"),
                 ("door", "code"), ("door", "assist"), ("door", "emergency"), ("wearable-a", "pendant")]
-STEPS_S = [0.5, 5, 29, 31, 59, 61, 181, 1201]
+STEPS_S = [0.5, 5, 29, 30, 31, 59, 60, 61, 120, 180, 181, 601, 1201, 1800]
+TEMPS_MDEGC = [22_000, 24_000, 24_600, 23_400, 20_500, 21_600]
 VISIBLE = ("calls", "occupancy", "fall_risk", "outputs")
 
 
@@ -93,6 +121,10 @@ class NurseCallMachine(RuleBasedStateMachine):
     def sensor(self, code):
         self.run(self.sim.event("env", "fault", "sht3x", code))
 
+    @rule(temp=st.sampled_from(TEMPS_MDEGC))
+    def temperature(self, temp):
+        self.run(self.sim.reading("env", temp_mdegc=temp))
+
     @precondition(lambda self: self.active())
     @rule(pick=st.integers(0, 20), who=st.sampled_from(["Nurse Kim", "Nurse Lee"]))
     def acknowledge(self, pick, who):
@@ -113,21 +145,20 @@ class NurseCallMachine(RuleBasedStateMachine):
         except RoomError as exc:
             refused = True
             assert exc.code in ("cancel_at_origin", "clears_when_resolved")
-        assert refused == (call["clears"] != "routine")
+        assert refused == (CALLS[call["type"]][1] != ROUTINE)
         assert (call["id"] in {c["id"] for c in self.active()}) == refused
 
     @rule(seconds=st.sampled_from(STEPS_S))
     def time_passes(self, seconds):
         self.run(self.sim.advance(seconds))
 
-    @rule(down_s=st.sampled_from([0, 10, 45, 200]))
+    @rule(down_s=st.sampled_from([0, 10, 29, 45, 200, 2000]))
     def restart(self, down_s):
         before = self.sim.c.snapshot()
-        self.run(self.sim.restart())
+        self.run(self.sim.restart(down_s))       # deadlines may pass while nothing runs
         after = self.sim.c.snapshot()
         assert {k: after[k] for k in VISIBLE} == {k: before[k] for k in VISIBLE}
-        if down_s:
-            self.run(self.sim.advance(down_s))
+        self.run(self.sim.advance(0))            # the timer task's first look: what fell due fires now
 
     # ------------------------------------------------------------------ invariants
     @invariant()
@@ -140,19 +171,62 @@ class NurseCallMachine(RuleBasedStateMachine):
         assert {c["id"] for c in self.active()} == set(raised) - set(cleared)
 
     @invariant()
-    def cancel_at_origin_calls_are_never_cleared_remotely(self):
+    def calls_clear_only_as_the_call_model_allows(self):
         log = self.run(self.sim.log())
-        types = {r.data["call_id"]: r.data["type"] for r in log if r.kind == "call.raised"}
+        raised = {r.data["call_id"]: r.data for r in log if r.kind == "call.raised"}
+        for call in raised.values():
+            assert call["level"] == CALLS[call["type"]][0], call
         for r in log:
             if r.kind != "call.cleared":
                 continue
-            clears = CALL_TYPES[types[r.data["call_id"]]].clears
-            if clears == IN_ROOM:
-                assert r.data["how"] in ("in_room_cancel", "patient_ok"), r.data
-            if clears == CONDITION:
-                assert r.data["how"] == "resolved", r.data
+            call = raised[r.data["call_id"]]
+            assert r.data["how"] in CLEARED_HOW[CALLS[call["type"]][1]], (call["type"], r.data)
             if r.data["how"] == "patient_ok":
-                assert types[r.data["call_id"]] == "fall"
+                assert r.data["at_ms"] - call["at_ms"] <= FALL_OK_WINDOW_S * 1000, "I'm OK after the window"
+
+    @invariant()
+    def escalations_and_reminders_fall_due_when_the_call_model_says(self):
+        """Replay the log with the call model's own clock rules: every step is due exactly when they
+        say, and after the last tick nothing is left overdue."""
+        phase: dict[str, int] = {}        # call -> when its running escalation or reminder period began
+        answered: dict[str, bool] = {}
+        level: dict[str, int] = {}
+        tier: dict[str, str] = {}
+        staff_in = False
+        for r in self.run(self.sim.log()):
+            d = r.data
+            if r.kind == "call.raised":
+                cid = d["call_id"]
+                phase[cid], answered[cid], level[cid], tier[cid] = d["at_ms"], False, 1, CALLS[d["type"]][0]
+            elif r.kind in ("call.acknowledged", "call.present") and d["call_id"] in phase:
+                phase[d["call_id"]], answered[d["call_id"]] = d["at_ms"], True
+            elif r.kind == "staff.presence":
+                staff_in = d["present"]
+                if not staff_in:              # clocks run again from the moment staff leave
+                    for cid in phase:
+                        phase[cid] = d["at_ms"]
+            elif r.kind == "call.escalated":
+                cid = d["call_id"]
+                assert not staff_in and not answered[cid] and level[cid] < LEVELS, d
+                assert d["due_ms"] == phase[cid] + ESCALATE_S[tier[cid]] * 1000, (tier[cid], d)
+                assert d["level"] == level[cid] + 1 and d["at_ms"] >= d["due_ms"], d
+                phase[cid], level[cid] = d["due_ms"], d["level"]
+            elif r.kind == "call.reminded":
+                cid = d["call_id"]
+                assert not staff_in and answered[cid], d
+                assert d["due_ms"] == phase[cid] + REMINDER_S[tier[cid]] * 1000, (tier[cid], d)
+                phase[cid], answered[cid], level[cid] = d["due_ms"], False, 1   # re-signalled as if new
+            elif r.kind == "call.cleared":
+                for table in (phase, answered, level, tier):
+                    table.pop(d["call_id"], None)
+        if staff_in:
+            return
+        now = self.sim.clock.ms
+        for cid in phase:
+            if answered[cid]:
+                assert phase[cid] + REMINDER_S[tier[cid]] * 1000 > now, f"reminder of {cid} overdue"
+            elif level[cid] < LEVELS:
+                assert phase[cid] + ESCALATE_S[tier[cid]] * 1000 > now, f"escalation of {cid} overdue"
 
     @invariant()
     def an_emergency_nobody_answers_always_sounds(self):
@@ -172,8 +246,14 @@ class NurseCallMachine(RuleBasedStateMachine):
 
     @invariant()
     def active_list_is_ordered(self):
-        keys = [(c["rank"], c["raised_at_ms"], c["id"]) for c in self.active()]
-        assert keys == sorted(keys)
+        calls = self.active()
+        ranks = [PRIORITY_ORDER.index(CALLS[c["type"]][0]) for c in calls]
+        assert ranks == sorted(ranks), [c["type"] for c in calls]
+        for a, b in zip(calls, calls[1:]):
+            if a["type"] == b["type"]:
+                assert a["raised_at_ms"] <= b["raised_at_ms"], "oldest first"
+        codes = [i for i, c in enumerate(calls) if c["type"] in ("code_call", "staff_emergency")]
+        assert codes == list(range(len(codes))), "a code call comes before every other call"
 
     @invariant()
     def cleared_calls_have_complete_monotonic_timelines(self):

@@ -99,7 +99,8 @@ class TrialResult:
 
     def to_json(self) -> dict[str, Any]:
         t = self.trial
-        return {"name": t.name, "subject": t.subject, "code": t.code, "take": t.take, "group": t.group,
+        return {"name": t.name, "dataset": t.dataset, "subject": t.subject, "code": t.code,
+                "activity": t.activity, "take": t.take, "group": t.group,
                 "is_fall": t.is_fall, "path": str(t.path), "samples": self.samples,
                 "peak_index": self.peak_index, "peak_mg": self.peak_mg, "outcome": self.outcome,
                 "fires": [[i, f] for i, f in self.fires], "latency_s": self.latency_s}
@@ -177,16 +178,18 @@ class Scores:
 
 @dataclass(frozen=True, slots=True)
 class CodeSummary:
-    """One activity code: its trials and which of them went wrong (missed or alarmed)."""
+    """One activity code of one dataset: its trials and which of them went wrong (missed or alarmed)."""
 
+    dataset: str
     code: str
+    activity: str               # the code's name in its dataset ("" when the dataset does not name it)
     is_fall: bool
     trials: int
     wrong: tuple[str, ...]      # "SA01/R02" of the missed falls / the false alarms
 
     def to_json(self) -> dict[str, Any]:
-        return {"is_fall": self.is_fall, "trials": self.trials,
-                ("missed" if self.is_fall else "false_alarms"): list(self.wrong)}
+        return {"dataset": self.dataset, "code": self.code, "activity": self.activity, "is_fall": self.is_fall,
+                "trials": self.trials, ("missed" if self.is_fall else "false_alarms"): list(self.wrong)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,21 +220,25 @@ class EvalResult:
     params: dict[str, Any] | None
     firmware: Path
     trials: tuple[TrialResult, ...]
-    scores: Mapping[str, Scores]         # "all", and "young" / "elderly" when present
+    scores: Mapping[str, Scores]         # "all", each dataset's name when there are several, and
+                                         # "young" / "elderly" when present
     cost: DetectorCost | None
     wall_s: float
     source: str | None = None            # the dataset, for the report
     skipped: tuple[str, ...] = ()        # files the reader skipped
+    range_g: int = 16                    # the emulated accelerometer's range
 
     def codes(self) -> list[CodeSummary]:
-        by_code: dict[str, list[TrialResult]] = {}
+        """Per dataset and activity code, in the order the datasets came, codes sorted."""
+        by_code: dict[tuple[str, str], list[TrialResult]] = {}
         for r in self.trials:
-            by_code.setdefault(r.trial.code, []).append(r)
+            by_code.setdefault((r.trial.dataset, r.trial.code), []).append(r)
+        order = {d: i for i, d in enumerate(dict.fromkeys(r.trial.dataset for r in self.trials))}
         out = []
-        for code in sorted(by_code):
-            rs = by_code[code]
+        for key in sorted(by_code, key=lambda k: (order[k[0]], k[1])):
+            rs = by_code[key]
             wrong = tuple(f"{r.trial.subject}/{r.trial.take}" for r in rs if r.outcome in ("fn", "fp"))
-            out.append(CodeSummary(code, rs[0].trial.is_fall, len(rs), wrong))
+            out.append(CodeSummary(key[0], key[1], rs[0].trial.activity, rs[0].trial.is_fall, len(rs), wrong))
         return out
 
     def latency(self) -> Latency:
@@ -241,11 +248,11 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         """Everything in the report and every trial's result, as JSON-ready values."""
-        return {"source": self.source, "rate_hz": self.rate_hz, "params": self.params,
+        return {"source": self.source, "rate_hz": self.rate_hz, "range_g": self.range_g, "params": self.params,
                 "firmware": str(self.firmware), "detector": DETECTOR_MODULE,
                 "skipped_files": list(self.skipped),
                 "scores": {group: s.to_json() for group, s in self.scores.items()},
-                "codes": {c.code: c.to_json() for c in self.codes()},
+                "activities": [c.to_json() for c in self.codes()],
                 "latency": self.latency().to_json(),
                 "cost": self.cost and self.cost.to_json(),
                 "wall_s": self.wall_s,
@@ -346,9 +353,9 @@ class Trace:
         return cls(len(samples), peak_index, peak_mg, data.tobytes())
 
 
-def load_trace(trial: Trial, rate_hz: int) -> Trace:
-    """Read, resample and pack one trial."""
-    return Trace.of(resample(read_counts(trial.path), rate_hz))
+def load_trace(trial: Trial, rate_hz: int, range_g: int = 16) -> Trace:
+    """Read, resample (and clip to +-range_g) and pack one trial."""
+    return Trace.of(resample(read_counts(trial.path), rate_hz, range_g))
 
 
 def impact_peak(samples: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
@@ -361,14 +368,14 @@ def impact_peak(samples: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------- evaluate
-TraceCache = dict[tuple[Path, int], Trace]
-"""Traces by (trial file, rate): pass one to repeated :func:`evaluate` calls to read each trial once."""
+TraceCache = dict[tuple[Path, int, int], Trace]
+"""Traces by (trial file, rate, range): pass one to repeated :func:`evaluate` calls to read each trial once."""
 
 
 def evaluate(trials: Iterable[Trial], rate_hz: int = 50, params: Mapping[str, Any] | None = None,
              progress: Progress | None = None, *, firmware: Path | None = None, measure_cost: bool = True,
              cache: TraceCache | None = None, source: str | None = None,
-             skipped: Sequence[Path | str] = ()) -> EvalResult:
+             skipped: Sequence[Path | str] = (), range_g: int = 16) -> EvalResult:
     """Run the firmware's detector on every trial and score it (see the module's docstring).
 
     *params* (a dict of the detector's tunable constants) is passed to ``FallDetector(rate_hz,
@@ -378,6 +385,7 @@ def evaluate(trials: Iterable[Trial], rate_hz: int = 50, params: Mapping[str, An
     *cache* (a dict, empty at first) keeps every trial's resampled trace (6 bytes a sample, 6 MB
     for SisFall at 50 Hz): later calls with the same dict skip reading the files, the larger
     part of an evaluation's time.
+    *range_g* emulates an accelerometer of that range (8: clipped at +-8 g, :func:`.sisfall.resample`).
     *source* and *skipped* only go into the report. Raises :class:`RunnerError` when the
     detector fails in MicroPython, :class:`~controller.sim.nodes.FirmwareNotFound` without a
     detector or a ``micropython`` command, and :class:`~.sisfall.DatasetError` on a bad trial file.
@@ -398,10 +406,10 @@ def evaluate(trials: Iterable[Trial], rate_hz: int = 50, params: Mapping[str, An
             try:
                 bench_trace = None
                 for trial in trials:
-                    key = (trial.path, rate_hz)
+                    key = (trial.path, rate_hz, range_g)
                     trace = cache.get(key) if cache is not None else None
                     if trace is None:
-                        trace = load_trace(trial, rate_hz)
+                        trace = load_trace(trial, rate_hz, range_g)
                         if cache is not None:
                             cache[key] = trace
                     if trial is bench_trial:
@@ -439,6 +447,10 @@ def evaluate(trials: Iterable[Trial], rate_hz: int = 50, params: Mapping[str, An
         fw = runner.firmware
 
     groups = {"all": results}
+    datasets = list(dict.fromkeys(r.trial.dataset for r in results))
+    if len(datasets) > 1:
+        for name in datasets:
+            groups[name] = [r for r in results if r.trial.dataset == name]
     for group in ("young", "elderly"):
         members = [r for r in results if r.trial.group == group]
         if members:
@@ -446,7 +458,7 @@ def evaluate(trials: Iterable[Trial], rate_hz: int = 50, params: Mapping[str, An
     return EvalResult(rate_hz=rate_hz, params=dict(params) if params is not None else None, firmware=fw,
                       trials=tuple(results), scores={g: Scores.of(rs) for g, rs in groups.items()},
                       cost=cost, wall_s=time.monotonic() - start, source=source,
-                      skipped=tuple(str(p) for p in skipped))
+                      skipped=tuple(str(p) for p in skipped), range_g=range_g)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -468,8 +480,9 @@ def format_report(result: EvalResult) -> str:
         f"{all_.activities} daily activities)" + (f" from {result.source}" if result.source else ""),
         f"Detector: {DETECTOR_MODULE} in {result.firmware}, "
         f"params: {json.dumps(result.params) if result.params is not None else 'its defaults'}",
-        f"Node rate {result.rate_hz} Hz: the ADXL345 columns (+-16 g) in blocks of "
-        f"{200 // result.rate_hz} samples at 200 Hz, averaged",
+        f"Node rate {result.rate_hz} Hz: the ADXL345 columns (+-16 g)"
+        + (f" clipped at +-{result.range_g} g" if result.range_g < 16 else "")
+        + f" in blocks of {200 // result.rate_hz} samples at 200 Hz, averaged",
     ]
     if result.skipped:
         names = [Path(p).name for p in result.skipped]
@@ -481,17 +494,22 @@ def format_report(result: EvalResult) -> str:
               + (all_.f1.method if all_.f1 else "bootstrap") + " for F1.", ""]
     titles = {"all": "All subjects", "young": "Young (SA)", "elderly": "Elderly (SE)"}
     for group, s in result.scores.items():
-        lines += [f"{titles[group]}: {s.falls + s.activities} trials",
+        lines += [f"{titles.get(group, group)}: {s.falls + s.activities} trials",
                   f"  sensitivity  {_pct(s.sensitivity, 'falls')}",
                   f"  specificity  {_pct(s.specificity, 'activities')}",
                   f"  F1           {_f1(s.f1)}"]
     codes = result.codes()
+    several = len({c.dataset for c in codes}) > 1
+
+    def label(c: CodeSummary) -> str:
+        return (f"{c.dataset} " if several else "") + c.code + (f" ({c.activity})" if c.activity else "")
+
     missed = [c for c in codes if c.is_fall and c.wrong]
     alarmed = [c for c in codes if not c.is_fall and c.wrong]
     lines += ["", "Falls missed, by fall type:" if missed else "Falls missed: none"]
-    lines += [f"  {c.code}  {len(c.wrong)}/{c.trials} missed: {', '.join(c.wrong)}" for c in missed]
+    lines += [f"  {label(c)}  {len(c.wrong)}/{c.trials} missed: {', '.join(c.wrong)}" for c in missed]
     lines += ["", "False alarms, by daily activity:" if alarmed else "False alarms: none"]
-    lines += [f"  {c.code}  {len(c.wrong)}/{c.trials} alarmed: {', '.join(c.wrong)}" for c in alarmed]
+    lines += [f"  {label(c)}  {len(c.wrong)}/{c.trials} alarmed: {', '.join(c.wrong)}" for c in alarmed]
     lat = result.latency()
     lines += ["", "Time from the impact peak (largest |a| of the trial) to the first alarm at or after it:"]
     if lat.values_s:

@@ -1,4 +1,4 @@
-"""Read the SisFall dataset in its official layout and emulate a node's accelerometer from it.
+"""Read fall datasets in SisFall's layout and emulate a node's accelerometer from them.
 
 SisFall (Sucerquia, López, Vargas-Bonilla, *Sensors* 2017, doi:10.3390/s17010198) unpacks to a
 ``SisFall_dataset/`` folder with one folder per subject (``SA01``..``SA23`` young adults,
@@ -17,17 +17,29 @@ with a +-16 g accelerometer sees; :func:`read_counts` returns those columns and
 
 Known quirk of the distribution: ``SA15/`` holds files named ``D17_SE15_*``. The subject is
 therefore always taken from the folder, never from the file name.
+
+Other datasets converted to this layout (FallAllD: Saleh, Abbas, Le Bouquin Jeannès, *IEEE Sensors
+Journal* 2021, doi:10.1109/JSEN.2020.3018335) use their own activity codes: an
+``activity_codes.csv`` beside the subject folders (``code,src_activity_id,src_activity,is_fall,...``)
+names them and says which are falls, and then wins over SisFall's table. A folder holding several
+datasets (``SisFall_dataset/`` and ``FallAllD_dev/``) is read with :func:`find_datasets`::
+
+    for ds in find_datasets("/data"):                       # SisFall_dataset, FallAllD_dev
+        for trial in iter_trials(ds):
+            trial.dataset, trial.code, trial.activity       # "FallAllD_dev", "D16", "Lying down"
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import logging
 import lzma
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +49,17 @@ SOURCE_RATE_HZ = 200
 COUNTS_PER_G = 256
 #: Node rates :func:`resample` supports: SOURCE_RATE_HZ must be a whole multiple of them.
 RATES_HZ = (50, 100, 200)
+#: Accelerometer ranges :func:`resample` emulates, in g (16: the ADXL345 columns as recorded).
+RANGES_G = (2, 4, 8, 16)
 
 _SUBJECT_RE = re.compile(r"S[AE]\d\d")
 _TRIAL_RE = re.compile(r"(?P<code>[FD]\d\d)_(?P<subject>S[AE]\d\d)_(?P<take>R\d\d)\.txt(?P<comp>\.gz|\.xz)?")
 _TRIAL_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
 _FIELDS = 9
 _ALLOWED = b"0123456789+-,; \t\r\n"
+#: The file that names a converted dataset's activity codes (FallAllD_dev/activity_codes.csv).
+CODES_FILE = "activity_codes.csv"
+_CODE_RE = re.compile(r"[FD]\d\d")
 
 
 class DatasetError(ValueError):
@@ -50,15 +67,79 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Activity:
+    """What a code stands for in one dataset: ``D16`` is "Lying down" in FallAllD."""
+
+    code: str
+    name: str
+    is_fall: bool
+
+
+#: SisFall's activities (its Readme.txt): 19 daily activities, 15 falls.
+SISFALL_ACTIVITIES: Mapping[str, Activity] = {a.code: a for a in (Activity(c, n, c[0] == "F") for c, n in (
+    ("D01", "Walking slowly"),
+    ("D02", "Walking quickly"),
+    ("D03", "Jogging slowly"),
+    ("D04", "Jogging quickly"),
+    ("D05", "Walking upstairs and downstairs slowly"),
+    ("D06", "Walking upstairs and downstairs quickly"),
+    ("D07", "Slowly sit in a half height chair, wait a moment, and up slowly"),
+    ("D08", "Quickly sit in a half height chair, wait a moment, and up quickly"),
+    ("D09", "Slowly sit in a low height chair, wait a moment, and up slowly"),
+    ("D10", "Quickly sit in a low height chair, wait a moment, and up quickly"),
+    ("D11", "Sitting a moment, trying to get up, and collapse into a chair"),
+    ("D12", "Sitting a moment, lying slowly, wait a moment, and sit again"),
+    ("D13", "Sitting a moment, lying quickly, wait a moment, and sit again"),
+    ("D14", "Being on one's back change to lateral position, wait a moment, and change to one's back"),
+    ("D15", "Standing, slowly bending at knees, and getting up"),
+    ("D16", "Standing, slowly bending without bending knees, and getting up"),
+    ("D17", "Standing, get into a car, remain seated and get out of the car"),
+    ("D18", "Stumble while walking"),
+    ("D19", "Gently jump without falling (trying to reach a high object)"),
+    ("F01", "Fall forward while walking caused by a slip"),
+    ("F02", "Fall backward while walking caused by a slip"),
+    ("F03", "Lateral fall while walking caused by a slip"),
+    ("F04", "Fall forward while walking caused by a trip"),
+    ("F05", "Fall forward while jogging caused by a trip"),
+    ("F06", "Vertical fall while walking caused by fainting"),
+    ("F07", "Fall while walking, with use of hands in a table to dampen fall, caused by fainting"),
+    ("F08", "Fall forward when trying to get up"),
+    ("F09", "Lateral fall when trying to get up"),
+    ("F10", "Fall forward when trying to sit down"),
+    ("F11", "Fall backward when trying to sit down"),
+    ("F12", "Lateral fall when trying to sit down"),
+    ("F13", "Fall forward while sitting, caused by fainting or falling asleep"),
+    ("F14", "Fall backward while sitting, caused by fainting or falling asleep"),
+    ("F15", "Lateral fall while sitting, caused by fainting or falling asleep"),
+))}
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """One folder of subject folders, and what its activity codes mean."""
+
+    name: str                              # the folder's name: "SisFall_dataset", "FallAllD_dev"
+    root: Path
+    activities: Mapping[str, Activity]
+    codes_from: str                        # "SisFall" or the path of its activity_codes.csv
+
+    def activity(self, code: str) -> Activity:
+        """The code's activity; a code the table does not know is a fall when it starts with F."""
+        return self.activities.get(code) or Activity(code, "", code.startswith("F"))
+
+
+@dataclass(frozen=True, slots=True)
 class Trial:
     """One recorded trial: ``F05_SA01_R02`` is subject SA01's second take of fall type F05."""
 
     subject: str      # from the folder: "SA01"
-    code: str         # activity: "F01".."F15" falls, "D01".."D19" activities of daily living
+    code: str         # activity: in SisFall "F01".."F15" falls, "D01".."D19" activities of daily living
     take: str         # "R01"
     path: Path
     group: str        # "young" (SA..) or "elderly" (SE..)
     is_fall: bool
+    dataset: str = ""      # the dataset's folder name: "SisFall_dataset", "FallAllD_dev"
+    activity: str = ""     # the code's name in that dataset: "Lying down"
 
     @property
     def name(self) -> str:
@@ -79,6 +160,63 @@ def dataset_root(root: str | Path) -> Path:
             return candidate
     raise DatasetError(f"{root}: not a SisFall dataset (no subject folders like SA01/ or SE01/ in it "
                        f"or in {root / 'SisFall_dataset'})")
+
+
+def read_activity_codes(path: Path) -> dict[str, Activity]:
+    """A converted dataset's ``activity_codes.csv``: ``code,src_activity_id,src_activity,is_fall,...``.
+
+    Raises :class:`DatasetError` naming the file and line for a row that is not a code
+    (``F01``/``D13``), a name and ``is_fall`` 0 or 1, or for a code given twice.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+    rows = csv.DictReader(io.StringIO(text))
+    missing = {"code", "src_activity", "is_fall"} - set(rows.fieldnames or ())
+    if missing:
+        raise DatasetError(f"{path}:1: expected the columns code, src_activity, is_fall; missing "
+                           + ", ".join(sorted(missing)))
+    out: dict[str, Activity] = {}
+    for row in rows:
+        line = rows.line_num
+        code, name, fall = row["code"], (row["src_activity"] or "").strip(), row["is_fall"]
+        if code is None or not _CODE_RE.fullmatch(code) or fall not in ("0", "1") or not name:
+            raise DatasetError(f"{path}:{line}: expected a code like F01 or D13, a name and is_fall 0 or 1, "
+                               f"got {code!r}, {name!r}, {fall!r}")
+        if code in out:
+            raise DatasetError(f"{path}:{line}: code {code} given twice")
+        out[code] = Activity(code, name, fall == "1")
+    return out
+
+
+def open_dataset(root: str | Path) -> Dataset:
+    """The dataset at *root* (its subject folders, or a ``SisFall_dataset/`` in it), with its codes
+    named by its ``activity_codes.csv`` or, without one, by SisFall's table."""
+    base = dataset_root(root)
+    codes = base / CODES_FILE
+    if codes.is_file():
+        return Dataset(base.name, base, read_activity_codes(codes), str(codes))
+    return Dataset(base.name, base, SISFALL_ACTIVITIES, "SisFall")
+
+
+def find_datasets(path: str | Path) -> list[Dataset]:
+    """The dataset at *path*, or every dataset folder directly in it (sorted by name).
+
+    ``/data/SisFall_dataset`` is one dataset; ``/data`` holding ``SisFall_dataset/`` and
+    ``FallAllD_dev/`` is both. Raises :class:`DatasetError` when there is none.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such directory")
+    if any(_is_subject_dir(p) for p in path.iterdir()):
+        return [open_dataset(path)]
+    found = [open_dataset(p) for p in sorted(path.iterdir())
+             if p.is_dir() and any(_is_subject_dir(q) for q in p.iterdir())]
+    if not found:
+        raise DatasetError(f"{path}: not a SisFall dataset (no subject folders like SA01/ or SE01/ in it "
+                           f"or in the folders in it)")
+    return found
 
 
 def _is_subject_dir(path: Path) -> bool:
@@ -103,17 +241,19 @@ def parse_subjects(text: str) -> frozenset[str]:
     return frozenset(subjects)
 
 
-def iter_trials(root: str | Path, subjects: Iterable[str] | None = None, *,
+def iter_trials(root: str | Path | Dataset, subjects: Iterable[str] | None = None, *,
                 skipped: list[Path] | None = None) -> Iterator[Trial]:
     """The trials under *root*, sorted by (subject, code, take).
 
-    *root* is the ``SisFall_dataset`` folder or its parent; *subjects* selects subject folders
+    *root* is a :class:`Dataset`, the ``SisFall_dataset`` folder or its parent; each trial is
+    named by the dataset's activities (:func:`open_dataset`). *subjects* selects subject folders
     (all when None). Files other than ``.txt``/``.txt.gz``/``.txt.xz`` are ignored (``Readme.txt``
     sits at the top, outside the subject folders). A trial-like file whose name does not parse,
     or a second copy of a trial (``.txt`` beside ``.txt.xz``), is skipped with a logged warning
     and appended to *skipped* when given.
     """
-    base = dataset_root(root)
+    ds = root if isinstance(root, Dataset) else open_dataset(root)
+    base = ds.root
     wanted = None if subjects is None else {s.upper() for s in subjects}
     found: dict[tuple[str, str, str], Trial] = {}
     for folder in sorted(p for p in base.iterdir() if _is_subject_dir(p)):
@@ -131,9 +271,10 @@ def iter_trials(root: str | Path, subjects: Iterable[str] | None = None, *,
                     skipped.append(path)
                 continue
             subject, code, take = key
+            activity = ds.activity(code)
             found[key] = Trial(subject=subject, code=code, take=take, path=path,
                                group="young" if subject.startswith("SA") else "elderly",
-                               is_fall=code.startswith("F"))
+                               is_fall=activity.is_fall, dataset=ds.name, activity=activity.name)
     for key in sorted(found):
         yield found[key]
 
@@ -192,8 +333,12 @@ def counts_to_mg(count_sum: int, n: int = 1) -> int:
     return (2000 * count_sum + den) // (2 * den)
 
 
-def resample(counts: list[tuple[int, int, int]], rate_hz: int) -> list[tuple[int, int, int]]:
+def resample(counts: list[tuple[int, int, int]], rate_hz: int, range_g: int = 16) -> list[tuple[int, int, int]]:
     """200 Hz ADXL345 counts -> ``(x_mg, y_mg, z_mg)`` at *rate_hz* (50, 100 or 200).
+
+    *range_g* below 16 emulates a part with a smaller range (``8``: a +-8 g accelerometer, like
+    FallAllD's): each axis is clipped to +-range_g before the averaging, as the part's converter
+    clips before its output filter.
 
     Each output sample is the mean of one block of ``200 // rate_hz`` input samples (4 at
     50 Hz), in milli-g rounded half up (:func:`counts_to_mg`); an incomplete last block is
@@ -213,8 +358,13 @@ def resample(counts: list[tuple[int, int, int]], rate_hz: int) -> list[tuple[int
     k = SOURCE_RATE_HZ // rate_hz
     den = 2 * COUNTS_PER_G * k                # counts_to_mg(sum, k), inlined: ~1M samples a run
     half = COUNTS_PER_G * k
+    if range_g not in RANGES_G:
+        raise ValueError(f"range +-{range_g} g: supported ranges are {', '.join(map(str, RANGES_G))} g")
     if not counts:
         return []
+    if range_g < 16:
+        lim = range_g * COUNTS_PER_G
+        counts = [(min(lim, max(-lim, x)), min(lim, max(-lim, y)), min(lim, max(-lim, z))) for x, y, z in counts]
     columns = zip(*counts)                    # xs, ys, zs
     # zip(*[iter(col)] * k) walks a column k samples at a time and drops an incomplete block
     sx, sy, sz = (map(sum, zip(*[iter(col)] * k)) for col in columns)

@@ -153,12 +153,12 @@ class NodeConnection:
 
     # ------------------------------------------------------------------ receiving
     def idle_timeout_s(self) -> float:
-        return 3 * self.controller.config.heartbeat_ms / 1000 + IDLE_GRACE_S
+        return 3 * self.controller.config.heartbeat_ms / 1000 + self.gateway.idle_grace_s
 
     async def run(self) -> None:
         stats = self.gateway.stats
         try:
-            first = await read_frame(self.reader, HELLO_TIMEOUT_S)
+            first = await read_frame(self.reader, self.gateway.hello_timeout_s)
             await self._handle(first, hello_expected=True)
             while True:
                 await self._handle(await read_frame(self.reader, self.idle_timeout_s()), hello_expected=False)
@@ -263,8 +263,13 @@ class NodeConnection:
 
 
 class NodeGateway:
-    def __init__(self, controller: RoomController) -> None:
+    """``hello_timeout_s`` and ``idle_grace_s`` are the protocol's numbers; tests pass short ones."""
+
+    def __init__(self, controller: RoomController, *, hello_timeout_s: float = HELLO_TIMEOUT_S,
+                 idle_grace_s: float = IDLE_GRACE_S) -> None:
         self.controller = controller
+        self.hello_timeout_s = hello_timeout_s
+        self.idle_grace_s = idle_grace_s
         self.stats = GatewayStats()
         self.connections: dict[str, NodeConnection] = {}
         self._failing: dict[str, int] = {}  # node -> sessions in a row rejected with nothing delivered

@@ -57,7 +57,7 @@ CALL_TYPES: dict[str, CallType] = {
     "sensor_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "Sensor fault"),
     "cord_removed": CallType(5, "low", CONDITION, ("yellow", "steady"), "Call cord removed"),
     "system_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "System fault"),
-    "environment": CallType(5, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
+    "environment": CallType(6, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
     # Supervision of the screens (supervision.py): calls raised but not shown on any nurse screen in time.
     "not_displayed": CallType(5, "medium", CONDITION, ("yellow", "fast"), "Calls not shown on any nurse screen"),
 }
@@ -139,6 +139,7 @@ class Call:
     signalled_at_ms: int = 0                # raised, or re-signalled by a reminder: sounds through a silence
     held: bool = False                      # on when staff registered presence: its clocks wait while they stay
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    patient: dict[str, str] | None = None   # from the hospital's admissions (hospital.py), where known
 
     @property
     def ctype(self) -> CallType:
@@ -174,7 +175,7 @@ class Call:
             "escalated_to": levels[self.level - 1] if 0 < self.level <= len(levels) else None,
             "reminders": self.reminders, "next_due_ms": due_ms, "held_by_presence": self.held,
             "detail": self.detail,
-            "timeline": list(self.timeline),
+            "timeline": list(self.timeline), "patient": self.patient,
         }
 
 
@@ -344,10 +345,17 @@ class CallRules:
         node_cfg = self.config.nodes.get(node) if node else None
         if bed is None and node_cfg is not None:
             bed = node_cfg.bed
-        return [LogEntry("call.raised", {
-            "call_id": _call_id(), "type": ctype, "level": CALL_TYPES[ctype].level, "node": node, "input": src,
-            "bed": bed, "by": by or (f"{node}/{src}" if node else "room controller"), "at_ms": now_ms,
-            "detail": detail})]
+        data = {"call_id": _call_id(), "type": ctype, "level": CALL_TYPES[ctype].level, "node": node, "input": src,
+                "bed": bed, "by": by or (f"{node}/{src}" if node else "room controller"), "at_ms": now_ms,
+                "detail": detail}
+        patient = self.patient_for(bed) if CALL_TYPES[ctype].clears != CONDITION else None
+        if patient is not None:
+            data["patient"] = patient
+        return [LogEntry("call.raised", data)]
+
+    def patient_for(self, bed: str | None) -> dict[str, str] | None:
+        """The patient a call from ``bed`` is about, where admissions say (hospital.py overrides this)."""
+        return None
 
     @staticmethod
     def _clear(call: Call, by: str, how: str, now_ms: int) -> LogEntry:
@@ -370,7 +378,8 @@ class CallRules:
 
     def _apply_raised(self, d: dict[str, Any]) -> None:
         call = Call(d["call_id"], d["type"], d["node"], d["input"], d["bed"], d["at_ms"], d.get("by", ""),
-                    dict(d.get("detail", {})), phase_since_ms=d["at_ms"], signalled_at_ms=d["at_ms"])
+                    dict(d.get("detail", {})), phase_since_ms=d["at_ms"], signalled_at_ms=d["at_ms"],
+                    patient=d.get("patient"))
         self.calls[call.id] = call
         self._step(d, "raised")
         if "stay_ms" in d:

@@ -197,6 +197,7 @@ class RoomConfig:
     supervision: Supervision = Supervision()
     environment: Mapping[str, EnvRule] = field(default_factory=lambda: dict(PROFILES[DEFAULT_PROFILE]))
     ward: WardLink | None = None  # None: the room is not on a ward broker
+    integrations: Any = None  # integrations.config.Integrations: the [integrations] section, checked; None without
     readings_per_s: float = DEFAULT_READINGS_PER_S  # each node's readings budget: sustained rate ...
     readings_burst: int = DEFAULT_READINGS_BURST    # ... and burst
 
@@ -492,7 +493,8 @@ def _section(doc: _Doc, root: Mapping[str, Any], key: str, allowed: tuple[str, .
 
 # --------------------------------------------------------------------------- sections
 
-_TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "environment", "nodes", "ward")
+_TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "environment", "nodes", "ward",
+             "integrations")
 _ROOM_KEYS = ("id", "name", "profile")
 _BED_KEYS = ("id", "fall_risk")
 _GATEWAY_KEYS = ("host", "port", "heartbeat_ms", "readings_per_s", "readings_burst")
@@ -759,6 +761,25 @@ def _parse_ward(doc: _Doc, root: Mapping[str, Any], room_id: str) -> WardLink | 
     )
 
 
+_INTEGRATIONS_PARSER = "integrations.config:parse_integrations"
+
+
+def _parse_integrations(doc: _Doc, root: Mapping[str, Any], beds: tuple[str, ...]) -> Any:
+    """The [integrations] section, checked by the integrations package (HL7, FHIR, webhooks)."""
+    if "integrations" not in root:
+        return None
+    table = _typed(doc, root["integrations"], ("integrations",), dict)
+    module_name, _, func = _INTEGRATIONS_PARSER.partition(":")
+    try:
+        parse = getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError) as exc:
+        raise doc.error(("integrations",), f"integrations are not available here ({exc})") from None
+    try:
+        return parse(table, beds)
+    except OptionError as exc:
+        raise doc.error(("integrations", *exc.path), exc.message) from None
+
+
 def _parse_nodes(doc: _Doc, root: Mapping[str, Any], beds: tuple[str, ...]) -> dict[str, NodeConfig]:
     nodes = _required(doc, root, (), "nodes", dict, " (the file needs at least one [nodes.<id>] table)")
     return {node_id: _parse_node(doc, node_id, table, beds) for node_id, table in nodes.items()}
@@ -781,9 +802,11 @@ def parse_room(doc: Mapping[str, Any], source: str = "<memory>", *, text: str | 
     environment = _parse_environment(where, root, profile)
     nodes = _parse_nodes(where, root, beds)
     ward = _parse_ward(where, root, room_id)
+    integrations = _parse_integrations(where, root, beds)
     readings_per_s, readings_burst = _parse_budget(where, root)
     return RoomConfig(room_id, name, beds, nodes, heartbeat_ms, host, port, source, profile, fall_risk,
-                      timers, levels, supervision, environment, ward, readings_per_s, readings_burst)
+                      timers, levels, supervision, environment, ward, integrations=integrations,
+                      readings_per_s=readings_per_s, readings_burst=readings_burst)
 
 
 def load_room(path: Path) -> RoomConfig:

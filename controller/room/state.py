@@ -22,11 +22,12 @@ from ..store import LogEntry, LogRecord
 from .calls import CALL_APPLY, CALL_INPUTS, Call, CallRules
 from .config import RoomConfig
 from .environment import ENVIRONMENT_APPLY, EnvironmentRules, EnvState
+from .hospital import HOSPITAL_APPLY, HospitalRules
 from .presence import AREA_INPUTS, PRESENCE_APPLY, PresenceRules
 from .supervision import FAULT_CORD_REMOVED, SUPERVISION_APPLY, NodeStatus, SupervisionRules
 
 
-class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
+class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, CallRules):
     def __init__(self, config: RoomConfig) -> None:
         self.config = config
         self.calls: dict[str, Call] = {}
@@ -45,6 +46,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
         self.env: dict[str, EnvState] = {m: EnvState() for m in config.environment}
         self.cursor = 0
         self.last_ms = 0
+        self.patients: dict[str, dict[str, str] | None] = {bed: None for bed in config.beds}  # hospital.py
 
     # ------------------------------------------------------------------ queries
     def next_due_ms(self, now_ms: int, offline_after_ms: int) -> int | None:
@@ -69,6 +71,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
             "outputs": self.outputs(now_ms).to_json(),
             "environment": {m: dict(v, **self._env_json(m)) for m, v in self.environment.items()},
             "nodes": [self.node_json(n) for n in sorted(self.nodes.values(), key=lambda n: n.id)],
+            "patients": dict(self.patients),
         }
 
     # ------------------------------------------------------------------ decisions: node inputs
@@ -141,4 +144,4 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
 
 
 
-_APPLY = {**CALL_APPLY, **PRESENCE_APPLY, **ENVIRONMENT_APPLY, **SUPERVISION_APPLY}
+_APPLY = {**CALL_APPLY, **PRESENCE_APPLY, **ENVIRONMENT_APPLY, **SUPERVISION_APPLY, **HOSPITAL_APPLY}

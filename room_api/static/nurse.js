@@ -103,7 +103,7 @@ function render(room) {
   renderCalls(room.calls);
   renderOutputs(room.outputs);
   renderOccupancy(room.occupancy);
-  renderBeds(room.room.beds, room.fall_risk, room.occupancy.beds);
+  renderBeds(room.room.beds, room.fall_risk, room.occupancy.beds, room.patients || {});
   renderHistory();
   tickAges(session);
   requestAnimationFrame(() => setTimeout(confirmShown, 0));  // after the frame that paints the calls
@@ -172,6 +172,7 @@ function callRow(c) {
     badge(c.priority),
     el("div", {},
       el("div", { class: "what" }, `${c.label}${need}${where}`, c.bed ? ` · Bed ${c.bed}` : ""),
+      c.patient ? el("div", { class: "patient" }, `Patient: ${patientName(c.patient)}`) : null,
       el("div", { class: "state" }, `${STATE_TEXT[c.state] || c.state}${who} · `, age(c.raised_at_ms, " since raised")),
       escalation,
       extra ? el("div", { class: "meta" }, extra) : null),
@@ -206,11 +207,15 @@ function renderOccupancy(occ) {
     el("li", {}, `Room presence: ${occ.room ? "yes" : "no"} · bathroom: ${occ.bath ? "occupied" : "free"}`));
 }
 
-function renderBeds(beds, fallRisk, inBed) {
+// A patient is named only when the hospital's admission system (HL7 ADT) said who lies in the bed.
+const patientName = (p) => `${p.name || p.id}${p.name ? ` (${p.id})` : ""}`;
+
+function renderBeds(beds, fallRisk, inBed, patients) {
   $("beds").replaceChildren(...beds.map((bed) => {
     const on = Boolean(fallRisk[bed]);
+    const patient = patients[bed] ? ` · ${patientName(patients[bed])}` : "";
     return el("li", { dataset: { bed } },
-      el("span", {}, `Bed ${bed}: ${inBed[bed] ? "occupied" : "empty"}`),
+      el("span", {}, `Bed ${bed}: ${inBed[bed] ? "occupied" : "empty"}${patient}`),
       el("button", { type: "button", class: "fall-risk", "aria-pressed": String(on),
                      onclick: (e) => setFallRisk(e, bed, !on) }, `Fall risk: ${on ? "ON" : "off"}`));
   }));
@@ -308,6 +313,9 @@ function describe(ev, call) {
     case "call.reminded": return `${name}: reminder ${d.n}, not cleared — re-signalled`;
     case "call.clear_refused": return `Clear refused for ${name}: ${d.reason}`;
     case "call.noted": return `${name}: ${d.note}`;
+    case "call.delivery": return `${name}: ${d.status} (${d.by})`;
+    case "bed.patient": return d.patient ? `Bed ${d.bed}: ${patientName(d.patient)} (${d.reason.replace(/_/g, " ")})`
+      : `Bed ${d.bed}: patient left (${d.reason.replace(/_/g, " ")})`;
     case "staff.presence":
       if (d.timed_out) return `Staff presence ended by itself: ${d.by} — calls held for it run again`;
       if (d.renewed) return `Staff presence renewed (${d.by})`;

@@ -254,9 +254,13 @@ class MicrophoneSource:
     """Frames from a sound card input through ``sounddevice`` (PortAudio), until :meth:`close`.
 
     ``device`` is a sounddevice device (index or part of its name), None for the default input.
-    PortAudio's callback only copies the block into a bounded queue; when the recogniser falls
+    PortAudio's callback only copies the block into a bounded queue; when the listener falls
     behind, the oldest audio is dropped (``dropped_blocks`` counts it), never written anywhere.
+    ``realtime``: frames arrive at the speed of speech, so decoding runs behind the room's decode
+    gate rather than in step with the frames (sensors/voice/budget.py).
     """
+
+    realtime = True
 
     def __init__(self, device: str | int | None = None, *, sd: Any = None) -> None:
         if sd is None:

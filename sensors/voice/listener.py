@@ -1,23 +1,37 @@
-"""Frames in, detections out: voice activity detection, then phrase recognition per utterance.
+"""Frames in, detections out: voice activity detection, then recognition per utterance.
 
 The same :class:`Listener` runs on the microphone and on WAV files (``smartroom voice recognize``,
 the tests, the benchmark). An utterance is held in memory only while it is being spoken and
 decoded, and dropped right after; one longer than ``max_utterance_s`` is conversation, not a
-command: it is dropped as it grows and never decoded.
+command: it is dropped as it grows and never decoded. The VAD gates the recogniser: silence,
+noise and long speech cost no decoding at all.
+
+``detections`` decodes each utterance as it ends (files: nothing is ever dropped). On the
+microphone, :class:`~sensors.voice.budget.DecodeGate` sits between ``utterances`` and ``decode``
+instead, so that decoding never holds up listening (docs/voice.md, "Processor budget").
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from .audio import FRAME_BYTES, FRAME_S, SAMPLE_RATE
-from .recognizer import PhraseRecognizer
+from .recognizer import Recognition
 
 VAD_WINDOW_S = 0.3   # PocketSphinx endpointer: speech starts/ends when 90 % of this window agrees
 VAD_RATIO = 0.9
 MIN_UTTERANCE_S = 0.2  # shorter blips (a click, a knock) are not words
+
+
+class Recognizer(Protocol):
+    """PhraseRecognizer (PocketSphinx) or WhisperRecognizer: one utterance in, an intent or None out."""
+
+    engine: str
+    threshold: float
+
+    def recognize(self, pcm: bytes) -> Recognition | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +41,26 @@ class Detection:
     phrase: str
     confidence: float
     duration_s: float
+    transcript: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {"time": round(self.time_s, 2), "intent": self.intent, "phrase": self.phrase,
-                "confidence": self.confidence}
+                "confidence": self.confidence, "transcript": self.transcript}
+
+    def detail(self, engine: str) -> dict[str, object]:
+        """What the call's detail keeps of an accepted command: never audio."""
+        return {"intent": self.intent, "phrase": self.phrase, "transcript": self.transcript,
+                "confidence": self.confidence, "engine": engine}
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    start_s: float       # seconds from the start of the source
+    pcm: bytes           # 16 kHz mono 16-bit; in memory only, dropped once decoded
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / 2 / SAMPLE_RATE
 
 
 @dataclass(slots=True)
@@ -42,7 +72,7 @@ class ListenerStats:
 
 
 class Listener:
-    def __init__(self, recognizer: PhraseRecognizer, *, vad_mode: int = 3, max_utterance_s: float = 3.0,
+    def __init__(self, recognizer: Recognizer, *, vad_mode: int = 3, max_utterance_s: float = 3.0,
                  clock: Callable[[], float] = time.process_time) -> None:
         import pocketsphinx
 
@@ -69,7 +99,14 @@ class Listener:
         self._new_endpointer()
 
     def detections(self, frames: Iterable[bytes]) -> Iterator[Detection]:
-        """Detections in ``frames`` (FRAME_BYTES each), as each utterance ends."""
+        """Detections in ``frames`` (FRAME_BYTES each), each decoded as its utterance ends."""
+        for utterance in self.utterances(frames):
+            found = self.decode(utterance)
+            if found is not None:
+                yield found
+
+    def utterances(self, frames: Iterable[bytes]) -> Iterator[Utterance]:
+        """The stretches of speech in ``frames`` worth decoding, as each ends (VAD only, no decoding)."""
         offset_s = self.stats.audio_s
         n = 0
         for frame in frames:
@@ -95,25 +132,30 @@ class Listener:
             if found is not None:
                 yield found
         if self._ep.in_speech:
-            t0 = self._clock()
             rest = self._ep.end_stream(bytes(FRAME_BYTES))  # it needs a (final) frame
             if rest and not self._dropped:
                 self._speech += rest
             found = self._utterance_done()
-            self.stats.decode_s += self._clock() - t0
             if found is not None:
                 yield found
 
-    def _utterance_done(self) -> Detection | None:
+    def _utterance_done(self) -> Utterance | None:
         pcm, dropped = bytes(self._speech), self._dropped
         self._speech.clear()
         self._dropped = False
-        duration_s = len(pcm) / 2 / SAMPLE_RATE
-        if dropped or duration_s < MIN_UTTERANCE_S:
+        if dropped or len(pcm) / 2 / SAMPLE_RATE < MIN_UTTERANCE_S:
             return None
+        return Utterance(self._start_s, pcm)
+
+    def decode(self, utterance: Utterance) -> Detection | None:
+        """Recognise one utterance (in the calling thread); its audio is not kept."""
+        t0 = self._clock()
         self.stats.utterances += 1
-        result = self.recognizer.recognize(pcm)
-        del pcm
+        try:
+            result = self.recognizer.recognize(utterance.pcm)
+        finally:
+            self.stats.decode_s += self._clock() - t0
         if result is None:
             return None
-        return Detection(self._start_s, result.intent, result.phrase, result.confidence, duration_s)
+        return Detection(utterance.start_s, result.intent, result.phrase, result.confidence, utterance.duration_s,
+                         result.transcript)

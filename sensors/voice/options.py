@@ -11,12 +11,15 @@ A voice node in the room file::
 
     [nodes.voice-a.voice]
     enabled = true          # false: the microphone is never opened for this bed
+    engine = "whisper"      # or "pocketsphinx": the low-power engine (fewer phrasings, weaker in noise)
     device = "USB"          # a sounddevice input device (name part or index); default: the system's
     threshold = 0.5         # accept a phrase at this confidence or more (0..1)
-    phrases = { water = ["water", "I am thirsty"] }   # replaces the built-in phrases of an intent
+    phrases = { water = ["[some] water", "i am thirsty"] }   # replaces the built-in phrasings of an intent
 
 Input names are intent names; the node's ``inputs`` say what each intent means in the room. Only
-intents listed there are listened for.
+intents listed there are listened for. Phrasings may have ``[optional]`` and ``(alternative|words)``
+parts (sensors/voice/intents.py); for pocketsphinx each expands to its phrases, every word of which
+must be in its pronunciation dictionary.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from controller.room.config import OptionError
+from .intents import (DEFAULT_MIN_CONFIDENCE, GRAMMAR, GrammarError, IntentMatcher, check_pattern, expand,
+                      normalise_pattern)
 
 # Built-in phrases per language: intent -> phrases. An intent is an input name of the voice node.
 # Short and distinct on purpose: each must sound unlike the others and unlike everyday replies.
@@ -42,14 +47,19 @@ PHRASES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
 })
 # Languages a model is shipped for (sensors/voice/recognizer.py). Korean: see docs/voice.md.
 LANGUAGES = tuple(PHRASES)
+# The whisper engine's phrasings (sensors/voice/intents.py): the phrases above and natural variants.
+GRAMMARS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({"en": GRAMMAR})
+ENGINES = ("whisper", "pocketsphinx")
+DEFAULT_ENGINE = "whisper"
+MAX_POCKETSPHINX_PHRASES = 60   # per intent: each phrase is a sentence of its language model
 
 CONFIRM_MODES = ("speech", "tone", "off")
-DEFAULT_THRESHOLD = 0.0        # confidence to accept (0..1); the posterior gate costs more calls than it saves (docs/voice.md)
+DEFAULT_THRESHOLD = 0.0        # pocketsphinx: confidence to accept (0..1); its posterior gate costs more calls than it saves
+DEFAULT_THRESHOLDS = {"pocketsphinx": DEFAULT_THRESHOLD, "whisper": DEFAULT_MIN_CONFIDENCE}
 DEFAULT_MAX_UTTERANCE_S = 3.0  # a longer stretch of speech is conversation, not a command
 DEFAULT_VAD_MODE = 3           # WebRTC VAD aggressiveness 0..3; 3 ignores most steady noise
-_PHRASE_RE = re.compile(r"^[a-z' ]+$")
 
-_KEYS = ("enabled", "language", "phrases", "device", "threshold", "max_utterance_s", "vad_mode", "confirm",
+_KEYS = ("enabled", "engine", "language", "phrases", "device", "threshold", "max_utterance_s", "vad_mode", "confirm",
          "confirm_voice")
 
 
@@ -90,22 +100,46 @@ def _dictionary() -> frozenset[str]:
     return model_words()
 
 
-def _phrases(table: Mapping[str, Any], language: str) -> Mapping[str, tuple[str, ...]]:
-    phrases = dict(PHRASES[language])
+def _overrides(table: Mapping[str, Any]) -> dict[str, list[str]]:
     overrides = _typed(table, "phrases", dict, {})
     for intent, value in overrides.items():
         path = ("phrases", intent)
         if not isinstance(value, list) or not value:
             raise OptionError(path, "expected a non-empty list of phrases, e.g. [\"water\", \"i am thirsty\"]")
-        checked: list[str] = []
         for i, phrase in enumerate(value):
-            if not isinstance(phrase, str) or not _PHRASE_RE.match(normalise_phrase(phrase) or "-"):
-                raise OptionError(path + (i,), f"{phrase!r} must be words of letters (a-z and ')")
-            unknown = [w for w in normalise_phrase(phrase).split() if w not in _dictionary()]
-            if unknown:
-                raise OptionError(path + (i,), f"{', '.join(unknown)}: not in the {language} pronunciation dictionary")
-            checked.append(normalise_phrase(phrase))
-        phrases[intent] = tuple(checked)
+            problem = check_pattern(phrase)
+            if problem is not None:
+                raise OptionError(path + (i,), problem)
+    return overrides
+
+
+def _whisper_phrases(table: Mapping[str, Any], language: str) -> Mapping[str, tuple[str, ...]]:
+    grammar = dict(GRAMMARS[language])
+    for intent, value in _overrides(table).items():
+        grammar[intent] = tuple(normalise_pattern(p) for p in value)
+    try:
+        IntentMatcher(grammar)     # refuses a phrasing of two intents
+    except GrammarError as exc:
+        raise OptionError(("phrases",), str(exc)) from None
+    return MappingProxyType(grammar)
+
+
+def _pocketsphinx_phrases(table: Mapping[str, Any], language: str) -> Mapping[str, tuple[str, ...]]:
+    phrases = dict(PHRASES[language])
+    for intent, value in _overrides(table).items():
+        path = ("phrases", intent)
+        checked: list[str] = []
+        for i, pattern in enumerate(value):
+            for words in sorted(expand(pattern)):
+                unknown = [w for w in words if w not in _dictionary()]
+                if unknown:
+                    raise OptionError(path + (i,), f"{', '.join(unknown)}: not in the {language} pronunciation "
+                                                   f"dictionary")
+                checked.append(" ".join(words))
+        if len(checked) > MAX_POCKETSPHINX_PHRASES:
+            raise OptionError(path, f"{len(checked)} phrases after expansion; pocketsphinx takes at most "
+                                    f"{MAX_POCKETSPHINX_PHRASES} per intent")
+        phrases[intent] = tuple(dict.fromkeys(checked))
     seen: dict[str, str] = {}
     for intent, words in phrases.items():
         for phrase in words:
@@ -135,12 +169,17 @@ def parse_options(table: Mapping[str, Any]) -> dict[str, Any]:
     confirm = _typed(table, "confirm", str, "speech")
     if confirm not in CONFIRM_MODES:
         raise OptionError(("confirm",), f"'{confirm}' is not one of {', '.join(CONFIRM_MODES)}")
+    engine = _typed(table, "engine", str, DEFAULT_ENGINE)
+    if engine not in ENGINES:
+        raise OptionError(("engine",), f"'{engine}' is not one of {', '.join(ENGINES)}")
+    phrases = (_whisper_phrases if engine == "whisper" else _pocketsphinx_phrases)(table, language)
     return {
         "enabled": _typed(table, "enabled", bool, True),
+        "engine": engine,
         "language": language,
-        "phrases": _phrases(table, language),
+        "phrases": phrases,
         "device": device,
-        "threshold": _number(table, "threshold", DEFAULT_THRESHOLD, 0.0, 1.0),
+        "threshold": _number(table, "threshold", DEFAULT_THRESHOLDS[engine], 0.0, 1.0),
         "max_utterance_s": _number(table, "max_utterance_s", DEFAULT_MAX_UTTERANCE_S, 1.0, 10.0),
         "vad_mode": _vad_mode(table),
         "confirm": confirm,

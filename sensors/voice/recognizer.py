@@ -55,8 +55,9 @@ class RecognizerError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class Recognition:
     intent: str
-    phrase: str
-    confidence: float    # posterior probability of the transcription, 0..1
+    phrase: str          # the normalised sentence that was accepted
+    confidence: float    # 0..1: PocketSphinx's posterior of the transcription, Whisper's mean token probability
+    transcript: str = "" # what the decoder wrote, as it wrote it
 
 
 def _decoder_module():
@@ -104,6 +105,8 @@ class PhraseRecognizer:
     exactly one phrase, or whose confidence is below ``threshold``, are rejected (None).
     """
 
+    engine = "pocketsphinx"
+
     def __init__(self, phrases: Mapping[str, Sequence[str]], *, language: str = "en", threshold: float = 0.0,
                  command_weight: int = COMMAND_WEIGHT) -> None:
         if language != "en":
@@ -150,4 +153,4 @@ class PhraseRecognizer:
         intent = self._by_phrase.get(text)
         if intent is None or confidence < self.threshold:
             return None
-        return Recognition(intent, text, round(confidence, 3))
+        return Recognition(intent, text, round(confidence, 3), transcript=text)

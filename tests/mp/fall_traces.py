@@ -5,9 +5,10 @@
 #   micropython fall_traces.py NAME ...   only those
 #
 # One JSON line per scenario: {"name", "rate", "fires": [[sample, features], ...], "marks":
-# {"impact": sample, ...}, "dropped": n}; and {"name": "cost_<rate>", "detector_bytes",
-# "alloc_bytes", "updates", "fires"}. Samples are generated and fed one at a time (nothing is
-# stored), so ten-minute traces fit in a board-sized heap.
+# {"impact": sample, ...}, "dropped": n}; {"name": "rates_agree", "fires": [[rate, sample at
+# 50 Hz, features], ...]}; and {"name": "cost_<rate>", "detector_bytes", "alloc_bytes", "updates",
+# "fires"}. Samples are generated and fed one at a time (nothing is stored), so ten-minute traces
+# fit in a board-sized heap.
 #
 # Axes are those of fall.py's default mount (SisFall's waist mount): upright reads y = -1 g,
 # lying on the back z = +1 g, lying on the side x = +1 g. MOUNT_Z is the simulated board's
@@ -37,7 +38,7 @@ def _mix(a, b, t):
 class Trace:
     """Feeds a detector one generated sample at a time; records its alarms and named marks."""
 
-    def __init__(self, det, rate_hz, mount=MOUNT_Y, record=None):
+    def __init__(self, det, rate_hz, mount=MOUNT_Y, record=None, clip_mg=None):
         self.det = det
         self.rate = rate_hz
         self.m = mount
@@ -45,6 +46,7 @@ class Trace:
         self.fires = []
         self.marks = {}
         self.record = record     # an array('h') to keep the first samples in, or None
+        self.clip = clip_mg      # a part's range: every axis clipped to +-clip_mg, or None
         self._seed = 12345
 
     def pose(self, name, back_deg=0):
@@ -64,6 +66,11 @@ class Trace:
         x = int(v[0] * mag) + self._noise(noise)
         y = int(v[1] * mag) + self._noise(noise)
         z = int(v[2] * mag) + self._noise(noise)
+        c = self.clip
+        if c is not None:
+            x = max(-c, min(c, x))
+            y = max(-c, min(c, y))
+            z = max(-c, min(c, z))
         r = self.record
         if r is not None and 3 * self.n < len(r):
             r[3 * self.n] = x
@@ -209,6 +216,116 @@ def lie_down_in_bed(tr):
     tr.still(tr.pose("side"), 30)
 
 
+def lie_down_on_a_bed(tr):
+    # FallAllD's "Lying down": walk to the bed, sit on its edge with a bump (the candidate), then
+    # lie back over 1.5 s and settle: turned little at the contact, turning after it.
+    tr.walk(8)
+    tr.still(tr.pose("up"), 1)
+    tr.move(tr.pose("up"), tr.pose("up", 15), 0.5, low_mg=750)
+    tr.impact(tr.pose("up", 15), 2300, ms=160)
+    tr.move(tr.pose("up", 15), tr.pose("back"), 1.5)
+    tr.still(tr.pose("back"), 20)
+
+
+def lie_down_hard_sit(tr):
+    # The same with a harder sit (the impulse of a fall, ~150 mg s, below 2 g) and a quicker lie
+    # back: not turned to lying at the contact, so still not a hard impact.
+    tr.walk(8)
+    tr.still(tr.pose("up"), 1)
+    tr.move(tr.pose("up"), tr.pose("up", 15), 0.4, low_mg=600)
+    tr.impact(tr.pose("up", 15), 1900, ms=340)
+    tr.move(tr.pose("up", 15), tr.pose("back"), 1.0)
+    tr.still(tr.pose("back"), 20)
+
+
+def slump(tr):
+    # Fainting while standing: the knees give, the body folds down to the floor in 1.2 s and lands
+    # softly (1.9 g, ~50 mg s: no hard impact), already lying, then lies still.
+    tr.walk(10)
+    tr.still(tr.pose("up"), 2)
+    tr.move(tr.pose("up"), tr.pose("back"), 1.2, low_mg=650)
+    tr.impact(tr.pose("back"), 1900, ms=100)
+    tr.still(tr.pose("back"), 20)
+
+
+def slump_then_moving(tr):
+    # The same soft landing, then still turning and moving on the floor for seconds: lying down
+    # looks like this (docs/falls.md: not a slump, no alarm).
+    tr.walk(10)
+    tr.still(tr.pose("up"), 2)
+    tr.move(tr.pose("up"), tr.pose("up", 70), 1.2, low_mg=650)
+    tr.impact(tr.pose("up", 70), 1900, ms=100)
+    tr.move(tr.pose("up", 70), tr.pose("side"), 1.5)
+    tr.move(tr.pose("side"), tr.pose("back"), 1.5)
+    tr.still(tr.pose("back"), 20)
+
+
+def lie_back_after_contact(tr):
+    # Half lying at the contact (an elbow on the mattress, 65 degrees, a soft bump), then turning
+    # 25 degrees more onto the back before lying still: turning after the contact is lying down.
+    tr.walk(8)
+    tr.still(tr.pose("up"), 1)
+    tr.move(tr.pose("up"), tr.pose("up", 65), 1.0, low_mg=800)
+    tr.impact(tr.pose("up", 65), 1800, ms=100)
+    tr.move(tr.pose("up", 65), tr.pose("back"), 0.7)
+    tr.still(tr.pose("back"), 20)
+
+
+def flop_from_reclined(tr):
+    # Sitting reclined in bed (40 degrees), letting oneself fall sideways onto the mattress with
+    # a soft bump, then still: it started reclining, not upright, so it is lying down, not a slump.
+    tr.still(tr.pose("up", 40), 10)
+    tr.move(tr.pose("up", 40), tr.pose("side"), 0.6, low_mg=700)
+    tr.impact(tr.pose("side"), 1800, ms=100)
+    tr.still(tr.pose("side"), 20)
+
+
+def lie_down_then_settle(tr):
+    # Lying down onto the back with a soft bump, then seconds of shifting and settling in place
+    # (no turn): moving after a soft contact is lying down, not a slump.
+    tr.walk(8)
+    tr.still(tr.pose("up"), 1)
+    tr.move(tr.pose("up"), tr.pose("back"), 1.2, low_mg=700)
+    tr.impact(tr.pose("back"), 1800, ms=100)
+    tr.settle(tr.pose("back"), 3.0, wobble_mg=500)
+    tr.still(tr.pose("back"), 20)
+
+
+def fall_out_of_bed(tr):
+    # Lying on the back in bed, rolling onto the side and off the edge: 0.4 s of dropping, a hard
+    # landing on the floor (4.5 g, ~210 mg s), lying on the side.
+    tr.still(tr.pose("back"), 30)
+    tr.move(tr.pose("back"), tr.pose("side"), 0.4, low_mg=250)
+    tr.impact(tr.pose("side"), 4500, ms=120)
+    tr.settle(tr.pose("side"), 0.4)
+    tr.still(tr.pose("side"), 20)
+
+
+def roll_over_in_bed_hard(tr):
+    # Turning over in bed with a firm bump (2.2 g, ~70 mg s) onto the other side: no drop.
+    tr.still(tr.pose("back"), 30)
+    tr.move(tr.pose("back"), tr.pose("side"), 0.8)
+    tr.impact(tr.pose("side"), 2200, ms=120)
+    tr.still(tr.pose("side"), 20)
+
+
+def fall_then_knock(tr):
+    # A fall, then 1.3 s later an arm knocks the floor (1.8 g, less than half the impact): part
+    # of the same fall, judged on the impact, alarmed 2 s after it; not 2 s after the knock.
+    tr.walk(10)
+    tr.fall()
+    tr.still(tr.pose("back"), 0.9)
+    tr.impact(tr.pose("back"), 1800, mark="knock")
+    tr.still(tr.pose("back"), 20)
+
+
+def clipped_fall(tr):
+    # A hard fall (12 g) on a +-8 g part: every axis of the impact clipped at 8 g.
+    tr.walk(10)
+    tr.fall(peak_mg=12000)
+    tr.still(tr.pose("back"), 20)
+
+
 def walk_10_min(tr):
     tr.walk(600)
 
@@ -257,6 +374,21 @@ def _feed(tr, xyz):
 SCENARIOS = {
     "clean_fall": (50, clean_fall, MOUNT_Y, None),
     "clean_fall_100hz": (100, clean_fall, MOUNT_Y, None),
+    "clean_fall_200hz": (200, clean_fall, MOUNT_Y, None),
+    "clipped_fall": (50, clipped_fall, MOUNT_Y, None),
+    "fall_then_knock": (50, fall_then_knock, MOUNT_Y, None),
+    "lie_down_on_a_bed": (50, lie_down_on_a_bed, MOUNT_Y, None),
+    "lie_down_on_a_bed_200hz": (200, lie_down_on_a_bed, MOUNT_Y, None),
+    "lie_down_hard_sit": (50, lie_down_hard_sit, MOUNT_Y, None),
+    "slump": (50, slump, MOUNT_Y, None),
+    "slump_100hz": (100, slump, MOUNT_Y, None),
+    "slump_then_moving": (50, slump_then_moving, MOUNT_Y, None),
+    "lie_back_after_contact": (50, lie_back_after_contact, MOUNT_Y, None),
+    "flop_from_reclined": (50, flop_from_reclined, MOUNT_Y, None),
+    "lie_down_then_settle": (50, lie_down_then_settle, MOUNT_Y, None),
+    "fall_out_of_bed": (50, fall_out_of_bed, MOUNT_Y, None),
+    "fall_out_of_bed_200hz": (200, fall_out_of_bed, MOUNT_Y, None),
+    "roll_over_in_bed_hard": (50, roll_over_in_bed_hard, MOUNT_Y, None),
     "fall_get_up_walk_away": (50, fall_get_up_walk_away, MOUNT_Y, None),
     "stumble_recovered": (50, stumble_recovered, MOUNT_Y, None),
     "sit_down_hard": (50, sit_down_hard, MOUNT_Y, None),
@@ -278,27 +410,31 @@ SCENARIOS = {
 
 def run(name):
     rate, scenario, mount, params = SCENARIOS[name]
-    tr = Trace(FallDetector(rate, params), rate, mount)
+    tr = Trace(FallDetector(rate, params), rate, mount, clip_mg=8000 if name.startswith("clipped") else None)
     scenario(tr)
     return {"name": name, "rate": rate, "samples": tr.n, "fires": tr.fires, "marks": tr.marks,
             "dropped": tr.det.dropped}
 
 
-UPDATES = 10000
-REPLAYED = 5000     # samples recorded and replayed twice: 30 KB, fits the board-sized heap
+UPDATES = 10000     # update() calls per 50 Hz of the rate: 10,000 at 50 Hz, 40,000 at 200 Hz
+REPLAYED = 3000     # samples at 50 Hz (60 s, 3 falls) recorded and replayed: 18 KB, taken first
+gc.collect()        # the compiler's garbage
+_REC = array("h", bytes(6 * REPLAYED))      # runs fragment the heap; this array stays whole
 
 
 def cost(rate):
-    """Heap held by a detector, and bytes allocated by 10,000 update() calls that include falls."""
-    # the trace: walking, a fall, lying, getting up, ... recorded once, then replayed from an array
-    rec = array("h", bytes(6 * REPLAYED))
-    tr = Trace(FallDetector(rate), rate, MOUNT_Y, rec)
+    """Heap held by a detector, and bytes allocated by update() over 200 s of samples that
+    include falls: walking, a fall, lying, getting up, ... recorded once at 50 Hz, then replayed
+    at the rate (each sample rate/50 times: the detector averages them back to the same trace)."""
+    rec = _REC
+    tr = Trace(FallDetector(50), 50, MOUNT_Y, rec)
     while tr.n < REPLAYED:
         tr.walk(8)
         tr.fall()
         tr.still(tr.pose("back"), 6)
         tr.get_up()
     n3 = 3 * REPLAYED
+    rep = rate // 50
     del tr
     gc.collect()
     before = gc.mem_alloc()
@@ -307,24 +443,69 @@ def cost(rate):
     size = gc.mem_alloc() - before
     fires = 0
     i = 0
+    r = 0
     gc.collect()
     before = gc.mem_alloc()
     k = 0
-    while k < UPDATES:
+    while k < UPDATES * rep:
         if det.update(rec[i], rec[i + 1], rec[i + 2]):
             fires += 1
-        i += 3
-        if i == n3:
-            i = 0
+        r += 1
+        if r == rep:
+            r = 0
+            i += 3
+            if i == n3:
+                i = 0
         k += 1
     alloc = gc.mem_alloc() - before
     return {"name": "cost_%d" % rate, "detector_bytes": size, "alloc_bytes": alloc, "updates": k,
             "fires": fires}
 
 
+class _Tee:
+    """A detector at 200 Hz and one at 50 Hz fed the 200 Hz samples' block means (rounded half up,
+    as fall.py averages): the 200 Hz detector must decide exactly as the 50 Hz one."""
+
+    def __init__(self):
+        self.fast = FallDetector(200)
+        self.slow = FallDetector(50)
+        self.sums = [0, 0, 0, 0]
+        self.n = 0
+        self.fires = []          # [detector, sample index at 50 Hz, features]
+        self.dropped = 0
+
+    def update(self, x, y, z):
+        if self.fast.update(x, y, z):
+            self.fires.append(["200", self.n // 4, self.fast.features()])
+        s = self.sums
+        s[0] += x
+        s[1] += y
+        s[2] += z
+        s[3] += 1
+        if s[3] == 4:
+            if self.slow.update((s[0] + 2) // 4, (s[1] + 2) // 4, (s[2] + 2) // 4):
+                self.fires.append(["50", self.n // 4, self.slow.features()])
+            s[0] = s[1] = s[2] = s[3] = 0
+        self.n += 1
+        return False
+
+
+def rates_agree():
+    tee = _Tee()
+    tr = Trace(tee, 200)
+    clean_fall(tr)
+    slump(tr)
+    lie_down_on_a_bed(tr)
+    fall_out_of_bed(tr)
+    return {"name": "rates_agree", "fires": tee.fires, "samples": tr.n}
+
+
 def main(names):
-    for name in names or list(SCENARIOS) + ["cost_50", "cost_100"]:
-        out = cost(int(name[5:])) if name.startswith("cost_") else run(name)
+    for name in names or list(SCENARIOS) + ["rates_agree", "cost_50", "cost_100", "cost_200"]:
+        if name == "rates_agree":
+            out = rates_agree()
+        else:
+            out = cost(int(name[5:])) if name.startswith("cost_") else run(name)
         print(json.dumps(out))
         gc.collect()
 
