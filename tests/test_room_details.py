@@ -111,7 +111,8 @@ def _next(room: RoomSim) -> int | None:
 
 async def test_next_deadline_is_the_earliest_of_each_kind(room):
     t0 = room.clock.ms
-    assert _next(room) is None, "an idle room has nothing due"
+    first_check_in = RULES_DOC["supervision"]["first_check_in_s"] * 1000
+    assert _next(room) == t0 + first_check_in + 1, "an idle room: only its nodes' first check-in is due"
     await room.presence("bath", "pir", True)
     assert _next(room) == t0 + 1_200_000                               # bathroom dwell, 20 min
     await room.reading("env", temp_mdegc=25_000)
@@ -187,7 +188,8 @@ def test_the_controllers_frames_are_the_vectors():
     objs = {c["name"]: c["obj"] for c in VECTORS["valid"]}
     assert p.welcome(123456789, 1, 10_000, 1719999999) == objs["welcome"]
     assert p.welcome(1, 1, 10_000, 2**31 + 5)["time_ms"] == 5, "time_ms is the wall clock modulo 2^31"
-    assert p.ack(123456789, 2, 7) == objs["ack"]
+    assert p.ack(123456789, 2, 7, 2) == objs["ack-event"]
+    assert p.ack(123456789, 3, 8) == objs["ack-heartbeat"]
     assert p.command(123456789, 3, "indicator", p="acknowledged") == objs["cmd-indicator"]
     assert p.command(5, 4, "config", hb_ms=5000) == objs["cmd-config"]
     for name, pattern in (("indicator", "blinking"), ("tone", "loud")):
