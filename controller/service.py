@@ -167,6 +167,7 @@ class RoomController:
     async def node_hello(self, hello: Hello, peer: str) -> None:
         mark = self.accept_mark(hello.node, hello.boot, hello.seq)
         self.room.note_connected(hello.node)
+        self.room.note_seen(hello.node, self.clock())  # a reconnect of an online node logs no row: its check-in counts
         try:
             await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
         except StorageError as exc:

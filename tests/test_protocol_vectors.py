@@ -13,16 +13,16 @@ import pytest
 
 from controller.link import protocol as p
 
-DOC = json.loads((Path(__file__).parent / "vectors" / "protocol_v2.json").read_text())
-KEY = bytes.fromhex(DOC["key_hex"])
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "protocol_v2.json").read_text())
+KEY = bytes.fromhex(VECTORS["key_hex"])
 NODE_TYPES = ("hello", "event", "reading", "hb")
 
 
 def test_the_vectors_are_for_this_protocol_version():
-    assert DOC["protocol"] == p.PROTOCOL_VERSION == 2
+    assert VECTORS["protocol"] == p.PROTOCOL_VERSION == 2
 
 
-@pytest.mark.parametrize("case", DOC["valid"], ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", VECTORS["valid"], ids=lambda c: c["name"])
 def test_valid_frames_encode_and_decode_byte_for_byte(case):
     assert p.canonical_json(case["obj"]).decode() == case["body"]
     assert p.encode_frame(KEY, case["obj"]).hex() == case["frame_hex"]
@@ -35,19 +35,19 @@ def test_valid_frames_encode_and_decode_byte_for_byte(case):
 
 
 def test_a_resent_event_is_a_new_frame_carrying_the_same_event():
-    by_name = {c["name"]: c["obj"] for c in DOC["valid"]}
+    by_name = {c["name"]: c["obj"] for c in VECTORS["valid"]}
     first, resent = p.parse_node_message(by_name["event-button"]), p.parse_node_message(by_name["event-button-resent"])
     assert resent.seq > first.seq and (resent.node, resent.boot, resent.e) == (first.node, first.boot, first.e)
 
 
-@pytest.mark.parametrize("case", DOC["invalid"], ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", VECTORS["invalid"], ids=lambda c: c["name"])
 def test_invalid_frames_are_rejected_with_their_reason(case):
     with pytest.raises(p.ProtocolError) as err:
         p.decode_frame(KEY, bytes.fromhex(case["frame_hex"]))
     assert err.value.reason == case["reason"]
 
 
-@pytest.mark.parametrize("case", DOC["bad_messages"], ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", VECTORS["bad_messages"], ids=lambda c: c["name"])
 def test_messages_that_break_v2_are_refused(case):
     with pytest.raises(p.ProtocolError) as err:
         p.parse_node_message(case["obj"])

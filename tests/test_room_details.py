@@ -111,7 +111,8 @@ def _next(room: RoomSim) -> int | None:
 
 async def test_next_deadline_is_the_earliest_of_each_kind(room):
     t0 = room.clock.ms
-    assert _next(room) is None, "an idle room has nothing due"
+    first_check_in = RULES_DOC["supervision"]["first_check_in_s"] * 1000
+    assert _next(room) == t0 + first_check_in + 1, "an idle room: only its nodes' first check-in is due"
     await room.presence("bath", "pir", True)
     assert _next(room) == t0 + 1_200_000                               # bathroom dwell, 20 min
     await room.reading("env", temp_mdegc=25_000)

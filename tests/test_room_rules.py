@@ -620,6 +620,7 @@ def _local_config(monkeypatch):
     monkeypatch.setitem(config_mod._OPTION_PARSERS, "voice", "tests.test_room_rules:_checked_options")
     monkeypatch.setitem(config_mod._OPTION_PARSERS, "gpio", "tests.test_room_rules:_checked_options")
     doc = {"room": {"id": "4b-12"}, "beds": [{"id": "A"}, {"id": "B"}],
+           "supervision": {"first_check_in_s": 86_400},  # as RULES_DOC: not every node checks in here
            "nodes": {"voice-a": {"bed": "A", "transport": "voice", "voice": {"enabled": True},
                                  "inputs": {"nurse": "patient_call", "help": "patient_emergency",
                                             "water": "request_water", "never mind": "patient_cancel"}},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,11 +37,16 @@ IDLE_GRACE_S = 1.0             # on top of three heartbeat intervals before a si
 CANNOT_DELIVER_SESSIONS = 3
 BUDGET_WARN_EVERY_MS = 60_000  # a node over its readings budget is logged at most once a minute
 # After a reading dropped by the budget, that connection waits this long before its next frame:
-# a flooding node then costs the controller at most ~500 frames/s of parsing (a few % of a Pi's
-# core) instead of all of it, and TCP holds the rest back at the node. A firmware node cannot
-# flood (its outbox holds 4 messages and it writes queued events first), and the few frames its
-# socket buffer holds ahead of an event delay that event by tens of ms at most.
-DROPPED_READING_PACE_S = 0.002
+# a flooding node then costs the controller at most 200 frames/s of parsing (bench/flood.py: +5 %
+# of a core) instead of all of it, and with the small buffers below TCP holds the rest back at the
+# node. A firmware node cannot flood (its outbox holds 4 messages and it writes queued events
+# first); a flooding node's own event waits behind the ~300 frames those buffers hold (~1.5 s).
+DROPPED_READING_PACE_S = 0.005
+# A node's frames are at most 1 KB and a well-behaved node has a handful in flight; a small receive
+# buffer (the kernel doubles it) keeps a flooding node's backlog at the node, not in the Pi's memory,
+# so TCP slows it down within a few frames of the pacing above.
+NODE_RCVBUF_BYTES = 16 * 1024
+NODE_STREAM_LIMIT = 4 * 1024  # likewise the connection's own buffer (asyncio pauses reading at twice this)
 
 
 @dataclass
@@ -274,7 +280,9 @@ class NodeGateway:
         controller.on_outputs_changed(self._schedule_sync)
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(self._accept, host, port, limit=NODE_STREAM_LIMIT)
+        for sock in self._server.sockets:  # accepted connections inherit it (and so the TCP window it allows)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NODE_RCVBUF_BYTES)
         bound = self._server.sockets[0].getsockname()[1]
         log.info("node gateway listening on %s:%d", host, bound)
         return bound
