@@ -18,7 +18,7 @@ from controller.runner import RoomServer
 from controller.service import RoomController
 from tests.helpers import keys_for, node_key, room_config
 from tests.roomsim import RULES_DOC, RoomSim, rules_config
-from tests.test_protocol_vectors import DOC as VECTORS
+from tests.test_protocol_vectors import VECTORS
 
 
 @pytest.fixture
