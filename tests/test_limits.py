@@ -47,8 +47,12 @@ BATH_DWELL_S = 20 * 60
 SILENCE_S = 120
 HEARTBEAT_S, MISSED_HEARTBEATS, OFFLINE_GRACE_S = 10, 3, 1
 LOW_BATTERY_MV, BATTERY_REPLACED_MV = 3450, 3900
-# docs/protocol.md
-MAX_FRAME_BYTES, TAG_BYTES, SEQ_WINDOW = 1024, 32, 1024
+# docs/call-model.md "The life of a call" and docs/configuration.md [timers]: staff presence ends by
+# itself 30 min after it was registered, its reminder 1 min before; "Nobody watching": 15 s.
+PRESENCE_S, PRESENCE_REMINDER_S, NOT_DISPLAYED_S = 1800, 60, 15
+# docs/protocol.md (v2). V1_WINDOW is the event window v1 had and v2 dropped (§8): nothing may
+# depend on it any more.
+PROTOCOL_VERSION, MAX_FRAME_BYTES, TAG_BYTES, V1_WINDOW = 2, 1024, 32, 1024
 INT_MAX = 2**31 - 1
 
 
@@ -65,6 +69,7 @@ class Limit:
     at: Any
     past: Any
     profile: str = "patient_room"
+    screen: bool = True  # a simulated nurse screen confirms every call (tests/roomsim.py)
 
     def value(self, side: str) -> float:
         return {"short": self.edge - self.step, "at": self.edge, "past": self.edge + self.step}[side]
@@ -138,10 +143,55 @@ async def reminder_after_staff_leave(room: RoomSim, after_s: float) -> int:
     call = await raise_call(room, "high")
     await room.c.acknowledge(call["id"], "Nurse Kim")
     await room.press("door", "presence")
-    await room.advance(3600)                     # an hour in the room: neither clock runs
+    # 28 min in the room, just before presence's own reminder (docs: 30 min, reminder 1 min before):
+    # neither clock runs; the second press ends presence.
+    await room.advance(PRESENCE_S - PRESENCE_REMINDER_S - 120)
+    assert room.call("bath_emergency")["reminders"] == 0
     await room.press("door", "presence")
+    assert not room.c.snapshot()["occupancy"]["staff_present"]
     await room.advance(after_s)
     return room.call("bath_emergency")["reminders"]
+
+
+async def presence_after(room: RoomSim, after_s: float) -> tuple[bool, bool]:
+    """Staff registered presence and forgot it: (still present, the presence reminder on)."""
+    await room.press("door", "presence")
+    await room.advance(after_s)
+    out = room.c.outputs()
+    return out.presence, out.presence_ending
+
+
+LATE_S = 60
+
+
+async def reminder_after_presence_ends_by_itself(room: RoomSim, after_s: float) -> int:
+    """An acknowledged emergency held by presence nobody ended: its clock restarts when presence ends."""
+    call = await raise_call(room, "high")
+    await room.c.acknowledge(call["id"], "Nurse Kim")
+    await room.press("door", "presence")
+    # The timers run late by a minute: the clock restarts from when presence was due to end.
+    await room.advance(PRESENCE_S + LATE_S)
+    assert not room.c.snapshot()["occupancy"]["staff_present"]
+    assert room.call("bath_emergency")["reminders"] == 0, "no clock ran while presence held the call"
+    await room.advance(after_s)
+    return room.call("bath_emergency")["reminders"]
+
+
+async def escalation_of_a_call_raised_while_staff_are_in(room: RoomSim, after_s: float) -> tuple[int, str]:
+    """Presence answers only the calls on when it was registered: a pull-cord after it escalates."""
+    await room.press("door", "presence")
+    await room.advance(5)
+    call = await raise_call(room, "high")
+    await room.advance(after_s)
+    now = room.call(call["type"])
+    return now["escalation_level"], room.c.outputs().tone
+
+
+async def not_displayed_after(room: RoomSim, after_s: float) -> bool:
+    """No nurse screen confirms the call (RoomSim(screen=False))."""
+    await raise_call(room, "medium")
+    await room.advance(after_s)
+    return "not_displayed" in room.types()
 
 
 async def escalation_across_a_restart(room: RoomSim, after_s: float) -> int:
@@ -283,16 +333,30 @@ ROOM_LIMITS: list[Limit] = [
             escalation_after(tier), 1, 2, 2) for tier, s in ESCALATE_S.items()],
     *[Limit(f"{tier} call reaches all staff one period after the charge nurse", "call-model.md If nobody answers",
             2 * s, MS, escalation_after(tier), 2, 3, 3) for tier, s in ESCALATE_S.items()],
+    # Re-signalled "as if new": no longer acknowledged; the nurse screen showed the call when it was
+    # raised, so it is back to "annunciated" (call-model.md The life of a call).
     *[Limit(f"acknowledged {tier} call re-signals after {s} s", "call-model.md If nobody answers", s, MS,
-            reminder_after_ack(tier), (0, "acknowledged"), (1, "raised"), (1, "raised"))
+            reminder_after_ack(tier), (0, "acknowledged"), (1, "annunciated"), (1, "annunciated"))
       for tier, s in REMINDER_S.items()],
     Limit("a reminded call escalates again one period after the reminder", "call-model.md If nobody answers",
           ESCALATE_S["medium"], MS, reminded_call_escalates_again, 1, 2, 2),
     Limit("a reminder after a staff visit re-signals and escalates again", "call-model.md If nobody answers",
-          ESCALATE_S["high"], MS, reminder_after_a_staff_visit, (1, "raised", "high"), (2, "raised", "high"),
-          (2, "raised", "high")),
+          ESCALATE_S["high"], MS, reminder_after_a_staff_visit, (1, "annunciated", "high"),
+          (2, "annunciated", "high"), (2, "annunciated", "high")),
     Limit("timers restart when staff leave", "call-model.md If nobody answers", REMINDER_S["high"], MS,
           reminder_after_staff_leave, 0, 1, 1),
+    Limit("staff presence ends by itself after 30 min", "call-model.md The life of a call (presence_s)",
+          PRESENCE_S, MS, presence_after, (True, True), (False, False), (False, False)),
+    Limit("the presence reminder comes 1 min before presence ends",
+          "call-model.md The life of a call (presence_reminder_s)", PRESENCE_S - PRESENCE_REMINDER_S, MS,
+          presence_after, (True, False), (True, True), (True, True)),
+    Limit("a held call's clock restarts when presence ends by itself", "call-model.md If nobody answers",
+          REMINDER_S["high"] - LATE_S, MS, reminder_after_presence_ends_by_itself, 0, 1, 1),
+    Limit("a call raised while staff are in the room escalates on its own clock",
+          "call-model.md The life of a call (Staff presence)", ESCALATE_S["high"], MS,
+          escalation_of_a_call_raised_while_staff_are_in, (1, "high"), (2, "high"), (2, "high")),
+    Limit("a call no nurse screen shows for 15 s raises not_displayed", "call-model.md Nobody watching",
+          NOT_DISPLAYED_S, MS, not_displayed_after, False, True, True, screen=False),
     Limit("a deadline is kept across a restart (raised 25 s before it)", "call-model.md After a power cut",
           ESCALATE_S["high"], MS, escalation_across_a_restart, 1, 2, 2),
     Limit('"I\'m OK" within 30 s turns a fall into a logged event', "call-model.md The life of a call",
@@ -318,7 +382,7 @@ ROOM_LIMITS: list[Limit] = [
 @pytest.mark.parametrize("limit", ROOM_LIMITS, ids=_ids(ROOM_LIMITS))
 async def test_room_limit(tmp_path, limit: Limit, side: str):
     config = rules_config(room={"id": "4b-12", "profile": limit.profile})
-    async with RoomSim(config, tmp_path / "room.db") as room:
+    async with RoomSim(config, tmp_path / "room.db", screen=limit.screen) as room:
         value = limit.value(side)
         got = await limit.observe(room, value)
     assert got == getattr(limit, side), f"{limit.behaviour} ({limit.doc}): {side} the edge ({value:g}) gave {got!r}"
@@ -328,8 +392,11 @@ async def test_all_staff_is_the_last_escalation_level(tmp_path):
     async with RoomSim(rules_config(), tmp_path / "room.db") as room:
         call = await raise_call(room, "high")
         await room.advance(2 * ESCALATE_S["high"])
-        assert await room.advance(24 * 3600) == []
+        # A day later other alarms may be up (the rule room's nodes never connected): none about this call.
+        later = await room.advance(24 * 3600)
+        assert [r.kind for r in later if r.data.get("call_id") == call["id"]] == []
         assert room.call(call["type"])["escalated_to"] == "all staff"
+        assert room.call(call["type"])["escalation_level"] == 3
 
 
 async def test_an_impossible_reading_is_a_sensor_fault_not_an_environment_alarm(tmp_path):
@@ -414,6 +481,34 @@ def event_at_seq():
     return observe
 
 
+def event_resent_after_a_jump():
+    """v2 (protocol.md §8): the node's frames jump ahead while the link is down (gaps are allowed) and
+    its oldest event, number 1, is resent in a frame ``jump`` above the highest: accepted once, and
+    the same event again in the next frame is a duplicate, acked again and not stored again."""
+    async def observe(link: Link, jump: float) -> tuple[str, str, int, int]:
+        gateway, port = await link.open()
+        client = await _node_at_highest(gateway, port)
+        client.seq = HIGHEST + int(jump) - 1
+        event = client.event_msg("button", "call", e=1)
+        await client.send(event)
+        first = await answer(gateway, client, event["s"])
+        again = client.resend(event)
+        await client.send(again)
+        second = await answer(gateway, client, again["s"])
+        return first, second, gateway.stats.accepted["event"], gateway.stats.duplicates
+    return observe
+
+
+def event_field_e():
+    async def observe(link: Link, e: float) -> str:
+        gateway, port = await link.open()
+        client = await _node_at_highest(gateway, port)
+        event = client.event_msg("button", "call", e=int(e))
+        await client.send_raw(raw_frame(client.key, event))   # past the edge the encoder itself refuses
+        return await answer(gateway, client, event["s"])
+    return observe
+
+
 def hello_at_seq():
     async def observe(link: Link, seq: float) -> str:
         gateway, port = await link.open()
@@ -449,8 +544,8 @@ def hello_at_boot():
 
 def _hello_of_length(length: int) -> dict[str, Any]:
     """A hello whose frame length (body + tag) is exactly ``length``."""
-    hello = {"v": 1, "t": "hello", "n": "bedside-a", "b": 1, "s": 1, "fw": "", "hw": "x", "caps": [],
-             "hb_ms": 10_000, "nonce": 7}
+    hello = {"v": PROTOCOL_VERSION, "t": "hello", "n": "bedside-a", "b": 1, "s": 1, "fw": "", "hw": "x",
+             "caps": [], "hb_ms": 10_000, "nonce": 7}
     pad = length - TAG_BYTES - len(json.dumps(hello, sort_keys=True, separators=(",", ":")))
     return hello | {"fw": "f" * pad}
 
@@ -492,8 +587,19 @@ def hello_field(field: str):
 
 
 LINK_LIMITS: list[Limit] = [
-    Limit("an event at or below highest - 1024 is out of the window", "protocol.md 4. Acceptance rules",
-          HIGHEST - SEQ_WINDOW, -1, event_at_seq(), "acked", "seq_out_of_window", "seq_out_of_window"),
+    # v2 replaced v1's event window (1024 below the highest) with one replay rule for every frame,
+    # events included, and duplicates by (node, boot, e) (protocol.md §4, §8).
+    Limit("an event's frame must be above the highest accepted s", "protocol.md 4. Acceptance rules",
+          HIGHEST, -1, event_at_seq(), "acked", "replayed_seq", "replayed_seq"),
+    Limit("no window: an event resent 1024 frames ahead is accepted once", "protocol.md 8. Versions",
+          V1_WINDOW, 1, event_resent_after_a_jump(), ("acked", "acked", 1, 1), ("acked", "acked", 1, 1),
+          ("acked", "acked", 1, 1)),
+    Limit("event numbers start at 1", "protocol.md 2. Messages", 1, -1, event_field_e(),
+          "acked", "acked", "bad_message"),
+    Limit("event numbers stop at 2^31 - 1", "protocol.md 2. Messages", INT_MAX, 1, event_field_e(),
+          "acked", "acked", "bad_message"),
+    Limit("the protocol version is 2", "protocol.md 2. Messages (v = 2; v1 is refused)", PROTOCOL_VERSION, 1,
+          hello_field("v"), "bad_message", "welcome", "bad_message"),
     Limit("a hello must be above the highest accepted seq", "protocol.md 4. Acceptance rules",
           HIGHEST, -1, hello_at_seq(), "welcome", "replayed_seq", "replayed_seq"),
     Limit("a heartbeat must be above the highest accepted seq", "protocol.md 4. Acceptance rules",
@@ -523,7 +629,7 @@ async def test_link_limit(link, limit: Limit, side: str):
 
 @pytest.mark.parametrize("length, ok", [(1, True), (32, True), (33, False)])
 def test_node_ids_are_1_to_32_characters(length, ok):
-    msg = {"v": 1, "t": "hb", "n": "a" * length, "b": 1, "s": 1, "up_ms": 0, "q": 0, "heap": 0, "drop": 0}
+    msg = {"v": PROTOCOL_VERSION, "t": "hb", "n": "a" * length, "b": 1, "s": 1, "up_ms": 0, "q": 0, "heap": 0, "drop": 0}
     if ok:
         assert p.parse_node_message(msg).node == "a" * length
     else:

@@ -6,8 +6,10 @@ invariants after every step:
 - a call is cleared only the ways docs/call-model.md allows for its type, and refused remotely
   exactly when the table says so; "I'm OK" clears a fall only within 30 s;
 - every escalation and reminder falls due when the call model says, counted from the right moment
-  (raised, acknowledged, staff present, staff left, the previous step), and none is ever overdue,
-  also for deadlines that passed while the controller was down;
+  (raised, acknowledged, staff present, staff left or presence ended by itself, the previous step),
+  and none is ever overdue, also for deadlines that passed while the controller was down; staff
+  presence holds only the calls on when it was registered (or renewed), a call raised after it
+  keeps its own clocks; presence's reminder and its end fall due when the call model says;
 - the active list is never in the wrong priority order, and oldest first within a type;
 - every cleared call has a complete timeline (raised ... cleared) whose times never go back;
 - a restart changes nothing a nurse can see;
@@ -37,7 +39,10 @@ CALLS = {
     "code_call": ("high", IN_ROOM), "staff_emergency": ("high", IN_ROOM), "bath_emergency": ("high", IN_ROOM),
     "fall": ("high", FALL), "bed_exit": ("medium", IN_ROOM), "bath_dwell": ("medium", IN_ROOM),
     "staff_assist": ("medium", ROUTINE), "patient_call": ("medium", ROUTINE), "request": ("low", ROUTINE),
-    "node_offline": ("low", CONDITION), "low_battery": ("low", CONDITION), "sensor_fault": ("low", CONDITION),
+    "node_offline": ("low", CONDITION), "node_cannot_deliver": ("low", CONDITION),
+    "node_never_connected": ("low", CONDITION), "unmapped_input": ("low", CONDITION),
+    "low_battery": ("low", CONDITION), "sensor_fault": ("low", CONDITION), "cord_removed": ("low", CONDITION),
+    "system_fault": ("low", CONDITION), "not_displayed": ("medium", CONDITION),
     "environment": ("info", CONDITION),
 }
 # How each may be cleared, as the log records it ("how").
@@ -49,6 +54,9 @@ ESCALATE_S = {"high": 30, "medium": 60, "low": 120, "info": 600}
 REMINDER_S = {"high": 180, "medium": 180, "low": 180, "info": 1800}
 LEVELS = 3
 FALL_OK_WINDOW_S = 30
+# "The life of a call": presence ends by itself 30 min after it was registered (or renewed), with
+# its reminder 1 min before.
+PRESENCE_S, PRESENCE_REMINDER_S = 1800, 60
 
 CALL_BUTTONS = [("bedside-a", "call"), ("bedside-a", "water"), ("bedside-b", "call"), ("bath", "cord"),
                 ("door", "code"), ("door", "assist"), ("door", "emergency"), ("wearable-a", "pendant")]
@@ -192,37 +200,60 @@ class NurseCallMachine(RuleBasedStateMachine):
         answered: dict[str, bool] = {}
         level: dict[str, int] = {}
         tier: dict[str, str] = {}
-        staff_in = False
+        held: dict[str, bool] = {}        # on when staff registered presence: its clocks wait while they stay
+        staff_since: int | None = None    # staff presence registered (or renewed) at
+        reminded = False                  # presence's own reminder is on
         for r in self.run(self.sim.log()):
             d = r.data
             if r.kind == "call.raised":
                 cid = d["call_id"]
                 phase[cid], answered[cid], level[cid], tier[cid] = d["at_ms"], False, 1, CALLS[d["type"]][0]
+                held[cid] = False         # a call raised while staff are in the room is a new call
             elif r.kind in ("call.acknowledged", "call.present") and d["call_id"] in phase:
                 phase[d["call_id"]], answered[d["call_id"]] = d["at_ms"], True
+            elif r.kind == "staff.presence" and d["present"]:
+                staff_since, reminded = d["at_ms"], False
+                for cid in phase:         # presence answers every call on at this moment
+                    held[cid] = True
             elif r.kind == "staff.presence":
-                staff_in = d["present"]
-                if not staff_in:              # clocks run again from the moment staff leave
-                    for cid in phase:
-                        phase[cid] = d["at_ms"]
+                assert staff_since is not None, d
+                left = d["at_ms"]
+                if d.get("timed_out"):    # presence ended by itself, after its reminder
+                    assert reminded and d["due_ms"] == staff_since + PRESENCE_S * 1000, d
+                    assert d["at_ms"] >= d["due_ms"], d
+                    left = d["due_ms"]
+                staff_since, reminded = None, False
+                for cid in phase:         # the held calls' clocks run again from the moment staff left
+                    if held[cid]:
+                        phase[cid], held[cid] = left, False
+            elif r.kind == "staff.presence_reminder":
+                assert staff_since is not None and not reminded, d
+                assert d["due_ms"] == staff_since + (PRESENCE_S - PRESENCE_REMINDER_S) * 1000, d
+                assert d["at_ms"] >= d["due_ms"], d
+                reminded = True
             elif r.kind == "call.escalated":
                 cid = d["call_id"]
-                assert not staff_in and not answered[cid] and level[cid] < LEVELS, d
+                assert not held[cid] and not answered[cid] and level[cid] < LEVELS, d
                 assert d["due_ms"] == phase[cid] + ESCALATE_S[tier[cid]] * 1000, (tier[cid], d)
                 assert d["level"] == level[cid] + 1 and d["at_ms"] >= d["due_ms"], d
                 phase[cid], level[cid] = d["due_ms"], d["level"]
             elif r.kind == "call.reminded":
                 cid = d["call_id"]
-                assert not staff_in and answered[cid], d
+                assert not held[cid] and answered[cid], d
                 assert d["due_ms"] == phase[cid] + REMINDER_S[tier[cid]] * 1000, (tier[cid], d)
                 phase[cid], answered[cid], level[cid] = d["due_ms"], False, 1   # re-signalled as if new
             elif r.kind == "call.cleared":
-                for table in (phase, answered, level, tier):
+                for table in (phase, answered, level, tier, held):
                     table.pop(d["call_id"], None)
-        if staff_in:
-            return
         now = self.sim.clock.ms
+        if staff_since is not None:
+            due = staff_since + (PRESENCE_S - (0 if reminded else PRESENCE_REMINDER_S)) * 1000
+            assert due > now, "presence's reminder or end overdue"
+        snapshot = {c["id"]: c for c in self.active()}
         for cid in phase:
+            assert snapshot[cid]["held_by_presence"] == held[cid], (cid, snapshot[cid]["type"])
+            if held[cid]:
+                continue
             if answered[cid]:
                 assert phase[cid] + REMINDER_S[tier[cid]] * 1000 > now, f"reminder of {cid} overdue"
             elif level[cid] < LEVELS:
