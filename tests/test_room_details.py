@@ -226,3 +226,49 @@ async def test_a_heartbeats_sequence_mark_survives_a_restart(tmp_path, config, k
         await replay.connect(srv.endpoints.node_host, srv.endpoints.node_port, expect_welcome=False)
         assert await replay.reader.read() == b""
         assert srv.gateway.stats.rejected == {"replayed_seq": 1}
+
+
+@pytest.mark.parametrize("change, detail", [
+    (lambda m: m.pop("n"), "missing field 'n'"),
+    (lambda m: m.update(caps=[1]), "caps must be a list of strings"),
+    (lambda m: m.update(nonce=-1), "field 'nonce'=-1 out of range"),
+    (lambda m: m.update(fw=1.5), "$.fw: float is not allowed on the wire"),
+])
+def test_a_bad_hello_is_a_bad_message_that_says_why(change, detail):
+    hello = {"v": 1, "t": "hello", "n": "bedside-a", "b": 1, "s": 1, "fw": "1", "hw": "x", "caps": [],
+             "hb_ms": 10_000, "nonce": 7}
+    change(hello)
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_node_message(hello)
+    assert (info.value.reason, info.value.detail) == ("bad_message", detail)
+
+
+def test_a_heartbeat_carries_its_radio_battery_and_inputs():
+    case = next(c for c in VECTORS["valid"] if c["name"] == "heartbeat")
+    hb = p.parse_node_message(case["obj"])
+    assert (hb.rssi, hb.batt_mv, dict(hb.state), hb.heap, hb.up_ms) == (-61, 3710, {"call": 0, "pir": 1}, 40960, 10000)
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_node_message({**case["obj"], "state": {"call": "on"}})
+    assert (info.value.reason, info.value.detail) == ("bad_message", "field 'state' must map names to integers")
+
+
+def test_a_frame_shorter_than_its_length_says_so():
+    case = next(c for c in VECTORS["invalid"] if c["name"] == "length-mismatch")
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_frame(bytes(32), bytes.fromhex(case["frame_hex"]))
+    assert info.value.detail == "length says 127, frame has 126"
+
+
+async def test_the_gateway_counts_what_it_accepts_and_refuses(server):
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    await client.connect(server.endpoints.node_host, server.endpoints.node_port)
+    ev = client.event_msg("button", "call")
+    for msg in (client.hb_msg(), client.reading_msg(0, temp_mdegc=22_000), ev, ev):   # the event twice
+        await client.send(msg)
+    await client.recv_ack(ev["s"])
+    await client.recv_ack(ev["s"])
+    await client.send({**client.hello_msg()})                                       # a second hello
+    assert await client.reader.read() == b""
+    assert server.gateway.stats.to_json() == {
+        "accepted": {"hello": 1, "hb": 1, "reading": 1, "event": 1}, "rejected": {"bad_message": 1},
+        "duplicates": 1, "connections": 1}

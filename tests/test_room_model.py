@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -306,4 +307,5 @@ class NurseCallMachine(RuleBasedStateMachine):
 
 NurseCallMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
-TestNurseCallModel = NurseCallMachine.TestCase
+# 150 sequences take about 20 s; the guard is for a machine shared with other work.
+TestNurseCallModel = pytest.mark.timeout(600)(NurseCallMachine.TestCase)

@@ -167,7 +167,8 @@ async def test_sigkill_during_active_calls_keeps_them_and_escalation_runs_on_sto
             await asyncio.wait_for(proc.stdout.readline(), 20)
             async with http.get(f"{api}/room") as resp:
                 after = (await resp.json())["calls"]
-            keep = ("id", "type", "raised_at_ms", "acknowledged_at_ms", "acknowledged_by", "escalation_level")
+            # (not the escalation level: the 5 s deadline may pass during the restart on a busy machine)
+            keep = ("id", "type", "raised_at_ms", "acknowledged_at_ms", "acknowledged_by")
             assert [{k: c[k] for k in keep} for c in after] == [{k: c[k] for k in keep} for c in before]
             assert [c["acknowledged_by"] for c in after] == [None, "Nurse Kim"]
             bath = after[0]
