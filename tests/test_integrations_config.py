@@ -125,7 +125,7 @@ async def test_smartroom_run_starts_the_configured_integrations(tmp_path):
             await client.close()
             assert fields(ack, "MSA")[1] == "AA"
             assert server.controller.room.patients["A"]["id"] == "MRN-1"
-            await server.controller.node_event(NodeEvent("bedside-a", 1, 1, "button", "call", 1, 0))
+            await server.controller.node_event(NodeEvent("bedside-a", 1, 1, 1, "button", "call", 1, 0))
             await until(lambda: len(am.received) == 1, "the call at the alarm manager")
         assert am.received[0].valid and fields(am.received[0].text, "PID")[3].startswith("MRN-1^")
     finally:

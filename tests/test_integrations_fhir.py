@@ -76,7 +76,7 @@ async def test_observations_carry_loinc_and_ucum_codes(server, fhir):
 async def test_calls_are_communications_and_active_ones_flags(server, fhir):
     controller = server.controller
     await controller.admission("A", Patient("MRN-7", "Jane Doe", "Doe", "Jane"), ADMIT, "test", "adt-1")
-    await controller.node_event(NodeEvent("bedside-a", 1, 5, "button", "call", 1, 0))
+    await controller.node_event(NodeEvent("bedside-a", 1, 5, 5, "button", "call", 1, 0))
     call_id = next(iter(controller.room.calls))
     comm = await fhir(f"Communication/{call_id}", Communication)
     assert comm.status == "in-progress" and comm.priority == "asap"
