@@ -268,7 +268,53 @@ async def test_the_gateway_counts_what_it_accepts_and_refuses(server):
     await client.recv_ack(ev["s"])
     await client.recv_ack(ev["s"])
     await client.send({**client.hello_msg()})                                       # a second hello
-    assert await client.reader.read() == b""
+    await _until_closed(client)
     assert server.gateway.stats.to_json() == {
         "accepted": {"hello": 1, "hb": 1, "reading": 1, "event": 1}, "rejected": {"bad_message": 1},
         "duplicates": 1, "connections": 1}
+
+
+async def test_a_cold_room_alarm_names_its_low_bound(room):
+    await room.reading("env", temp_mdegc=20_000)
+    await room.advance(600)
+    [excursion] = await room.log("environment.excursion")
+    assert (excursion.data["bound"], excursion.data["limit"]) == ("low", 21.0)
+    detail = room.call("environment")["detail"]
+    assert (detail["bound"], detail["limit"], detail["value"]) == ("low", 21.0, 20.0)
+
+
+async def test_a_node_back_online_clears_its_alarm_as_resolved(room):
+    await room.hello("bath")
+    await room.advance(31.001)
+    await room.hello("bath")
+    [cleared] = await room.log("call.cleared")
+    assert (cleared.data["how"], cleared.data["by"]) == ("resolved", "bath back online")
+
+
+@pytest.mark.parametrize("raw, reason", [(b"\x00", "malformed_frame"), (b"\xff\xff", "oversized_frame"),
+                                         (b"\x80\x00", "oversized_frame")])
+async def test_a_broken_length_prefix_is_rejected_with_its_reason(server, raw, reason):
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    await client.connect(server.endpoints.node_host, server.endpoints.node_port)
+    await client.send_raw(raw)
+    client.writer.write_eof()
+    await _until_closed(client)
+    assert server.gateway.stats.rejected == {reason: 1}
+
+
+async def _until_closed(client: NodeClient) -> None:
+    async with asyncio.timeout(10):           # a guard: the gateway closes at once
+        while await client.reader.read(1024):
+            pass
+
+
+async def test_a_closed_connection_leaves_the_gateway(server):
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    await client.connect(server.endpoints.node_host, server.endpoints.node_port)
+    await client.recv()                       # the first command comes after the node is attached
+    assert list(server.gateway.connections) == ["bedside-a"]
+    await client.close()
+    async with asyncio.timeout(10):           # a guard: the gateway notices the close at once
+        while server.gateway.connections:
+            await asyncio.sleep(0.01)
+    assert server.gateway.stats.connections == 1
