@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="corpus directory (default ~/.cache/smartroom/voice-bench)")
     ap.add_argument("--voices", choices=("held-out", "dev", "all"), default="held-out")
     ap.add_argument("--voice-limit", type=int, default=None, help="only the first N voices of the set (a bounded run)")
+    ap.add_argument("--voice-from", type=int, default=0, help="skip the first N voices of the set (the rest of a bounded run)")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--threshold", type=float, default=None, help="whisper: minimum confidence (default: the option's)")
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return rescore(args.rescore, args.threshold)
     root = C.cache_dir(args.cache)
     voices = {"held-out": C.HELD_OUT_VOICES, "dev": C.DEV_VOICES, "all": C.DEV_VOICES + C.HELD_OUT_VOICES}[args.voices]
-    voices = voices[:args.voice_limit] if args.voice_limit else voices
+    voices = voices[args.voice_from:args.voice_limit]
     conditions = [c.strip() for c in args.conditions.split(",")]
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
