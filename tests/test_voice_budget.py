@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from controller.room.config import parse_room
-from sensors.voice import ArraySource, Decoder, DecodeGate, VoiceNode
+from sensors.voice import ArraySource, Decoder, DecodeGate, VoiceNode, VoiceService
 from sensors.voice.audio import SAMPLE_RATE
 from sensors.voice.budget import DEGRADED_HOLD_S
 from sensors.voice.recognizer import Recognition
@@ -211,3 +211,15 @@ async def test_live_decoding_never_blocks_listening_or_the_event_loop(tmp_path):
         tick_task.cancel()
         decoder.stop()
         assert g.status()["decoded"] == 2
+
+
+async def test_the_service_shares_one_decoder_and_reports_its_counters(tmp_path):
+    async with RoomSim(parse_room(room_doc(), "room.toml"), tmp_path / "room.db") as room:
+        service = VoiceService(room.c, source=lambda n: LiveSource(bursts(0), 0, threading.Event()), player=Spoken())
+        assert {n.node.id for n in service.nodes} == {"voice-a", "voice-b"}
+        assert all(n._decoder is service.decoder for n in service.nodes)
+        status = service.status()
+        assert status["decoder"] | {"cpu_s": 0.0} == {"offered": 0, "decoded": 0, "shed": 0, "cpu_s": 0.0,
+                                                       "budget_waits": 0, "busy_episodes": 0, "waiting": 0,
+                                                       "degraded": False, "errors": 0}
+        assert status["nodes"]["voice-a"] == {"enabled": True, "engine": "whisper", "muted_frames": 0}

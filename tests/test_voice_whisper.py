@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from controller.cli import main as cli_main
@@ -162,3 +163,18 @@ def test_voice_benchmark_smoke(tmp_path, capsys):
     assert w["table"]["false_n"]["quiet"] == 0, "'the nursery is down the hall' is no call"
     assert w["timing"]["utterances"] >= 2 and w["timing"]["load"]["rss_mb"] > 0
     assert "| commands recognised | 100% |" in capsys.readouterr().out
+
+
+@needs_espeak
+@needs_model
+def test_an_utterance_longer_than_the_window_is_decoded_whole(transcriber):
+    from sensors.voice.audio import Resampler
+
+    # max_utterance_s may be up to 10 s, longer than the 8 s window: the window grows to fit, so
+    # words after the 8th second are heard, not cut off
+    said = speech("call the nurse", gap_s=0.2)[:, 0]
+    x = Resampler(22050).process(said, final=True)
+    lead = np.random.default_rng(2).normal(0, 30, int(7.6 * 16000))
+    pcm = np.clip(np.concatenate([lead, x]), -32768, 32767).astype("<i2").tobytes()
+    assert len(pcm) / 2 / 16000 > W.WINDOW_S
+    assert "nurse" in W.normalise_text(transcriber.transcribe(pcm).text)

@@ -219,7 +219,14 @@ def rescore(path: Path, threshold: float | None) -> int:
     """The tables of an earlier run's whisper transcripts under the current grammar and thresholds."""
     from sensors.voice.intents import DEFAULT_MAX_NO_SPEECH, IntentMatcher, decide
 
-    data = _merged([json.loads(Path(p).read_text()) for p in str(path).split(",")])
+    runs = []
+    for spec in str(path).split(","):
+        file, _, only = spec.partition(":")     # "run.json:pocketsphinx": only that engine's results
+        run = json.loads(Path(file).read_text())
+        if only:
+            run["engines"] = {k: v for k, v in run["engines"].items() if k == only}
+        runs.append(run)
+    data = _merged(runs)
     conditions = data["conditions"]
     options = parse_options({"engine": "whisper"})
     threshold = options["threshold"] if threshold is None else threshold
@@ -250,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="corpus directory (default ~/.cache/smartroom/voice-bench)")
     ap.add_argument("--voices", choices=("held-out", "dev", "all"), default="held-out")
     ap.add_argument("--voice-limit", type=int, default=None, help="only the first N voices of the set (a bounded run)")
+    ap.add_argument("--voice-from", type=int, default=0, help="skip the first N voices of the set (the rest of a bounded run)")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--threshold", type=float, default=None, help="whisper: minimum confidence (default: the option's)")
@@ -259,14 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="one command and one distractor, one voice, quiet only")
     ap.add_argument("--json", type=Path, help="write every verdict and the tables here")
     ap.add_argument("--rescore", type=Path, help="no decoding: apply today's grammar and thresholds to the "
-                                                 "whisper transcripts of earlier --json runs (a,b,...: joined); "
+                                                 "whisper transcripts of earlier --json runs (a.json,b.json:whisper,...: joined, "
+                                                 "optionally one engine of a file); "
                                                  "decoding is deterministic, so this is what a new run would print")
     args = ap.parse_args(argv)
     if args.rescore:
         return rescore(args.rescore, args.threshold)
     root = C.cache_dir(args.cache)
     voices = {"held-out": C.HELD_OUT_VOICES, "dev": C.DEV_VOICES, "all": C.DEV_VOICES + C.HELD_OUT_VOICES}[args.voices]
-    voices = voices[:args.voice_limit] if args.voice_limit else voices
+    voices = voices[args.voice_from:args.voice_limit]
     conditions = [c.strip() for c in args.conditions.split(",")]
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:

