@@ -1,8 +1,15 @@
 """The room controller: the one place where inputs become stored room events.
 
 Every input (a node's event, a nurse's acknowledgement, a deadline falling due) goes through
-:meth:`RoomController._commit`: decide against the current state, store durably, apply, publish,
-update the room's outputs. One lock serialises it, so decisions never race.
+:meth:`RoomController._commit`: decide against the current state, store durably, publish, update
+the room's outputs. Inputs that arrive together are committed as a group (``_commit_group``): one
+task decides them one after another, each against the state its predecessors left, stores all
+their records in one transaction with one fsync, and only then answers each of them (the gateway
+acks a node's event then). If that transaction fails, every input of the group fails, nothing of
+it is published, and the state is rebuilt from the stored log: what is visible is what is stored.
+
+The state is rebuilt on start from the newest checkpoint (taken every ``CHECKPOINT_EVERY``
+records) and the log after it, so a start takes as long whatever the log's length.
 
 Time comes from an injected clock (epoch milliseconds). Deadlines (escalation, reminders, dwell,
 environment durations, node supervision) are computed by the room from stored times; the timer task
@@ -13,7 +20,10 @@ fake clock, and call ``tick()`` themselves after moving the clock.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,16 +42,28 @@ OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed hear
 BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings history once a minute
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
+CHECKPOINT_EVERY = 10_000   # log records between checkpoints: a start replays at most this many (~0.1 s)
+REPLAY_BATCH = 5000         # log records read per store round trip while rebuilding
 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
 MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_ppm": ("co2_ppm", 1),
             "batt_mv": ("batt_v", 1000), "noise_cdb": ("noise_db", 100), "dp_mpa": ("pressure_pa", 1000)}
 
 
+@dataclass(slots=True)
+class _Input:
+    """One input waiting for the next group commit."""
+
+    decide: Callable[[int], list[LogEntry]]
+    node_event: tuple[str, int, int] | None
+    seq_mark: SeqMark | None
+    done: asyncio.Future[list[LogRecord]]
+
+
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
                  *, clock: Callable[[], int] = wall_ms, timers: bool = True,
-                 retention: Retention = Retention()) -> None:
+                 retention: Retention = Retention(), checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
@@ -50,7 +72,15 @@ class RoomController:
         self.room = Room(config)
         self.bus = EventBus()
         self.marks: dict[str, SeqMark] = {}
-        self._lock = asyncio.Lock()
+        self.cursor = 0  # the last stored (and published) log id; the room's own may run ahead while a group commits
+        self._queue: list[_Input] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._unsettled: dict[tuple[str, int, int], asyncio.Future[list[LogRecord]]] = {}
+        self._next_id = 1
+        self._state_stale = False  # a failed group left state that is not stored: rebuild before deciding
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_cursor = 0
+        self.replayed = 0  # log records applied on top of the checkpoint at the last start
         self._output_listeners: list[Callable[[], None]] = []
         self._readings: list[tuple[int, str, str, float]] = []
         self._reading_marks: dict[str, SeqMark] = {}
@@ -58,7 +88,7 @@ class RoomController:
         self._timer_wakeup = asyncio.Event()
         self._run_timers = timers
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending: set[asyncio.Task[object]] = set()
+        self._pending: set[asyncio.Future[list[LogRecord]]] = set()
         self._local_boot = max(1, wall_ms() // 1000 % 2**31)  # Pi-attached sources: one "boot" per start
         self._local_seq = 0
         self._battery_stored_ms: dict[str, int] = {}
@@ -67,10 +97,9 @@ class RoomController:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.store.open()
-        after = 0
-        while batch := await self.store.read_log(after, 5000):
-            self.room.apply_all(batch)
-            after = batch[-1].id
+        self._next_id = await self.store.last_log_id() + 1
+        t0 = time.perf_counter()
+        from_checkpoint = await self._rebuild()
         self.marks = await self.store.load_marks()
         for measure, (ts_ms, node, value) in (await self.store.latest_readings()).items():
             self.room.note_reading(measure, value, node, ts_ms)
@@ -80,16 +109,61 @@ class RoomController:
         for status in self.room.nodes.values():
             if status.online:
                 status.last_seen_ms = now
-        log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
-                 len(self.room.calls))
+        log.info("room %s: rebuilt to log record %d (%s + %d records) in %.0f ms, %d active calls",
+                 self.config.room_id, self.cursor, f"checkpoint {from_checkpoint}" if from_checkpoint else "empty room",
+                 self.replayed, (time.perf_counter() - t0) * 1000, len(self.room.calls))
+        if self.replayed >= self._checkpoint_every:
+            await self._checkpoint()
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
         if self._run_timers:
             self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
             self._tasks.append(asyncio.create_task(self._history_loop(), name="readings-history"))
 
+    async def _rebuild(self, *, keep_live: bool = False) -> int:
+        """The room's state from the store: the newest usable checkpoint, then the log after it.
+        Built aside and taken over only when complete; returns the checkpoint's cursor (0: none)."""
+        room = Room(self.config)
+        start = 0
+        for cursor, state in await self.store.checkpoints(room.state_key()):
+            try:
+                room.load_state(json.loads(state))
+                start = cursor
+                break
+            except (ValueError, KeyError, TypeError):  # unreadable: an older one, or the whole log
+                log.exception("checkpoint at log record %d cannot be loaded; trying an older one", cursor)
+                room = Room(self.config)
+        after, replayed = start, 0
+        while batch := await self.store.read_log(after, REPLAY_BATCH):
+            room.apply_all(batch)
+            after = batch[-1].id
+            replayed += len(batch)
+        live = self.room.live_state() if keep_live else None
+        self.room.take_state(room)
+        if live is not None:
+            self.room.restore_live(live)
+        self.cursor = self.room.cursor
+        self._checkpoint_cursor = start
+        self.replayed = replayed
+        self._state_stale = False
+        return start
+
+    async def _checkpoint(self) -> None:
+        """Store the state as it is now (everything in it is stored: called between group commits)."""
+        cursor = self.room.cursor
+        try:
+            state = json.dumps(self.room.state_json(), separators=(",", ":"))
+            await self.store.save_checkpoint(cursor, self.room.last_ms, self.room.state_key(), state)
+            self._checkpoint_cursor = cursor
+        except Exception:  # a missing checkpoint only makes the next start replay more
+            log.exception("could not store a checkpoint at log record %d", cursor)
+
     async def stop(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        while self._committer is not None and not self._committer.done():
+            await asyncio.gather(self._committer, return_exceptions=True)
+        if self.room.cursor > self._checkpoint_cursor and not self._state_stale:
+            await self._checkpoint()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -101,19 +175,82 @@ class RoomController:
         await self.store.close()
 
     # ------------------------------------------------------------------ the commit path
+    def _submit(self, decide: Callable[[int], list[LogEntry]], node_event: tuple[str, int, int] | None = None,
+                seq_mark: SeqMark | None = None) -> asyncio.Future[list[LogRecord]]:
+        """Queue an input for the next group commit; the future is its stored records."""
+        done: asyncio.Future[list[LogRecord]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Input(decide, node_event, seq_mark, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
+        return done
+
     async def _commit(self, decide: Callable[[int], list[LogEntry]], *, node_event: tuple[str, int, int] | None = None,
                       seq_mark: SeqMark | None = None) -> list[LogRecord]:
-        async with self._lock:
-            now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
-            entries = decide(now)
-            if not entries and seq_mark is None:
-                return []
-            records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
-            self.room.apply_all(records)
-        self.bus.publish(records)
+        """Decide, store, publish one input; when this returns its records are durable."""
+        return await self._submit(decide, node_event, seq_mark)
+
+    async def _commit_queued(self) -> None:
+        # What arrives while a group is being stored waits for the next group: under load the
+        # groups grow, and the cost of a transaction and its fsync is shared by more inputs.
+        while self._queue:
+            group, self._queue = self._queue, []
+            await self._commit_group(group)
+
+    async def _commit_group(self, group: list[_Input]) -> None:
+        if self._state_stale:
+            try:
+                await self._rebuild(keep_live=True)
+            except Exception as exc:  # the store cannot even be read: decide nothing on a state it lacks
+                log.exception("cannot rebuild the room from the store; refusing %d input(s)", len(group))
+                _fail(group, exc)
+                return
+        now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
+        stored: list[tuple[_Input, list[LogRecord]]] = []
+        next_id = self._next_id
+        try:
+            for item in group:
+                try:
+                    entries = item.decide(now)
+                except Exception as exc:  # a refusal (e.g. no such call) is this input's answer alone
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                    continue
+                if not entries and item.seq_mark is None:
+                    if not item.done.done():
+                        item.done.set_result([])
+                    continue
+                records = [LogRecord(next_id + i, now, e.kind, e.data) for i, e in enumerate(entries)]
+                next_id += len(records)
+                self.room.apply_all(records)  # ahead of the store: the next input is decided on it
+                stored.append((item, records))
+            if stored:
+                await self.store.append_group(now, [(records, item.node_event, item.seq_mark)
+                                                    for item, records in stored])
+        except BaseException as exc:
+            # Nothing of the group is stored: none of it may be acked, published or kept.
+            self._next_id = next_id  # never reuse an id that a reader of the state may have seen
+            self._state_stale = True
+            _fail(group, exc)
+            if not isinstance(exc, Exception):
+                raise
+            log.error("group commit of %d input(s) failed (%r); rebuilding the room from the store", len(group), exc)
+            try:
+                await self._rebuild(keep_live=True)
+            except Exception:
+                log.exception("cannot rebuild the room from the store; the next group retries")
+            return
+        self._next_id = next_id
+        if not stored:
+            return
+        self.cursor = self.room.cursor
+        for item, records in stored:
+            self.bus.publish(records)
+            if not item.done.done():
+                item.done.set_result(records)
         self._timer_wakeup.set()
         self._outputs_changed()
-        return records
+        if self.room.cursor - self._checkpoint_cursor >= self._checkpoint_every:
+            await self._checkpoint()
 
     def _outputs_changed(self) -> None:
         for listener in self._output_listeners:
@@ -135,19 +272,35 @@ class RoomController:
         await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
-        return await self.store.has_node_event(ev.node, ev.boot, ev.seq)
+        """True when this (node, boot, seq) is stored; an earlier copy still on its way to the
+        store (a resend on a new connection) is waited for first."""
+        key = (ev.node, ev.boot, ev.seq)
+        earlier = self._unsettled.get(key)
+        if earlier is not None:
+            try:
+                await asyncio.shield(earlier)
+                return True
+            except Exception:  # the earlier copy was not stored: this one is not a duplicate
+                return False
+        return await self.store.has_node_event(*key)
 
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
+        key = (ev.node, ev.boot, ev.seq)
+        earlier = self._unsettled.get(key)
+        if earlier is not None:  # the same event is already in a group: it is stored once
+            return await asyncio.shield(earlier)
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         self.room.note_seen(ev.node, self.clock())
-        return await self._commit(lambda now: self.room.decide_node_event(ev, now),
-                                  node_event=(ev.node, ev.boot, ev.seq), seq_mark=mark)
+        done = self._submit(lambda now: self.room.decide_node_event(ev, now), key, mark)
+        self._unsettled[key] = done
+        done.add_done_callback(lambda _: self._unsettled.pop(key, None))
+        return await done
 
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
-        await self.store.save_mark(mark)
+        await self._commit(_nothing, seq_mark=mark)  # the mark rides with the next group commit
         if hb.batt_mv:
             batt_v = hb.batt_mv / 1000
             self._check_reading(hb.node, BATTERY_MEASURE, batt_v)
@@ -172,21 +325,22 @@ class RoomController:
 
     def _check_reading(self, node: str, measure: str, value: float) -> None:
         """Most readings change nothing; the few that cross a limit are decided again and stored."""
-        if not self.room.decide_reading(node, measure, value, self.clock()):
+        if not self.room.reading_matters(node, measure, value) or \
+                not self.room.decide_reading(node, measure, value, self.clock()):
             return
-        task = asyncio.create_task(self._commit(lambda now: self.room.decide_reading(node, measure, value, now)))
-        self._pending.add(task)
-        task.add_done_callback(self._reading_committed)
+        done = self._submit(lambda now: self.room.decide_reading(node, measure, value, now))
+        self._pending.add(done)
+        done.add_done_callback(self._reading_committed)
 
     async def settle(self) -> None:
         """Wait until alarm changes caused by readings already received are stored."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    def _reading_committed(self, task: asyncio.Task[object]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("could not store a reading's alarm change", exc_info=task.exception())
+    def _reading_committed(self, done: asyncio.Future[list[LogRecord]]) -> None:
+        self._pending.discard(done)
+        if not done.cancelled() and done.exception() is not None:
+            log.error("could not store a reading's alarm change", exc_info=done.exception())
 
     async def _history_loop(self) -> None:
         while True:
@@ -342,7 +496,7 @@ class RoomController:
 
     # ------------------------------------------------------------------ reads
     def snapshot(self) -> dict[str, Any]:
-        return self.room.snapshot(self.clock())
+        return self.room.snapshot(self.clock()) | {"cursor": self.cursor}
 
     def outputs(self):  # -> RoomOutputs
         return self.room.outputs(self.clock())
@@ -355,3 +509,14 @@ class RoomController:
 
     def subscribe(self) -> Subscription:
         return self.bus.subscribe()
+
+
+def _nothing(now_ms: int) -> list[LogEntry]:
+    return []
+
+
+def _fail(group: list[_Input], exc: BaseException) -> None:
+    error = exc if isinstance(exc, Exception) else RuntimeError(f"group commit interrupted: {exc!r}")
+    for item in group:
+        if not item.done.done():
+            item.done.set_exception(error)

@@ -182,7 +182,7 @@ async def get_health(request: web.Request) -> web.Response:
     room = controller.room
     calls = {tier: sum(1 for c in room.calls.values() if c.ctype.level == tier) for tier in TIERS}
     return web.json_response({"status": "ok", "room": controller.config.room_id, "name": controller.config.name,
-                              "version": VERSION, "cursor": room.cursor, "active_calls": calls})
+                              "version": VERSION, "cursor": controller.cursor, "active_calls": calls})
 
 
 def _resume_cursor(request: web.Request, controller: RoomController) -> int:
@@ -194,7 +194,7 @@ def _resume_cursor(request: web.Request, controller: RoomController) -> int:
             raise ApiError(400, "bad_parameter", f"Last-Event-ID must be an event id, got {header!r}") from None
     if "after" in request.query:
         return _int_param(request, "after", 0, 0, 2**62)
-    return controller.room.cursor  # a new client starts with what happens from now on
+    return controller.cursor  # a new client starts with what happens from now on (what is stored)
 
 
 def _endpoint(request: web.Request) -> str:

@@ -68,9 +68,40 @@ def _check_value(value: Any, path: str) -> None:
     raise ProtocolError("bad_message", f"{path}: {type(value).__name__} is not allowed on the wire")
 
 
+def _wire_safe(value: Any) -> bool:
+    """True when ``value`` may go on the wire; the hot path's check, which builds no error paths.
+
+    json.loads gives exact types, so ``type(v) is int`` also keeps bools (their own type) apart.
+    """
+    kind = type(value)
+    if kind is int:
+        return INT_MIN <= value <= INT_MAX
+    if kind is str:
+        return _PRINTABLE_RE.match(value) is not None
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or _PRINTABLE_RE.match(key) is None or not _wire_safe(item):
+                return False
+        return True
+    if kind is bool:
+        return True
+    if kind is list:
+        for item in value:
+            if not _wire_safe(item):
+                return False
+        return True
+    return False
+
+
+def check_wire_safe(obj: Mapping[str, Any]) -> None:
+    """Raise ProtocolError (naming the offending path) unless every value of ``obj`` may go on the wire."""
+    if type(obj) is not dict or not _wire_safe(obj):
+        _check_value(dict(obj), "$")
+
+
 def canonical_json(obj: Mapping[str, Any]) -> bytes:
     """Encode ``obj`` canonically: sorted keys, no spaces, wire-safe values only."""
-    _check_value(dict(obj), "$")
+    check_wire_safe(obj)
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
@@ -154,9 +185,33 @@ def _int_map(obj: Mapping[str, Any], key: str) -> dict[str, int]:
     return dict(value)
 
 
+_READING_KEYS = frozenset(("v", "t", "n", "b", "s", "at_ms", "m"))
+
+
+def _fixed_shape_reading(obj: Mapping[str, Any]) -> Reading | None:
+    """The readings path: a well-formed reading checked field by field, with nothing built on the way.
+
+    None for anything unusual; the general path then finds (and names) what is wrong.
+    """
+    node, boot, seq, at_ms, measures = obj["n"], obj["b"], obj["s"], obj["at_ms"], obj["m"]
+    if (obj["v"] != PROTOCOL_VERSION or obj["t"] != "reading" or type(node) is not str
+            or NODE_ID_RE.match(node) is None or type(boot) is not int or not 1 <= boot <= INT_MAX
+            or type(seq) is not int or not 1 <= seq <= INT_MAX or type(at_ms) is not int
+            or not 0 <= at_ms <= INT_MAX or type(measures) is not dict or not measures):
+        return None
+    for name, value in measures.items():
+        if type(value) is not int or not INT_MIN <= value <= INT_MAX or _PRINTABLE_RE.match(name) is None:
+            return None
+    return Reading(node, boot, seq, at_ms, measures)
+
+
 def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
     """Validate a node → controller body and return its typed message."""
-    _check_value(dict(obj), "$")
+    if obj.keys() == _READING_KEYS:
+        reading = _fixed_shape_reading(obj)
+        if reading is not None:
+            return reading
+    check_wire_safe(obj)
     if obj.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_message", f"protocol version {obj.get('v')!r} is not {PROTOCOL_VERSION}")
     node = _get(obj, "n", str)

@@ -233,6 +233,18 @@ class CallRules:
             return "off"
         return "acknowledged" if all(c.answered for c in mine) else "received"
 
+    def indicators(self) -> dict[str, str]:
+        """Every node's reassurance light in one pass over the calls; a node not named here is off."""
+        lights: dict[str, str] = {}
+        for call in self.calls.values():
+            if call.node is None or call.ctype.clears == CONDITION:
+                continue
+            if not call.answered:
+                lights[call.node] = "received"
+            elif call.node not in lights:
+                lights[call.node] = "acknowledged"
+        return lights
+
     def outputs(self, now_ms: int) -> RoomOutputs:
         calls = [c for c in self.active_calls()]
         top = calls[0] if calls else None
@@ -245,7 +257,8 @@ class CallRules:
                 at_ms, until_ms, _ = self.silence
                 if now_ms < until_ms and all(c.signalled_at_ms <= at_ms for c in sounding):
                     silenced = True
-        indicators = tuple((n, self.indicator_for(n)) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
+        lights = self.indicators()
+        indicators = tuple((n, lights.get(n, "off")) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
         return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present,
                            "off" if silenced else tone, silenced, indicators)
 

@@ -25,6 +25,8 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 }
 BATTERY_MEASURE = "batt_v"
 FAULT_CORD_REMOVED = 4  # fault code of a call cord pulled out of its socket (nurse-call supervision)
+# NodeStatus fields that heartbeats and check-ins set without the log (the rest follow node.online/offline)
+LIVE_NODE_FIELDS = ("last_seen_ms", "rssi", "batt_mv", "heap", "queued", "dropped")
 
 @dataclass(slots=True)
 class NodeStatus:

@@ -2,7 +2,9 @@
 
 Every write runs on one dedicated thread, so SQLite's fsync never blocks the event loop and writes
 are serialised. ``synchronous=FULL`` in WAL mode makes a commit durable when it returns: the
-gateway acks a node's event only after :meth:`Store.append` has returned.
+gateway acks a node's event only after :meth:`Store.append_group` (one transaction, one fsync, for
+every input that arrived together) has returned. ``checkpoints`` holds snapshots of the room's
+state, so a start replays only the log after the newest one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE INDEX IF NOT EXISTS readings_by_measure ON readings (measure, ts_ms);
 CREATE INDEX IF NOT EXISTS log_by_time ON log (ts_ms);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    cursor  INTEGER PRIMARY KEY,  -- the last log id folded into the state
+    ts_ms   INTEGER NOT NULL,
+    key     TEXT NOT NULL,        -- what the state is valid for (format and room configuration)
+    state   TEXT NOT NULL         -- the room's state as JSON
+);
 """
+CHECKPOINTS_KEPT = 2  # the newest, and one before it in case the newest cannot be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,10 @@ class SeqMark:
     node: str
     boot: int
     max_seq: int
+
+
+# One input's share of a group commit: its records, its (node, boot, seq) if a node's event, its mark.
+GroupItem = tuple[list[LogRecord], "tuple[str, int, int] | None", "SeqMark | None"]
 
 
 class Store:
@@ -156,6 +169,70 @@ class Store:
             return records
 
         return await self._run(_append)
+
+    async def append_group(self, ts_ms: int, group: Iterable[GroupItem]) -> None:
+        """Store the records of several inputs in one transaction with one fsync; durable when this
+        returns, and if it raises, nothing of the group is stored.
+
+        The records' ids are given (the service numbers them as it decides); each input's
+        ``node_event`` (node, boot, seq) is recorded against its first record, so a resent event is
+        recognised as a duplicate; ``seq_mark`` moves its node's accepted-sequence mark.
+        """
+        log_rows: list[tuple[int, int, str, str]] = []
+        event_rows: list[tuple[str, int, int, int]] = []
+        marks: dict[str, SeqMark] = {}
+        for records, node_event, seq_mark in group:
+            for r in records:
+                log_rows.append((r.id, ts_ms, r.kind, json.dumps(r.data, separators=(",", ":"))))
+            if node_event is not None:
+                event_rows.append((*node_event, records[0].id))
+            if seq_mark is not None:
+                old = marks.get(seq_mark.node)
+                if old is None or (seq_mark.boot, seq_mark.max_seq) > (old.boot, old.max_seq):
+                    marks[seq_mark.node] = seq_mark
+
+        def _append(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO log (id, ts_ms, kind, data) VALUES (?, ?, ?, ?)", log_rows)
+                if event_rows:
+                    db.executemany("INSERT INTO node_events (node, boot, seq, log_id) VALUES (?, ?, ?, ?)",
+                                   event_rows)
+                for mark in marks.values():
+                    _upsert_mark(db, mark)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(_append)
+
+    async def save_checkpoint(self, cursor: int, ts_ms: int, key: str, state: str) -> None:
+        """Keep ``state`` (the room folded up to log id ``cursor``) and drop all but the newest few."""
+
+        def _save(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR REPLACE INTO checkpoints (cursor, ts_ms, key, state) VALUES (?, ?, ?, ?)",
+                           (cursor, ts_ms, key, state))
+                db.execute("DELETE FROM checkpoints WHERE cursor NOT IN "
+                           "(SELECT cursor FROM checkpoints ORDER BY cursor DESC LIMIT ?)", (CHECKPOINTS_KEPT,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(_save)
+
+    async def checkpoints(self, key: str) -> list[tuple[int, str]]:
+        """(cursor, state) of the checkpoints valid for ``key``, newest first; none beyond the log's end."""
+
+        def _read(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            return db.execute(
+                "SELECT cursor, state FROM checkpoints WHERE key = ? AND cursor <= "
+                "(SELECT COALESCE(MAX(id), 0) FROM log) ORDER BY cursor DESC", (key,)).fetchall()
+
+        return await self._run(_read)
 
     async def add_readings(self, rows: list[tuple[int, str, str, float]], marks: Iterable[SeqMark] = ()) -> None:
         """Store readings (ts_ms, node, measure, value) and sequence marks in one transaction."""
@@ -240,11 +317,12 @@ class Store:
         """Newest value per measure: measure -> (ts_ms, node, value)."""
 
         def _latest(db: sqlite3.Connection) -> dict[str, tuple[int, str, float]]:
-            rows = db.execute(
-                "SELECT measure, ts_ms, node, value FROM readings r WHERE ts_ms = "
-                "(SELECT MAX(ts_ms) FROM readings WHERE measure = r.measure) GROUP BY measure"
-            ).fetchall()
-            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+            latest = {}
+            for measure in history.measures(db, "readings"):  # index seeks: fast however many rows
+                row = db.execute("SELECT ts_ms, node, value FROM readings WHERE measure = ? "
+                                 "ORDER BY ts_ms DESC LIMIT 1", (measure,)).fetchone()
+                latest[measure] = (row[0], row[1], row[2])
+            return latest
 
         return await self._run(_latest)
 
