@@ -43,6 +43,18 @@ class Subscription:
         record = await self._queue.get()
         return None if self._ended else record
 
+    def take_ready(self, limit: int) -> list[LogRecord]:
+        """Records already queued (at most ``limit``), without waiting: a busy stream sends them in
+        one write. Empty once the stream must end (then :meth:`get` says so)."""
+        if self._ended:
+            return []
+        ready: list[LogRecord] = []
+        while len(ready) < limit and not self._queue.empty():
+            record = self._queue.get_nowait()
+            assert record is not None  # the end marker is queued only by end(), which sets _ended first
+            ready.append(record)
+        return ready
+
     def close(self) -> None:
         self._bus._subscribers.discard(self)
 

@@ -243,12 +243,15 @@ class RoomController:
         if not stored:
             return
         self.cursor = self.room.cursor
+        changed = False
         for item, records in stored:
             self.bus.publish(records)
             if not item.done.done():
                 item.done.set_result(records)
-        self._timer_wakeup.set()
-        self._outputs_changed()
+            changed = changed or self.room.changes_state(records)
+        if changed:  # a deadline or an output may have moved
+            self._timer_wakeup.set()
+            self._outputs_changed()
         if self.room.cursor - self._checkpoint_cursor >= self._checkpoint_every:
             await self._checkpoint()
 

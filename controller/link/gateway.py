@@ -92,15 +92,21 @@ class NodeConnection:
         self.out_seq += 1
         self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
 
-    async def send(self, build: Callable[[int], dict[str, object]]) -> None:
-        """Send ``build(s)``; wait (at most WRITE_TIMEOUT_S) only when the node is not reading."""
-        self._write(build)
+    async def _drained(self) -> None:
+        """Wait (at most WRITE_TIMEOUT_S) only when the node is not reading what it is sent."""
         if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await self.writer.drain()
 
+    async def send(self, build: Callable[[int], dict[str, object]]) -> None:
+        """Send ``build(s)``."""
+        self._write(build)
+        await self._drained()
+
     async def send_ack(self, seq: int) -> None:
-        await self.send(lambda s: p.ack(self.sid, s, seq))
+        self.out_seq += 1
+        self.writer.write(p.ack_frame(self.key, self.sid, self.out_seq, seq))
+        await self._drained()
 
     def show(self, indicator: str, tone: str) -> None:
         """Command the reassurance light and tone patterns the room wants, where the node shows others.

@@ -12,6 +12,7 @@ import hmac
 import json
 import re
 import struct
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..model import NODE_ID_RE, Heartbeat, Hello, NodeEvent, NodeMessage, Reading
@@ -205,12 +206,39 @@ def _fixed_shape_reading(obj: Mapping[str, Any]) -> Reading | None:
     return Reading(node, boot, seq, at_ms, measures)
 
 
+_EVENT_KEYS = frozenset(("v", "t", "n", "b", "s", "k", "src", "val", "at_ms"))
+_EVENT_KEYS_X = _EVENT_KEYS | {"x"}
+_NO_FEATURES: Mapping[str, int] = MappingProxyType({})
+
+
+def _fixed_shape_event(obj: Mapping[str, Any]) -> NodeEvent | None:
+    """The events path, like :func:`_fixed_shape_reading`: None sends anything unusual the general way."""
+    node, boot, seq, kind, src, val, at_ms = obj["n"], obj["b"], obj["s"], obj["k"], obj["src"], obj["val"], obj["at_ms"]
+    features = obj.get("x", _NO_FEATURES)
+    if (obj["v"] != PROTOCOL_VERSION or obj["t"] != "event" or type(node) is not str
+            or NODE_ID_RE.match(node) is None or type(boot) is not int or not 1 <= boot <= INT_MAX
+            or type(seq) is not int or not 1 <= seq <= INT_MAX or kind not in EVENT_KINDS
+            or type(src) is not str or _PRINTABLE_RE.match(src) is None or type(val) is not int
+            or not INT_MIN <= val <= INT_MAX or type(at_ms) is not int or not 0 <= at_ms <= INT_MAX
+            or (features is not _NO_FEATURES and type(features) is not dict)):
+        return None
+    for name, value in features.items():
+        if type(value) is not int or not INT_MIN <= value <= INT_MAX or _PRINTABLE_RE.match(name) is None:
+            return None
+    return NodeEvent(node, boot, seq, kind, src, val, at_ms, dict(features))
+
+
 def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
     """Validate a node → controller body and return its typed message."""
-    if obj.keys() == _READING_KEYS:
+    keys = obj.keys()
+    if keys == _READING_KEYS:
         reading = _fixed_shape_reading(obj)
         if reading is not None:
             return reading
+    elif keys == _EVENT_KEYS or keys == _EVENT_KEYS_X:
+        event = _fixed_shape_event(obj)
+        if event is not None:
+            return event
     check_wire_safe(obj)
     if obj.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_message", f"protocol version {obj.get('v')!r} is not {PROTOCOL_VERSION}")
@@ -255,6 +283,15 @@ def welcome(sid: int, seq: int, hb_ms: int, time_ms: int) -> dict[str, Any]:
 
 def ack(sid: int, seq: int, acked: int) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "t": "ack", "sid": sid, "s": seq, "a": acked}
+
+
+def ack_frame(key: bytes, sid: int, seq: int, acked: int) -> bytes:
+    """``encode_frame(key, ack(sid, seq, acked))``, byte for byte, without the general encoder: an
+    ack is sent for every event and heartbeat. Its fields are integers the controller chose or checked."""
+    if not (0 <= acked <= INT_MAX and 0 <= seq <= INT_MAX and 0 <= sid <= INT_MAX):
+        return encode_frame(key, ack(sid, seq, acked))  # which names what is out of range
+    body = b'{"a":%d,"s":%d,"sid":%d,"t":"ack","v":%d}' % (acked, seq, sid, PROTOCOL_VERSION)
+    return struct.pack(">H", len(body) + TAG_BYTES) + body + compute_tag(key, body)
 
 
 def command(sid: int, seq: int, name: str, **fields: Any) -> dict[str, Any]:

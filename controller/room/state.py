@@ -195,6 +195,12 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
         self.environment.update(live["environment"])
 
     # ------------------------------------------------------------------ state changes
+    @staticmethod
+    def changes_state(records: Iterable[LogRecord]) -> bool:
+        """False when applying ``records`` changes nothing but the cursor (e.g. only node.event records
+        of inputs with no meaning): then no deadline and no output can have moved."""
+        return any(record.kind in _APPLY for record in records)
+
     def apply_all(self, records: Iterable[LogRecord]) -> None:
         for record in records:
             self.apply(record)

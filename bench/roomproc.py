@@ -1,0 +1,154 @@
+"""A real controller for the benchmarks: ``smartroom run`` in its own process, TLS and tokens as shipped.
+
+    async with RoomProcess(workdir, nodes={"pub-000": {}}, ...) as room:
+        room.api_url, room.node_port, room.token, room.ssl   # HTTPS with the self-signed pin
+        room.rss_kb()                                        # the controller's resident memory
+
+The room file, the node keys and a nurse token are made in ``workdir`` the way an installer makes
+them (``smartroom keygen``-style JSON keys, ``smartroom token create``); the controller then makes
+its self-signed certificate next to the database and prints its fingerprint, which is pinned here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from controller.security.tls import pin  # noqa: E402
+
+START_TIMEOUT_S = 60.0  # a 1 M-event database on a slow disk, the first (full-replay) start included
+_SMARTROOM = [sys.executable, "-m", "controller.cli"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (q in 0..1)."""
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def write_room(workdir: Path, nodes: dict[str, dict[str, str]], keys: dict[str, bytes], *,
+               heartbeat_ms: int = 10_000, room_id: str = "bench") -> tuple[Path, Path]:
+    """room.toml (one node per entry, ``{input: meaning}``) and keys.json, as an installer writes them."""
+    lines = [f'[room]\nid = "{room_id}"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = {heartbeat_ms}\n']
+    for node, inputs in nodes.items():
+        table = ", ".join(f'{k} = "{v}"' for k, v in inputs.items())
+        lines.append(f"[nodes.{node}]\ninputs = {{ {table} }}\n")
+    room, key_file = workdir / "room.toml", workdir / "keys.json"
+    room.write_text("\n".join(lines))
+    key_file.write_text(json.dumps({"nodes": {n: k.hex() for n, k in keys.items()}}))
+    key_file.chmod(0o600)
+    return room, key_file
+
+
+async def create_token(db: Path, role: str = "nurse", name: str = "bench") -> str:
+    proc = await asyncio.create_subprocess_exec(*_SMARTROOM, "token", "create", "--db", str(db), "--role", role,
+                                                "--name", name, stdout=asyncio.subprocess.PIPE, env=_env())
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"smartroom token create failed ({proc.returncode})")
+    return out.decode().strip().splitlines()[-1]
+
+
+class RoomProcess:
+    """``smartroom run`` on loopback with free ports; started and stopped as an async context."""
+
+    def __init__(self, workdir: Path, nodes: dict[str, dict[str, str]], keys: dict[str, bytes], *,
+                 heartbeat_ms: int = 10_000, db: Path | None = None) -> None:
+        self.workdir = workdir
+        self.db = db or workdir / "room.db"
+        self.config, self.keys_file = write_room(workdir, nodes, keys, heartbeat_ms=heartbeat_ms)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.api_url = ""
+        self.node_port = 0
+        self.fingerprint = ""
+        self.token = ""
+        self.started_s = 0.0  # process start -> first API answer
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def ssl(self) -> aiohttp.Fingerprint:
+        return pin(self.fingerprint)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def start(self) -> "RoomProcess":
+        if not self.token:
+            self.token = await create_token(self.db)
+        t0 = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            *_SMARTROOM, "run", "--config", str(self.config), "--keys", str(self.keys_file), "--db", str(self.db),
+            "--api-port", "0", "--node-port", "0", "--no-advertise", stdout=asyncio.subprocess.PIPE, env=_env())
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while not (self.api_url and self.fingerprint):
+                line = (await self.proc.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError(f"smartroom run ended before serving (exit {await self.proc.wait()})")
+                if m := re.search(r"API (\S+)\s+nodes \S+:(\d+)", line):
+                    self.api_url, self.node_port = m.group(1), int(m.group(2))
+                elif m := re.search(r"SHA-256 fingerprint (\S+)", line):
+                    self.fingerprint = m.group(1)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(self.api_url + "/api/v1/room", ssl=self.ssl, headers=self.headers) as resp:
+                    resp.raise_for_status()
+        self.started_s = time.monotonic() - t0
+        self._drain = asyncio.create_task(self._discard(self.proc.stdout))
+        return self
+
+    @staticmethod
+    async def _discard(stream: asyncio.StreamReader) -> None:
+        while await stream.read(65536):
+            pass
+
+    async def get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.api_url + path, ssl=self.ssl, headers=self.headers) as resp:
+                resp.raise_for_status()
+                return await resp.json()
+
+    def rss_kb(self) -> tuple[int, int]:
+        """(resident now, peak) of the controller process, kB."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+        self.proc = None
+
+    async def __aenter__(self) -> "RoomProcess":
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
