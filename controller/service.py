@@ -230,14 +230,15 @@ class RoomController:
             # Nothing of the group is stored: none of it may be acked, published or kept.
             self._next_id = next_id  # never reuse an id that a reader of the state may have seen
             self._state_stale = True
-            _fail(group, exc)
             if not isinstance(exc, Exception):
+                _fail(group, exc)
                 raise
             log.error("group commit of %d input(s) failed (%r); rebuilding the room from the store", len(group), exc)
             try:
                 await self._rebuild(keep_live=True)
             except Exception:
                 log.exception("cannot rebuild the room from the store; the next group retries")
+            _fail(group, exc)  # answered once the room shows only what is stored again
             return
         self._next_id = next_id
         if not stored:
