@@ -1,10 +1,11 @@
 """A real controller for the benchmarks: ``smartroom run`` in its own process, TLS and tokens as shipped.
 
     async with RoomProcess(workdir, nodes={"pub-000": {}}, ...) as room:
-        room.api_url, room.node_port, room.token, room.ssl   # HTTPS with the self-signed pin
+        room.api_url, room.node_port, room.ssl   # HTTPS with the self-signed pin
+        room.headers                             # a nurse's token; room.get(path) uses a facilities one
         room.rss_kb()                                        # the controller's resident memory
 
-The room file, the node keys and a nurse token are made in ``workdir`` the way an installer makes
+The room file, the node keys and the tokens are made in ``workdir`` the way an installer makes
 them (``smartroom keygen``-style JSON keys, ``smartroom token create``); the controller then makes
 its self-signed certificate next to the database and prints its fingerprint, which is pinned here.
 """
@@ -81,7 +82,8 @@ class RoomProcess:
         self.api_url = ""
         self.node_port = 0
         self.fingerprint = ""
-        self.token = ""
+        self.token = ""             # a nurse's: the event stream
+        self.facilities_token = ""  # gateway counters
         self.started_s = 0.0  # process start -> first API answer
         self._drain: asyncio.Task[None] | None = None
 
@@ -96,6 +98,8 @@ class RoomProcess:
     async def start(self) -> "RoomProcess":
         if not self.token:
             self.token = await create_token(self.db)
+            self.facilities_token = await create_token(self.db, "facilities", "bench facilities")
+        self.api_url, self.fingerprint = "", ""
         t0 = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
             *_SMARTROOM, "run", "--config", str(self.config), "--keys", str(self.keys_file), "--db", str(self.db),
@@ -123,8 +127,10 @@ class RoomProcess:
             pass
 
     async def get(self, path: str) -> Any:
+        """GET with the facilities token (the room, nodes, gateway counters)."""
+        headers = {"Authorization": f"Bearer {self.facilities_token}"}
         async with aiohttp.ClientSession() as http:
-            async with http.get(self.api_url + path, ssl=self.ssl, headers=self.headers) as resp:
+            async with http.get(self.api_url + path, ssl=self.ssl, headers=headers) as resp:
                 resp.raise_for_status()
                 return await resp.json()
 

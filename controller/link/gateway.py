@@ -252,6 +252,8 @@ class NodeGateway:
         conn = NodeConnection(self, reader, writer)
         try:
             await conn.run()
+        except asyncio.CancelledError:  # stopping; ended, not cancelled: 3.11's streams log a cancelled handler
+            pass
         finally:
             self._handlers.discard(task)
             if conn.node is not None and self.connections.get(conn.node) is conn:
