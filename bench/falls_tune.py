@@ -1,6 +1,7 @@
 """Tune the node's fall detector (firmware/srnode/fall.py) on SisFall, subject-wise cross-validated.
 
     .venv/bin/python bench/falls_tune.py [--data /work/shared/data/SisFall_dataset] [--rates 50,100] [--write]
+    .venv/bin/python bench/falls_tune.py --smoke      # a few synthetic trials in SisFall's layout
 
 What it does:
 
@@ -33,6 +34,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -76,6 +78,33 @@ def folds() -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------------------- the data
+def synthetic_dataset(root: Path) -> Path:
+    """A tiny dataset in SisFall's layout and file format (CRLF, padded columns, trailing ';'), one
+    subject per fold: a fall (standing, 0.4 s falling, a 6 g impact, lying), a hard sit-down and
+    walking. Only for --smoke: it checks that this script runs, its figures mean nothing."""
+    g = 256  # ADXL345 counts per g
+
+    def still(seconds: float, axis: int = 1, sign: int = -1) -> list[tuple[int, int, int]]:
+        row = [0, 0, 0]
+        row[axis] = sign * g
+        return [tuple(row)] * round(seconds * 200)
+
+    def walking(seconds: float) -> list[tuple[int, int, int]]:
+        return [(round(0.1 * g * math.sin(2 * math.pi * 0.9 * k / 200)),
+                 round(-g + 0.3 * g * math.sin(2 * math.pi * 1.8 * k / 200)), 0) for k in range(round(seconds * 200))]
+
+    trials = {"F01": still(6) + [(0, -102, 0)] * 80 + [(0, 6 * g, 0)] * 4 + still(8, axis=2, sign=1),
+              "D07": still(6) + [(0, -180, 0)] * 60 + [(0, -int(2.6 * g), 0)] * 6 + still(8),
+              "D01": walking(14)}
+    base = root / "SisFall_dataset"
+    for subject in ("SA01", "SA04", "SA07", "SA10", "SA13"):
+        (base / subject).mkdir(parents=True)
+        for code, rows in trials.items():
+            lines = ["%4d,%4d,%4d,%5d,%5d,%6d,%4d,%4d,%4d;" % (x, y, z, 0, 0, 0, 4 * x, 4 * y, 4 * z)
+                     for x, y, z in rows]
+            (base / subject / f"{code}_{subject}_R01.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return base
+
 def _load_one(rate_hz: int, trial):
     return trial, resample(read_counts(trial.path), rate_hz)
 
@@ -248,12 +277,16 @@ def write_defaults(params: dict[str, list[int]]) -> None:
     FALL_PY.write_text(text)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="SisFall_dataset folder (default: %(default)s)")
     ap.add_argument("--rates", default="50,100", help="node rates to score; fitted at the first (default: %(default)s)")
     ap.add_argument("--write", action="store_true", help="write the defaults fitted on all subjects into fall.py")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="a few synthetic trials in a temporary folder, 50 Hz only")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        tmp = tempfile.TemporaryDirectory(prefix="smartroom-falls-")
+        args.data, args.rates, args.write = str(synthetic_dataset(Path(tmp.name))), "50", False
     rates = [int(r) for r in args.rates.split(",")]
     fit_rate = rates[0]
 
@@ -327,7 +360,8 @@ def main() -> None:
     print(f"cost in MicroPython at {fit_rate} Hz ({cost.trace}, {cost.updates} updates x {len(cost.runs_us)} runs): "
           f"{cost.update_us:.1f} us per update(), detector {cost.detector_bytes} bytes of heap, "
           f"{cost.alloc_bytes} bytes allocated by update()")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,7 @@
     .venv/bin/python bench/voice/run.py                 # full run (about 40 min of audio)
     .venv/bin/python bench/voice/run.py --quick         # a smaller corpus, for a first look
     .venv/bin/python bench/voice/run.py --json out.json
+    .venv/bin/python bench/voice/run.py --smoke         # two utterances in a temporary folder
 
 The corpus (bench/voice/corpus.py) is built with espeak-ng and sox under ~/.cache/smartroom/
 voice-bench (or --cache), never in the repository. Every file goes through the same path as the
@@ -19,6 +20,7 @@ import argparse
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -87,6 +89,26 @@ def build(root: Path, per_phrase: int, quick: bool) -> tuple[list[dict], list[di
     return commands, others
 
 
+SMOKE_PHRASES = {"nurse": ("call the nurse",), "water": ("i need water",)}
+
+
+def build_smoke(root: Path) -> tuple[list[dict], list[dict]]:
+    """Two spoken commands and one spoken non-command sentence, pink noise only: checks that this
+    script works end to end (espeak-ng, sox, the listener); its figures mean nothing."""
+    pink = C.noise(root, "pink", 10)
+    mix_dir = root / "mix"
+    mix_dir.mkdir(exist_ok=True)
+    commands = []
+    for i, utt in enumerate(C.commands(root, SMOKE_PHRASES, 1)):
+        for snr in SNRS_DB:
+            out = C.mix(utt.path, pink, snr, mix_dir / f"pink{snr}-{utt.path.name}", offset_s=i * 1.7)
+            commands.append({"path": str(out), "intent": utt.intent, "phrase": utt.phrase, "snr": snr,
+                             "noise": "pink", "voice": utt.voice})
+    speech = C.speak("the soup at lunch was cold again", "en-us", 150, 50, root / "speech.wav")
+    out = C.mix(speech, pink, QUIET_SNR_DB, mix_dir / "quiet-speech.wav")
+    return commands, [{"path": str(out), "source": "conversation", "voice": "en-us", "noise": "quiet"}]
+
+
 def score(commands: list[dict], others: list[dict], threshold: float) -> dict:
     by = defaultdict(lambda: [0, 0, 0])  # (intent, snr) -> [correct, wrong intent, total]
     for item in commands:
@@ -128,11 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--thresholds", default=",".join(sorted({"0", "0.3", "0.5", "0.7", f"{DEFAULT_THRESHOLD:g}"}, key=float)))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write every detection and the scores here")
+    ap.add_argument("--smoke", action="store_true", help="two utterances in a temporary folder, one worker")
     args = ap.parse_args(argv)
-    root = C.cache_dir(args.cache)
     per_phrase = 3 if args.quick else args.per_phrase
     t0 = time.time()
-    commands, others = build(root, per_phrase, args.quick)
+    if args.smoke:
+        tmp = tempfile.TemporaryDirectory(prefix="smartroom-voice-")
+        root, args.workers = Path(tmp.name), 1
+        commands, others = build_smoke(root)
+    else:
+        root = C.cache_dir(args.cache)
+        commands, others = build(root, per_phrase, args.quick)
     print(f"corpus: {len(commands)} command files, {len(others)} non-command files in {root} "
           f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     items = {i["path"]: i for i in commands + others}
