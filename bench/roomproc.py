@@ -6,7 +6,7 @@
         room.rss_kb()                                        # the controller's resident memory
 
 The room file, the node keys and the tokens are made in ``workdir`` the way an installer makes
-them (``smartroom keygen``-style JSON keys, ``smartroom token create``); the controller then makes
+them (``smartroom keygen``-style JSON keys, the library call behind ``smartroom token create``); the controller then makes
 its self-signed certificate next to the database and prints its fingerprint, which is pinned here.
 """
 
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from controller.security import tokens  # noqa: E402
 from controller.security.tls import pin  # noqa: E402
 
 START_TIMEOUT_S = 60.0  # a 1 M-event database on a slow disk, the first (full-replay) start included
@@ -61,13 +62,15 @@ def write_room(workdir: Path, nodes: dict[str, dict[str, str]], keys: dict[str, 
     return room, key_file
 
 
-async def create_token(db: Path, role: str = "nurse", name: str = "bench") -> str:
-    proc = await asyncio.create_subprocess_exec(*_SMARTROOM, "token", "create", "--db", str(db), "--role", role,
-                                                "--name", name, stdout=asyncio.subprocess.PIPE, env=_env())
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"smartroom token create failed ({proc.returncode})")
-    return out.decode().strip().splitlines()[-1]
+def create_token(db: Path, role: str = "nurse", name: str = "bench") -> str:
+    """A token as ``smartroom token create`` makes it (the same library call, without a process)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = tokens.open_db(str(db))
+    try:
+        _, secret = tokens.create(con, role, name, time.time_ns() // 1_000_000)
+    finally:
+        con.close()
+    return secret
 
 
 class RoomProcess:
@@ -97,8 +100,8 @@ class RoomProcess:
 
     async def start(self) -> "RoomProcess":
         if not self.token:
-            self.token = await create_token(self.db)
-            self.facilities_token = await create_token(self.db, "facilities", "bench facilities")
+            self.token = create_token(self.db)
+            self.facilities_token = create_token(self.db, "facilities", "bench facilities")
         self.api_url, self.fingerprint = "", ""
         t0 = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(

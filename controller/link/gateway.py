@@ -24,6 +24,7 @@ HELLO_TIMEOUT_S = 5.0          # a node sends hello right after connecting; anyt
 WRITE_TIMEOUT_S = 5.0          # a node that cannot take a 60-byte ack in 5 s is gone
 WRITE_BUFFER_HIGH = 16 * 1024  # unsent bytes before a send waits for the node: ~150 acks, far more than its window
 WRITE_BUFFER_MAX = 64 * 1024   # unsent bytes (~600 commands) that mean a node no longer reads at all
+FAIR_SHARE_FRAMES = 32         # frames one connection handles before the others get a turn (~1 ms)
 IDLE_GRACE_S = 1.0             # on top of three heartbeat intervals before a silent link is closed
 
 
@@ -138,8 +139,12 @@ class NodeConnection:
         try:
             first = await read_frame(self.reader, HELLO_TIMEOUT_S)
             await self._handle(first, hello_expected=True)
+            frames = 0
             while True:
                 await self._handle(await read_frame(self.reader, self.idle_timeout_s()), hello_expected=False)
+                frames += 1
+                if frames % FAIR_SHARE_FRAMES == 0:  # buffered frames are read without a pause: let others in
+                    await asyncio.sleep(0)
         except p.ProtocolError as exc:
             stats.rejected[exc.reason] += 1
             log.warning("rejected frame from node=%s peer=%s reason=%s: %s; closing its connection",
