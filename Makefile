@@ -8,12 +8,14 @@ CHROMIUM := /usr/bin/chromium
 .PHONY: demo test setup firmware bench bench-voice clean
 
 # Debian packages the voice pipeline and its tests use: espeak-ng (speech), sox (noise in the
-# voice benchmark), PortAudio (the microphone, through sounddevice).
+# voice benchmark), PortAudio (the microphone, through sounddevice); Mosquitto, the broker
+# bench/broker.py measures the event path against (started by the bench itself, on a free port).
 SYSDEPS := $(VENV)/.sysdeps
-$(SYSDEPS):
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 || { \
-	  echo "installing espeak-ng, sox, libportaudio2 (Debian) ..."; \
-	  apt-get update -qq && apt-get install -y -qq espeak-ng sox libportaudio2; }
+$(SYSDEPS): Makefile  # again when the list changes (each check is cheap when all is there)
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 \
+	  && { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || { \
+	  echo "installing espeak-ng, sox, libportaudio2, mosquitto (Debian) ..."; \
+	  apt-get update -qq && apt-get install -y -qq espeak-ng sox libportaudio2 mosquitto; }
 	@mkdir -p $(VENV) && touch $@
 
 $(STAMP): pyproject.toml $(SYSDEPS)
@@ -46,8 +48,11 @@ test: $(STAMP) $(CHROMIUM)
 firmware: $(STAMP)
 	$(PY) -m controller.sim.firmware build/firmware
 
+# The performance figures of the README (about 5 minutes; a quiet machine gives steadier numbers).
 bench: $(STAMP)
+	$(PY) bench/broker.py
 	$(PY) bench/latency.py
+	$(PY) bench/startup.py
 
 bench-voice: $(STAMP)
 	$(PY) bench/voice/run.py
