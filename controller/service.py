@@ -156,21 +156,22 @@ class RoomController:
             self._checkpoint_cursor = cursor
         except Exception:  # a missing checkpoint only makes the next start replay more
             log.exception("could not store a checkpoint at log record %d", cursor)
+            self._checkpoint_cursor = cursor  # the next try after as many records again, not at once
 
     async def stop(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
-        while self._committer is not None and not self._committer.done():
-            await asyncio.gather(self._committer, return_exceptions=True)
-        if self.room.cursor > self._checkpoint_cursor and not self._state_stale:
-            await self._checkpoint()
-        for task in self._tasks:
+        for task in self._tasks:  # no new timer inputs from here on
             task.cancel()
         for task in self._tasks:
             try:
                 await task
             except asyncio.CancelledError:
                 pass
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        while self._committer is not None and not self._committer.done():
+            await asyncio.gather(self._committer, return_exceptions=True)
+        if self.room.cursor > self._checkpoint_cursor and not self._state_stale:
+            await self._checkpoint()
         await self._flush_readings()
         await self.store.close()
 
