@@ -88,6 +88,7 @@ class RoomProcess:
         self.token = ""             # a nurse's: the event stream
         self.facilities_token = ""  # gateway counters
         self.started_s = 0.0  # process start -> first API answer
+        self.rebuilt = ""     # the controller's own account of its start ("state rebuilt ... in 0.05 s")
         self._drain: asyncio.Task[None] | None = None
 
     @property
@@ -102,19 +103,21 @@ class RoomProcess:
         if not self.token:
             self.token = create_token(self.db)
             self.facilities_token = create_token(self.db, "facilities", "bench facilities")
-        self.api_url, self.fingerprint = "", ""
+        self.api_url, self.fingerprint, self.rebuilt = "", "", ""
         t0 = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
             *_SMARTROOM, "run", "--config", str(self.config), "--keys", str(self.keys_file), "--db", str(self.db),
             "--api-port", "0", "--node-port", "0", "--no-advertise", stdout=asyncio.subprocess.PIPE, env=_env())
         assert self.proc.stdout is not None
         async with asyncio.timeout(START_TIMEOUT_S):
-            while not (self.api_url and self.fingerprint):
+            while not (self.api_url and self.fingerprint and self.rebuilt):
                 line = (await self.proc.stdout.readline()).decode()
                 if not line:
                     raise RuntimeError(f"smartroom run ended before serving (exit {await self.proc.wait()})")
                 if m := re.search(r"API (\S+)\s+nodes \S+:(\d+)", line):
                     self.api_url, self.node_port = m.group(1), int(m.group(2))
+                elif "tate rebuilt" in line:
+                    self.rebuilt = line.strip()
                 elif m := re.search(r"SHA-256 fingerprint (\S+)", line):
                     self.fingerprint = m.group(1)
             async with aiohttp.ClientSession() as http:

@@ -128,15 +128,15 @@ async def main(argv: list[str] | None = None) -> int:
                 next_id = fill(room.db, room.config, tail, seed=2)
             async with room:
                 rss = room.rss_kb()[0]
-            rows.append((label, room.started_s, rss))
+            rows.append((label, room.started_s, rss, room.rebuilt))
             print(f"  start {len(rows)}: {label}: first API answer after {room.started_s:.2f} s, "
-                  f"RSS {rss / 1024:.0f} MB", flush=True)
+                  f"RSS {rss / 1024:.0f} MB; {room.rebuilt}", flush=True)
         base = await python_start_s()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nstart-up to the first API answer with {next_id - 1:,} stored events (target <= 1 s):")
-    for label, seconds, _ in rows:
-        print(f"  {seconds:6.2f} s  {label}")
+    for label, seconds, _, rebuilt in rows:
+        print(f"  {seconds:6.2f} s  {label} ({rebuilt.split(' in ')[-1]} of it rebuilding the state)")
     print(f"  ({base:.2f} s of each is Python starting and importing: `smartroom --help`)")
     return 0
 

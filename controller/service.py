@@ -81,6 +81,7 @@ class RoomController:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_cursor = 0
         self.replayed = 0  # log records applied on top of the checkpoint at the last start
+        self.rebuilt = ""  # how the last start rebuilt the state, for the operator
         self._output_listeners: list[Callable[[], None]] = []
         self._readings: list[tuple[int, str, str, float]] = []
         self._reading_marks: dict[str, SeqMark] = {}
@@ -109,9 +110,10 @@ class RoomController:
         for status in self.room.nodes.values():
             if status.online:
                 status.last_seen_ms = now
-        log.info("room %s: rebuilt to log record %d (%s + %d records) in %.0f ms, %d active calls",
-                 self.config.room_id, self.cursor, f"checkpoint {from_checkpoint}" if from_checkpoint else "empty room",
-                 self.replayed, (time.perf_counter() - t0) * 1000, len(self.room.calls))
+        self.rebuilt = (f"state rebuilt to log record {self.cursor} from "
+                        f"{f'the checkpoint at {from_checkpoint}' if from_checkpoint else 'nothing'} and "
+                        f"{self.replayed} records in {time.perf_counter() - t0:.2f} s")
+        log.info("room %s: %s, %d active calls", self.config.room_id, self.rebuilt, len(self.room.calls))
         if self.replayed >= self._checkpoint_every:
             await self._checkpoint()
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
