@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,27 @@ def percentile(values: list[float], q: float) -> float:
     k = (len(ordered) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def commit_ms(directory: Path, n: int = 100) -> tuple[float, float]:
+    """p50 and p99 of a one-row SQLite commit with the store's settings (WAL, synchronous=FULL) in
+    ``directory``: what this disk adds to every durable event, however fast the controller is."""
+    path = directory / "fsync-probe.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("CREATE TABLE t (x)")
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("INSERT INTO t VALUES (?)", (i,))
+        con.execute("COMMIT")
+        times.append((time.perf_counter() - t0) * 1000)
+    con.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return percentile(times, 0.5), percentile(times, 0.99)
 
 
 def _env() -> dict[str, str]:
