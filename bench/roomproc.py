@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:
 from controller.security import tokens  # noqa: E402
 from controller.security.tls import pin  # noqa: E402
 
-START_TIMEOUT_S = 60.0  # a 1 M-event database on a slow disk, the first (full-replay) start included
+API_TIMEOUT_S = 60.0    # a controller saturated by a benchmark still answers, late
+START_TIMEOUT_S = 600.0  # a hang guard: the first start on a 1 M-event log written before checkpoints replays it all
 _SMARTROOM = [sys.executable, "-m", "controller.cli"]
 
 
@@ -157,7 +158,7 @@ class RoomProcess:
     async def get(self, path: str) -> Any:
         """GET with the facilities token (the room, nodes, gateway counters)."""
         headers = {"Authorization": f"Bearer {self.facilities_token}"}
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=API_TIMEOUT_S)) as http:
             async with http.get(self.api_url + path, ssl=self.ssl, headers=headers) as resp:
                 resp.raise_for_status()
                 return await resp.json()
