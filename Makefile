@@ -8,8 +8,9 @@ CHROMIUM := /usr/bin/chromium
 .PHONY: demo test setup firmware bench bench-voice clean
 
 # Debian packages the voice pipeline and its tests use: espeak-ng (speech), sox (noise in the
-# voice benchmark), PortAudio (the microphone, through sounddevice); Mosquitto, the broker
-# bench/broker.py measures the event path against (started by the bench itself, on a free port).
+# voice benchmark), PortAudio (the microphone, through sounddevice); Mosquitto, the ward's MQTT
+# broker (the ward tests start their own on 127.0.0.1, the demo starts one too) and the anchor
+# bench/broker.py measures the event path against.
 SYSDEPS := $(VENV)/.sysdeps
 $(SYSDEPS): Makefile  # again when the list changes (each check is cheap when all is there)
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 \

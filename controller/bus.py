@@ -2,6 +2,10 @@
 
 A subscriber that falls too far behind is closed rather than allowed to grow without bound; it
 catches up from the durable log when it reconnects with its last cursor, so nothing is lost.
+
+Besides stored records, a subscriber gets :data:`STATUS_CHANGED` when something the log cannot
+hold yet changed (a storage failure is shown before it can be stored): the stream tells its
+client to look at the room again.
 """
 
 from __future__ import annotations
@@ -14,15 +18,23 @@ from .store import LogRecord
 SUBSCRIBER_QUEUE_LEN = 4096  # ~ minutes of a busy room's events; beyond it, resume from the log
 
 
+class _StatusChanged:
+    def __repr__(self) -> str:
+        return "STATUS_CHANGED"
+
+
+STATUS_CHANGED = _StatusChanged()  # what a subscriber gets when the room's unstored status changed
+
+
 class Subscription:
     def __init__(self, bus: "EventBus") -> None:
         self._bus = bus
         # Unbounded as a structure, bounded by _offer: the end marker must always fit.
-        self._queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[LogRecord | _StatusChanged | None] = asyncio.Queue()
         self._ended = False
         self.lagged = False
 
-    def _offer(self, record: LogRecord) -> None:
+    def _offer(self, record: LogRecord | _StatusChanged) -> None:
         if self._ended:
             return
         if self._queue.qsize() >= SUBSCRIBER_QUEUE_LEN:
@@ -36,24 +48,22 @@ class Subscription:
         self._ended = True
         self._queue.put_nowait(None)  # wakes a waiting get()
 
-    async def get(self) -> LogRecord | None:
-        """The next record, or None when the stream must end (lagged, or shutting down)."""
+    async def get(self) -> LogRecord | _StatusChanged | None:
+        """The next record (or STATUS_CHANGED), or None when the stream must end (lagged, or shutting down)."""
         if self._ended:
             return None
         record = await self._queue.get()
         return None if self._ended else record
 
-    def take_ready(self, limit: int) -> list[LogRecord]:
-        """Records already queued (at most ``limit``), without waiting: a busy stream sends them in
-        one write. Empty once the stream must end (then :meth:`get` says so)."""
-        if self._ended:
-            return []
-        ready: list[LogRecord] = []
-        while len(ready) < limit and not self._queue.empty():
+    def get_nowait(self, limit: int) -> list[LogRecord]:
+        """Up to ``limit`` records already waiting, without waiting (empty once the stream ended)."""
+        out: list[LogRecord] = []
+        while len(out) < limit and not self._ended and not self._queue.empty():
             record = self._queue.get_nowait()
-            assert record is not None  # the end marker is queued only by end(), which sets _ended first
-            ready.append(record)
-        return ready
+            if record is None or self._ended:
+                break
+            out.append(record)
+        return out
 
     def close(self) -> None:
         self._bus._subscribers.discard(self)
@@ -86,3 +96,8 @@ class EventBus:
         for record in records:
             for sub in list(self._subscribers):
                 sub._offer(record)
+
+    def notify(self) -> None:
+        """The room's unstored status changed (e.g. its storage failed): subscribers look again."""
+        for sub in list(self._subscribers):
+            sub._offer(STATUS_CHANGED)

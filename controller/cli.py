@@ -60,10 +60,11 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
-                            tls=tls, advertise=not args.no_advertise)
+                            tls=tls, advertise=not args.no_advertise,
+                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20))
         try:
             endpoints = await server.start()
-        except SensorError as exc:  # a wiring mistake in the room file: nothing is half started
+        except (SensorError, ConfigError) as exc:  # a wiring or [ward] mistake: nothing is half started
             await server.stop()
             print(f"smartroom: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -215,6 +216,58 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ward(args: argparse.Namespace) -> int:
+    """``smartroom ward --config ward.toml``: the ward console (docs/ward.md)."""
+    if getattr(args, "ward_command", None) == "token":
+        return _ward_token(args)
+    from ward.config import load_ward
+    from ward.server import WardServer
+
+    if args.config is None:
+        print("smartroom ward: --config ward.toml is required", file=sys.stderr)
+        return 2
+    try:
+        config = load_ward(args.config)
+    except ConfigError as exc:
+        print(f"smartroom ward: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        server = WardServer(config, args.db, http_host=args.http_host, http_port=args.http_port)
+        url = await server.start()
+        print(f"ward {config.name}: ward page {url}/  staff view {url}/staff  broker "
+              f"{config.broker.host}:{config.broker.port}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def _ward_token(args: argparse.Namespace) -> int:
+    import time
+
+    from .security import tokens
+
+    roles = ("nurse", "charge", "admin")  # ward/console.py ROLES
+    db = tokens.open_db(str(args.db))
+    try:
+        now = time.time_ns() // 1_000_000
+        info, secret = tokens.create(db, args.role, args.name, now, roles)
+        tokens.audit(db, tokens.AuditEntry(now, f"(command line) {os.environ.get('USER', '?')}", None,
+                                           "token create", f"{info.name} ({info.role})", 201, None))
+        print(f"ward token {info.id} '{info.name}' role {info.role}. Shown once; keep it secret:\n{secret}")
+    except tokens.TokenError as exc:
+        print(f"smartroom ward token: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    return 0
+
+
 def _falls_eval(args: argparse.Namespace) -> int:
     from .fall_eval.evaluate import RunnerError, evaluate
     from .fall_eval.sisfall import DatasetError, dataset_root, iter_trials, parse_subjects
@@ -294,6 +347,8 @@ def _nested(sub: Any, group: str, group_help: str, action: str, action_help: str
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .store.health import READINGS_MIN_FREE_BYTES
+
     parser = argparse.ArgumentParser(prog="smartroom", description="Smart hospital room controller.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "tls-cert.pem next to --db, made on first start")
     run.add_argument("--tls-key", type=Path, default=None,
                      help="its private key (PEM, unencrypted, mode 0600); default: tls-key.pem next to --db")
+    run.add_argument("--readings-min-free-mb", type=float, default=READINGS_MIN_FREE_BYTES / 2**20,
+                     help="free space (MiB) kept for events: below it readings are not stored and facilities get "
+                          f"a technical alarm (default {READINGS_MIN_FREE_BYTES / 2**20:g})")
     run.add_argument("--no-advertise", action="store_true", help="do not announce the room on mDNS")
     run.add_argument("--no-tls", action="store_true",
                      help="serve plain http (only behind a TLS-terminating proxy, or on loopback for tests)")
@@ -344,6 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (create, revoke, listing):
         p.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the room's SQLite database")
     token.set_defaults(func=_token)
+
+    ward = sub.add_parser("ward", help="the ward console: every room of a unit over MQTT (docs/ward.md)")
+    ward.add_argument("--config", type=Path, help="the ward's TOML file")
+    ward.add_argument("--db", type=Path, default=Path("ward.db"), help="the ward's SQLite store")
+    ward.add_argument("--http-host", default=None, help="default: the ward file's http.host")
+    ward.add_argument("--http-port", type=int, default=None, help="default: the ward file's http.port")
+    ward_sub = ward.add_subparsers(dest="ward_command")
+    ward_token = ward_sub.add_parser("token", help="create a ward token; its secret is printed once")
+    ward_token.add_argument("action", choices=("create",))
+    ward_token.add_argument("--role", required=True, choices=("nurse", "charge", "admin"))
+    ward_token.add_argument("--name", required=True, help="the person, e.g. 'Nurse Kim' (her staff view)")
+    ward_token.add_argument("--db", type=Path, default=Path("ward.db"), dest="db", help="the ward's SQLite store")
+    ward.set_defaults(func=_ward)
 
     keygen = sub.add_parser("keygen", help="make a key file for nodes")
     keygen.add_argument("nodes", nargs="+", help="node ids")

@@ -9,11 +9,14 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
+from .model import wall_ms
 from .service import RoomController
+from .store.health import READINGS_MIN_FREE_BYTES
 from .security.tls import TlsMaterial, ssl_context
 
 log = logging.getLogger("smartroom.runner")
@@ -35,9 +38,13 @@ class RoomServer:
                  node_host: str | None = None, node_port: int | None = None,
                  tls: TlsMaterial | None = None, advertise: bool = False,
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
-                 ble_backend: object | None = None, scheduler: object | None = None) -> None:
+                 ble_backend: object | None = None, scheduler: object | None = None,
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
+                 clock: Callable[[], int] = wall_ms, timers: bool = True) -> None:
+        """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``)."""
         self.config = config
-        self.controller = RoomController(config, keys, db_path)
+        self.controller = RoomController(config, keys, db_path, clock=clock, timers=timers,
+                                         readings_min_free_bytes=readings_min_free_bytes)
         self.gateway = NodeGateway(self.controller)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
@@ -48,14 +55,20 @@ class RoomServer:
         self._pin_factory, self._ble_backend, self._scheduler = pin_factory, ble_backend, scheduler
         self.devices = None  # sensors.Attachment: wired GPIO nodes and the BLE scanner
         self.voice = None    # sensors.voice.VoiceService: the room's microphones, when it has voice nodes
+        self.integrations = None  # integrations.IntegrationService: HL7 / webhooks, when [integrations] is set
         self._mdns_interfaces = mdns_interfaces
         self._advertising: asyncio.Task[None] | None = None
         self.advertiser: RoomAdvertiser | None = None  # set once the room is announced on mDNS
         self.endpoints: Endpoints | None = None
+        self.uplink = None   # controller.uplink.WardUplink when the room file has a [ward] section
 
     async def start(self) -> Endpoints:
         from room_api.server import ApiServer  # the API depends on the controller, not the reverse
 
+        if self.config.ward is not None:
+            from .uplink.uplink import WardUplink  # aiomqtt loads only for rooms on a ward broker
+
+            self.uplink = WardUplink(self.controller, self.config.ward)  # raises UplinkError on a bad [ward]
         await self.controller.start()
         import sensors  # Pi-attached devices first: a wired pull-cord works even before the network side
 
@@ -68,12 +81,21 @@ class RoomServer:
             self.voice = VoiceService(self.controller)
             await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        self._api = ApiServer(self.controller, self.gateway, self.devices)
+        if self.config.integrations is not None:
+            from integrations.service import IntegrationService  # HL7 and webhooks load only where configured
+
+            self.integrations = IntegrationService(self.controller, self.config.integrations)
+            await self.integrations.start()
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink, self.integrations)
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"
         self.endpoints = Endpoints(f"{scheme}://{self._api_host}:{api_port}", self._node_host, node_port,
                                    self._tls.fingerprint_sha256 if self._tls else None)
+        if self.uplink is not None:  # the room runs without the broker; the uplink connects when it can
+            self.uplink.api_url = self.endpoints.api_url
+            self.uplink.fingerprint = self.endpoints.tls_fingerprint
+            await self.uplink.start()
         if self._advertise:  # only now: a client that finds the room can reach its API
             self._advertising = asyncio.create_task(self._announce(api_port), name="mdns announce")
         return self.endpoints
@@ -99,6 +121,8 @@ class RoomServer:
         return secret
 
     async def stop(self) -> None:
+        if self.uplink is not None:  # "offline, stopped" to the ward before anything goes away
+            await self.uplink.stop()
         if self._advertising is not None:  # goodbye first, so browsers drop the room before the API goes away
             self._advertising.cancel()
             with suppress(asyncio.CancelledError):
@@ -110,6 +134,8 @@ class RoomServer:
         await self.gateway.stop()
         if self._api is not None:
             await self._api.stop()
+        if self.integrations is not None:
+            await self.integrations.stop()  # the reporter saves its cursor; queued messages wait in the outbox
         if self.voice is not None:
             await self.voice.stop()
         if self.devices is not None:

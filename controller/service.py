@@ -6,7 +6,8 @@ the room's outputs. Inputs that arrive together are committed as a group (``_com
 task decides them one after another, each against the state its predecessors left, stores all
 their records in one transaction with one fsync, and only then answers each of them (the gateway
 acks a node's event then). If that transaction fails, every input of the group fails, nothing of
-it is published, and the state is rebuilt from the stored log: what is visible is what is stored.
+it is published, and the state is rebuilt from the stored log: what is visible is what is stored
+(and the storage alarm below, which says that something is not).
 
 The state is rebuilt on start from the newest checkpoint (taken every ``CHECKPOINT_EVERY``
 records) and the log after it, so a start takes as long whatever the log's length.
@@ -15,6 +16,11 @@ Time comes from an injected clock (epoch milliseconds). Deadlines (escalation, r
 environment durations, node supervision) are computed by the room from stored times; the timer task
 sleeps until the next one and calls :meth:`RoomController.tick`. Tests pass ``timers=False`` and a
 fake clock, and call ``tick()`` themselves after moving the clock.
+
+A storage failure (disk full, I/O error) cannot be stored when it happens: it is raised as a
+technical alarm held in memory (shown in the snapshot, health, metrics and pages, and on the dome
+light and tone like any alarm), and stored with its end once the database can be written again.
+Readings stop being stored below a free-space floor, so they never take the room events' disk.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from .store.history import ReadingsHistory, Retention
 from .room.config import RoomConfig
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
-from .store import LogEntry, LogRecord, SeqMark, Store
+from .room.hospital import Patient
+from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
+from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
 log = logging.getLogger("smartroom.controller")
 
@@ -42,6 +50,10 @@ OFFLINE_GRACE_MS = 1000     # network jitter allowance on top of the missed hear
 BATTERY_HISTORY_MS = 60_000  # heartbeat battery voltage goes into the readings history once a minute
 HISTORY_MAINTAIN_S = 3600.0  # roll up and expire readings hourly: raw then holds raw_days + at most 1 h
 TIMER_IDLE_S = 60.0         # with nothing due, the timer task still looks this often
+STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store the alarm (a probe) this often
+STORAGE_SOURCE = "storage"  # the storage alarm: a system_fault from "system:storage"
+DISK_SPACE_SOURCE = "disk_space"  # readings paused below the floor: a system_fault from "system:disk_space"
+WAITING_MAX = 32            # inputs remembered as "could not be stored" while the storage fails
 CHECKPOINT_EVERY = 10_000   # log records between checkpoints: a start replays at most this many (~0.1 s)
 REPLAY_BATCH = 5000         # log records read per store round trip while rebuilding
 
@@ -63,20 +75,26 @@ class _Input:
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
                  *, clock: Callable[[], int] = wall_ms, timers: bool = True,
-                 retention: Retention = Retention(), checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+                 retention: Retention = Retention(),
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
         self.store = Store(db_path)
+        self.store.health_listeners.append(self._storage_health)
+        self.storage = StorageStatus(readings_min_free_bytes)
+        self._held: list[LogEntry] = []   # the storage alarm's raise, shown but not yet stored
+        self._storage_wakeup = asyncio.Event()
         self.history = ReadingsHistory(self.store, retention)
         self.room = Room(config)
         self.bus = EventBus()
         self.marks: dict[str, SeqMark] = {}
+        self._lock = asyncio.Lock()  # a group commit, or the storage alarm's check: one at a time
         self.cursor = 0  # the last stored (and published) log id; the room's own may run ahead while a group commits
         self._queue: list[_Input] = []
         self._committer: asyncio.Task[None] | None = None
         self._unsettled: dict[tuple[str, int, int], asyncio.Future[list[LogRecord]]] = {}
-        self._next_id = 1
         self._state_stale = False  # a failed group left state that is not stored: rebuild before deciding
         self._checkpoint_every = checkpoint_every
         self._checkpoint_cursor = 0
@@ -89,7 +107,7 @@ class RoomController:
         self._timer_wakeup = asyncio.Event()
         self._run_timers = timers
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending: set[asyncio.Future[list[LogRecord]]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
         self._local_boot = max(1, wall_ms() // 1000 % 2**31)  # Pi-attached sources: one "boot" per start
         self._local_seq = 0
         self._battery_stored_ms: dict[str, int] = {}
@@ -98,7 +116,6 @@ class RoomController:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.store.open()
-        self._next_id = await self.store.last_log_id() + 1
         t0 = time.perf_counter()
         from_checkpoint = await self._rebuild()
         self.marks = await self.store.load_marks()
@@ -116,9 +133,14 @@ class RoomController:
         log.info("room %s: %s, %d active calls", self.config.room_id, self.rebuilt, len(self.room.calls))
         if self.replayed >= self._checkpoint_every:
             await self._checkpoint()
+        disk_alarm = self.room.call_from(None, f"system:{DISK_SPACE_SOURCE}", "system_fault")
+        if disk_alarm is not None:  # readings were paused before the restart: resume (and clear) once there is room
+            self.storage.readings_paused_since_ms = disk_alarm.raised_at_ms
+        self._room_for_readings()  # health is right from the start, readings or not
         self._tasks = [asyncio.create_task(self._reading_writer(), name="reading-writer")]
         if self._run_timers:
             self._tasks.append(asyncio.create_task(self._timer_loop(), name="room-timers"))
+            self._tasks.append(asyncio.create_task(self._storage_loop(), name="storage-watch"))
             self._tasks.append(asyncio.create_task(self._history_loop(), name="readings-history"))
 
     async def _rebuild(self, *, keep_live: bool = False) -> int:
@@ -143,6 +165,8 @@ class RoomController:
         self.room.take_state(room)
         if live is not None:
             self.room.restore_live(live)
+        if self._held:  # the storage alarm is shown before it can be stored: it stays shown
+            self.room.apply_all([LogRecord(0, self.room.last_ms, e.kind, e.data) for e in self._held])
         self.cursor = self.room.cursor
         self._checkpoint_cursor = start
         self.replayed = replayed
@@ -152,6 +176,8 @@ class RoomController:
     async def _checkpoint(self) -> None:
         """Store the state as it is now (everything in it is stored: called between group commits)."""
         cursor = self.room.cursor
+        if self._held:  # a storage alarm is shown that is not stored yet: not a state of the log
+            return
         try:
             state = json.dumps(self.room.state_json(), separators=(",", ":"))
             await self.store.save_checkpoint(cursor, self.room.last_ms, self.room.state_key(), state)
@@ -197,7 +223,8 @@ class RoomController:
         # groups grow, and the cost of a transaction and its fsync is shared by more inputs.
         while self._queue:
             group, self._queue = self._queue, []
-            await self._commit_group(group)
+            async with self._lock:
+                await self._commit_group(group)
 
     async def _commit_group(self, group: list[_Input]) -> None:
         if self._state_stale:
@@ -208,8 +235,15 @@ class RoomController:
                 _fail(group, exc)
                 return
         now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
+        try:
+            # A storage alarm shown but not stored goes first: the log tells the failure before what followed.
+            alarm = await self._store_storage_alarm(now) if self._held else []
+        except BaseException as exc:  # still failing: nothing of the group was decided, nothing to undo
+            _fail(group, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
         stored: list[tuple[_Input, list[LogRecord]]] = []
-        next_id = self._next_id
         try:
             for item in group:
                 try:
@@ -222,8 +256,8 @@ class RoomController:
                     if not item.done.done():
                         item.done.set_result([])
                     continue
-                records = [LogRecord(next_id + i, now, e.kind, e.data) for i, e in enumerate(entries)]
-                next_id += len(records)
+                first = self.store.reserve_ids(len(entries))
+                records = [LogRecord(first + i, now, e.kind, e.data) for i, e in enumerate(entries)]
                 self.room.apply_all(records)  # ahead of the store: the next input is decided on it
                 stored.append((item, records))
             if stored:
@@ -231,7 +265,6 @@ class RoomController:
                                                     for item, records in stored])
         except BaseException as exc:
             # Nothing of the group is stored: none of it may be acked, published or kept.
-            self._next_id = next_id  # never reuse an id that a reader of the state may have seen
             self._state_stale = True
             if not isinstance(exc, Exception):
                 _fail(group, exc)
@@ -242,12 +275,13 @@ class RoomController:
             except Exception:
                 log.exception("cannot rebuild the room from the store; the next group retries")
             _fail(group, exc)  # answered once the room shows only what is stored again
-            return
-        self._next_id = next_id
-        if not stored:
+            if alarm:
+                self._published(alarm)
             return
         self.cursor = self.room.cursor
-        changed = False
+        changed = bool(alarm)
+        if alarm:
+            self.bus.publish(alarm)
         for item, records in stored:
             self.bus.publish(records)
             if not item.done.done():
@@ -258,6 +292,13 @@ class RoomController:
             self._outputs_changed()
         if self.room.cursor - self._checkpoint_cursor >= self._checkpoint_every:
             await self._checkpoint()
+
+    def _published(self, records: list[LogRecord]) -> None:
+        """Stored records of their own (the storage alarm and its end): out to every stream."""
+        self.cursor = max(self.cursor, records[-1].id)
+        self.bus.publish(records)
+        self._timer_wakeup.set()
+        self._outputs_changed()
 
     def _outputs_changed(self) -> None:
         for listener in self._output_listeners:
@@ -276,7 +317,12 @@ class RoomController:
 
     async def node_hello(self, hello: Hello, peer: str) -> None:
         mark = self.accept_mark(hello.node, hello.boot, hello.seq)
-        await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
+        try:
+            await self._commit(lambda now: self.room.decide_online(hello, peer, now), seq_mark=mark)
+        except StorageError as exc:
+            # The session goes on unrecorded, so the node can offer what it holds: each event is
+            # refused (not acked, so kept and resent) and named in the storage alarm as waiting.
+            log.debug("node=%s online, not recorded: %s", hello.node, exc)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
         """True when this (node, boot, seq) is stored; an earlier copy still on its way to the
@@ -302,12 +348,19 @@ class RoomController:
         done = self._submit(lambda now: self.room.decide_node_event(ev, now), key, mark)
         self._unsettled[key] = done
         done.add_done_callback(lambda _: self._unsettled.pop(key, None))
-        return await done
+        try:
+            return await done
+        except StorageError:
+            self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
+            raise
 
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
-        await self._commit(_nothing, seq_mark=mark)  # the mark rides with the next group commit
+        try:
+            await self._commit(_nothing, seq_mark=mark)  # the mark rides with the next group commit
+        except StorageError as exc:  # liveness needs no disk: the mark is kept in memory and stored later
+            log.debug("node=%s heartbeat mark not stored: %s", hb.node, exc)
         if hb.batt_mv:
             batt_v = hb.batt_mv / 1000
             self._check_reading(hb.node, BATTERY_MEASURE, batt_v)
@@ -335,7 +388,13 @@ class RoomController:
         if not self.room.reading_matters(node, measure, value) or \
                 not self.room.decide_reading(node, measure, value, self.clock()):
             return
-        done = self._submit(lambda now: self.room.decide_reading(node, measure, value, now))
+        self._background(self._submit(lambda now: self.room.decide_reading(node, measure, value, now)))
+
+    def _spawn(self, work: Any) -> None:
+        """Store an alarm change in the background; :meth:`settle` waits for it."""
+        self._background(asyncio.ensure_future(work))
+
+    def _background(self, done: asyncio.Future[Any]) -> None:
         self._pending.add(done)
         done.add_done_callback(self._reading_committed)
 
@@ -344,10 +403,14 @@ class RoomController:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    def _reading_committed(self, done: asyncio.Future[list[LogRecord]]) -> None:
-        self._pending.discard(done)
-        if not done.cancelled() and done.exception() is not None:
-            log.error("could not store a reading's alarm change", exc_info=done.exception())
+    def _reading_committed(self, task: asyncio.Future[Any]) -> None:
+        self._pending.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if isinstance(task.exception(), StorageError):  # the storage alarm says so, once
+            log.debug("could not store an alarm change: %s", task.exception())
+        else:
+            log.error("could not store an alarm change", exc_info=task.exception())
 
     async def _history_loop(self) -> None:
         while True:
@@ -379,11 +442,124 @@ class RoomController:
             return
         rows, self._readings = self._readings, []
         marks, self._reading_marks = list(self._reading_marks.values()), {}
+        if not self._room_for_readings():
+            self.storage.readings_not_stored["disk_floor"] += len(rows)
+            rows = []  # the sequence marks are still kept: a replayed reading stays refused after a restart
         try:
             await self.store.add_readings(rows, marks)
             self.readings_stored += len(rows)
-        except Exception:  # a full SD card must not stop call handling; the loss is logged
+        except StorageError as exc:  # call handling goes on; the storage alarm is the loud part
+            self.storage.readings_not_stored["storage_failed"] += len(rows)
+            log.debug("could not store %d readings: %s", len(rows), exc)
+        except Exception:  # a bug: call handling must still go on; the loss is logged
+            self.storage.readings_not_stored["error"] += len(rows)
             log.exception("could not store %d readings", len(rows))
+
+    def _room_for_readings(self) -> bool:
+        """Whether the database's disk has room for readings above the floor kept for events."""
+        st = self.storage
+        try:
+            st.free_bytes = free = self.store.free_bytes()
+        except OSError:  # cannot tell: try, and let the write say
+            return True
+        if st.readings_paused_since_ms is None and free < st.min_free_bytes:
+            st.readings_paused_since_ms = self.clock()
+            log.warning("storage: %d bytes free, below the %d kept for events: readings are not stored until "
+                        "%d are free", free, st.min_free_bytes, st.resume_bytes)
+            self._spawn(self.system_fault(DISK_SPACE_SOURCE, True, {"free_bytes": free,
+                                                                    "min_free_bytes": st.min_free_bytes}))
+            self.bus.notify()
+        elif st.readings_paused_since_ms is not None and free >= st.resume_bytes:
+            st.readings_paused_since_ms = None
+            log.warning("storage: %d bytes free again: readings are stored again", free)
+            self._spawn(self.system_fault(DISK_SPACE_SOURCE, False, {"free_bytes": free}))
+            self.bus.notify()
+        return st.readings_paused_since_ms is None
+
+    # ------------------------------------------------------------------ storage failure
+    def _storage_health(self, error: StorageError | None) -> None:
+        """The store's listener: every failed write, and the first write that works after one."""
+        st = self.storage
+        if error is not None:
+            st.write_failures += 1
+            st.error = str(error)
+            if st.failing_since_ms is not None:
+                return
+            st.failing_since_ms = self.clock()
+            log.error("storage: the room database cannot be written (%s): raising a technical alarm", error)
+        elif st.failing_since_ms is not None:
+            log.warning("storage: the room database can be written again (%d failed writes)", st.write_failures)
+            st.failing_since_ms = None
+        self._storage_wakeup.set()  # on a change only: the probe's own failures must not spin the loop
+
+    def _not_stored(self, node: str, src: str) -> None:
+        if len(self.storage.waiting) < WAITING_MAX:
+            self.storage.waiting[f"{node}/{src}"] = self.config.meaning(node, src) or "unmapped input"
+
+    async def _storage_loop(self) -> None:
+        while True:
+            await self._storage_wakeup.wait()
+            self._storage_wakeup.clear()
+            while await self.check_storage():
+                try:  # a write elsewhere may show the storage working again before the probe does
+                    async with asyncio.timeout(STORAGE_RETRY_S):
+                        await self._storage_wakeup.wait()
+                except TimeoutError:
+                    pass
+                self._storage_wakeup.clear()
+
+    async def check_storage(self) -> bool:
+        """Raise the storage alarm in memory while writes fail; store it and its end once one works.
+
+        Returns True while the alarm is up (the storage task calls this again every few seconds: the
+        attempt to store the alarm is the probe that finds the storage working again)."""
+        shown: list[LogRecord] = []
+        records: list[LogRecord] = []
+        async with self._lock:
+            now = max(self.clock(), self.room.last_ms)
+            st = self.storage
+            if st.failing_since_ms is not None and self._storage_alarm() is None:
+                detail = {"error": st.error, "since_ms": st.failing_since_ms}
+                self._held = self.room.decide_system_fault(STORAGE_SOURCE, True, detail, now)
+                shown = [LogRecord(0, now, e.kind, e.data) for e in self._held]  # shown now, stored later
+                self.room.apply_all(shown)
+            if self._storage_alarm() is None:
+                return False
+            try:
+                records = await self._store_storage_alarm(now)
+            except StorageError:
+                pass
+        if shown:
+            self.bus.notify()
+        if records:
+            self.cursor = max(self.cursor, records[-1].id)
+            self.bus.publish(records)
+        if shown or records:
+            self._timer_wakeup.set()
+            self._outputs_changed()
+        return not records
+
+    def _storage_alarm(self):  # -> Call | None
+        return self.room.call_from(None, f"system:{STORAGE_SOURCE}", "system_fault")
+
+    async def _store_storage_alarm(self, now: int) -> list[LogRecord]:
+        """Under the lock: store the held alarm (as shown, with what it saw) and its end, at once.
+        Raises StorageError while the database still cannot be written."""
+        alarm = self._storage_alarm()
+        if alarm is None:
+            self._held = []
+            return []
+        st = self.storage
+        summary = {"write_failures": st.write_failures, "inputs_waiting": dict(sorted(st.waiting.items()))}
+        alarm.detail.update(summary)
+        held = [LogEntry(e.kind, {**e.data, "detail": {**e.data["detail"], **summary}}) if e.kind == "call.raised"
+                else e for e in self._held]
+        records = await self.store.append(now, held + self.room.decide_system_fault(STORAGE_SOURCE, False, {}, now))
+        self._held = []
+        st.waiting.clear()
+        self.room.apply_all(records)
+        log.warning("storage: the alarm and its end are stored (%d records)", len(records))
+        return records
 
     # ------------------------------------------------------------------ Pi-attached sources
     # Wired inputs (sensors/wired.py), Bluetooth sensors (sensors/ble.py) and the voice pipeline
@@ -412,8 +588,12 @@ class RoomController:
         self._local_seq += 1
         ev = NodeEvent(node, self._local_boot, self._local_seq, kind, src, val, 0, dict(detail or {}))
         self.room.note_seen(node, self.clock())
-        return await self._commit(lambda now: self.room.decide_node_event(ev, now),
-                                  node_event=(node, self._local_boot, self._local_seq))
+        try:
+            return await self._commit(lambda now: self.room.decide_node_event(ev, now),
+                                      node_event=(node, self._local_boot, self._local_seq))
+        except StorageError:
+            self._not_stored(node, src)  # the sensors' outbox retries it
+            raise
 
     def local_reading(self, node: str, measures: Mapping[str, float]) -> None:
         """Readings in API units (temp_c, rh_pct, co2_ppm, batt_v, ...) from a Pi-attached source."""
@@ -466,7 +646,10 @@ class RoomController:
                 pass
             try:
                 await self.tick()
-            except Exception:  # a store failure must not stop the timers; the next round retries
+            except StorageError as exc:  # the storage alarm is up; the next round retries
+                log.debug("room timers: could not store what fell due: %s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug must not stop the timers; the next round retries
                 log.exception("room timers: could not store what fell due")
                 await asyncio.sleep(1.0)
 
@@ -490,8 +673,13 @@ class RoomController:
             raise error(refused[0].data["reason"])
         return self._call_json(call_id)
 
-    async def annunciated(self, call_id: str, endpoint: str) -> list[LogRecord]:
-        return await self._commit(lambda now: self.room.decide_annunciated(call_id, endpoint, now))
+    async def shown(self, call_ids: list[str], screen: str) -> list[LogRecord]:
+        """A nurse screen's receipt: it displayed these calls. Returns the annunciations it caused
+        (a call's first receipt) and the "not displayed" alarm's clearing when that resolves it."""
+        return await self._commit(lambda now: self.room.decide_shown(call_ids, screen, now))
+
+    async def annunciated(self, call_id: str, screen: str) -> list[LogRecord]:
+        return await self.shown([call_id], screen)
 
     async def set_fall_risk(self, bed: str, enabled: bool, by: str) -> dict[str, Any]:
         await self._commit(lambda now: self.room.decide_fall_risk(bed, enabled, by, now))
@@ -501,9 +689,32 @@ class RoomController:
         await self._commit(lambda now: self.room.decide_silence(by, now))
         return self.room.outputs(self.clock()).to_json()
 
+    # ------------------------------------------------------------------ the hospital's systems (integrations/)
+    async def admission(self, bed: str, patient: Patient | None, reason: str, by: str,
+                        control_id: str = "") -> list[LogRecord]:
+        """Admissions (HL7 ADT): set or clear the patient in a bed; stored when this returns."""
+        return await self._commit(lambda now: self.room.decide_patient(bed, patient, reason, by, control_id, now))
+
+    async def call_delivery(self, call_id: str, status: str, by: str, control_id: str = "") -> list[LogRecord]:
+        """The alarm manager's word on a call (accepted, rejected, delivered, read) onto its timeline."""
+        return await self._commit(lambda now: self.room.decide_delivery(call_id, status, by, now, control_id))
+
     # ------------------------------------------------------------------ reads
+    def degraded(self) -> list[dict[str, Any]]:
+        """Why the room cannot promise that calls reach a nurse right now (empty: it can). Each entry
+        is {"reason": code, "message": text} (and "since_ms" where known); /api/v1/health reports them."""
+        reasons: list[dict[str, Any]] = [*self.storage.reasons()]
+        late = self.room.not_displayed(self.clock())
+        alarm = self.room.display_alarm()
+        if late or alarm is not None:
+            count = len(late) if late or alarm is None else len(alarm.detail.get("calls", ()))
+            reasons.append({"reason": "not_displayed", "message": (
+                f"{count} active call(s) not shown on any nurse screen within "
+                f"{self.config.timers.not_displayed_s:g} s")})
+        return reasons
+
     def snapshot(self) -> dict[str, Any]:
-        return self.room.snapshot(self.clock()) | {"cursor": self.cursor}
+        return {**self.room.snapshot(self.clock()), "cursor": self.cursor, "storage": self.storage.to_json()}
 
     def outputs(self):  # -> RoomOutputs
         return self.room.outputs(self.clock())

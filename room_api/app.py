@@ -6,8 +6,10 @@ room_api/auth.py enforces it: 401 without a valid bearer token, 403 for a role t
 allow, 429 after repeated failures, and an audit entry for every state-changing request.
 
 The event stream (``/api/v1/events/stream``) is Server-Sent Events whose ``id:`` is the log
-cursor: resume with ``Last-Event-ID`` (or ``?after=``) and get exactly what was missed. The
-first delivery of a call to any stream client is recorded as the call's annunciation.
+cursor: resume with ``Last-Event-ID`` (or ``?after=``) and get exactly what was missed. A client
+that does not take what is sent within ``STREAM_SEND_TIMEOUT_S`` is dropped (it resumes later).
+Writing to a stream proves nothing about a screen: a call counts as shown (annunciated) only when
+a nurse screen says it displayed it (``POST /api/v1/calls/shown``, the page's receipt).
 
 Errors always have one shape: {"error": {"status": 404, "code": "call_not_found", "message": "..."}}.
 """
@@ -25,17 +27,19 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from . import fhir as fhir_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
-from .base import CONTROLLER, DEVICES, GATEWAY, METRICS, OPENAPI, PRINCIPAL, ApiError
+from .base import CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError
 from .readings import HISTORY, get_readings
 
+from controller.bus import STATUS_CHANGED
 from controller.link.gateway import NodeGateway
 from controller.room import TIERS, RoomError, reports
 from controller.security.tokens import TokenError
 from controller.service import RoomController
-from controller.store import LogRecord
+from controller.store import LogRecord, StorageError
 
 log = logging.getLogger("smartroom.api")
 
@@ -53,7 +57,11 @@ PAGE_LIMIT_DEFAULT = 100
 STREAM_BACKLOG_BATCH = 500
 STREAM_PING_S = 15.0  # comment line on an idle stream, so proxies and browsers keep it open
 STREAM_WRITE_MAX = 256  # records sent in one write when the stream is busy (~100 KB at most)
-STREAM_SEND_TIMEOUT_S = 30.0  # a client taking nothing for this long is stalled: its stream ends, it resumes by cursor
+# A stream whose client has not taken a write for this long is closed. A reading screen takes an
+# event within milliseconds; one whose socket stays full for 10 s shows nothing, and closing it
+# costs nothing (it resumes from its last id). Well under the 120 s aiohttp-sse would wait.
+STREAM_SEND_TIMEOUT_S = 10.0
+RECEIPT_CALLS_MAX = 100  # ids in one screen receipt; a room never has this many calls waiting
 MAX_NAME_LEN = 64
 VERSION = _version()
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
@@ -68,6 +76,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         raise
     except RoomError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc
+    except StorageError as exc:  # the storage alarm is up; the caller must know nothing was recorded
+        raise ApiError(503, "storage_unavailable", f"the room database cannot be written ({exc}); "
+                       "nothing was recorded — act in person and retry") from exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,13 +115,25 @@ async def get_events(request: web.Request) -> web.Response:
                               "more": len(records) == limit})
 
 
-async def _body(request: web.Request) -> dict[str, object]:
+async def _body(request: web.Request, *, empty: dict[str, object] | None = None) -> dict[str, object]:
+    """The request's JSON object; ``empty`` is what an empty body means (None: a body is required)."""
+    raw = await request.read()
+    if not raw.strip() and empty is not None:
+        return dict(empty)
+    reason = None
     try:
-        body = await request.json()
+        body = json.loads(raw)  # bytes: UTF-8 (or -16/-32) as RFC 8259 allows; a bad byte is a ValueError
+    except RecursionError:  # e.g. 200k nested brackets: Python's parser gives up, the client gets told
+        body, reason = None, "too_deep"
     except ValueError:
-        body = None
+        body, reason = None, "not_json"
     if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "body must be a JSON object like {\"by\": \"nurse name\"}")
+        reason = reason or "not_an_object"
+        request.app[METRICS].bad_bodies.labels(reason).inc()
+        log.info("refused a %s body on %s %s from %s", reason.replace("_", " "), request.method, request.path,
+                 request.remote)
+        detail = "nested too deeply" if reason == "too_deep" else "not a JSON object"
+        raise ApiError(400, "bad_json", f"body is {detail}: it must be a JSON object like {{\"by\": \"nurse name\"}}")
     return body
 
 
@@ -125,17 +148,17 @@ def _by(body: dict[str, object], request: web.Request | None = None) -> str:
 
 
 async def post_ack(request: web.Request) -> web.Response:
-    by = _by(await _body(request), request)
+    by = _by(await _body(request, empty={}), request)
     return web.json_response(await request.app[CONTROLLER].acknowledge(request.match_info["call_id"], by))
 
 
 async def post_clear(request: web.Request) -> web.Response:
-    by = _by(await _body(request), request)
+    by = _by(await _body(request, empty={}), request)
     return web.json_response(await request.app[CONTROLLER].clear(request.match_info["call_id"], by))
 
 
 async def post_silence(request: web.Request) -> web.Response:
-    by = _by(await _body(request), request)
+    by = _by(await _body(request, empty={}), request)
     return web.json_response(await request.app[CONTROLLER].silence_tone(by))
 
 
@@ -173,18 +196,53 @@ async def get_gateway(request: web.Request) -> web.Response:
     stats = gateway.stats.to_json() if gateway else {}
     stats["nodes_connected"] = sorted(gateway.connections) if gateway else []
     stats["readings_stored"] = request.app[CONTROLLER].readings_stored
+    stats["readings_not_stored"] = dict(request.app[CONTROLLER].storage.readings_not_stored)
     devices = request.app[DEVICES]
     stats["devices"] = devices.to_json() if devices is not None else None
     return web.json_response(stats)
 
 
+async def post_shown(request: web.Request) -> web.Response:
+    """A nurse screen's receipt for the calls it displayed; a call's first receipt is its annunciation."""
+    body = await _body(request)
+    ids = body.get("calls")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= RECEIPT_CALLS_MAX or \
+            not all(isinstance(i, str) and 0 < len(i) <= MAX_NAME_LEN for i in ids):
+        raise ApiError(400, "bad_parameter", f"'calls' must list the 1 to {RECEIPT_CALLS_MAX} call ids the screen "
+                                             "displayed, e.g. {\"calls\": [\"c0123456789ab\"]}")
+    screen = _by(body, request)
+    controller = request.app[CONTROLLER]
+    raised_at = {cid: call.raised_at_ms for cid in ids if (call := controller.room.calls.get(cid)) is not None}
+    records = await controller.shown(ids, screen)
+    shown = [r.data["call_id"] for r in records if r.kind == "call.annunciated"]
+    for record in records:
+        if record.kind == "call.annunciated":
+            delay_ms = record.data["at_ms"] - raised_at[record.data["call_id"]]
+            request.app[METRICS].delivery.observe(max(0, delay_ms) / 1000)
+    return web.json_response({"shown": shown, "already_shown": [i for i in raised_at if i not in shown],
+                              "not_active": [i for i in dict.fromkeys(ids) if i not in raised_at]})
+
+
+async def get_integrations(request: web.Request) -> web.Response:
+    """The hospital integrations' counters: alarm manager link and outbox, admissions, listener, webhooks."""
+    service = request.app[INTEGRATIONS]
+    if service is None:
+        return web.json_response({"configured": False})
+    return web.json_response({"configured": True, **service.to_json()})
+
+
 async def get_health(request: web.Request) -> web.Response:
-    """Public: liveness and how many calls are active per priority (no patient or call details)."""
+    """Public: liveness, how many calls are active per priority (no patient or call details), and
+    why the room is degraded when it is (``reasons``: a list of {reason, message, since_ms?}; the
+    failure modes in docs/architecture.md)."""
     controller = request.app[CONTROLLER]
     room = controller.room
     calls = {tier: sum(1 for c in room.calls.values() if c.ctype.level == tier) for tier in TIERS}
-    return web.json_response({"status": "ok", "room": controller.config.room_id, "name": controller.config.name,
-                              "version": VERSION, "cursor": controller.cursor, "active_calls": calls})
+    reasons = controller.degraded()
+    return web.json_response({"status": "degraded" if reasons else "ok", "reasons": reasons,
+                              "room": controller.config.room_id, "name": controller.config.name,
+                              "version": VERSION, "cursor": controller.cursor, "active_calls": calls,
+                              "nurse_streams": request.app[METRICS].nurse_streams})
 
 
 def _resume_cursor(request: web.Request, controller: RoomController) -> int:
@@ -200,44 +258,28 @@ def _resume_cursor(request: web.Request, controller: RoomController) -> int:
 
 
 def _endpoint(request: web.Request) -> str:
-    """Who this stream delivers to, as recorded on a call's "annunciated" step."""
+    """Who this stream delivers to, as named in the log when it is dropped."""
     name = request.query.get("endpoint", "").strip()[:MAX_NAME_LEN]
     return name or f"event stream @{request.remote or '?'}"
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    """The first delivery of a call to a nurse's stream (a nurse-role token) is recorded as the
-    call's annunciation; a nurse client that connects later annunciates calls still waiting for one."""
+    """Stored events as they happen. Delivery here is not annunciation: the page confirms what it
+    displayed with ``POST /api/v1/calls/shown``. A client that stops taking data is dropped."""
     controller = request.app[CONTROLLER]
     endpoint = _endpoint(request)
-    # Only a nurse's screen annunciates a call: a facilities page or an integration feed is not one.
-    nurse_endpoint = request[PRINCIPAL].role == "nurse"
+    nurse = request[PRINCIPAL].role == "nurse"
     last = _resume_cursor(request, controller)
     # Subscribe before reading the backlog: anything stored meanwhile is in the queue as well,
     # and ids at or below `last` are skipped, so there is neither a gap nor a duplicate.
     metrics = request.app[METRICS]
-    with controller.subscribe() as sub, metrics.subscribers.track_inprogress():
-        async with sse_response(request, ping_interval=STREAM_PING_S) as resp:
+    with controller.subscribe() as sub, metrics.subscribers.track_inprogress(), metrics.nurse_stream(nurse):
+        async with sse_response(request, ping_interval=STREAM_PING_S, send_timeout=STREAM_SEND_TIMEOUT_S) as resp:
 
             async def send(record: LogRecord) -> None:
                 nonlocal last
                 await resp.send(json.dumps(record.to_json(), separators=(",", ":")), id=str(record.id))
                 last = record.id
-                if record.kind == "call.raised":
-                    await annunciate(record.data["call_id"])
-
-            async def annunciate(call_id: str) -> None:
-                if not nurse_endpoint:
-                    return
-                call = controller.room.calls.get(call_id)
-                if call is not None and call.annunciated_at_ms is None:
-                    records = await controller.annunciated(call_id, endpoint)
-                    for r in records:
-                        metrics.delivery.observe(max(0, r.data["at_ms"] - call.raised_at_ms) / 1000)
-
-            async def annunciate_waiting() -> None:
-                for call in list(controller.room.calls.values()):
-                    await annunciate(call.id)
 
             async def catch_up(upto: int | None) -> None:
                 while True:
@@ -249,52 +291,65 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     if len(batch) < STREAM_BACKLOG_BATCH:
                         return
 
-            async def send_live(records: list[LogRecord]) -> None:
-                """Records as they were stored, in one write (one TLS record, one syscall) however many."""
+            async def send_many(records: list[LogRecord]) -> None:
+                """Records as they were stored, in one write (one TLS record, one syscall) however
+                many: aiohttp-sse's send makes a write, and a timeout, for each."""
                 nonlocal last
-                chunk = []
-                for record in records:
-                    if record.id <= last:
-                        continue
-                    if record.id > last + 1:  # the bus dropped none, but the stream may have started mid-group
-                        await flush(chunk)
-                        chunk = []
-                        await catch_up(record.id - 1)
-                    chunk.append(record)
-                    last = record.id
-                await flush(chunk)
-
-            async def flush(chunk: list[LogRecord]) -> None:
-                if not chunk:
-                    return
                 text = "".join(f"id: {r.id}\r\ndata: {json.dumps(r.to_json(), separators=(',', ':'))}\r\n\r\n"
-                               for r in chunk)
+                               for r in records)
                 async with asyncio.timeout(STREAM_SEND_TIMEOUT_S):
                     await resp.write(text.encode())
-                for record in chunk:
-                    if record.kind == "call.raised":
-                        await annunciate(record.data["call_id"])
+                last = records[-1].id
 
-            await catch_up(None)
-            await annunciate_waiting()
-            while resp.is_connected():
-                try:
-                    async with asyncio.timeout(STREAM_PING_S):  # a timer, not a task per record (wait_for)
-                        record = await sub.get()
-                except TimeoutError:
-                    continue
-                if record is None:  # lagged or shutting down: the client resumes from the log
-                    if sub.lagged:
-                        log.warning("event stream subscriber lagged at %d; closing so it resumes", last)
-                    break
-                try:
-                    await send_live([record, *sub.take_ready(STREAM_WRITE_MAX)])
-                except TimeoutError:
-                    log.warning("event stream client took nothing for %.0f s at %d; closing so it resumes",
-                                STREAM_SEND_TIMEOUT_S, last)
-                    resp.stop_streaming()
-                    break
+            async def send_live(batch: list[LogRecord | object]) -> None:
+                chunk: list[LogRecord] = []
+                for record in batch:
+                    if record is STATUS_CHANGED:  # not in the log (yet): no id, the page looks at the room
+                        if chunk:
+                            await send_many(chunk)
+                            chunk = []
+                        await resp.send(json.dumps({"reasons": controller.degraded()}), event="status")
+                        continue
+                    newest = chunk[-1].id if chunk else last
+                    if record.id <= newest:
+                        continue
+                    if record.id > newest + 1:
+                        if chunk:
+                            await send_many(chunk)
+                            chunk = []
+                        await catch_up(record.id - 1)
+                    chunk.append(record)
+                if chunk:
+                    await send_many(chunk)
+
+            try:
+                await catch_up(None)
+                while resp.is_connected():
+                    try:
+                        async with asyncio.timeout(STREAM_PING_S):  # a timer, not a task per record (wait_for)
+                            record = await sub.get()
+                    except TimeoutError:
+                        continue
+                    if record is None:  # lagged or shutting down: the client resumes from the log
+                        if sub.lagged:
+                            metrics.streams_dropped.labels("lagged").inc()
+                            log.warning("event stream %s lagged at %d; closing so it resumes", endpoint, last)
+                        break
+                    await send_live([record, *sub.get_nowait(STREAM_WRITE_MAX)])  # a busy stream: one write
+            except (TimeoutError, ConnectionError) as exc:
+                if not _timed_out(exc):  # the client went away: normal, it resumes when it comes back
+                    log.debug("event stream %s closed by its client at %d", endpoint, last)
+                    return resp
+                metrics.streams_dropped.labels("send_timeout").inc()
+                log.warning("event stream %s took no data for %g s at %d; dropped (it resumes from there)",
+                            endpoint, STREAM_SEND_TIMEOUT_S, last)
     return resp
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A write the client did not take in time: aiohttp-sse's send timeout, or the kernel's TCP user
+    timeout it sets to the same value (the connection is lost with ETIMEDOUT)."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -356,7 +411,9 @@ async def get_config(request: web.Request) -> web.Response:
         "timers": {"tiers": {t: {"escalate_s": v.escalate_s, "reminder_s": v.reminder_s}
                              for t, v in config.timers.tiers.items()},
                    "bath_dwell_s": config.timers.bath_dwell_s, "fall_ok_window_s": config.timers.fall_ok_window_s,
-                   "silence_s": config.timers.silence_s},
+                   "silence_s": config.timers.silence_s, "presence_s": config.timers.presence_s,
+                   "presence_reminder_s": config.timers.presence_reminder_s,
+                   "not_displayed_s": config.timers.not_displayed_s},
         "environment": {m: {"low": r.low, "high": r.high, "hysteresis": r.hysteresis,
                             "min_duration_s": r.min_duration_s, "clear_s": r.clear_s}
                         for m, r in config.environment.items()},
@@ -379,12 +436,14 @@ class Route:
 
 
 NURSE = frozenset({"nurse"})
-ROOM_READERS = frozenset({"nurse", "facilities", "admin"})
+ROOM_READERS = frozenset({"nurse", "facilities", "admin", "integration"})  # an integration needs what is active
+HISTORY_READERS = frozenset({"nurse", "facilities", "admin"})
 FEED_READERS = frozenset({"nurse", "facilities", "admin", "integration"})
 FACILITIES = frozenset({"facilities", "admin"})
-REPORT_READERS = frozenset({"nurse", "admin"})
+REPORT_READERS = frozenset({"nurse", "admin", "integration"})
 ADMIN = frozenset({"admin"})
 SCRAPERS = frozenset({"facilities", "admin", "integration"})
+FHIR_READERS = frozenset({"nurse", "admin", "integration"})  # calls name patients: not facilities
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, None, "Nurse page (HTML)"),
@@ -394,19 +453,34 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/room", get_room, ROOM_READERS, "Room state: calls, occupancy, outputs, nodes"),
     Route("GET", "/api/v1/events", get_events, FEED_READERS, "The stored event log, paged by cursor"),
     Route("GET", "/api/v1/events/stream", stream_events, FEED_READERS, "Live events (Server-Sent Events)"),
+    Route("POST", "/api/v1/calls/shown", post_shown, NURSE, "A nurse screen's receipt: the calls it displayed"),
     Route("POST", "/api/v1/calls/{call_id}/ack", post_ack, NURSE, "Acknowledge a call (never clears it)"),
     Route("POST", "/api/v1/calls/{call_id}/clear", post_clear, NURSE, "Clear a routine call remotely"),
     Route("POST", "/api/v1/room/silence", post_silence, NURSE, "Silence the in-room tone"),
     Route("PUT", "/api/v1/beds/{bed}/fall-risk", put_fall_risk, NURSE, "Bed-exit alarm on or off for a bed"),
     Route("GET", "/api/v1/reports/response-times", get_response_times, REPORT_READERS, "Response times"),
-    Route("GET", "/api/v1/readings", get_readings, ROOM_READERS, "A measure's history in buckets"),
+    Route("GET", "/api/v1/readings", get_readings, HISTORY_READERS, "A measure's history in buckets"),
     Route("GET", "/api/v1/gateway", get_gateway, FACILITIES, "Node gateway counters"),
+    Route("GET", "/api/v1/integrations", get_integrations, SCRAPERS, "HL7 / webhook integration counters"),
     Route("GET", "/api/v1/config", get_config, ADMIN, "The room's configuration as loaded"),
     Route("GET", "/api/v1/tokens", get_tokens, ADMIN, "Active API tokens (never their secrets)"),
     Route("POST", "/api/v1/tokens", post_token, ADMIN, "Create a token; its secret is shown once"),
     Route("DELETE", "/api/v1/tokens/{name}", delete_token, ADMIN, "Revoke a token by name or id"),
     Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
     Route("GET", "/metrics", get_metrics, SCRAPERS, "Prometheus metrics"),
+    # FHIR R4 reads (room_api/fhir.py)
+    Route("GET", "/fhir/r4/metadata", fhir_api.get_metadata, FHIR_READERS, "FHIR CapabilityStatement"),
+    Route("GET", "/fhir/r4/Device", fhir_api.search_devices, FHIR_READERS, "FHIR Devices: the room's nodes"),
+    Route("GET", "/fhir/r4/Device/{id}", fhir_api.read_device, FHIR_READERS, "FHIR Device: one node"),
+    Route("GET", "/fhir/r4/Observation", fhir_api.search_observations, FHIR_READERS,
+          "FHIR Observations: the newest environment readings"),
+    Route("GET", "/fhir/r4/Observation/{id}", fhir_api.read_observation, FHIR_READERS, "FHIR Observation"),
+    Route("GET", "/fhir/r4/Communication", fhir_api.search_communications, FHIR_READERS,
+          "FHIR Communications: calls raised in a range, and the active ones"),
+    Route("GET", "/fhir/r4/Communication/{id}", fhir_api.read_communication, FHIR_READERS,
+          "FHIR Communication: one call"),
+    Route("GET", "/fhir/r4/Flag", fhir_api.search_flags, FHIR_READERS, "FHIR Flags: the active calls"),
+    Route("GET", "/fhir/r4/Flag/{id}", fhir_api.read_flag, FHIR_READERS, "FHIR Flag: one call"),
 )
 
 
@@ -424,8 +498,11 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
 
 
 def create_app(controller: RoomController, gateway: NodeGateway | None = None,
-               devices: object | None = None) -> web.Application:
-    """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics."""
+               devices: object | None = None, uplink: object | None = None,
+               integrations: object | None = None) -> web.Application:
+    """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics;
+    ``uplink``: the ward uplink (controller.uplink.WardUplink), its counters in /metrics;
+    ``integrations``: the hospital integrations (integrations.IntegrationService), GET /api/v1/integrations."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
                            audit=controller.store.audit, limiter=limiter, error=ApiError,
@@ -436,10 +513,12 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
     if gateway is not None:
         app[GATEWAY] = gateway
     app[DEVICES] = devices
+    app[INTEGRATIONS] = integrations
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
-                                       lambda: devices)
+                                       lambda: devices, lambda: uplink)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
+    app.cleanup_ctx.append(fhir_api.preload)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_static("/static/", STATIC_DIR)

@@ -2,9 +2,10 @@
 
 Every API route declares the roles that may call it (``room_api.app.ROUTES``). The middleware
 answers 401 when there is no valid token (``WWW-Authenticate: Bearer``), 403 when the token's
-role may not use the route, and 429 with ``Retry-After`` to an address that keeps failing. Every
-state-changing request (anything but GET/HEAD/OPTIONS), allowed or not, is written to the audit
-log with the token's name.
+role may not use the route, and 429 with ``Retry-After`` to a *failed* attempt from an address that
+keeps failing. A valid token is never refused for its address's failures: behind a proxy or NAT one
+client guessing tokens must not stop every nurse station. Every state-changing request (anything
+but GET/HEAD/OPTIONS), allowed or not, is written to the audit log with the token's name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from controller.security.tokens import AuditEntry, Principal
+from controller.store import StorageError
 
 log = logging.getLogger("smartroom.auth")
 
@@ -28,8 +30,10 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass(slots=True)
 class FailedAuthLimiter:
-    """Per-address back-off: after ``FAIL_FREE`` failures within a minute, each further failure
-    doubles the wait (1 s, 2 s, 4 s … up to 5 min) before that address may try again."""
+    """Per-address back-off of failed attempts: after ``FAIL_FREE`` failures within a minute, each
+    further failure doubles the wait (1 s, 2 s, 4 s … up to 5 min) during which that address's
+    failed attempts answer 429 instead of 401. Valid tokens are not limited, and a success does not
+    reset the count (a nurse logging in at a shared address must not reopen the door to a guesser)."""
 
     clock: Callable[[], int]
     _fails: dict[str, deque[int]] = field(default_factory=dict)
@@ -46,7 +50,10 @@ class FailedAuthLimiter:
             return 0
         return -(-wait_ms // 1000)
 
-    def failed(self, remote: str) -> None:
+    def failed(self, remote: str) -> int:
+        """Count a failed attempt; returns the seconds this address was already made to wait
+        (0: answer 401; more: the attempt came during a back-off, answer 429 and count it)."""
+        wait_s = self.retry_after_s(remote)
         now = self.clock()
         fails = self._fails.setdefault(remote, deque())
         fails.append(now)
@@ -55,12 +62,13 @@ class FailedAuthLimiter:
         over = len(fails) - FAIL_FREE
         if over >= 0:
             self._blocked_until[remote] = now + min(2 ** over, BACKOFF_MAX_S) * 1000
+        if wait_s:
             self.blocked_total += 1
         if len(self._fails) > 10_000:  # a scan from many addresses must not grow memory without bound
-            self._fails.pop(next(iter(self._fails)))
-
-    def succeeded(self, remote: str) -> None:
-        self._fails.pop(remote, None)
+            oldest = next(iter(self._fails))
+            self._fails.pop(oldest)
+            self._blocked_until.pop(oldest, None)
+        return wait_s
 
 
 def bearer(request: web.Request) -> str | None:
@@ -91,23 +99,21 @@ def make_middleware(*, roles_for: Callable[[web.Request], frozenset[str] | None]
         principal: Principal | None = None
         status = 500
         try:
-            wait_s = limiter.retry_after_s(remote)
-            if wait_s:
-                status = 429
-                exc = error(429, "too_many_failures",
-                            f"too many failed logins from {remote}; try again in {wait_s} s")
-                exc.headers["Retry-After"] = str(wait_s)
-                raise exc
             secret = bearer(request)
             principal = await find_token(secret) if secret else None
             if principal is None:
-                limiter.failed(remote)
+                wait_s = limiter.failed(remote)
+                if wait_s:
+                    status = 429
+                    exc = error(429, "too_many_failures",
+                                f"too many failed logins from {remote}; try again in {wait_s} s")
+                    exc.headers["Retry-After"] = str(wait_s)
+                    raise exc
                 status = 401
                 exc = error(401, "unauthorized", "a valid bearer token is required "
                             "(Authorization: Bearer srt_…; tokens come from 'smartroom token create')")
                 exc.headers["WWW-Authenticate"] = 'Bearer realm="smartroom"'
                 raise exc
-            limiter.succeeded(remote)
             if principal.role not in roles:
                 status = 403
                 raise error(403, "forbidden", f"the {principal.role} role may not do this; "
@@ -126,6 +132,8 @@ def make_middleware(*, roles_for: Callable[[web.Request], frozenset[str] | None]
                                    status, remote)
                 try:
                     await audit(entry)
+                except StorageError as exc:  # the storage alarm is up; the lost entry is still logged
+                    log.error("could not write the audit entry %s: %s", entry, exc)
                 except Exception:  # the audit store failing must be loud, but not turn into a 500
                     log.exception("could not write the audit entry %s", entry)
 

@@ -17,6 +17,7 @@ GATEWAY = web.AppKey("gateway", NodeGateway)
 METRICS = web.AppKey("metrics", metrics_mod.Metrics)
 OPENAPI = web.AppKey("openapi", dict)
 DEVICES = web.AppKey("devices", object)
+INTEGRATIONS = web.AppKey("integrations", object)  # integrations.IntegrationService, when configured
 PRINCIPAL = web.RequestKey("principal", Principal)  # who is calling: the token's name and role
 
 

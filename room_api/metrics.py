@@ -1,15 +1,17 @@
 """Prometheus metrics for one room (text exposition at ``/metrics``).
 
-Counts that already live elsewhere (gateway counters, nodes online, active calls) are read at
-scrape time by a collector, so there is one source of truth; only the delivery-time histogram and
-the stream-subscriber gauge are kept here. Each app has its own registry: no globals.
+Counts that already live elsewhere (gateway counters, nodes online, active calls, calls not shown
+on any nurse screen) are read at scrape time by a collector, so there is one source of truth; only
+the delivery-time histogram and the streams' gauges and drop counter are kept here. Each app has
+its own registry: no globals.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,17 +20,19 @@ from controller.room import TIERS
 from controller.service import RoomController
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Node event stored -> first delivery to a nurse endpoint; nurse-call systems aim for seconds.
+# Call stored -> first shown on a nurse screen (the page's receipt); nurse-call systems aim for seconds.
 DELIVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class _RoomCollector(Collector):
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
-                 auth_blocked: Callable[[], int], devices: Callable[[], Any]) -> None:
+                 auth_blocked: Callable[[], int], devices: Callable[[], Any],
+                 uplink: Callable[[], Any] = lambda: None) -> None:
         self._controller = controller
         self._gateway = gateway
         self._auth_blocked = auth_blocked
         self._devices = devices
+        self._uplink = uplink
 
     def collect(self) -> Iterable[Metric]:
         room = self._controller.room
@@ -51,6 +55,30 @@ class _RoomCollector(Collector):
         readings = CounterMetricFamily("smartroom_readings_stored", "Sensor readings stored durably")
         readings.add_metric([], self._controller.readings_stored)
         yield readings
+        storage = self._controller.storage
+        not_stored = CounterMetricFamily("smartroom_readings_not_stored",
+                                         "Sensor readings not stored, by reason (disk_floor: free space below "
+                                         "the floor kept for events; storage_failed: the write failed)",
+                                         labels=["reason"])
+        for reason in sorted({"disk_floor", "storage_failed", *storage.readings_not_stored}):
+            not_stored.add_metric([reason], storage.readings_not_stored[reason])
+        yield not_stored
+        up = GaugeMetricFamily("smartroom_storage_up", "1 while the room database can be written, 0 while it fails")
+        up.add_metric([], 0 if storage.failing_since_ms is not None else 1)
+        yield up
+        failures = CounterMetricFamily("smartroom_storage_write_failures",
+                                       "Writes to the room database that failed (disk full, I/O error), "
+                                       "probes included")
+        failures.add_metric([], storage.write_failures)
+        yield failures
+        paused = GaugeMetricFamily("smartroom_readings_paused", "1 while free space is below the floor kept for events")
+        paused.add_metric([], 0 if storage.readings_paused_since_ms is None else 1)
+        yield paused
+        if storage.free_bytes is not None:
+            free = GaugeMetricFamily("smartroom_storage_free_bytes",
+                                     "Free space for the room database at the last readings batch")
+            free.add_metric([], storage.free_bytes)
+            yield free
         nodes = GaugeMetricFamily("smartroom_nodes", "Configured nodes by state", labels=["state"])
         online = sum(1 for n in room.nodes.values() if n.online)
         nodes.add_metric(["online"], online)
@@ -61,9 +89,14 @@ class _RoomCollector(Collector):
         for tier in TIERS:
             calls.add_metric([tier], sum(1 for c in room.calls.values() if c.ctype.level == tier))
         yield calls
+        late = GaugeMetricFamily("smartroom_calls_not_displayed",
+                                 "Active calls no nurse screen has shown within the room's not_displayed_s")
+        late.add_metric([], len(room.not_displayed(self._controller.clock())))
+        yield late
         blocked = CounterMetricFamily("smartroom_auth_blocked", "Requests refused: too many failed logins")
         blocked.add_metric([], self._auth_blocked())
         yield blocked
+        yield from _uplink_metrics(self._uplink())
         devices = self._devices()
         ble = devices.ble_status if devices is not None else None
         if ble is not None:
@@ -79,16 +112,69 @@ class _RoomCollector(Collector):
             yield adverts
 
 
+def _uplink_metrics(uplink: Any) -> Iterable[Metric]:
+    """The ward uplink's counters (controller/uplink/uplink.py), when the room is on a ward broker."""
+    if uplink is None:
+        return
+    s = uplink.stats
+    up = GaugeMetricFamily("smartroom_ward_uplink_connected", "1 while the room is connected to the ward broker")
+    up.add_metric([], 1 if uplink.connected.is_set() else 0)
+    yield up
+    acked = GaugeMetricFamily("smartroom_ward_uplink_acked_cursor", "Highest log cursor the ward broker acknowledged")
+    acked.add_metric([], uplink.acked)
+    yield acked
+    refused = CounterMetricFamily("smartroom_ward_uplink_refusals",
+                                  "Connections and publishes the ward broker refused, by reason", labels=["reason"])
+    for reason, n in sorted(s.connect_refused.items()):
+        refused.add_metric([f"connect_{reason}"], n)
+    for leaf, n in sorted(s.publish_refused.items()):
+        refused.add_metric([f"publish_{leaf}"], n)
+    yield refused
+    for name, value, doc in (("events_published", s.events_published, "Room events the broker acknowledged"),
+                             ("events_resent", s.events_resent, "Room events published again after an outage"),
+                             ("commands_rejected", sum(s.commands_rejected.values()), "Malformed ward commands")):
+        m = CounterMetricFamily(f"smartroom_ward_uplink_{name}", doc)
+        m.add_metric([], value)
+        yield m
+    commands = CounterMetricFamily("smartroom_ward_uplink_commands", "Ward commands carried out, by result",
+                                   labels=["result"])
+    for code, n in sorted(s.commands.items()):
+        commands.add_metric([code], n)
+    yield commands
+
+
 class Metrics:
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
-                 auth_blocked: Callable[[], int], devices: Callable[[], Any] = lambda: None) -> None:
+                 auth_blocked: Callable[[], int], devices: Callable[[], Any] = lambda: None,
+                 uplink: Callable[[], Any] = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices))
+        self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices, uplink))
         self.delivery = Histogram("smartroom_call_delivery_seconds",
-                                  "Time from a call being stored to its first delivery to a nurse endpoint",
+                                  "Time from a call being stored to a nurse screen's receipt that it shows it",
                                   buckets=DELIVERY_BUCKETS_S, registry=self.registry)
         self.subscribers = Gauge("smartroom_event_stream_subscribers", "Open event-stream connections",
                                  registry=self.registry)
+        self.bad_bodies = Counter("smartroom_api_bad_bodies", "Request bodies refused (not JSON, not an object, "
+                                  "nested too deeply), by reason", ["reason"], registry=self.registry)
+
+        self.nurse_streams = 0
+        Gauge("smartroom_nurse_streams", "Open event streams with a nurse token (screens that may show calls)",
+              registry=self.registry).set_function(lambda: self.nurse_streams)
+        self.streams_dropped = Counter("smartroom_event_stream_dropped",
+                                       "Event streams closed by the controller, by reason (send_timeout: "
+                                       "the client took no data; lagged: it fell too far behind)",
+                                       labelnames=["reason"], registry=self.registry)
+        for reason in ("send_timeout", "lagged"):
+            self.streams_dropped.labels(reason)
+
+    @contextmanager
+    def nurse_stream(self, nurse: bool) -> Iterator[None]:
+        """Counts an open stream as a nurse's while it is open."""
+        self.nurse_streams += nurse
+        try:
+            yield
+        finally:
+            self.nurse_streams -= nurse
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

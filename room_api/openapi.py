@@ -43,12 +43,15 @@ SCHEMAS: dict[str, S] = {
         raised_at_ms=MS, raised_by=STR, presses=INT, annunciated_at_ms=_nullable(MS),
         acknowledged_at_ms=_nullable(MS), acknowledged_by=_nullable(STR), present_at_ms=_nullable(MS),
         present_by=_nullable(STR), escalation_level=INT, escalated_to=_nullable(STR), reminders=INT,
-        next_due_ms=_nullable(MS), detail={"type": "object"},
-        timeline={"type": "array", "items": _obj(["step", "at_ms"], step=STR, at_ms=MS, by=STR)}),
+        next_due_ms=_nullable(MS), held_by_presence=BOOL, detail={"type": "object"},
+        timeline={"type": "array", "items": _obj(["step", "at_ms"], step=STR, at_ms=MS, by=STR)},
+        patient=_nullable({"allOf": [{"$ref": "#/components/schemas/Patient"}]})),
+    "Patient": _obj(["id"], id=STR, name=STR, family=STR, given=STR, id_system=STR, birth_date=STR, sex=STR,
+                    visit=STR),
     "ClearedCall": _obj(["id", "state"], id=STR, state={"type": "string", "enum": ["cleared"]}),
     "Outputs": _obj(["dome", "tone", "indicators"],
                     dome=_obj(["colour", "pattern", "call_id", "presence"], colour=STR, pattern=STR,
-                              call_id=_nullable(STR), presence=BOOL),
+                              call_id=_nullable(STR), presence=BOOL, presence_ending=BOOL),
                     tone=_obj(["pattern", "silenced"], pattern=STR, silenced=BOOL),
                     indicators={"type": "object", "additionalProperties": STR}),
     "Room": _obj(["room", "cursor", "calls", "occupancy", "fall_risk", "outputs", "environment", "nodes"],
@@ -58,22 +61,39 @@ SCHEMAS: dict[str, S] = {
                  occupancy=_obj(["state", "room", "bath", "beds", "staff_present"],
                                 state={"type": "string", "enum": ["in_bed", "in_bathroom", "in_room", "empty"]},
                                 room=BOOL, bath=BOOL, beds={"type": "object", "additionalProperties": BOOL},
-                                staff_present=BOOL),
+                                staff_present=BOOL, staff_since_ms=_nullable(MS), presence_ends_at_ms=_nullable(MS)),
                  fall_risk={"type": "object", "additionalProperties": BOOL},
                  outputs={"$ref": "#/components/schemas/Outputs"},
                  environment={"type": "object", "additionalProperties": _obj(["value", "node", "ts_ms"],
                                                                              value=NUM, node=STR, ts_ms=MS)},
-                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)}),
+                 nodes={"type": "array", "items": _obj(["id", "online"], id=STR, online=BOOL)},
+                 storage={"$ref": "#/components/schemas/Storage"},
+                 patients={"type": "object", "description": "bed -> the patient admissions put there, or null",
+                           "additionalProperties": _nullable({"allOf": [{"$ref": "#/components/schemas/Patient"}]})}),
+    "Storage": _obj(["state", "write_failures", "readings_not_stored", "min_free_bytes"],
+                    state={"type": "string", "enum": ["ok", "readings_paused", "failed"]},
+                    failing_since_ms=_nullable(MS), error=_nullable(STR), write_failures=INT,
+                    readings_paused_since_ms=_nullable(MS), free_bytes=_nullable(INT), min_free_bytes=INT,
+                    readings_not_stored={"type": "object", "additionalProperties": INT},
+                    inputs_waiting={"type": "object", "additionalProperties": STR,
+                                    "description": "node/input -> meaning, of events refused while failing"}),
     "Event": _obj(["id", "ts_ms", "kind", "data"], id=INT, ts_ms=MS, kind=STR, data={"type": "object"}),
     "EventPage": _obj(["events", "next", "more"], events={"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                       next=INT, more=BOOL),
-    "Health": _obj(["status", "room", "version", "cursor", "active_calls"], status=STR, room=STR, name=STR,
-                   version=STR, cursor=INT,
+    "Health": _obj(["status", "reasons", "room", "version", "cursor", "active_calls"],
+                   status={"type": "string", "enum": ["ok", "degraded"]},
+                   reasons={"type": "array", "description": "why calls may not reach a nurse now (empty: ok)",
+                            "items": _obj(["reason", "message"], reason=STR, message=STR, since_ms=_nullable(MS))},
+                   room=STR, name=STR, version=STR, cursor=INT, nurse_streams=INT,
                    active_calls=_obj(list(TIERS), **{t: INT for t in TIERS})),
+    "Shown": _obj(["shown", "already_shown", "not_active"], shown={"type": "array", "items": STR},
+                  already_shown={"type": "array", "items": STR}, not_active={"type": "array", "items": STR}),
     "Gateway": _obj(["accepted", "rejected", "duplicates", "nodes_connected", "readings_stored"],
                     accepted={"type": "object", "additionalProperties": INT},
                     rejected={"type": "object", "additionalProperties": INT}, duplicates=INT, connections=INT,
                     nodes_connected={"type": "array", "items": STR}, readings_stored=INT,
+                    readings_not_stored={"type": "object", "additionalProperties": INT,
+                                         "description": "by reason: disk_floor, storage_failed"},
                     devices=_nullable({"type": "object", "description": "Pi-attached GPIO nodes and the BLE "
                                        "scanner's state (stopped, starting, scanning, degraded)"})),
     "Readings": _obj(["measure", "node", "from_ms", "to_ms", "step_ms", "requested_step_ms", "step_rounded",
@@ -83,6 +103,9 @@ SCHEMAS: dict[str, S] = {
                      buckets={"type": "array", "items": _obj(["start_ms", "n", "min", "max", "mean"], start_ms=MS,
                                                              n=INT, min=NUM, max=NUM, mean=NUM)},
                      limits=_obj(["low", "high"], low=_nullable(NUM), high=_nullable(NUM))),
+    "Integrations": _obj(["configured"], configured=BOOL,
+                         alarm_manager=_nullable({"type": "object", "description": "link, outbox and ACK counters"}),
+                         admissions={"type": "object"}, mllp_listener={"type": "object"}, webhooks={"type": "object"}),
     "FallRisk": _obj(["bed", "fall_risk"], bed=STR, fall_risk=BOOL),
     "Report": _obj(["from_ms", "to_ms", "calls", "tiers", "responders"], from_ms=MS, to_ms=MS,
                    calls={"type": "array", "items": {"type": "object"}}, tiers={"type": "object"},
@@ -102,6 +125,9 @@ SCHEMAS: dict[str, S] = {
 
 BY_BODY = _obj(by={"type": "string", "minLength": 1, "maxLength": 64,
                    "description": "who does it; defaults to the token's name"})
+# Routes whose body may be left out (an empty body means {}: done by the token's name).
+OPTIONAL_BODY = {("POST", "/api/v1/calls/{call_id}/ack"), ("POST", "/api/v1/calls/{call_id}/clear"),
+                 ("POST", "/api/v1/room/silence")}
 _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("GET", "/"): {"html": True},
     ("GET", "/facilities"): {"html": True},
@@ -110,6 +136,11 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("GET", "/api/v1/room"): {"ok": "Room"},
     ("GET", "/api/v1/events"): {"ok": "EventPage", "query": {"after": INT, "limit": INT}, "errors": [400]},
     ("GET", "/api/v1/events/stream"): {"sse": True, "query": {"after": INT, "endpoint": STR}, "errors": [400]},
+    ("POST", "/api/v1/calls/shown"): {"ok": "Shown", "errors": [400], "body": _obj(
+        ["calls"], calls={"type": "array", "minItems": 1, "maxItems": 100,
+                          "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        by={"type": "string", "minLength": 1, "maxLength": 64,
+            "description": "the screen, as recorded on the call's annunciation; defaults to the token's name"})},
     ("POST", "/api/v1/calls/{call_id}/ack"): {"ok": "Call", "body": BY_BODY, "errors": [400, 404, 409]},
     ("POST", "/api/v1/calls/{call_id}/clear"): {"ok": "ClearedCall", "body": BY_BODY, "errors": [400, 404, 409]},
     ("POST", "/api/v1/room/silence"): {"ok": "Outputs", "body": BY_BODY, "errors": [400]},
@@ -122,6 +153,7 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
         "from": STR, "to": STR, "step": {"type": "string", "description": "whole seconds, or 30s, 5m, 1h, 1d"},
         "node": STR}},
     ("GET", "/api/v1/gateway"): {"ok": "Gateway"},
+    ("GET", "/api/v1/integrations"): {"ok": "Integrations"},
     ("GET", "/api/v1/config"): {"ok": "Config"},
     ("GET", "/api/v1/tokens"): {"ok": "TokenList"},
     ("POST", "/api/v1/tokens"): {"created": "Token", "errors": [400],
@@ -130,6 +162,16 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("DELETE", "/api/v1/tokens/{name}"): {"ok": "Token", "errors": [404]},
     ("GET", "/api/v1/audit"): {"ok": "AuditPage", "query": {"after_ms": INT, "limit": INT}, "errors": [400]},
     ("GET", "/metrics"): {"text": True},
+    ("GET", "/fhir/r4/metadata"): {"fhir": "CapabilityStatement"},
+    ("GET", "/fhir/r4/Device"): {"fhir": "Bundle"},
+    ("GET", "/fhir/r4/Device/{id}"): {"fhir": "Device", "errors": [404]},
+    ("GET", "/fhir/r4/Observation"): {"fhir": "Bundle", "query": {"code": STR}},
+    ("GET", "/fhir/r4/Observation/{id}"): {"fhir": "Observation", "errors": [404]},
+    ("GET", "/fhir/r4/Communication"): {"fhir": "Bundle", "errors": [400], "query": {
+        "sent": {"type": "string", "description": "ge<date>, gt<date>, le<date> or lt<date> (ISO 8601 or ms)"}}},
+    ("GET", "/fhir/r4/Communication/{id}"): {"fhir": "Communication", "errors": [404]},
+    ("GET", "/fhir/r4/Flag"): {"fhir": "Bundle"},
+    ("GET", "/fhir/r4/Flag/{id}"): {"fhir": "Flag", "errors": [404]},
 }
 
 
@@ -155,13 +197,17 @@ def _operation(route: Any, doc: S) -> S:
     if params:
         op["parameters"] = params
     if "body" in doc:
-        op["requestBody"] = {"required": True, "content": _json(doc["body"])}
+        op["requestBody"] = {"required": (route.method, route.path) not in OPTIONAL_BODY,
+                             "content": _json(doc["body"])}
     responses = op["responses"]
     if doc.get("html"):
         responses["200"] = {"description": "HTML page", "content": {"text/html": {"schema": STR}}}
     elif doc.get("text"):
         responses["200"] = {"description": "Prometheus text exposition",
                             "content": {"text/plain": {"schema": STR}}}
+    elif doc.get("fhir"):
+        responses["200"] = {"description": f"FHIR R4 {doc['fhir']} (JSON)", "content": {"application/fhir+json": {
+            "schema": _obj(["resourceType"], resourceType={"type": "string", "enum": [doc["fhir"]]})}}}
     elif doc.get("sse"):
         responses["200"] = {"description": "Server-Sent Events; each data line is an Event",
                             "content": {"text/event-stream": {"schema": STR}}}
@@ -180,6 +226,7 @@ def _operation(route: Any, doc: S) -> S:
         responses["429"] = _error("Too many failed logins from this address")
         if "body" in doc or route.method in ("POST", "PUT", "DELETE"):
             responses.setdefault("400", _error("Bad request"))
+            responses["503"] = _error("The room database cannot be written: nothing was recorded")
     else:
         op["security"] = []
     return op

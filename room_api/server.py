@@ -17,8 +17,9 @@ SHUTDOWN_TIMEOUT_S = 2.0  # open event streams are closed after this; clients re
 class ApiServer:
     """The API application on one address; ``port`` is the bound port once :meth:`start` returns."""
 
-    def __init__(self, controller: RoomController, gateway: NodeGateway, devices: object | None = None) -> None:
-        self._runner = web.AppRunner(create_app(controller, gateway, devices), access_log=None,
+    def __init__(self, controller: RoomController, gateway: NodeGateway, devices: object | None = None,
+                 uplink: object | None = None, integrations: object | None = None) -> None:
+        self._runner = web.AppRunner(create_app(controller, gateway, devices, uplink, integrations), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         self.port: int | None = None
 

@@ -18,22 +18,26 @@ from pathlib import Path
 # sensors, HTTP API), then what starts them.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.model",),                                    # messages and ids that cross layers
-    ("controller.link.protocol", "controller.security", "controller.sim.firmware"),
+    ("controller.link.protocol", "controller.security", "controller.sim.firmware",
+     "controller.uplink.wire", "controller.uplink.client"),  # wire formats: protocol v1, the ward's MQTT
     ("controller.store",),                                    # the event log, readings history
     ("controller.room",),                                     # configuration, rules, reports
     ("controller.bus",),                                      # live fan-out of stored records
     ("controller.service",),                                  # decide -> store -> apply -> publish
-    ("controller.link", "controller.sim.nodes", "controller.fall_eval"),  # node gateway; tools
+    ("controller.link", "controller.sim.nodes", "controller.fall_eval",  # node gateway; tools
+     "controller.uplink"),                                    # the room's uplink to the ward broker
     ("sensors",),                                             # Pi-attached sources
-    ("room_api",),                                            # the only HTTP
+    ("integrations",),                                        # the hospital's systems: HL7, FHIR, webhooks
+    ("room_api",),                                            # the room's HTTP
+    ("ward",),                                                # the ward console: a service of its own
     ("controller.runner",),                                   # one room, all pieces started together
     ("controller.sim.demo",),
     ("controller.cli",),
 )
-PACKAGES = ("controller", "sensors", "room_api")
+PACKAGES = ("controller", "sensors", "room_api", "ward", "integrations")
 NOT_CPYTHON = {"controller.fall_eval.mp_runner"}  # a MicroPython script, run as a file
-HTTP_SERVER_IMPORTS = {"aiohttp.web", "aiohttp_sse"}  # only room_api serves HTTP
-HTTP_PACKAGE = "room_api"
+HTTP_SERVER_IMPORTS = {"aiohttp.web", "aiohttp_sse"}  # only the two web packages serve HTTP
+HTTP_PACKAGES = ("room_api", "ward.web")  # the room's API and pages; the ward console's
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ def layer_of(name: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int | N
 
 def layering_problems(root: Path, packages: tuple[str, ...] = PACKAGES,
                       layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
-    """Upward imports, modules without a layer, import cycles and HTTP served outside room_api."""
+    """Upward imports, modules without a layer, import cycles and HTTP served outside the web packages."""
     modules = find_modules(root, packages)
     problems: list[str] = []
     for name, path in modules.items():
@@ -171,10 +175,11 @@ def layering_problems(root: Path, packages: tuple[str, ...] = PACKAGES,
             if mine is not None and theirs is not None and theirs > mine:
                 problems.append(f"{name}:{imp.line}: imports {imp.target} from a higher layer "
                                 f"({' / '.join(layers[theirs])} above {' / '.join(layers[mine])})")
-        if not name.startswith(HTTP_PACKAGE):
+        if not any(name == pkg or name.startswith(pkg + ".") for pkg in HTTP_PACKAGES):
             for imp in imports:
                 if imp.target in HTTP_SERVER_IMPORTS:
-                    problems.append(f"{name}:{imp.line}: imports {imp.target}: only {HTTP_PACKAGE}/ serves HTTP")
+                    problems.append(f"{name}:{imp.line}: imports {imp.target}: only "
+                                    f"{' and '.join(p.replace('.', '/') + '/' for p in HTTP_PACKAGES)} serve HTTP")
     for group in cycles(graph(modules)):
         problems.append("import cycle: " + " <-> ".join(group))
     return problems

@@ -2,6 +2,11 @@
 
 Timers never run by themselves here: :meth:`RoomSim.advance` moves the clock and runs what fell
 due, exactly as the controller's timer task would at that moment. No test sleeps.
+
+A nurse screen watches the room (``screen=True``, the default): after every input and every
+advance it confirms the calls it has not shown yet, at that moment, as the nurse page does; so the
+"not shown on any nurse screen" alarm stays out of rules that are not about it. ``screen=False``
+is a room nobody watches.
 """
 
 from __future__ import annotations
@@ -60,11 +65,15 @@ class FakeClock:
         return self.ms
 
 
+SIM_SCREEN = "nurse station (sim)"
+
+
 class RoomSim:
-    def __init__(self, config, db_path: Path, clock: FakeClock | None = None) -> None:
+    def __init__(self, config, db_path: Path, clock: FakeClock | None = None, *, screen: bool = True) -> None:
         self.config = config
         self.db_path = db_path
         self.clock = clock or FakeClock()
+        self.screen = screen
         self.controller: RoomController | None = None
         self._seq: dict[str, int] = {}
         self.boot = 1
@@ -98,15 +107,26 @@ class RoomSim:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    # ------------------------------------------------------------------ the nurse screen
+    async def show(self) -> None:
+        """The simulated nurse screen confirms every active call it has not shown yet."""
+        if self.screen and (waiting := [c.id for c in self.c.room.calls.values() if c.annunciated_at_ms is None]):
+            await self.c.shown(waiting, SIM_SCREEN)
+
+    async def _shown(self, records: list[LogRecord]) -> list[LogRecord]:
+        await self.show()
+        return records
+
     # ------------------------------------------------------------------ time
     async def advance(self, seconds: float) -> list[LogRecord]:
-        self.clock.ms += int(round(seconds * 1000))
-        return await self.c.tick()
+        return await self.advance_to(self.clock.ms + int(round(seconds * 1000)))
 
     async def advance_to(self, ms: int) -> list[LogRecord]:
+        """Move the clock to ``ms`` and store what fell due (not the screen's receipts: they follow)."""
         assert ms >= self.clock.ms
+        await self.show()  # calls raised by the test directly were on the screen before time moved on
         self.clock.ms = ms
-        return await self.c.tick()
+        return await self._shown(await self.c.tick())
 
     # ------------------------------------------------------------------ node inputs
     def _next(self, node: str) -> int:
@@ -115,7 +135,7 @@ class RoomSim:
 
     async def event(self, node: str, kind: str, src: str, val: int = 1, **features: int) -> list[LogRecord]:
         ev = NodeEvent(node, self.boot, self._next(node), kind, src, val, 0, features)
-        return await self.c.node_event(ev)
+        return await self._shown(await self.c.node_event(ev))
 
     async def press(self, node: str, src: str) -> list[LogRecord]:
         return await self.event(node, "button", src)
@@ -126,14 +146,17 @@ class RoomSim:
     async def hello(self, node: str) -> None:
         await self.c.node_hello(Hello(node, self.boot, self._next(node), "test", "sim", ("button",), 10_000, 1),
                                 "127.0.0.1:1")
+        await self.show()
 
     async def heartbeat(self, node: str, batt_mv: int | None = None) -> None:
         await self.c.node_heartbeat(Heartbeat(node, self.boot, self._next(node), 0, 0, 50_000, 0, -60, batt_mv))
         await self.c.settle()
+        await self.show()
 
     async def reading(self, node: str, **measures: int) -> None:
         self.c.node_reading(Reading(node, self.boot, self._next(node), 0, measures))
         await self.c.settle()
+        await self.show()
 
     # ------------------------------------------------------------------ looking
     def calls(self) -> list[dict[str, Any]]:

@@ -191,29 +191,77 @@ async def test_silence_and_fall_risk_endpoints(server, http):
             assert (resp.status, (await resp.json())["error"]["code"]) == (status, code)
 
 
-async def test_first_stream_delivery_annunciates_the_call_once(server, http):
+async def shown(server, http, ids, by="station-4B", status=200):
+    async with http.post(api(server, "/api/v1/calls/shown"), json={"calls": ids, "by": by}) as resp:
+        assert resp.status == status, await resp.text()
+        return await resp.json()
+
+
+async def test_a_screen_receipt_annunciates_the_call_once(server, http):
+    await press(server)
+    [call] = server.controller.snapshot()["calls"]
+    assert call["state"] == "raised"
+    assert await shown(server, http, [call["id"], call["id"]]) == {"shown": [call["id"]], "already_shown": [],
+                                                                   "not_active": []}
+    assert await shown(server, http, [call["id"], "c-no-such"], by="phone 12") == {
+        "shown": [], "already_shown": [call["id"]], "not_active": ["c-no-such"]}
+    async with http.get(api(server, "/api/v1/events/stream?after=0")) as resp:
+        _, annunciated = await next_event(sse_events(resp), "call.annunciated")
+    assert (annunciated["data"]["call_id"], annunciated["data"]["by"]) == (call["id"], "station-4B")
+    events = await server.controller.events_after(0, 100)
+    assert [e.data["by"] for e in events if e.kind == "call.annunciated"] == ["station-4B"]
+    assert server.controller.snapshot()["calls"][0]["state"] == "annunciated"
+    # Without "by", the screen is named by the token.
+    await press(server, "bath", "cord")
+    bath = next(c for c in server.controller.snapshot()["calls"] if c["type"] == "bath_emergency")
+    async with http.post(api(server, "/api/v1/calls/shown"), json={"calls": [bath["id"]]}) as resp:
+        assert resp.status == 200
+    assert server.controller.room.calls[bath["id"]].annunciated_by == "test nurse"
+
+
+async def test_a_stream_delivery_is_not_annunciation(server, http):
     async with http.get(api(server, "/api/v1/events/stream?endpoint=station-4B")) as resp:
         stream = sse_events(resp)
         await press(server)
         _, raised = await next_event(stream, "call.raised")
-        _, annunciated = await next_event(stream, "call.annunciated")
-    assert annunciated["data"]["call_id"] == raised["data"]["call_id"]
-    assert annunciated["data"]["by"] == "station-4B"
-    # A later client does not annunciate it again.
-    async with http.get(api(server, "/api/v1/events/stream?after=0&endpoint=phone")) as resp:
-        stream = sse_events(resp)
-        await next_event(stream, "call.annunciated")
-    events = await server.controller.events_after(0, 100)
-    assert [e.data["by"] for e in events if e.kind == "call.annunciated"] == ["station-4B"]
-    assert server.controller.snapshot()["calls"][0]["state"] == "annunciated"
-
-
-async def test_a_stream_client_connecting_later_annunciates_waiting_calls(server, http):
-    await press(server)
+        # A later event on the same stream: anything stored for the call before it would have come first.
+        async with http.put(api(server, "/api/v1/beds/A/fall-risk"), json={"enabled": True}) as put:
+            assert put.status == 200
+        kinds = []
+        async for _, event in stream:
+            kinds.append(event["kind"])
+            if event["kind"] == "bed.fall_risk":
+                break
+    assert "call.annunciated" not in kinds
     assert server.controller.snapshot()["calls"][0]["state"] == "raised"
-    async with http.get(api(server, "/api/v1/events/stream")) as resp:
-        _, event = await next_event(sse_events(resp), "call.annunciated")
-    assert event["data"]["by"].startswith("event stream @127.0.0.1")
+    assert await server.controller.events_after(0, 100) and not [
+        e for e in await server.controller.events_after(0, 100) if e.kind == "call.annunciated"]
+
+
+async def test_only_a_nurse_confirms_a_call_shown_and_bad_receipts_are_400(server, http):
+    await press(server)
+    [call] = server.controller.snapshot()["calls"]
+    for role in ("facilities", "integration", "admin"):
+        other = {"Authorization": f"Bearer {server.tokens[role]}"}
+        async with http.post(api(server, "/api/v1/calls/shown"), json={"calls": [call["id"]]}, headers=other) as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (403, "forbidden")
+    for body in ({}, {"calls": call["id"]}, {"calls": []}, {"calls": [call["id"]] * 101}, {"calls": [7]},
+                 {"calls": [""]}, {"calls": ["c" * 65]}, {"calls": [call["id"]], "by": "x" * 65}, ["c1"]):
+        async with http.post(api(server, "/api/v1/calls/shown"), json=body) as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (400, "bad_parameter" if body != ["c1"]
+                                                                           else "bad_json"), body
+    assert server.controller.snapshot()["calls"][0]["state"] == "raised"
+    ids = [call["id"]] * 100
+    assert (await shown(server, http, ids))["shown"] == [call["id"]], "100 ids is the limit, and allowed"
+    audit = await server.controller.store.read_audit(0, 100)
+    assert [(e.action, e.target, e.status) for e in audit if e.target == "/api/v1/calls/shown"][0] == \
+        ("POST", "/api/v1/calls/shown", 200), "a receipt is audited like any state change"
+
+
+async def test_health_is_ok_with_no_reasons_when_nothing_is_wrong(server, http):
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(api(server, "/api/v1/health")) as resp:
+        health = await resp.json()
+    assert (resp.status, health["status"], health["reasons"], health["nurse_streams"]) == (200, "ok", [], 0)
 
 
 async def test_response_time_report(server, http):
@@ -262,9 +310,13 @@ async def test_metrics_follow_the_room(server, http):
     assert _metric(before, "smartroom_call_delivery_seconds_count") == 0
     async with http.get(api(server, "/api/v1/events/stream")) as resp:
         stream = sse_events(resp)
-        assert _metric(await metrics(), "smartroom_event_stream_subscribers") == 1
+        text = await metrics()
+        assert _metric(text, "smartroom_event_stream_subscribers") == 1
+        assert _metric(text, "smartroom_nurse_streams") == 1
         await press(server, "bath", "cord")
-        await next_event(stream, "call.annunciated")
+        _, raised = await next_event(stream, "call.raised")
+        assert _metric(await metrics(), "smartroom_call_delivery_seconds_count") == 0, "a stream is not a screen"
+        await shown(server, http, [raised["data"]["call_id"]])
     # A frame that fails its MAC is rejected and counted by reason.
     bad = NodeClient("bath", bytes(32))
     await bad.connect(server.endpoints.node_host, server.endpoints.node_port, expect_welcome=False)
@@ -273,18 +325,7 @@ async def test_metrics_follow_the_room(server, http):
     text = await metrics()
     assert _metric(text, "smartroom_active_calls", 'priority="high"') == 1
     assert _metric(text, "smartroom_call_delivery_seconds_count") == 1
+    assert _metric(text, "smartroom_calls_not_displayed") == 0
     assert _metric(text, "smartroom_nodes", 'state="online"') == 1
     assert _metric(text, "smartroom_node_messages_rejected_total", 'reason="bad_mac"') == 1
     assert _metric(text, "smartroom_node_messages_accepted_total", 'type="event"') == 1
-
-
-async def test_only_a_nurse_stream_annunciates(server, http):
-    facilities = {"Authorization": f"Bearer {server.tokens['facilities']}"}
-    async with http.get(api(server, "/api/v1/events/stream?endpoint=facilities"), headers=facilities) as resp:
-        stream = sse_events(resp)
-        await press(server)
-        await next_event(stream, "call.raised")
-        assert server.controller.snapshot()["calls"][0]["state"] == "raised"
-    async with http.get(api(server, "/api/v1/events/stream?endpoint=station")) as resp:  # the nurse token
-        _, event = await next_event(sse_events(resp), "call.annunciated")
-    assert event["data"]["by"] == "station"

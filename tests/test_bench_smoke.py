@@ -38,12 +38,14 @@ FIGURES = {
     "bench/voice/run.py": [r"real-time factor [\d.]+", r"at the default threshold .*: 10 dB detection [\d.]+%"],
 }
 NEEDS = {"bench/broker.py": ["mosquitto"], "bench/voice/run.py": ["espeak-ng", "sox"]}
+ELSEWHERE = {"bench/ward.py": "tests/test_ward_bench.py"}  # smoke runs with a test file of their own
 
 
 def test_every_bench_script_has_a_smoke_run_here():
     scripts = {str(p.relative_to(ROOT)) for p in (ROOT / "bench").rglob("*.py")
                if p.name != "__init__.py" and 'if __name__ == "__main__"' in p.read_text()}
-    assert scripts == set(FIGURES)
+    assert scripts == set(FIGURES) | set(ELSEWHERE)
+    assert all((ROOT / test).exists() for test in ELSEWHERE.values())
 
 
 @pytest.mark.parametrize("script", sorted(FIGURES))

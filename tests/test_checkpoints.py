@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from controller.model import Hello, NodeEvent
 from controller.room import Room, RoomError
+from controller.room.hospital import Patient
 from controller.room.state import _STATE_CODECS, NOT_STATE
 from controller.room.supervision import LIVE_NODE_FIELDS
 from controller.service import RoomController
@@ -44,6 +45,8 @@ inputs = st.one_of(
     st.tuples(st.just("offline"), st.sampled_from(NODES)),
     st.tuples(st.just("reading"), st.sampled_from(NODES[:6]), st.sampled_from(MEASURES), values),
     st.tuples(st.just("system"), st.booleans()),
+    st.tuples(st.just("delivery"), st.integers(0, 9)),
+    st.tuples(st.just("patient"), st.sampled_from(["A", "B"]), st.sampled_from([None, "MRN1", "MRN2"])),
     st.tuples(st.just("time"), st.sampled_from([0.5, 5, 31, 61, 181, 601, 1201, 1801])),
 )
 
@@ -63,8 +66,16 @@ def _decide(room: Room, step: tuple, now: int, seq: int) -> list:
         if not calls:
             return []
         call_id = calls[step[1] % len(calls)]
-        decide = {"ack": room.decide_ack, "clear": room.decide_clear, "annunciate": room.decide_annunciated}[kind]
-        return decide(call_id, "Nurse Kim", now)
+        if kind == "annunciate":
+            return room.decide_shown([call_id], "station 4B", now)
+        if kind == "clear":
+            return room.decide_clear(call_id, "Nurse Kim", now)
+        return room.decide_ack(call_id, "Nurse Kim", now)
+    if kind == "delivery":
+        return room.decide_delivery(calls[step[1] % len(calls)], "delivered to pager 12", "acm", now) if calls else []
+    if kind == "patient":
+        patient = None if step[2] is None else Patient(step[2], "Jane Doe", "Doe", "Jane", birth_date="19500101")
+        return room.decide_patient(step[1], patient, "admit" if patient else "discharge", "adt", "msg-1", now)
     if kind == "fall_risk":
         return room.decide_fall_risk(step[1], step[2], "Nurse Kim", now)
     if kind == "silence":
@@ -146,14 +157,16 @@ def test_the_random_logs_reach_the_states_worth_checking():
     steps = [("online", "bath"), ("press", ("bath", "cord")), ("press", ("bedside-a", "call")), ("time", 61),
              ("ack", 0), ("silence",), ("presence", ("bath", "pir"), True), ("fall_risk", "A", True),
              ("reading", "env", "temp_c", 26.0), ("reading", "env", "co2_ppm", 99_999.0), ("time", 601),
-             ("offline", "bath"), ("system", True)]
+             ("offline", "bath"), ("system", True), ("patient", "A", "MRN1"), ("delivery", 0), ("annunciate", 1),
+             ("presence", ("door", "pir"), True), ("press", ("door", "presence")), ("time", 1801)]
     room, log = play(steps)
     kinds = {r.kind for r in log}
     assert {"call.raised", "call.escalated", "call.acknowledged", "tone.silenced", "presence.changed",
             "bed.fall_risk", "environment.excursion", "node.offline"} <= kinds
     assert room.silence and room.area["bath"] and room.env["temp_c"].out
-    assert {c.type for c in room.calls.values()} >= {"bath_emergency", "patient_call", "sensor_fault",
-                                                     "node_offline", "system_fault", "environment"}
+    assert {c.type for c in room.calls.values()} >= {"bath_emergency", "sensor_fault", "node_offline",
+                                                     "system_fault", "environment"}
+    assert "staff.presence" in kinds and room.patients["A"] is not None
     for at in range(len(log) + 1):
         assert state(from_checkpoint(log, at)) == state(room)
 

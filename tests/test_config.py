@@ -246,6 +246,35 @@ BROKEN = [
 
         [nodes.bath]
         """, 5, "timers.silence_s", "expected a number, got a string ('2 minutes')"),
+    ("presence reminder not before the end", """
+        [room]
+        id = "4b-12"
+
+        [timers]
+        presence_s = 60
+        presence_reminder_s = 60
+
+        [nodes.bath]
+        """, 6, "timers.presence_reminder_s",
+     "60 must be less than presence_s (60): the reminder comes before presence ends"),
+    ("presence shorter than a minute", """
+        [room]
+        id = "4b-12"
+
+        [timers]
+        presence_s = 59.9
+
+        [nodes.bath]
+        """, 5, "timers.presence_s", "59.9 is out of range: allowed 60 to 14400"),
+    ("not-displayed time over its range", """
+        [room]
+        id = "4b-12"
+
+        [timers]
+        not_displayed_s = 601
+
+        [nodes.bath]
+        """, 5, "timers.not_displayed_s", "601 is out of range: allowed 5 to 600"),
     ("heartbeat out of range", """
         [room]
         id = "4b-12"
@@ -382,6 +411,8 @@ def test_defaults_when_sections_are_absent():
     assert dict(config.timers.tiers) == {"high": TierTimers(30, 180), "medium": TierTimers(60, 180),
                                          "low": TierTimers(120, 180), "info": TierTimers(600, 1800)}
     assert (config.timers.bath_dwell_s, config.timers.fall_ok_window_s, config.timers.silence_s) == (1200, 30, 120)
+    assert (config.timers.presence_s, config.timers.presence_reminder_s, config.timers.not_displayed_s) == \
+        (1800, 60, 15)
     assert dict(config.environment) == dict(PROFILES["patient_room"])
     assert config.meaning("bedside-a", "call") == "patient_call"
     assert config.meaning("bedside-a", "nope") is None and config.meaning("nope", "call") is None

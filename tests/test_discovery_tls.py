@@ -313,10 +313,22 @@ async def test_browse_with_nothing_advertised_returns_empty_at_the_timeout():
 
 
 async def test_two_controllers_claiming_one_room_are_both_listed():
-    """A copied configuration must not hide a room: the second gets "<room>-2" and both are listed."""
+    """A copied configuration must not hide a room: the second gets "<room>-2" and both are listed.
+
+    Two controllers are two hosts, so each advertiser has its own address (127.0.0.1 and 127.0.0.2,
+    both on ``lo``). The second probes with a QU question and the first defends its name by
+    *unicast* to the prober's address, port 5353. Were both bound to 127.0.0.1:5353 (one address,
+    SO_REUSEPORT), the kernel would hand that datagram to one of the two sockets by a hash of the
+    addresses and a per-namespace secret: the prober would miss the conflict on some machines and
+    not on others (whatever their routes), which is not a real room. Each address binds its own
+    port 5353, as on two Pis, so the result is the same on any Linux machine.
+    """
     service_type = unique_service_type()
-    async with RoomAdvertiser("4b", "Room 4B", 8443, interfaces=LOOPBACK, service_type=service_type) as first, \
-            RoomAdvertiser("4b", "Room 4B (spare Pi)", 8444, interfaces=LOOPBACK, service_type=service_type) as second:
+    async with RoomAdvertiser("4b", "Room 4B", 8443, interfaces=["127.0.0.1"], service_type=service_type) as first, \
+            RoomAdvertiser("4b", "Room 4B (spare Pi)", 8444, interfaces=["127.0.0.2"],
+                           service_type=service_type) as second:
         assert (first.name, second.name) == (f"4b.{service_type}", f"4b-2.{service_type}")
+        # ... on a host name of its own: one name with both addresses would send clients to either.
+        assert (first.info.server, second.info.server) == ("smartroom-4b.local.", "smartroom-4b-2.local.")
         rooms = await browse(FOUND_TIMEOUT_S, LOOPBACK, expect=2, service_type=service_type)
-    assert sorted((r.room, r.port) for r in rooms) == [("4b", 8443), ("4b", 8444)]
+    assert sorted((r.room, r.port, r.host) for r in rooms) == [("4b", 8443, "127.0.0.1"), ("4b", 8444, "127.0.0.2")]

@@ -1,4 +1,4 @@
-"""The code's shape: no import cycles, no upward imports, only room_api/ serves HTTP (tests/layers.py)."""
+"""The code's shape: no import cycles, no upward imports, only room_api/ and ward/web/ serve HTTP (tests/layers.py)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_the_checker_counts_a_package_init_that_runs_on_import(tmp_path: Path) -
 def test_the_checker_reports_http_served_outside_the_api_package(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"app/__init__.py": "", "app/low.py": "from aiohttp import web\n", "app/high.py": ""})
     problems = layers.layering_problems(root, ("app",), LOW_HIGH)
-    assert problems == ["app.low:1: imports aiohttp.web: only room_api/ serves HTTP"]
+    assert problems == ["app.low:1: imports aiohttp.web: only room_api/ and ward/web/ serve HTTP"]
 
 
 def test_the_checker_accepts_a_clean_tree(tmp_path: Path) -> None:

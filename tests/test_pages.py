@@ -22,7 +22,7 @@ from controller.room.config import parse_room
 from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
 from controller.sim.nodes import SimNode
-from tests.helpers import ROOM_DOC, node_key
+from tests.helpers import ROOM_DOC, next_event, node_key, sse_events
 from tests.test_system import BEDSIDE, firmware_config, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -97,7 +97,7 @@ async def test_firmware_call_appears_and_acknowledge_changes_the_room(server, tm
         await expect(call).to_have_count(1, timeout=FIRMWARE_BOOT_TIMEOUT_MS)
         await expect(call.locator(".badge")).to_have_text("◆ MEDIUM")
         await expect(call).to_contain_text("Patient call · Bed A")
-        await expect(call).to_contain_text("Waiting for a nurse")  # annunciated: the page's stream delivered it
+        await expect(call).to_contain_text("Waiting for a nurse")  # annunciated: the page confirmed it shows it
         await expect(call).to_contain_text("since raised")
         await expect(call).to_contain_text("Escalation level 1: primary nurse")
         await expect(page.locator("#dome")).to_have_attribute("data-colour", "white")
@@ -128,6 +128,39 @@ async def test_firmware_call_appears_and_acknowledge_changes_the_room(server, tm
     await screenshot(page, "nurse-page-acknowledged.png")
 
 
+async def test_a_page_that_displays_a_call_records_it_shown_and_a_stream_reader_does_not(server, page):
+    url, nurse = server.endpoints.api_url, server.tokens["nurse"]
+    async with aiohttp.ClientSession(headers=auth(nurse)) as http, \
+            http.get(url + "/api/v1/events/stream?endpoint=raw%20reader") as resp:
+        events = sse_events(resp)
+        await press(server, "bath", "cord")
+        _, raised = await next_event(events, "call.raised")
+        call_id = raised["data"]["call_id"]
+        # What the stream's delivery caused would be stored, and streamed, before this later event.
+        async with http.put(url + "/api/v1/beds/A/fall-risk", json={"enabled": True}) as put:
+            assert put.status == 200
+        _, _ = await next_event(events, "bed.fall_risk")
+        assert server.controller.room.calls[call_id].annunciated_at_ms is None, "a stream reader is no screen"
+
+        # A page whose receipt does not arrive shows the call, but it is not recorded as shown.
+        await page.route("**/api/v1/calls/shown", lambda route: route.abort())
+        async with page.expect_request("**/api/v1/calls/shown") as receipt:
+            await login(page, url + "/", nurse, "Nurse Kim")
+        assert json.loads((await receipt.value).post_data) == {"calls": [call_id], "by": "nurse page (Nurse Kim)"}
+        row = page.locator(f'article.call[data-call-id="{call_id}"]')
+        await expect(row).to_contain_text("Raised — not yet on a screen")
+        assert server.controller.room.calls[call_id].annunciated_at_ms is None
+
+        # Its receipt gets through at the next render: now the call is shown, by that page.
+        await page.unroute("**/api/v1/calls/shown")
+        async with http.put(url + "/api/v1/beds/A/fall-risk", json={"enabled": False}) as put:
+            assert put.status == 200
+        await expect(row).to_contain_text("Waiting for a nurse")
+        _, shown = await next_event(events, "call.annunciated")
+    assert (shown["data"]["call_id"], shown["data"]["by"]) == (call_id, "nurse page (Nurse Kim)")
+    assert server.controller.room.calls[call_id].annunciated_by == "nurse page (Nurse Kim)"
+
+
 async def test_page_rides_out_a_controller_restart_without_losing_events(tmp_path, config, keys, page):
     api_port, db = free_port(), tmp_path / "room.db"
     server = RoomServer(config, keys, db, api_port=api_port, node_port=0)
@@ -156,7 +189,7 @@ async def test_page_rides_out_a_controller_restart_without_losing_events(tmp_pat
         await expect(page.locator("#link")).to_have_text("live")
         await expect(calls.first.locator(".badge")).to_have_text("▲ HIGH")  # highest priority first
         await expect(calls.first).to_contain_text("Bathroom emergency")
-        await expect(calls.first).to_contain_text("Waiting for a nurse")  # annunciated on the resumed stream
+        await expect(calls.first).to_contain_text("Waiting for a nurse")  # confirmed by the page once shown
         assert await page.evaluate("window.notReloaded === true")
 
         # The page's history holds every room event since it logged in, each once.
@@ -251,7 +284,8 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
         bath = NodeClient("bath", node_key("bath"))
         await bath.connect(host, port)
         await bath.send({**bath.hb_msg(), "rssi": -71, "batt_mv": 3300})  # below 3.45 V: low battery
-        await bedside.send(bedside.reading_msg(0, temp_mdegc=26_500))    # above the 24 °C limit
+        # Above the 24 °C limit; shown to the sensors' precision (0.1 °C, 1 %, 10 ppm), not 26.549.
+        await bedside.send(bedside.reading_msg(0, temp_mdegc=26_549, rh_mpct=44_612, co2_ppm=623))
 
         async def keep_alive() -> None:
             while True:
@@ -268,17 +302,26 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
             await expect(nodes.locator('tr[data-node="bedside-a"]')).to_contain_text("-55 dBm")
             await expect(nodes.locator('tr[data-node="bath"]')).to_contain_text("3.30 V")
             alarms = page.locator("#alarms")
-            await expect(alarms.locator('[data-type="low_battery"]')).to_contain_text("battery 3.3 V")
+            await expect(alarms.locator('[data-type="low_battery"]')).to_contain_text("battery 3.30 V")
             await expect(alarms.locator('[data-type="low_battery"] .badge')).to_have_text("● LOW")
             await expect(alarms.get_by_role("button")).to_have_count(0)  # read-only: nurses acknowledge
 
             temp = page.locator('[data-measure="temp_c"]')
-            await expect(temp.locator(".current")).to_contain_text("26.5 °C")
+            await expect(temp.locator(".current .now")).to_contain_text(re.compile(r"^26\.5 °C"))
+            await expect(page.locator('[data-measure="rh_pct"] .current .now')).to_contain_text(re.compile(r"^45 %"))
+            await expect(page.locator('[data-measure="co2_ppm"] .current .now')).to_contain_text(
+                re.compile(r"^620 ppm"))
             await expect(temp.locator(".current")).to_contain_text("out of range")
             await expect(temp.locator(".current")).to_contain_text("limits 21–24 °C")
             # Each chart settles: drawn, or saying there is no history (yet).
             await expect(page.locator(".plot-box", has_text="loading")).to_have_count(0)
-            await expect(page.locator("#gateway")).to_contain_text("nodes connected")
+            gateway = page.locator("#gateway")
+            await expect(gateway).to_contain_text("nodes connected")
+            await expect(gateway.locator("tr", has_text="Bluetooth")).to_contain_text("not used in this room")
+            await expect(gateway.locator("tr", has_text="wired (GPIO) nodes")).to_contain_text("none")
+            await expect(gateway.locator("tr", has_text="room database")).to_contain_text("ok")
+            for junk in ("[object Object]", "null", "undefined"):
+                await expect(gateway).not_to_contain_text(junk)
 
             await bath.close()  # silent from now on: offline after two missed heartbeats
             await expect(nodes.locator('tr[data-node="bath"]')).to_contain_text("OFFLINE", timeout=10_000)
@@ -293,7 +336,7 @@ async def test_facilities_page_shows_nodes_alarms_and_environment(tmp_path, keys
             await page.get_by_role("button", name="Reload charts").click()
             await expect(temp.locator("svg.plot circle.point")).to_have_count(1)
             await expect(temp.locator("svg.plot .limit-label")).to_have_text(["low 21.0 °C", "high 24.0 °C"])
-            await expect(page.locator('[data-measure="co2_ppm"] .plot-box')).to_have_text(
+            await expect(page.locator('[data-measure="noise_db"] .plot-box')).to_have_text(
                 "no readings in the last 24 h")
 
             # The chart, from an answer of the readings endpoint's documented shape.

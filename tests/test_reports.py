@@ -108,7 +108,7 @@ def test_call_fields():
         "acknowledged_at_ms": at(130), "acknowledged_by": "nurse Lee",
         "present_at_ms": at(140), "present_by": "nurse Ana",
         "cleared_at_ms": at(150), "cleared_by": "bedside-b/cancel", "cleared_how": "in_room_cancel",
-        "escalations": 3, "reminders": 0, "presses": 3,
+        "escalations": 3, "reminders": 0, "presses": 3, "patient": None,
         "to_ack_s": 130.0, "to_present_s": 140.0, "to_clear_s": 150.0, "open": False,
     }
 

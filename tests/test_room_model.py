@@ -5,7 +5,8 @@ jumps against the real controller and store, checking the nurse-call invariants 
 - a call that requires cancel at origin (or clears itself) is never cleared remotely;
 - the active list is always highest priority first, then oldest first;
 - every cleared call has a complete timeline (raised ... cleared) whose times never go back;
-- a restart changes nothing a nurse can see.
+- a restart changes nothing a nurse can see;
+- an emergency nobody has answered always sounds, staff presence or not, and presence ends by itself.
 """
 
 from __future__ import annotations
@@ -152,6 +153,22 @@ class NurseCallMachine(RuleBasedStateMachine):
                 assert r.data["how"] == "resolved", r.data
             if r.data["how"] == "patient_ok":
                 assert types[r.data["call_id"]] == "fall"
+
+    @invariant()
+    def an_emergency_nobody_answers_always_sounds(self):
+        """Unless acknowledged, attended by the presence it was on for, or silenced (a new call sounds through)."""
+        snapshot = self.sim.c.snapshot()
+        tone = snapshot["outputs"]["tone"]
+        waiting = [c["type"] for c in snapshot["calls"] if c["priority"] == "high" and c["acknowledged_at_ms"] is None
+                   and c["present_at_ms"] is None and not c["held_by_presence"]]
+        if waiting:
+            assert tone["pattern"] == "high" or tone["silenced"], (waiting, tone, snapshot["occupancy"])
+
+    @invariant()
+    def staff_presence_never_outlasts_its_time(self):
+        occupancy = self.sim.c.snapshot()["occupancy"]
+        if occupancy["staff_present"]:
+            assert self.sim.clock.ms < occupancy["presence_ends_at_ms"]
 
     @invariant()
     def active_list_is_ordered(self):

@@ -14,6 +14,13 @@ async def room(tmp_path):
         yield sim
 
 
+@pytest.fixture
+async def unwatched(tmp_path):
+    """The room with no simulated nurse screen: calls are shown only when a test says so."""
+    async with RoomSim(rules_config(), tmp_path / "room.db", screen=False) as sim:
+        yield sim
+
+
 async def _raise(room: RoomSim, ctype: str) -> dict:
     """Raise one call of each type the way it happens in a room."""
     how = {
@@ -38,7 +45,7 @@ def test_every_call_type_has_its_iec_tier():
         "patient_emergency": "high", "cord_removed": "low", "system_fault": "low",
         "bed_exit": "medium", "bath_dwell": "medium", "staff_assist": "medium", "patient_call": "medium",
         "request": "low", "node_offline": "low", "low_battery": "low", "sensor_fault": "low",
-        "environment": "info",
+        "environment": "info", "not_displayed": "medium",
     }
     assert {t: c.level for t, c in CALL_TYPES.items()} == expected
     # The rank order is the field's order: code > bath/fall > assist > patient > request > technical.
@@ -71,7 +78,8 @@ async def test_repeated_press_is_counted_on_the_active_call_not_raised_again(roo
 
 
 # ---------------------------------------------------------------------- 2. lifecycle
-async def test_lifecycle_records_time_and_actor_of_every_step(room):
+async def test_lifecycle_records_time_and_actor_of_every_step(unwatched):
+    room = unwatched
     raised = (await room.press("bedside-a", "call"))[-1].data
     await room.advance(2)
     await room.c.annunciated(raised["call_id"], "station 4B")
@@ -88,7 +96,8 @@ async def test_lifecycle_records_time_and_actor_of_every_step(room):
                      ("call.cleared", "staff presence (door/presence)", 47000)]
 
 
-async def test_annunciation_is_recorded_once_at_first_delivery(room):
+async def test_annunciation_is_recorded_once_at_first_delivery(unwatched):
+    room = unwatched
     call = await _raise(room, "patient_call")
     assert call["state"] == "raised"
     await room.c.annunciated(call["id"], "station 4B")
@@ -180,7 +189,7 @@ async def test_acknowledgement_stops_escalation_and_reminder_re_signals_as_if_ne
     assert (reminder.kind, reminder.data["n"], reminder.data["due_ms"]) == ("call.reminded", 1, acked_at + 180_000)
     again = room.call("patient_call")
     assert (again["state"], again["acknowledged_by"], again["escalation_level"], again["reminders"]) == \
-        ("raised", None, 1, 1)
+        ("annunciated", None, 1, 1)
     # It needs acknowledging again, and escalates again from the reminder.
     [escalated] = await room.advance(60)
     assert (escalated.kind, escalated.data["due_ms"]) == ("call.escalated", acked_at + 240_000)
@@ -206,11 +215,126 @@ async def test_every_timer_is_configurable_per_room(tmp_path):
 async def test_staff_presence_holds_timers_and_they_restart_when_staff_leave(room):
     await _raise(room, "bath_emergency")
     await room.press("door", "presence")      # in the room: no escalation, no reminder
-    assert await room.advance(3600) == []
+    assert await room.advance(1700) == []     # (presence's own reminder is due at 29 min)
     await room.press("door", "presence")      # left without resetting the pull-cord
     left_at = room.clock.ms
     [reminder] = await room.advance(180)
     assert (reminder.kind, reminder.data["due_ms"]) == ("call.reminded", left_at + 180_000)
+
+
+# ---------------------------------------------------------------------- 4b. staff presence
+async def test_a_call_raised_while_staff_are_present_sounds_and_escalates(room):
+    await _raise(room, "patient_call")
+    await room.press("door", "presence")              # answers (and clears) the routine call that was on
+    assert room.types() == [] and room.c.outputs().tone == "off"
+    bath = await _raise(room, "bath_emergency")       # a new emergency while staff are in the room
+    assert (bath["held_by_presence"], bath["state"]) == (False, "annunciated")
+    out = room.c.outputs()
+    assert (out.tone, out.presence, out.dome_colour, out.dome_pattern) == ("high", True, "red", "fast")
+    assert await room.advance(29.999) == []
+    [escalated] = await room.advance(0.001)
+    assert (escalated.kind, escalated.data["call_id"], escalated.data["to"]) == \
+        ("call.escalated", bath["id"], "charge nurse")
+    await room.c.acknowledge(bath["id"], "Nurse Kim")
+    assert room.c.outputs().tone == "off"
+
+
+async def test_presence_holds_the_calls_that_were_on_and_not_the_ones_raised_after(room):
+    held = await _raise(room, "bath_emergency")
+    await room.press("door", "presence")
+    await room.advance(10)
+    new = await _raise(room, "staff_assist")          # routine, but raised after staff registered
+    assert room.c.outputs().tone == "medium", "the new call sounds; the emergency staff attend does not"
+    assert await room.advance(59.999) == []
+    records = await room.advance(0.001)
+    assert [(r.kind, r.data["call_id"]) for r in records] == [("call.escalated", new["id"])]
+    assert (room.call("bath_emergency")["escalation_level"], room.call("bath_emergency")["held_by_presence"]) == \
+        (1, True)
+    assert held["id"] not in {r.data.get("call_id") for r in await room.log("call.escalated")}
+    await room.advance(30)
+    await room.press("door", "presence")              # staff leave: only the held call's clock restarts
+    left_at = room.clock.ms
+    records = await room.advance(30)
+    assert [(r.data["call_id"], r.data["level"], r.data["due_ms"]) for r in records] == \
+        [(new["id"], 3, new["raised_at_ms"] + 120_000)], "the new call's escalation keeps its own clock"
+    [reminder] = await room.advance(150)
+    assert (reminder.kind, reminder.data["call_id"], reminder.data["due_ms"]) == \
+        ("call.reminded", held["id"], left_at + 180_000)
+
+
+async def test_presence_ends_by_itself_after_its_reminder_and_held_calls_run_again(room):
+    await _raise(room, "bath_emergency")
+    await room.press("door", "presence")
+    since = room.clock.ms
+    assert await room.advance(1739.999) == []         # 30 min presence, reminder 1 min before the end
+    [reminder] = await room.advance(0.001)
+    assert (reminder.kind, reminder.data["due_ms"], reminder.data["ends_at_ms"]) == \
+        ("staff.presence_reminder", since + 1_740_000, since + 1_800_000)
+    out = room.c.outputs()
+    assert (out.presence, out.presence_ending, out.tone) == (True, True, "low"), "the reminder pulse"
+    assert room.c.snapshot()["occupancy"]["presence_ends_at_ms"] == since + 1_800_000
+    assert await room.advance(59.999) == []
+    [ended] = await room.advance(0.001)
+    assert (ended.kind, ended.data["present"], ended.data["timed_out"], ended.data["due_ms"]) == \
+        ("staff.presence", False, True, since + 1_800_000)
+    out = room.c.outputs()
+    assert (out.presence, out.presence_ending, out.tone) == (False, False, "off")
+    assert room.call("bath_emergency")["held_by_presence"] is False
+    # The emergency staff were present for is on its reminder clock from the moment presence ended.
+    assert await room.advance(179.999) == []
+    [reminded] = await room.advance(0.001)
+    assert (reminded.kind, reminded.data["due_ms"]) == ("call.reminded", since + 1_800_000 + 180_000)
+    assert room.c.outputs().tone == "high"
+
+
+async def test_a_silence_does_not_hide_the_presence_reminder(room):
+    await room.press("door", "presence")
+    await room.c.silence_tone("Nurse Kim")
+    await room.advance(1740)
+    assert (room.c.outputs().presence_ending, room.c.outputs().tone) == (True, "low")
+
+
+async def test_presence_pressed_during_its_reminder_renews_it_and_outside_it_ends_it(room):
+    await room.press("door", "presence")
+    await room.advance(1740)                          # the reminder is on
+    new = await _raise(room, "patient_call")          # raised while staff are in the room: not held
+    await room.press("door", "presence")              # still here: renewed, not ended
+    renewed = (await room.log("staff.presence"))[-1].data
+    assert (renewed["present"], renewed["renewed"]) == (True, True)
+    since = room.clock.ms
+    out = room.c.outputs()
+    assert (out.presence, out.presence_ending) == (True, False)
+    assert room.types() == [], "renewing registers presence again: the routine call raised meanwhile is answered"
+    assert [r.data["call_id"] for r in await room.log("call.cleared")] == [new["id"]]
+    assert await room.advance(1739.999) == []
+    assert [r.kind for r in await room.advance(0.001)] == ["staff.presence_reminder"]
+    assert since + 1_740_000 == room.clock.ms
+    await room.press("door", "presence")              # renewed again
+    await room.advance(60)
+    await room.press("door", "presence")              # outside the reminder: staff leave
+    left = (await room.log("staff.presence"))[-1].data
+    assert (left["present"], "timed_out" in left) == (False, False)
+    assert room.c.outputs().presence is False
+
+
+async def test_presence_time_and_reminder_are_configurable(tmp_path):
+    config = rules_config(timers={"presence_s": 600, "presence_reminder_s": 30})
+    async with RoomSim(config, tmp_path / "room.db") as room:
+        await room.press("door", "presence")
+        assert await room.advance(569.999) == []
+        assert [r.kind for r in await room.advance(0.001)] == ["staff.presence_reminder"]
+        assert [(r.kind, r.data["present"]) for r in await room.advance(30)] == [("staff.presence", False)]
+
+
+async def test_presence_deadlines_come_from_stored_times_across_a_restart(room):
+    await room.press("door", "presence")
+    since = room.clock.ms
+    await room.advance(1000)
+    await room.restart(down_s=2000)                   # the reminder and the end both passed while down
+    records = await room.advance(0)
+    assert [(r.kind, r.data["due_ms"] - since) for r in records] == [("staff.presence_reminder", 1_740_000),
+                                                                     ("staff.presence", 1_800_000)]
+    assert room.c.snapshot()["occupancy"]["staff_present"] is False
 
 
 # ---------------------------------------------------------------------- 5. outputs
@@ -317,7 +441,7 @@ async def test_fall_is_a_high_call_at_once_and_im_ok_in_the_window_downgrades_it
     assert cleared.data == {"call_id": fall["call_id"], "how": "patient_ok", "at_ms": fall["at_ms"] + 29_000,
                             "by": "patient pressed I'm OK (wearable-a/ok)"}
     assert [r.kind for r in await room.log() if r.data.get("call_id") == fall["call_id"]] == \
-        ["call.raised", "call.cleared"], "the fall stays in the history"
+        ["call.raised", "call.annunciated", "call.cleared"], "the fall stays in the history"
 
 
 async def test_im_ok_after_the_window_is_noted_and_the_fall_call_stays(room):
@@ -405,6 +529,51 @@ async def test_low_battery_stays_through_acknowledgement_until_the_battery_is_re
     await room.heartbeat("wearable-a", batt_mv=4100)
     assert room.types() == []
     assert (await room.log("call.cleared"))[0].data["by"] == "wearable-a: battery replaced (4.10 V)"
+
+
+# ---------------------------------------------------------------------- 9b. nurse screens
+async def test_a_call_no_screen_shows_in_time_is_a_technical_alarm_until_one_does(unwatched):
+    room = unwatched
+    call = await _raise(room, "patient_call")
+    assert await room.advance(14.999) == [] and room.c.degraded() == []
+    [alarm] = await room.advance(0.001)
+    assert (alarm.kind, alarm.data["type"], alarm.data["detail"]) == \
+        ("call.raised", "not_displayed", {"calls": [call["id"]], "after_s": 15})
+    assert [d["reason"] for d in room.c.degraded()] == ["not_displayed"]
+    out = room.c.outputs()
+    assert (out.dome_colour, out.tone) == ("white", "medium"), "the light and the tone keep going"
+    with pytest.raises(ClearsItself, match="every call is shown on a nurse screen"):
+        await room.c.clear(alarm.data["call_id"], "Nurse Kim")
+    await room.advance(60)
+    records = await room.c.shown([call["id"], alarm.data["call_id"]], "station 4B")
+    assert [(r.kind, r.data["call_id"]) for r in records] == [
+        ("call.annunciated", call["id"]), ("call.annunciated", alarm.data["call_id"]),
+        ("call.cleared", alarm.data["call_id"])]
+    assert room.types() == ["patient_call"] and room.c.degraded() == []
+    assert await room.advance(600) != [] and "not_displayed" not in room.types(), "shown once is shown"
+
+
+async def test_a_call_shown_in_time_raises_nothing_and_receipts_count_once(unwatched):
+    room = unwatched
+    call = await _raise(room, "bath_emergency")
+    await room.advance(14.999)
+    assert [r.data["by"] for r in await room.c.shown([call["id"], call["id"], "c-gone"], "station 4B")] == \
+        ["station 4B"]
+    assert await room.c.shown([call["id"]], "phone 12") == []
+    assert [r.kind for r in await room.advance(15.001)] == ["call.escalated"]   # at 30 s, nothing else
+    assert room.c.room.not_displayed(room.clock.ms) == []
+
+
+async def test_the_alarm_clears_when_the_unshown_call_is_cleared_in_the_room(unwatched):
+    room = unwatched
+    await _raise(room, "patient_call")
+    [alarm] = await room.advance(15)
+    await room.press("door", "cancel")
+    assert room.types() == ["not_displayed"]
+    [cleared] = await room.advance(0)
+    assert (cleared.kind, cleared.data["call_id"], cleared.data["how"]) == ("call.cleared", alarm.data["call_id"],
+                                                                             "resolved")
+    assert room.c.room.next_due_ms(room.clock.ms, room.c.offline_after_ms) is None
 
 
 # ---------------------------------------------------------------------- 10. durability

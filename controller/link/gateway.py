@@ -17,6 +17,7 @@ from typing import Callable
 from . import protocol as p
 from ..model import wall_ms
 from ..service import RoomController
+from ..store import StorageError
 
 log = logging.getLogger("smartroom.gateway")
 
@@ -153,6 +154,9 @@ class NodeConnection:
             log.info("node=%s peer=%s connection ended: %s", self.node or "?", self.peer, exc)
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.info("node=%s peer=%s connection lost: %r", self.node or "?", self.peer, exc)
+        except StorageError as exc:  # nothing was acked: the node keeps its events; the storage alarm is up
+            stats.rejected["storage_unavailable"] += 1
+            log.warning("node=%s peer=%s: cannot store (%s); closing its connection", self.node or "?", self.peer, exc)
         except Exception:  # e.g. the store failed: nothing was acked, so the node will resend
             stats.rejected["internal_error"] += 1
             log.exception("node=%s peer=%s: internal error; closing so the node resends", self.node or "?", self.peer)
@@ -184,7 +188,13 @@ class NodeConnection:
                 self.gateway.stats.duplicates += 1
                 log.info("node=%s duplicate event boot=%d seq=%d: acked again, not stored", msg.node, msg.boot, msg.seq)
             else:
-                await self.controller.node_event(msg)
+                try:
+                    await self.controller.node_event(msg)
+                except StorageError as exc:  # not acked: the node keeps it and offers it again after its
+                    self.gateway.stats.rejected["storage_unavailable"] += 1  # ack timeout (the alarm is up)
+                    log.warning("node=%s event seq=%d not stored (%s); not acked, so the node resends it",
+                                msg.node, msg.seq, exc)
+                    return
                 self.gateway.stats.accepted["event"] += 1
             await self.send_ack(msg.seq)
             return

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .config import RoomConfig
 
 TIERS = ("high", "medium", "low", "info")  # IEC 60601-1-8 alarm priorities, highest first
+PRESENCE_REMINDER_TONE = "low"  # one short pulse every 5 s: "presence ends soon", quieter than any call
 
 # How a call may be cleared.
 IN_ROOM = "in_room"        # only the in-room cancel input (cancel at the point of origin)
@@ -54,6 +55,8 @@ CALL_TYPES: dict[str, CallType] = {
     "cord_removed": CallType(5, "low", CONDITION, ("yellow", "steady"), "Call cord removed"),
     "system_fault": CallType(5, "low", CONDITION, ("yellow", "steady"), "System fault"),
     "environment": CallType(5, "info", CONDITION, ("yellow", "slow"), "Environment out of range"),
+    # Supervision of the screens (supervision.py): calls raised but not shown on any nurse screen in time.
+    "not_displayed": CallType(5, "medium", CONDITION, ("yellow", "fast"), "Calls not shown on any nurse screen"),
 }
 
 # Input meanings (config.INPUT_MEANINGS) that raise a call when pressed: meaning -> (type, detail).
@@ -131,7 +134,9 @@ class Call:
     reminders: int = 0
     phase_since_ms: int = 0                 # start of the running escalation step or reminder period
     signalled_at_ms: int = 0                # raised, or re-signalled by a reminder: sounds through a silence
+    held: bool = False                      # on when staff registered presence: its clocks wait while they stay
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    patient: dict[str, str] | None = None   # from the hospital's admissions (hospital.py), where known
 
     @property
     def ctype(self) -> CallType:
@@ -165,8 +170,9 @@ class Call:
             "acknowledged_by": self.acknowledged_by, "present_at_ms": self.present_at_ms,
             "present_by": self.present_by, "escalation_level": self.level,
             "escalated_to": levels[self.level - 1] if 0 < self.level <= len(levels) else None,
-            "reminders": self.reminders, "next_due_ms": due_ms, "detail": self.detail,
-            "timeline": list(self.timeline),
+            "reminders": self.reminders, "next_due_ms": due_ms, "held_by_presence": self.held,
+            "detail": self.detail,
+            "timeline": list(self.timeline), "patient": self.patient,
         }
 
 
@@ -181,10 +187,11 @@ class RoomOutputs:
     tone: str
     tone_silenced: bool
     indicators: tuple[tuple[str, str], ...]
+    presence_ending: bool = False  # staff presence is about to end by itself: the reminder is on
 
     def to_json(self) -> dict[str, Any]:
         return {"dome": {"colour": self.dome_colour, "pattern": self.dome_pattern, "call_id": self.dome_call,
-                         "presence": self.presence},
+                         "presence": self.presence, "presence_ending": self.presence_ending},
                 "tone": {"pattern": self.tone, "silenced": self.tone_silenced},
                 "indicators": dict(self.indicators)}
 
@@ -204,6 +211,7 @@ _RESOLVES = {
     "environment": "the measure is back in range for its clear time",
     "cord_removed": "the cord is plugged in again",
     "system_fault": "the part works again",
+    "not_displayed": "every call is shown on a nurse screen",
 }
 
 
@@ -213,6 +221,7 @@ class CallRules:
     config: RoomConfig
     calls: dict[str, Call]
     staff_present: bool
+    presence_reminded_ms: int | None
     silence: tuple[int, int, str] | None
 
     # ------------------------------------------------------------------ queries
@@ -246,25 +255,34 @@ class CallRules:
         return lights
 
     def outputs(self, now_ms: int) -> RoomOutputs:
+        """The tone sounds for the highest call nobody has answered and staff presence does not hold: a call
+        raised while staff are in the room sounds like any other. Before presence ends by itself, the
+        tone gives the low-priority pulse if nothing else sounds (the presence reminder)."""
         calls = [c for c in self.active_calls()]
         top = calls[0] if calls else None
         colour, pattern = top.ctype.dome if top else ("off", "off")
-        sounding = [c for c in calls if not c.answered and c.ctype.level != "info"]
+        sounding = [c for c in calls if not c.answered and not c.held and c.ctype.level != "info"]
         tone, silenced = "off", False
-        if sounding and not self.staff_present:
+        if sounding:
             tone = sounding[0].ctype.level
             if self.silence is not None:
                 at_ms, until_ms, _ = self.silence
                 if now_ms < until_ms and all(c.signalled_at_ms <= at_ms for c in sounding):
                     silenced = True
+        if silenced:
+            tone = "off"
+        ending = self.staff_present and self.presence_reminded_ms is not None
+        if ending and tone == "off":
+            tone = PRESENCE_REMINDER_TONE
         lights = self.indicators()
         indicators = tuple((n, lights.get(n, "off")) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
-        return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present,
-                           "off" if silenced else tone, silenced, indicators)
+        return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present, tone, silenced, indicators,
+                           ending)
 
     def call_due_ms(self, call: Call) -> int | None:
-        """When this call's next escalation or reminder falls due (None: nothing pending)."""
-        if self.staff_present:
+        """When this call's next escalation or reminder falls due (None: nothing pending, or held while
+        staff are in the room for it; a call raised after they registered presence is not held)."""
+        if call.held:
             return None
         timers = self.config.timers.tiers[call.ctype.level]
         if call.answered:
@@ -322,12 +340,6 @@ class CallRules:
             reason = f"a {ctype.label.lower()} alarm clears itself when {_RESOLVES[call.type]}"
         return [LogEntry("call.clear_refused", {"call_id": call_id, "by": by, "reason": reason, "at_ms": now_ms})]
 
-    def decide_annunciated(self, call_id: str, endpoint: str, now_ms: int) -> list[LogEntry]:
-        call = self.calls.get(call_id)
-        if call is None or call.annunciated_at_ms is not None:
-            return []
-        return [LogEntry("call.annunciated", {"call_id": call_id, "by": endpoint, "at_ms": now_ms})]
-
     def decide_silence(self, by: str, now_ms: int) -> list[LogEntry]:
         until = now_ms + _ms(self.config.timers.silence_s)
         return [LogEntry("tone.silenced", {"by": by, "at_ms": now_ms, "until_ms": until})]
@@ -340,10 +352,17 @@ class CallRules:
         node_cfg = self.config.nodes.get(node) if node else None
         if bed is None and node_cfg is not None:
             bed = node_cfg.bed
-        return [LogEntry("call.raised", {
-            "call_id": _call_id(), "type": ctype, "level": CALL_TYPES[ctype].level, "node": node, "input": src,
-            "bed": bed, "by": by or (f"{node}/{src}" if node else "room controller"), "at_ms": now_ms,
-            "detail": detail})]
+        data = {"call_id": _call_id(), "type": ctype, "level": CALL_TYPES[ctype].level, "node": node, "input": src,
+                "bed": bed, "by": by or (f"{node}/{src}" if node else "room controller"), "at_ms": now_ms,
+                "detail": detail}
+        patient = self.patient_for(bed) if CALL_TYPES[ctype].clears != CONDITION else None
+        if patient is not None:
+            data["patient"] = patient
+        return [LogEntry("call.raised", data)]
+
+    def patient_for(self, bed: str | None) -> dict[str, str] | None:
+        """The patient a call from ``bed`` is about, where admissions say (hospital.py overrides this)."""
+        return None
 
     @staticmethod
     def _clear(call: Call, by: str, how: str, now_ms: int) -> LogEntry:
@@ -366,7 +385,8 @@ class CallRules:
 
     def _apply_raised(self, d: dict[str, Any]) -> None:
         call = Call(d["call_id"], d["type"], d["node"], d["input"], d["bed"], d["at_ms"], d.get("by", ""),
-                    dict(d.get("detail", {})), phase_since_ms=d["at_ms"], signalled_at_ms=d["at_ms"])
+                    dict(d.get("detail", {})), phase_since_ms=d["at_ms"], signalled_at_ms=d["at_ms"],
+                    patient=d.get("patient"))
         self.calls[call.id] = call
         self._step(d, "raised")
         if "stay_ms" in d:

@@ -97,6 +97,9 @@ class Timers:
     bath_dwell_s: float = 1200
     fall_ok_window_s: float = 30
     silence_s: float = 120
+    presence_s: float = 1800          # staff presence ends by itself after this long (a forgotten presence)
+    presence_reminder_s: float = 60   # the reminder comes this long before presence ends
+    not_displayed_s: float = 15       # a call not shown on any nurse screen this long is a technical alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,21 @@ DEFAULT_TIMERS = Timers(TIER_DEFAULTS)
 
 
 @dataclass(frozen=True, slots=True)
+class WardLink:
+    """The room file's [ward] section: the ward's MQTT broker this room publishes to (docs/ward.md)."""
+
+    host: str
+    site: str
+    unit: str
+    port: int = 1883
+    username: str | None = None        # default: the room id
+    password_file: Path | None = None  # a file holding the broker password (mode 0600)
+    tls: bool = False
+    ca_file: Path | None = None        # the hospital CA for the broker's certificate (default: system CAs)
+    keepalive_s: int = 6               # the broker publishes the room's last will within 1.5 x this
+
+
+@dataclass(frozen=True, slots=True)
 class RoomConfig:
     room_id: str
     name: str
@@ -168,6 +186,8 @@ class RoomConfig:
     escalation_levels: tuple[str, ...] = DEFAULT_ESCALATION
     supervision: Supervision = Supervision()
     environment: Mapping[str, EnvRule] = field(default_factory=lambda: dict(PROFILES[DEFAULT_PROFILE]))
+    ward: WardLink | None = None  # None: the room is not on a ward broker
+    integrations: Any = None  # integrations.config.Integrations: the [integrations] section, checked; None without
 
     def meaning(self, node: str, src: str) -> str | None:
         cfg = self.nodes.get(node)
@@ -461,14 +481,18 @@ def _section(doc: _Doc, root: Mapping[str, Any], key: str, allowed: tuple[str, .
 
 # --------------------------------------------------------------------------- sections
 
-_TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "environment", "nodes")
+_TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "environment", "nodes", "ward",
+             "integrations")
 _ROOM_KEYS = ("id", "name", "profile")
 _BED_KEYS = ("id", "fall_risk")
 _GATEWAY_KEYS = ("host", "port", "heartbeat_ms")
-_TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s") + TIERS
+_TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s", "presence_s", "presence_reminder_s",
+               "not_displayed_s") + TIERS
 _TIER_KEYS = ("escalate_s", "reminder_s")
 _SUPERVISION_KEYS = ("missed_heartbeats", "low_battery_v", "battery_replaced_v")
 _RULE_KEYS = ("low", "high", "hysteresis", "min_duration_s", "clear_s", "enabled")
+_WARD_KEYS = ("host", "port", "site", "unit", "username", "password_file", "tls", "ca_file", "keepalive_s")
+_TOPIC_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # part of MQTT topic names (controller/uplink/wire.py)
 _NODE_KEYS = ("location", "bed", "indicator", "tone", "inputs", "transport", "check_in_s", *TRANSPORTS[1:])
 
 
@@ -524,12 +548,22 @@ def _parse_tier(doc: _Doc, timers: Mapping[str, Any], tier: str) -> TierTimers:
 def _parse_timers(doc: _Doc, root: Mapping[str, Any]) -> Timers:
     timers = _section(doc, root, "timers", _TIMER_KEYS)
     path = ("timers",)
+    presence_s = _optional(doc, timers, path, "presence_s", float, DEFAULT_TIMERS.presence_s, (60, 14_400))
+    reminder_s = _optional(doc, timers, path, "presence_reminder_s", float, DEFAULT_TIMERS.presence_reminder_s,
+                           (5, 600))
+    if reminder_s >= presence_s:
+        raise doc.error(path + ("presence_reminder_s",), f"{reminder_s:g} must be less than presence_s "
+                        f"({presence_s:g}): the reminder comes before presence ends")
     return Timers(
         MappingProxyType({tier: _parse_tier(doc, timers, tier) for tier in TIERS}),
         bath_dwell_s=_optional(doc, timers, path, "bath_dwell_s", float, DEFAULT_TIMERS.bath_dwell_s, (10, 86_400)),
         fall_ok_window_s=_optional(doc, timers, path, "fall_ok_window_s", float, DEFAULT_TIMERS.fall_ok_window_s,
                                    (0, 600)),
         silence_s=_optional(doc, timers, path, "silence_s", float, DEFAULT_TIMERS.silence_s, (10, 3600)),
+        presence_s=presence_s,
+        presence_reminder_s=reminder_s,
+        not_displayed_s=_optional(doc, timers, path, "not_displayed_s", float, DEFAULT_TIMERS.not_displayed_s,
+                                  (5, 600)),
     )
 
 
@@ -675,6 +709,56 @@ def _parse_options(doc: _Doc, table: Mapping[str, Any], path: KeyPath, transport
         raise doc.error(path + (transport, *exc.path), exc.message) from None
 
 
+def _parse_ward(doc: _Doc, root: Mapping[str, Any], room_id: str) -> WardLink | None:
+    if "ward" not in root:
+        return None
+    table = _section(doc, root, "ward", _WARD_KEYS)
+    path = ("ward",)
+    base = Path(doc.source).parent if doc.lines is not None else Path(".")  # relative to the room file
+
+    def segment(key: str, value: str, where: KeyPath) -> str:
+        if not _TOPIC_SEGMENT_RE.match(value):
+            raise doc.error(where, f"{key} {value!r} must be 1 to 64 of A-Z a-z 0-9 . _ - (it names MQTT topics)")
+        return value
+
+    def file(key: str) -> Path | None:
+        value = _optional(doc, table, path, key, str, None)
+        return None if value is None else base / _text(doc, value, path + (key,))
+
+    segment("room id", room_id, ("room", "id"))
+    tls = _optional(doc, table, path, "tls", bool, False)
+    return WardLink(
+        host=_text(doc, _required(doc, table, path, "host", str, " (the ward broker's address)"), path + ("host",)),
+        site=segment("site", _required(doc, table, path, "site", str), path + ("site",)),
+        unit=segment("unit", _required(doc, table, path, "unit", str), path + ("unit",)),
+        port=_optional(doc, table, path, "port", int, 8883 if tls else 1883, (1, 65535)),
+        username=_optional(doc, table, path, "username", str, None),
+        password_file=file("password_file"),
+        tls=tls,
+        ca_file=file("ca_file"),
+        keepalive_s=_optional(doc, table, path, "keepalive_s", int, 6, (2, 300)),
+    )
+
+
+_INTEGRATIONS_PARSER = "integrations.config:parse_integrations"
+
+
+def _parse_integrations(doc: _Doc, root: Mapping[str, Any], beds: tuple[str, ...]) -> Any:
+    """The [integrations] section, checked by the integrations package (HL7, FHIR, webhooks)."""
+    if "integrations" not in root:
+        return None
+    table = _typed(doc, root["integrations"], ("integrations",), dict)
+    module_name, _, func = _INTEGRATIONS_PARSER.partition(":")
+    try:
+        parse = getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError) as exc:
+        raise doc.error(("integrations",), f"integrations are not available here ({exc})") from None
+    try:
+        return parse(table, beds)
+    except OptionError as exc:
+        raise doc.error(("integrations", *exc.path), exc.message) from None
+
+
 def _parse_nodes(doc: _Doc, root: Mapping[str, Any], beds: tuple[str, ...]) -> dict[str, NodeConfig]:
     nodes = _required(doc, root, (), "nodes", dict, " (the file needs at least one [nodes.<id>] table)")
     return {node_id: _parse_node(doc, node_id, table, beds) for node_id, table in nodes.items()}
@@ -696,8 +780,10 @@ def parse_room(doc: Mapping[str, Any], source: str = "<memory>", *, text: str | 
     supervision = _parse_supervision(where, root)
     environment = _parse_environment(where, root, profile)
     nodes = _parse_nodes(where, root, beds)
+    ward = _parse_ward(where, root, room_id)
+    integrations = _parse_integrations(where, root, beds)
     return RoomConfig(room_id, name, beds, nodes, heartbeat_ms, host, port, source, profile, fall_risk,
-                      timers, levels, supervision, environment)
+                      timers, levels, supervision, environment, ward, integrations)
 
 
 def load_room(path: Path) -> RoomConfig:

@@ -1,6 +1,11 @@
 """Presence and occupancy: staff presence, the in-room cancel, patient areas and beds, "I'm OK",
 bathroom dwell and bed exit for fall-risk beds.
 
+Staff presence answers the calls that are on when staff register it (their clocks wait while staff
+stay); a call raised afterwards is a new call and sounds and escalates like any other. Presence
+ends by itself ``timers.presence_s`` after it was registered, with a reminder
+``timers.presence_reminder_s`` before; pressing presence during the reminder renews it.
+
 One part of :class:`~controller.room.state.Room`; it raises and clears calls through the calls part.
 """
 
@@ -27,6 +32,7 @@ class PresenceRules(CallRules):
     beds: dict[str, bool]
     fall_risk: dict[str, bool]
     staff_since_ms: int | None
+    presence_reminded_ms: int | None
     bath_dwell_for: int | None
 
     def occupancy(self) -> str:
@@ -73,8 +79,17 @@ class PresenceRules(CallRules):
         calls = [c for c in self.active_calls() if c.ctype.clears != CONDITION]
         return self._mark_present(calls, by, now_ms) + [self._clear(c, by, HOW_IN_ROOM_CANCEL, now_ms) for c in calls]
 
+    def _staff_presence_press(self, by: str, now_ms: int) -> list[LogEntry]:
+        """The presence button toggles presence; during the reminder before it ends, a press renews it."""
+        if self.staff_present and self.presence_reminded_ms is None:
+            return self._staff_presence(False, by, now_ms)
+        return self._staff_presence(True, by, now_ms)
+
     def _staff_presence(self, present: bool, by: str, now_ms: int) -> list[LogEntry]:
-        entries = [LogEntry("staff.presence", {"present": present, "by": by, "at_ms": now_ms})]
+        data: dict[str, Any] = {"present": present, "by": by, "at_ms": now_ms}
+        if present and self.staff_present:
+            data["renewed"] = True
+        entries = [LogEntry("staff.presence", data)]
         if present:
             calls = [c for c in self.active_calls() if c.ctype.clears != CONDITION]
             entries += self._mark_present(calls, by, now_ms)
@@ -123,12 +138,47 @@ class PresenceRules(CallRules):
         else:
             self.area_since.pop(d["area"], None)
 
+    def presence_ends_ms(self) -> int | None:
+        """When registered presence ends by itself (None: no staff registered)."""
+        if not self.staff_present or self.staff_since_ms is None:
+            return None
+        return self.staff_since_ms + _ms(self.config.timers.presence_s)
+
+    def _presence_due(self) -> int | None:
+        """When registered presence next needs something: its reminder, then its end."""
+        ends = self.presence_ends_ms()
+        if ends is None:
+            return None
+        return ends if self.presence_reminded_ms is not None else ends - _ms(self.config.timers.presence_reminder_s)
+
+    def _decide_presence_timeout(self, now_ms: int) -> list[LogEntry]:
+        due = self._presence_due()
+        if due is None or due > now_ms:
+            return []
+        ends = self.presence_ends_ms()
+        if self.presence_reminded_ms is None:
+            return [LogEntry("staff.presence_reminder", {"due_ms": due, "ends_at_ms": ends, "at_ms": now_ms})]
+        minutes = self.config.timers.presence_s / 60
+        return [LogEntry("staff.presence", {"present": False, "by": f"presence ended by itself after {minutes:g} min",
+                                            "timed_out": True, "due_ms": due, "at_ms": now_ms})]
+
     def _apply_staff(self, d: dict[str, Any]) -> None:
         self.staff_present = d["present"]
-        self.staff_since_ms = d["at_ms"] if d["present"] else None
-        if not d["present"]:
-            for call in self.calls.values():  # timers run again from the moment staff left
-                call.phase_since_ms = d["at_ms"]
+        self.presence_reminded_ms = None
+        if d["present"]:
+            self.staff_since_ms = d["at_ms"]
+            for call in self.calls.values():  # staff are here for every call on now; later ones are new
+                call.held = True
+            return
+        self.staff_since_ms = None
+        left_ms = d.get("due_ms", d["at_ms"])  # a timed-out presence ended when it was due
+        for call in self.calls.values():
+            if call.held:  # their timers run again from the moment staff left
+                call.held = False
+                call.phase_since_ms = left_ms
+
+    def _apply_presence_reminder(self, d: dict[str, Any]) -> None:
+        self.presence_reminded_ms = d["due_ms"]
 
     def _apply_fall_risk(self, d: dict[str, Any]) -> None:
         self.fall_risk[d["bed"]] = d["enabled"]
@@ -138,5 +188,6 @@ class PresenceRules(CallRules):
 PRESENCE_APPLY: dict[str, Callable[[Any, dict[str, Any]], None]] = {
     "presence.changed": PresenceRules._apply_presence,
     "staff.presence": PresenceRules._apply_staff,
+    "staff.presence_reminder": PresenceRules._apply_presence_reminder,
     "bed.fall_risk": PresenceRules._apply_fall_risk,
 }

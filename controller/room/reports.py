@@ -70,6 +70,7 @@ class CallTimes:
     escalations: int = 1
     reminders: int = 0
     presses: int = 1
+    patient: Mapping[str, str] | None = None  # named by the hospital's admissions, where known
 
     @property
     def open(self) -> bool:
@@ -124,7 +125,8 @@ def _source(data: Mapping[str, Any]) -> str | None:
 def _new_call(record: LogRecord) -> _Builder:
     d = record.data
     return _Builder({"call_id": d["call_id"], "type": d.get("type"), "level": d.get("level"), "bed": d.get("bed"),
-                     "source": _source(d), "raised_at_ms": _at(record)})
+                     "source": _source(d), "raised_at_ms": _at(record),
+                     "patient": d.get("patient") if isinstance(d.get("patient"), Mapping) else None})
 
 
 def _first(call: _Builder, at_key: str, at: int, by_key: str | None = None, by: Any = None) -> None:

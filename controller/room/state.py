@@ -30,6 +30,7 @@ from ..store import LogEntry, LogRecord
 from .calls import CALL_APPLY, CALL_INPUTS, CONDITION, Call, CallRules
 from .config import RoomConfig
 from .environment import ENVIRONMENT_APPLY, EnvironmentRules, EnvState
+from .hospital import HOSPITAL_APPLY, HospitalRules
 from .presence import AREA_INPUTS, PRESENCE_APPLY, PresenceRules
 from .supervision import (BATTERY_MEASURE, FAULT_CORD_REMOVED, LIVE_NODE_FIELDS, PLAUSIBLE, SUPERVISION_APPLY,
                           NodeStatus, SupervisionRules)
@@ -39,7 +40,7 @@ from .supervision import (BATTERY_MEASURE, FAULT_CORD_REMOVED, LIVE_NODE_FIELDS,
 STATE_FORMAT = 1
 
 
-class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
+class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, CallRules):
     def __init__(self, config: RoomConfig) -> None:
         self.config = config
         self.calls: dict[str, Call] = {}
@@ -49,6 +50,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
         self.fall_risk: dict[str, bool] = {bed: bed in config.fall_risk_beds for bed in config.beds}
         self.staff_present = False
         self.staff_since_ms: int | None = None
+        self.presence_reminded_ms: int | None = None  # when the reminder before presence ends fell due
         self.bath_dwell_for: int | None = None   # bathroom stay (its start) that already alarmed
         self.silence: tuple[int, int, str] | None = None  # (at_ms, until_ms, by)
         self.nodes: dict[str, NodeStatus] = {node: NodeStatus(node) for node in config.nodes}
@@ -56,15 +58,14 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
         self.env: dict[str, EnvState] = {m: EnvState() for m in config.environment}
         self.cursor = 0
         self.last_ms = 0
+        self.patients: dict[str, dict[str, str] | None] = {bed: None for bed in config.beds}  # hospital.py
         self.quiet_bands = quiet_bands(config)
 
     # ------------------------------------------------------------------ queries
     def next_due_ms(self, now_ms: int, offline_after_ms: int) -> int | None:
         """The earliest moment :meth:`decide_tick` has something to do."""
         due = self._calls_due(now_ms) + self._envs_due() + self._nodes_due(offline_after_ms)
-        bath = self._bath_dwell_due()
-        if bath is not None:
-            due.append(bath)
+        due += [d for d in (self._bath_dwell_due(), self._presence_due(), self._display_due(now_ms)) if d is not None]
         return min(due) if due else None
 
     def snapshot(self, now_ms: int) -> dict[str, Any]:
@@ -75,13 +76,15 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
             "cursor": self.cursor,
             "calls": [c.to_json(self.call_due_ms(c), levels) for c in self.active_calls()],
             "occupancy": {"state": self.occupancy(), "room": self.area["room"], "bath": self.area["bath"],
-                          "beds": dict(self.beds), "staff_present": self.staff_present},
+                          "beds": dict(self.beds), "staff_present": self.staff_present,
+                          "staff_since_ms": self.staff_since_ms, "presence_ends_at_ms": self.presence_ends_ms()},
             "fall_risk": dict(self.fall_risk),
             "voice": {n.bed or n.id: bool(n.options.get("enabled", True))
                       for n in self.config.nodes.values() if n.transport == "voice"},
             "outputs": self.outputs(now_ms).to_json(),
             "environment": {m: dict(v, **self._env_json(m)) for m, v in self.environment.items()},
             "nodes": [n.to_json() for n in sorted(self.nodes.values(), key=lambda n: n.id)],
+            "patients": dict(self.patients),
         }
 
     # ------------------------------------------------------------------ decisions: node inputs
@@ -99,7 +102,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
             elif meaning == "cancel":
                 entries += self._in_room_cancel(f"in-room cancel ({source})", now_ms)
             elif meaning == "staff_presence":
-                entries += self._staff_presence(not self.staff_present, f"staff presence ({source})", now_ms)
+                entries += self._staff_presence_press(f"staff presence ({source})", now_ms)
             elif meaning == "im_ok":
                 entries += self._patient_ok(ev.node, f"patient pressed I'm OK ({source})", now_ms)
             elif meaning == "patient_cancel":
@@ -150,9 +153,9 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
     def decide_tick(self, now_ms: int, offline_after_ms: int) -> list[LogEntry]:
         """Everything that has fallen due by ``now_ms``; call again until it returns nothing."""
         return (self._decide_escalations(now_ms) + self._decide_bath_dwell(now_ms)
-                + self._decide_environment(now_ms) + self._decide_supervision(now_ms, offline_after_ms))
+                + self._decide_presence_timeout(now_ms) + self._decide_environment(now_ms)
+                + self._decide_supervision(now_ms, offline_after_ms) + self._decide_display(now_ms))
 
-    # ------------------------------------------------------------------ state changes
     # ------------------------------------------------------------------ checkpoints
     def state_key(self) -> str:
         """Names what a checkpoint of this room is valid for: the state format and the configuration
@@ -215,7 +218,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, CallRules):
 
 
 
-_APPLY = {**CALL_APPLY, **PRESENCE_APPLY, **ENVIRONMENT_APPLY, **SUPERVISION_APPLY}
+_APPLY = {**CALL_APPLY, **PRESENCE_APPLY, **ENVIRONMENT_APPLY, **SUPERVISION_APPLY, **HOSPITAL_APPLY}
 
 
 # --------------------------------------------------------------------------- checkpoint codecs
@@ -251,6 +254,7 @@ _STATE_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "fall_risk": (dict, dict),
     "staff_present": (_same, _same),
     "staff_since_ms": (_same, _same),
+    "presence_reminded_ms": (_same, _same),
     "bath_dwell_for": (_same, _same),
     "silence": (lambda v: None if v is None else list(v), lambda v: None if v is None else tuple(v)),
     "nodes": (lambda nodes: [_to_json(n) for n in nodes.values()],
@@ -259,6 +263,8 @@ _STATE_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
                     lambda data: {m: dict(v) for m, v in data.items()}),
     "env": (lambda env: {m: _to_json(st) for m, st in env.items()},
             lambda data: {m: _from_json(EnvState, st) for m, st in data.items()}),
+    "patients": (lambda beds: {b: None if p is None else dict(p) for b, p in beds.items()},
+                 lambda data: {b: None if p is None else dict(p) for b, p in data.items()}),
     "cursor": (_same, _same),
     "last_ms": (_same, _same),
 }

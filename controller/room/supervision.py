@@ -1,6 +1,8 @@
 """Supervision of the room's own parts: nodes online and offline (check-in), their batteries,
-sensor faults and implausible values, call cords pulled out, faults of the controller itself.
-Each is a technical alarm that clears itself when the condition is gone.
+sensor faults and implausible values, call cords pulled out, faults of the controller itself, and
+the nurse screens: a call that no nurse screen has shown within ``timers.not_displayed_s`` raises
+"calls not shown on any nurse screen". Each is a technical alarm that clears itself when the
+condition is gone.
 
 One part of :class:`~controller.room.state.Room`.
 """
@@ -9,11 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..model import Heartbeat, Hello
 from ..store import LogEntry
-from .calls import HOW_RESOLVED, CallRules
+from .calls import HOW_RESOLVED, Call, CallRules, _ms
 
 if TYPE_CHECKING:
     from .config import RoomConfig
@@ -25,6 +27,8 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 }
 BATTERY_MEASURE = "batt_v"
 FAULT_CORD_REMOVED = 4  # fault code of a call cord pulled out of its socket (nurse-call supervision)
+NOT_DISPLAYED = "not_displayed"  # the call type of "calls not shown on any nurse screen"
+DISPLAY_SRC = "display"          # its source (no node: the room controller raises it)
 # NodeStatus fields that heartbeats and check-ins set without the log (the rest follow node.online/offline)
 LIVE_NODE_FIELDS = ("last_seen_ms", "rssi", "batt_mv", "heap", "queued", "dropped")
 
@@ -129,6 +133,47 @@ class SupervisionRules(CallRules):
             elif active is not None and value >= sup.battery_replaced_v:
                 entries.append(self._clear(active, f"{node}: battery replaced ({value:.2f} V)", HOW_RESOLVED, now_ms))
         return True, entries
+
+    # ------------------------------------------------------------------ the nurse screens
+    def not_displayed(self, now_ms: int) -> list[Call]:
+        """Active calls that no nurse screen has shown although they were raised ``not_displayed_s`` ago."""
+        limit = _ms(self.config.timers.not_displayed_s)
+        return [c for c in self.active_calls()
+                if c.type != NOT_DISPLAYED and c.annunciated_at_ms is None and now_ms - c.raised_at_ms >= limit]
+
+    def display_alarm(self) -> Call | None:
+        return self.call_from(None, DISPLAY_SRC, NOT_DISPLAYED)
+
+    def _display_due(self, now_ms: int) -> int | None:
+        """The next call to become "not shown in time"; with the alarm on, now once nothing is late."""
+        if self.display_alarm() is not None:
+            return None if self.not_displayed(now_ms) else now_ms
+        limit = _ms(self.config.timers.not_displayed_s)
+        waiting = [c.raised_at_ms + limit for c in self.calls.values()
+                   if c.type != NOT_DISPLAYED and c.annunciated_at_ms is None]
+        return min(waiting) if waiting else None
+
+    def _decide_display(self, now_ms: int, shown: Iterable[str] = ()) -> list[LogEntry]:
+        """Raise the alarm when a call is late on every screen; clear it when none is (``shown``: being shown now)."""
+        just_shown = set(shown)
+        late = [c for c in self.not_displayed(now_ms) if c.id not in just_shown]
+        alarm = self.display_alarm()
+        if late and alarm is None:
+            return self._raise_or_repeat(NOT_DISPLAYED, None, DISPLAY_SRC, now_ms, {
+                "calls": [c.id for c in late], "after_s": self.config.timers.not_displayed_s}, by="room controller")
+        if not late and alarm is not None:
+            return [self._clear(alarm, "every call shown on a nurse screen", HOW_RESOLVED, now_ms)]
+        return []
+
+    def decide_shown(self, call_ids: Iterable[str], by: str, now_ms: int) -> list[LogEntry]:
+        """A nurse screen's receipt for calls it displayed: the first one for a call is its annunciation.
+        Calls already shown, or no longer active, are left alone."""
+        entries = [LogEntry("call.annunciated", {"call_id": cid, "by": by, "at_ms": now_ms})
+                   for cid in dict.fromkeys(call_ids)
+                   if (call := self.calls.get(cid)) is not None and call.annunciated_at_ms is None]
+        if entries:
+            entries += self._decide_display(now_ms, (e.data["call_id"] for e in entries))
+        return entries
 
     def _apply_online(self, d: dict[str, Any]) -> None:
         status = self.nodes.setdefault(d["node"], NodeStatus(d["node"]))

@@ -117,7 +117,7 @@ class RoomAdvertiser:
     all. ``addresses``: what the service resolves to; by default the interface addresses, or every
     non-loopback IPv4 address of the host. Pass ``zeroconf`` to share one ``AsyncZeroconf`` with other
     users; it is then left open. If another controller already holds the instance name, ours becomes
-    ``<room>-2``; the ``room`` TXT key still says which room it is.
+    ``<room>-2`` on host ``smartroom-<room>-2.local``; the ``room`` TXT key still says which room it is.
     """
 
     def __init__(self, room_id: str, room_name: str, port: int, *, tls: TlsMaterial | None = None,
@@ -128,12 +128,15 @@ class RoomAdvertiser:
         self._given_zc = zeroconf
         self._zc: AsyncZeroconf | None = None
         self._registered = False
-        self.info = AsyncServiceInfo(
-            service_type, f"{instance_name(room_id)}.{service_type}", port=port,
-            properties=txt_record(room_id, room_name, tls=tls),
-            server=f"{host_label(room_id)}.",
-            parsed_addresses=list(addresses) if addresses is not None else local_addresses(interfaces),
-        )
+        self._service = (service_type, port, txt_record(room_id, room_name, tls=tls),
+                         list(addresses) if addresses is not None else local_addresses(interfaces))
+        self.info = self._service_info(instance_name(room_id))
+
+    def _service_info(self, label: str) -> AsyncServiceInfo:
+        """The service as instance ``label``, on the host name made from that label."""
+        service_type, port, txt, addresses = self._service
+        return AsyncServiceInfo(service_type, f"{label}.{service_type}", port=port, properties=txt,
+                                server=f"{host_label(label)}.", parsed_addresses=addresses)
 
     @property
     def name(self) -> str:
@@ -145,8 +148,16 @@ class RoomAdvertiser:
             raise DiscoveryError(f"room {self.room_id}: no address to advertise (no network interface is up?)")
         try:
             self._zc = self._given_zc or AsyncZeroconf(interfaces=_interface_choice(self._interfaces))
-            registered = await self._zc.async_register_service(self.info, allow_name_change=True)
-            await registered  # probing and announcements done: the name is ours
+            # Probe first (renaming to "<room>-2" on a conflict), so that a renamed service also gets
+            # a host name of its own: two controllers answering for one host name with different
+            # addresses would send a client resolving one room to the other.
+            await self._zc.zeroconf.async_check_service(self.info, allow_name_change=True)
+            label = self.info.name[:-len(self.info.type) - 1]
+            if label != instance_name(self.room_id):
+                self.info = self._service_info(label)
+            # Probed just now: register without probing again (the name is defended from here on).
+            registered = await self._zc.async_register_service(self.info, cooperating_responders=True)
+            await registered  # announcements done: the name is ours
         except BaseException as exc:  # also cancellation while probing: leave nothing registered or open
             await self._abandon()
             if isinstance(exc, (OSError, BadTypeInNameException, NonUniqueNameException)):

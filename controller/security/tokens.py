@@ -15,6 +15,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from .files import owner_only_database
+
 ROLES = ("nurse", "facilities", "admin", "integration")
 TOKEN_PREFIX = "srt_"
 NAME_RE = re.compile(r"^[^\x00-\x1f]{1,64}$")
@@ -91,10 +93,12 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
 
 
-def create(db: sqlite3.Connection, role: str, name: str, now_ms: int) -> tuple[TokenInfo, str]:
-    """A new token; returns its record and the secret (the only time the secret exists in clear)."""
-    if role not in ROLES:
-        raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+def create(db: sqlite3.Connection, role: str, name: str, now_ms: int,
+           roles: tuple[str, ...] = ROLES) -> tuple[TokenInfo, str]:
+    """A new token; returns its record and the secret (the only time the secret exists in clear).
+    ``roles``: the roles of the service the token is for (the ward console has its own)."""
+    if role not in roles:
+        raise TokenError(f"role must be one of {', '.join(roles)}, got {role!r}")
     if not NAME_RE.match(name) or not name.strip():
         raise TokenError("name must be 1 to 64 printable characters (who or what holds the token)")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -144,6 +148,7 @@ def read_audit(db: sqlite3.Connection, after_ts_ms: int = 0, limit: int = 100) -
 
 def open_db(path: str) -> sqlite3.Connection:
     """A connection for the command line, next to a running controller (WAL; waits for its lock)."""
+    owner_only_database(path)
     db = sqlite3.connect(path, isolation_level=None, timeout=10)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

@@ -1,13 +1,16 @@
-"""``smartroom demo``: a whole simulated room on this machine.
+"""``smartroom demo``: a simulated ward on this machine.
 
-The controller, the API and the nurse dashboard run in this process; four nodes (bedside,
+The main room's controller, API and nurse dashboard run in this process; its four nodes (bedside,
 bathroom, door/environment unit, wearable) each run the real firmware in their own MicroPython
-process on simulated hardware that plays a scripted afternoon. Ctrl-C stops everything.
+process on simulated hardware that plays a scripted afternoon. With Mosquitto installed, the demo
+also starts a local ward broker, two lighter rooms (protocol-level simulated nodes, so two cores
+cope) and the ward console with its ward station and staff view (docs/ward.md). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..bus import STATUS_CHANGED
+from ..link.nodeclient import NodeClient
 from ..room.config import parse_room
 from ..room import CALL_TYPES, RoomError
 from ..runner import RoomServer
@@ -156,7 +161,11 @@ class Narrator:
             call = calls.get(d["call_id"])
             self.say("ACK", f"{d['by']} acknowledged {LABELS.get(call.type, '') if call else ''} {d['call_id']}")
         elif record.kind == "staff.presence":
-            self.say("STAFF", "staff presence registered" if d["present"] else "staff left the room")
+            self.say("STAFF", "staff presence renewed" if d.get("renewed") else
+                     "staff presence registered" if d["present"] else
+                     "staff presence ended by itself (forgotten?)" if d.get("timed_out") else "staff left the room")
+        elif record.kind == "staff.presence_reminder":
+            self.say("STAFF", "staff presence ends in a moment: press presence in the room to stay")
         elif record.kind in ("environment.excursion", "environment.recovered"):
             state = f"out of range ({d['bound']} limit {d['limit']})" if record.kind.endswith("excursion") else \
                 "back in range"
@@ -194,17 +203,162 @@ async def _auto_ack(server: RoomServer, after_s: float, narrator: Narrator) -> N
 async def _narrate_room(server: RoomServer, narrator: Narrator) -> None:
     with server.controller.subscribe() as sub:
         while (record := await sub.get()) is not None:
+            if record is STATUS_CHANGED:  # e.g. the storage failed: the alarm call shows in the snapshot
+                narrator.say("ALARM", f"room status: {server.controller.storage.state}")
+                continue
             narrator.room_event(record)
 
 
+SITE, UNIT = "demo", "4b"
+# The lighter rooms of the ward: protocol-level nodes pressing on a script (offset per room).
+LIGHT_ROOMS = {"demo-4b-14": 25_000, "demo-4b-16": 75_000}
+LIGHT_ROOM = {
+    "beds": [{"id": "A"}], "gateway": {"heartbeat_ms": 60_000},
+    "timers": {"high": {"escalate_s": 15}, "medium": {"escalate_s": 30}},
+    "nodes": {"bedside-a": {"bed": "A", "indicator": True, "tone": True,
+                            "inputs": {"call": "patient_call", "cancel": "cancel"}},
+              "bath": {"location": "bathroom", "inputs": {"cord": "bath_emergency"}}},
+}
+
+
+class DemoWard:
+    """Mosquitto, the lighter rooms and the ward console; absent when Mosquitto is not installed."""
+
+    def __init__(self, workdir: Path, ward_port: int) -> None:
+        self.workdir, self.ward_port = workdir, ward_port
+        self.broker = None
+        self.rooms: dict[str, RoomServer] = {}
+        self.console = None
+        self.tokens: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @staticmethod
+    def available() -> bool:
+        from ward.broker import BrokerError, mosquitto_binary  # the ward is a service above the room
+
+        try:
+            mosquitto_binary()
+        except BrokerError:
+            return False
+        return True
+
+    async def start_broker(self, room_ids: list[str]) -> None:
+        from controller.uplink.wire import Topics
+        from ward.broker import Mosquitto, RoomUser, WardUser
+
+        users = [RoomUser(r, f"demo-{r}", Topics(SITE, UNIT, r)) for r in room_ids]
+        users.append(WardUser("ward", "demo-ward", SITE, UNIT))
+        self.broker = Mosquitto(self.workdir / "broker", _free_port(), users=users)
+        await self.broker.start()
+
+    def ward_section(self, room_id: str) -> dict[str, Any]:
+        secret = self.workdir / f"{room_id}.broker-password"
+        secret.write_text(f"demo-{room_id}\n")
+        return {"host": self.broker.host, "port": self.broker.port, "site": SITE, "unit": UNIT,
+                "password_file": str(secret)}
+
+    async def start_rooms(self) -> None:
+        for room_id in LIGHT_ROOMS:
+            doc = {**json.loads(json.dumps(LIGHT_ROOM)), "room": {"id": room_id, "name": f"Ward 4B · Room {room_id[-2:]}"},
+                   "ward": self.ward_section(room_id)}
+            config = parse_room(doc, f"{room_id} (demo)")
+            keys = {node: os.urandom(32) for node in config.nodes}
+            server = RoomServer(config, keys, self.workdir / f"{room_id}.db", api_port=0, node_port=0)
+            await server.start()
+            server.demo_keys = keys
+            self.rooms[room_id] = server
+
+    async def start_console(self, all_rooms: dict[str, RoomServer]) -> str:
+        from ward.config import parse_ward
+        from ward.server import WardServer
+
+        (self.workdir / "ward-broker.password").write_text("demo-ward\n")
+        tokens = {r: await s.create_token("integration", "demo ward") for r, s in all_rooms.items()}
+        config = parse_ward({"ward": {"name": "Ward 4B (demo)", "site": SITE, "unit": UNIT, "rooms": sorted(all_rooms)},
+                             "broker": {"host": self.broker.host, "port": self.broker.port, "username": "ward",
+                                        "password_file": "ward-broker.password"},
+                             "http": {"host": "127.0.0.1", "port": self.ward_port}},
+                            "demo ward", base=self.workdir)
+        config = dataclasses.replace(config, room_tokens=tokens)
+        self.console = WardServer(config, self.workdir / "ward.db")
+        url = await self.console.start()
+        for role, name in (("charge", "Nurse Lee"), ("nurse", "Nurse Kim"), ("nurse", "Nurse Ada"),
+                           ("admin", "demo admin")):
+            self.tokens[name] = await self.console.create_token(role, name)
+        main = next(r for r in all_rooms if r not in LIGHT_ROOMS)
+        await self.console.console.set_shift("demo shift", "Nurse Lee", ["Nurse Kim", "Nurse Ada"],
+                                             {main: {"A": "Nurse Kim"}, **{r: {"*": "Nurse Ada"} for r in LIGHT_ROOMS}},
+                                             "demo")
+        self._tasks = [asyncio.create_task(self._script(room_id, offset)) for room_id, offset in LIGHT_ROOMS.items()]
+        return url
+
+    async def _script(self, room_id: str, offset_ms: int) -> None:
+        """A patient call, then (in one room) a bathroom emergency, cancelled at the bedside later."""
+        server = self.rooms[room_id]
+        boot = 1
+        steps = [(offset_ms, "bedside-a", "call"), (offset_ms + 40_000, "bedside-a", "cancel"),
+                 (offset_ms + 70_000, "bath", "cord"), (offset_ms + 120_000, "bedside-a", "cancel")]
+        t0 = time.monotonic()
+        cycle = 0
+        while True:
+            for at_ms, node, src in steps:
+                due = t0 + (cycle * CYCLE_MS + at_ms) / 1000
+                await asyncio.sleep(max(0.0, due - time.monotonic()))  # the script's clock
+                boot += 1
+                client = NodeClient(node, server.demo_keys[node], boot=boot)
+                try:
+                    await client.connect(server.endpoints.node_host, server.endpoints.node_port)
+                    ev = client.event_msg("button", src)
+                    await client.send(ev)
+                    await client.recv_ack(ev["s"])
+                finally:
+                    await client.close()
+            cycle += 1
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.console is not None:
+            await self.console.stop()
+        for server in self.rooms.values():
+            await server.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = None, auto_ack_s: float = 15.0,
-                   duration_s: float | None = None) -> None:
+                   duration_s: float | None = None, ward: bool = True) -> None:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="smartroom-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    config = parse_room(ROOM, "demo room")
+    demo_ward = DemoWard(workdir, port + 10 if port else 0) if ward and DemoWard.available() else None
+    room_doc = ROOM
+    if demo_ward is not None:
+        await demo_ward.start_broker([ROOM["room"]["id"], *LIGHT_ROOMS])
+        room_doc = {**ROOM, "ward": demo_ward.ward_section(ROOM["room"]["id"])}
+    config = parse_room(room_doc, "demo room")
     keys = {node: os.urandom(32) for node in config.nodes}
     server = RoomServer(config, keys, workdir / "room.db", api_port=port, node_port=0)
     endpoints = await server.start()
+    ward_text = ("Mosquitto is not installed ('apt-get install mosquitto'): no ward this time.\n"
+                 if ward and demo_ward is None else "")
+    if demo_ward is not None:
+        await demo_ward.start_rooms()
+        ward_url = await demo_ward.start_console({config.room_id: server, **demo_ward.rooms})
+        ward_text = (f"The ward (Mosquitto on 127.0.0.1:{demo_ward.broker.port}, rooms {config.room_id}, "
+                     f"{', '.join(LIGHT_ROOMS)}):\n"
+                     f"  ward station    : {ward_url}/   (log in with the charge nurse's token and your name)\n"
+                     f"  staff view      : {ward_url}/staff   (a nurse's own token: her calls, Accept / Decline)\n"
+                     + "".join(f"  {name:<15} : {secret}\n" for name, secret in demo_ward.tokens.items()) +
+                     "  Nurse Kim has bed A of the main room, Nurse Ada the others, Nurse Lee is in charge.\n")
     demo_tokens = {role: await server.create_token(role, f"demo {role}") for role in ROLES}
     narrator = Narrator(server, endpoints.api_url)
     print(f"smartroom demo — {config.name}\n"
@@ -221,6 +375,7 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
           f"button at 12 s; acknowledge it on the nurse page (after {auto_ack_s:.0f} s a demo nurse does).\n"
           f"Then: staff presence, a bathroom emergency that only the in-room cancel clears, escalation,\n"
           f"a warm room, and a fall the patient cancels with \"I'm OK\". The script repeats every 3 min.\n"
+          f"{ward_text}"
           f"Ctrl-C stops everything.\n", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -245,4 +400,6 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
         await server.stop()
+        if demo_ward is not None:
+            await demo_ward.stop()
         print(f"stopped. The room's log is kept in {workdir / 'room.db'}", flush=True)

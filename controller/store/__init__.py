@@ -4,6 +4,6 @@ Nothing here knows the room's rules: the store keeps what the service decided, i
 gives it back after a restart.
 """
 
-from .events import LogEntry, LogRecord, SeqMark, Store
+from .events import LogEntry, LogRecord, SeqMark, StorageError, Store
 
-__all__ = ["LogEntry", "LogRecord", "SeqMark", "Store"]
+__all__ = ["LogEntry", "LogRecord", "SeqMark", "StorageError", "Store"]

@@ -5,12 +5,18 @@ are serialised. ``synchronous=FULL`` in WAL mode makes a commit durable when it 
 gateway acks a node's event only after :meth:`Store.append_group` (one transaction, one fsync, for
 every input that arrived together) has returned. ``checkpoints`` holds snapshots of the room's
 state, so a start replays only the log after the newest one.
+
+A write that fails for the storage's sake (disk full, I/O error, read-only file system) raises
+:class:`StorageError`; listeners hear of every such failure and of the first write that works
+again, so the service can raise and clear its storage alarm. The database file and its WAL are
+created owner-only (controller/security/files.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from ..security import tokens
+from ..security.files import owner_only_database
 from . import history
 
 T = TypeVar("T")
@@ -91,6 +98,16 @@ class SeqMark:
 GroupItem = tuple[list[LogRecord], "tuple[str, int, int] | None", "SeqMark | None"]
 
 
+class StorageError(Exception):
+    """The database cannot be written or read (disk full, I/O error, read-only): not a bug, a fault."""
+
+
+def _is_storage_fault(exc: BaseException) -> bool:
+    """Disk full, I/O errors, a read-only or corrupt file: the storage, not our SQL. (IntegrityError
+    and ProgrammingError are DatabaseError subclasses too, and they are bugs or refusals.)"""
+    return isinstance(exc, (OSError, sqlite3.OperationalError)) or type(exc) is sqlite3.DatabaseError
+
+
 class Store:
     """SQLite event store. Open with :meth:`open`, close with :meth:`close`."""
 
@@ -98,6 +115,10 @@ class Store:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smartroom-store")
         self._db: sqlite3.Connection | None = None
+        self._next_id = 1  # the next log id to hand out (reserve_ids): ids are given before the write
+        self.failing: StorageError | None = None   # the last write failed; None once one works again
+        # Called with each failed write's error, and with None on the first write that works after one.
+        self.health_listeners: list[Callable[[StorageError | None], None]] = []
 
     # -- thread plumbing -------------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -106,11 +127,37 @@ class Store:
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         assert self._db is not None, "store is not open"
-        return fn(self._db)
+        try:
+            return fn(self._db)
+        except Exception as exc:
+            if _is_storage_fault(exc):
+                raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A write: its outcome is the storage's health (reads may work on a full disk)."""
+        try:
+            result = await self._run(fn)
+        except StorageError as exc:
+            self._health(exc)
+            raise
+        if self.failing is not None:
+            self._health(None)
+        return result
+
+    def _health(self, error: StorageError | None) -> None:
+        self.failing = error
+        for listener in list(self.health_listeners):
+            listener(error)
+
+    def free_bytes(self) -> int:
+        """Space left for the database on its file system (what an unprivileged writer may use)."""
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
 
     async def open(self) -> None:
         def _open() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            owner_only_database(self.path)  # before SQLite creates the WAL: it copies the file's mode
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -122,6 +169,14 @@ class Store:
 
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(self._executor, _open)
+        self._next_id = await self.last_log_id() + 1
+
+    def reserve_ids(self, n: int) -> int:
+        """The first of ``n`` log ids for records about to be written. An id is never handed out
+        twice, also when its write fails (a reader may have seen it), so the log may have gaps."""
+        first = self._next_id
+        self._next_id += n
+        return first
 
     async def close(self) -> None:
         if self._db is not None:
@@ -144,17 +199,14 @@ class Store:
         recognised as a duplicate; ``seq_mark`` moves the node's accepted-sequence mark.
         """
         entries = list(entries)
+        first = self.reserve_ids(len(entries))
+        records = [LogRecord(first + i, ts_ms, e.kind, e.data) for i, e in enumerate(entries)]
 
         def _append(db: sqlite3.Connection) -> list[LogRecord]:
-            records: list[LogRecord] = []
             db.execute("BEGIN IMMEDIATE")
             try:
-                for entry in entries:
-                    cur = db.execute(
-                        "INSERT INTO log (ts_ms, kind, data) VALUES (?, ?, ?)",
-                        (ts_ms, entry.kind, json.dumps(entry.data, separators=(",", ":"))),
-                    )
-                    records.append(LogRecord(cur.lastrowid, ts_ms, entry.kind, entry.data))
+                db.executemany("INSERT INTO log (id, ts_ms, kind, data) VALUES (?, ?, ?, ?)",
+                               [(r.id, ts_ms, r.kind, json.dumps(r.data, separators=(",", ":"))) for r in records])
                 if node_event is not None:
                     db.execute(
                         "INSERT INTO node_events (node, boot, seq, log_id) VALUES (?, ?, ?, ?)",
@@ -164,11 +216,11 @@ class Store:
                     _upsert_mark(db, seq_mark)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return records
 
-        return await self._run(_append)
+        return await self._write(_append)
 
     async def append_group(self, ts_ms: int, group: Iterable[GroupItem]) -> None:
         """Store the records of several inputs in one transaction with one fsync; durable when this
@@ -202,10 +254,10 @@ class Store:
                     _upsert_mark(db, mark)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
-        await self._run(_append)
+        await self._write(_append)
 
     async def save_checkpoint(self, cursor: int, ts_ms: int, key: str, state: str) -> None:
         """Keep ``state`` (the room folded up to log id ``cursor``) and drop all but the newest few."""
@@ -219,10 +271,10 @@ class Store:
                            "(SELECT cursor FROM checkpoints ORDER BY cursor DESC LIMIT ?)", (CHECKPOINTS_KEPT,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
-        await self._run(_save)
+        await self._write(_save)
 
     async def checkpoints(self, key: str) -> list[tuple[int, str]]:
         """(cursor, state) of the checkpoints valid for ``key``, newest first; none beyond the log's end."""
@@ -246,13 +298,13 @@ class Store:
                     _upsert_mark(db, mark)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
-        await self._run(_add)
+        await self._write(_add)
 
     async def save_mark(self, mark: SeqMark) -> None:
-        await self._run(lambda db: _upsert_mark(db, mark))
+        await self._write(lambda db: _upsert_mark(db, mark))
 
     # -- reads -----------------------------------------------------------------------------
     async def has_node_event(self, node: str, boot: int, seq: int) -> bool:
@@ -289,16 +341,16 @@ class Store:
         return await self._run(lambda db: tokens.find(db, secret))
 
     async def create_token(self, role: str, name: str, now_ms: int) -> tuple[tokens.TokenInfo, str]:
-        return await self._run(lambda db: tokens.create(db, role, name, now_ms))
+        return await self._write(lambda db: tokens.create(db, role, name, now_ms))
 
     async def revoke_token(self, name_or_id: str, now_ms: int) -> tokens.TokenInfo:
-        return await self._run(lambda db: tokens.revoke(db, name_or_id, now_ms))
+        return await self._write(lambda db: tokens.revoke(db, name_or_id, now_ms))
 
     async def list_tokens(self) -> list[tokens.TokenInfo]:
         return await self._run(tokens.list_tokens)
 
     async def audit(self, entry: tokens.AuditEntry) -> None:
-        await self._run(lambda db: tokens.audit(db, entry))
+        await self._write(lambda db: tokens.audit(db, entry))
 
     async def read_audit(self, after_ts_ms: int, limit: int) -> list[tokens.AuditEntry]:
         return await self._run(lambda db: tokens.read_audit(db, after_ts_ms, limit))
@@ -328,6 +380,13 @@ class Store:
 
     async def count_readings(self) -> int:
         return await self._run(lambda db: db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction; SQLite has already done so after e.g. a full disk,
+    and a second ROLLBACK would hide the first error behind 'no transaction is active'."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _upsert_mark(db: sqlite3.Connection, mark: SeqMark) -> None:

@@ -216,7 +216,8 @@ def _transaction(db: sqlite3.Connection, *statements: tuple[str, dict[str, Any]]
             count = db.execute(sql, params).rowcount
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk); keep the first error
+            db.execute("ROLLBACK")
         raise
     return count
 

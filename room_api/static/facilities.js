@@ -4,20 +4,18 @@
 
 import { ApiError, Session } from "./session.js";
 import { plot } from "./plot.js";
-import { $, el, badge, age, tickAges, errorText, loginGate, Notice, openStream, showOffline, Refresher } from "./ui.js";
+import { MEASURES, formatValue } from "./measures.js";
+import { $, el, badge, age, tickAges, errorText, loginGate, Notice, openStream, showOffline, Refresher,
+         renderDegraded } from "./ui.js";
 
 const REFRESH_DEBOUNCE_MS = 250;   // node and environment changes come in bursts
 const PLOTS_DEBOUNCE_MS = 2000;    // charts are heavier: one reload per burst of environment events
 const HISTORY_SPAN_MS = 24 * 3600 * 1000;
 const HISTORY_STEP = "10m";  // 144 buckets over a day: one every few pixels
-// Environment measures of the room profiles (controller/room/config.py); others show when a reading arrives.
-const MEASURES = {
-  temp_c: { name: "Temperature", unit: "°C" },
-  rh_pct: { name: "Relative humidity", unit: "%" },
-  co2_ppm: { name: "CO₂", unit: "ppm" },
-  noise_db: { name: "Noise", unit: "dB" },
-  pressure_pa: { name: "Pressure vs corridor", unit: "Pa" },
-};
+const BLE_STATE = { stopped: "stopped", starting: "starting", scanning: "scanning",
+                    degraded: "DEGRADED — not scanning" };
+const STORAGE_STATE = { ok: "ok", readings_paused: "LOW ON SPACE — readings not stored",
+                        failed: "FAILED — events cannot be stored" };
 const PROFILE_MEASURES = ["temp_c", "rh_pct", "co2_ppm", "noise_db"];
 const NOT_ENVIRONMENT = new Set(["batt_v"]);  // a node's battery, shown with the nodes
 
@@ -57,6 +55,7 @@ function stop() {
   showOffline();
   room = null;
   notice.hide();
+  $("degraded").hidden = true;
 }
 
 
@@ -90,9 +89,10 @@ function render(next, gateway) {
   room = next;
   $("title").textContent = `${room.room.name || room.room.id} — facilities`;
   document.title = `${room.room.name || room.room.id} — facilities`;
+  renderDegraded($("degraded"), room.storage);
   renderAlarms(room.calls.filter((c) => c.clears === "condition"));
   renderNodes(room.nodes);
-  renderGateway(gateway);
+  renderGateway(gateway, room.storage);
   renderEnvironment();
   tickAges(session);
 }
@@ -101,14 +101,23 @@ function alarmDetail(c) {
   const d = c.detail || {};
   switch (c.type) {
     case "node_offline": return `node ${c.source.node}: ${d.reason || "offline"}`;
-    case "low_battery": return `node ${c.source.node}: battery ${d.batt_v} V (below ${d.below_v} V)`;
+    case "low_battery":
+      return `node ${c.source.node}: battery ${formatValue(d.batt_v, "batt_v")} V (below ${d.below_v} V)`;
     case "sensor_fault":
-      return d.measure !== undefined ? `node ${c.source.node}: ${d.measure} reads ${d.value}, not plausible`
+      return d.measure !== undefined
+        ? `node ${c.source.node}: ${d.measure} reads ${formatValue(d.value, d.measure)}, not plausible`
         : `node ${c.source.node}: sensor ${d.sensor} reports fault ${d.code}`;
     case "environment": {
       const m = MEASURES[d.measure] || { name: d.measure, unit: "" };
-      return `${m.name} ${d.value} ${m.unit} — ${d.bound === "high" ? "above" : "below"} ${d.limit} ${m.unit}`;
+      return `${m.name} ${formatValue(d.value, d.measure)} ${m.unit} — ${d.bound === "high" ? "above" : "below"} ` +
+             `${d.limit} ${m.unit}`;
     }
+    case "system_fault":
+      if (d.error) return `${c.source.input.replace("system:", "")}: ${d.error}`;
+      if (d.free_bytes !== undefined) {
+        return `${mib(d.free_bytes)} free, below the ${mib(d.min_free_bytes)} kept for events: readings are not stored`;
+      }
+      return c.source.input ? c.source.input.replace("system:", "") : "";
     default: return c.source.node ? `node ${c.source.node}` : "";
   }
 }
@@ -147,15 +156,47 @@ function renderNodes(nodes) {
     : [el("tr", {}, el("td", { colspan: "9" }, "No node has checked in yet"))]));
 }
 
-function renderGateway(gateway) {
+const mib = (bytes) => bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+const words = (key) => key.replace(/_/g, " ");
+
+function deviceRows(devices) {
+  if (!devices) return [["Pi-attached devices", "none"]];
+  const rows = [["wired (GPIO) nodes", devices.gpio.nodes.join(", ") || "none"]];
+  for (const [node, error] of Object.entries(devices.gpio.errors)) rows.push([`GPIO node ${node}`, `FAILED — ${error}`]);
+  const ble = devices.ble;
+  if (!ble) {
+    rows.push(["Bluetooth", "not used in this room"]);
+  } else {
+    const state = BLE_STATE[ble.state] || ble.state;
+    rows.push(["Bluetooth", ble.error ? `${state}: ${ble.error}` : state]);
+    rows.push(["Bluetooth advertisements", String(ble.adverts)]);
+    if (ble.failures) rows.push(["Bluetooth failed starts in a row", String(ble.failures)]);
+  }
+  return rows;
+}
+
+function storageRows(storage) {
+  if (!storage) return [];
+  const rows = [["room database", STORAGE_STATE[storage.state] || storage.state]];
+  if (storage.error && storage.state === "failed") rows.push(["database error", storage.error]);
+  if (storage.free_bytes !== null) {
+    rows.push(["free space", `${mib(storage.free_bytes)} (readings stop below ${mib(storage.min_free_bytes)})`]);
+  }
+  return rows;
+}
+
+function renderGateway(gateway, storage) {
   const rows = [];
   for (const [key, value] of Object.entries(gateway)) {
-    if (value && typeof value === "object" && !Array.isArray(value)) {
+    if (key === "devices") {
+      rows.push(...deviceRows(value));
+    } else if (value && typeof value === "object" && !Array.isArray(value)) {
       const entries = Object.entries(value);
-      if (!entries.length) rows.push([key, "0"]);
-      for (const [sub, v] of entries) rows.push([`${key}: ${sub}`, String(v)]);
-    } else rows.push([key.replace(/_/g, " "), Array.isArray(value) ? value.join(", ") || "none" : String(value)]);
+      if (!entries.length) rows.push([words(key), "0"]);
+      for (const [sub, v] of entries) rows.push([`${words(key)}: ${words(sub)}`, String(v)]);
+    } else rows.push([words(key), Array.isArray(value) ? value.join(", ") || "none" : String(value)]);
   }
+  rows.push(...storageRows(storage));
   $("gateway").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", { class: "num" }, v))));
 }
 
@@ -194,7 +235,7 @@ function renderEnvironment() {
       ? el("span", { class: "in-range" }, "in range")
       : el("span", { class: "out-of-range" }, env.alarm ? "out of range — alarm" : "out of range");
     current.replaceChildren(
-      el("div", { class: "now" }, `${env.value} ${meta.unit} `, status),
+      el("div", { class: "now" }, `${formatValue(env.value, measure)} ${meta.unit} `, status),
       el("div", { class: "meta" }, `${limitText(env.low, env.high, meta.unit)} · from ${env.node}, `,
          age(env.ts_ms, " ago")));
   }

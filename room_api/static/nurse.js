@@ -1,10 +1,13 @@
 // The nurse page (/): active calls highest priority first, with Acknowledge / Clear, the tone's
 // silence, fall-risk per bed, occupancy, the corridor dome light and the room's recent history.
 // State comes from GET /api/v1/room; the event stream says when it changed (docs/pages.md).
+// After each render the page confirms which calls it has put on screen (POST /api/v1/calls/shown):
+// that receipt, not the stream's delivery, is what counts as the call being shown to a nurse.
 
 import { Session } from "./session.js";
 import { Sounder } from "./sound.js";
-import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline, Refresher } from "./ui.js";
+import { $, el, badge, age, tickAges, clockTime, errorText, loginGate, Notice, PRIORITY, openStream, showOffline, Refresher,
+         renderDegraded } from "./ui.js";
 
 const HISTORY_LENGTH = 50;       // events shown in "recent history"
 const HISTORY_SCAN = 500;        // log entries read at login to find them (most are raw node events)
@@ -12,6 +15,7 @@ const REFRESH_DEBOUNCE_MS = 80;  // a burst of events (a press is 2–4 entries)
 const CUE_GATHER_MS = 150;       // events arriving together (a replay after a reconnect) sound once
 const SOUNDING = new Set(["call.raised", "call.reminded", "call.escalated"]);
 const TIER_ORDER = ["high", "medium", "low", "info"];
+const RECEIPT_MAX = 100;         // call ids in one receipt (the API's limit)
 
 const STATE_TEXT = {
   raised: "Raised — not yet on a screen",
@@ -33,6 +37,12 @@ let generation = 0;          // bumped on logout: answers to requests from befor
 const refresher = new Refresher(refresh, REFRESH_DEBOUNCE_MS);
 let cueTimer = null;
 let pendingCues = [];
+const confirmed = new Set(); // calls this page has told the controller it displays
+let receipting = false;      // one receipt request at a time; a render meanwhile is picked up after it
+let confirmAgain = false;
+let notAScreen = false;      // the token may not confirm (403: not a nurse's): this page is not a nurse screen
+let loggedIn = false;
+const screenName = () => `nurse page (${session.name})`;
 
 const lost = loginGate({
   session,
@@ -45,14 +55,16 @@ const lost = loginGate({
 
 // ------------------------------------------------------------------ lifecycle
 async function start(room) {
+  loggedIn = true;
   $("who").textContent = `Logged in as ${session.name}`;
   render(room);
   await loadHistory(room.cursor);
-  stream = openStream({ endpoint: `nurse page (${session.name})`, session, cursor: room.cursor, onEvent,
+  stream = openStream({ endpoint: screenName(), session, cursor: room.cursor, onEvent,
                         onLive: scheduleRefresh, onFatal: lost });
 }
 
 function stop() {
+  loggedIn = false;
   generation += 1;
   refresher.cancel();
   if (stream) stream.stop();
@@ -60,6 +72,9 @@ function stop() {
   showOffline();
   history = [];
   calls.clear();
+  $("degraded").hidden = true;
+  confirmed.clear();
+  notAScreen = false;
   $("history").replaceChildren();
   notice.hide();
 }
@@ -84,13 +99,40 @@ function render(room) {
   $("title").textContent = room.room.name || room.room.id;
   document.title = `${room.room.name || room.room.id} — nurse station`;
   for (const c of room.calls) calls.set(c.id, { label: c.label, priority: c.priority, bed: c.bed });
+  renderDegraded($("degraded"), room.storage);
   renderCalls(room.calls);
   renderOutputs(room.outputs);
   renderOccupancy(room.occupancy);
-  renderBeds(room.room.beds, room.fall_risk, room.occupancy.beds);
+  renderBeds(room.room.beds, room.fall_risk, room.occupancy.beds, room.patients || {});
   renderHistory();
   tickAges(session);
+  requestAnimationFrame(() => setTimeout(confirmShown, 0));  // after the frame that paints the calls
 }
+
+// ------------------------------------------------------------------ receipts: what this screen shows
+// Calls on screen that no nurse screen has confirmed yet (data-shown="no"), once per call, and only
+// while the page is visible: a hidden tab shows nobody anything. Failures retry at the next render.
+async function confirmShown() {
+  if (receipting) { confirmAgain = true; return; }
+  if (!loggedIn || notAScreen || document.visibilityState !== "visible") return;
+  const ids = [...document.querySelectorAll('#calls article.call[data-shown="no"]')]
+    .map((row) => row.dataset.callId).filter((id) => !confirmed.has(id)).slice(0, RECEIPT_MAX);
+  if (!ids.length) return;
+  const gen = generation;
+  receipting = true;
+  try {
+    await session.api("/api/v1/calls/shown", { method: "POST", body: { calls: ids, by: screenName() } });
+    if (gen === generation) ids.forEach((id) => confirmed.add(id));
+  } catch (err) {
+    if (gen !== generation) return;
+    if (err.status === 401) lost(err);
+    else if (err.status === 403) notAScreen = true;  // e.g. a facilities token: it may look, it is no nurse screen
+  } finally {
+    receipting = false;
+  }
+  if (confirmAgain) { confirmAgain = false; confirmShown(); }
+}
+document.addEventListener("visibilitychange", confirmShown);
 
 function renderCalls(list) {
   const box = $("calls");
@@ -110,6 +152,7 @@ function callRow(c) {
     c.presses > 1 ? `pressed ${c.presses}×` : null,
     c.reminders ? `reminder ${c.reminders}` : null,
     c.source.node ? `from ${c.source.node}/${c.source.input}` : null,
+    c.type === "system_fault" && c.detail.error ? `${c.source.input.replace("system:", "")}: ${c.detail.error}` : null,
     c.clears === "in_room" ? "cancel in the room only" : c.clears === "condition" ? "clears when fixed" : null,
   ].filter(Boolean).join(" · ");
   const escalation = c.escalation_level > 1
@@ -123,11 +166,13 @@ function callRow(c) {
   if (c.clears === "routine") {
     actions.append(el("button", { type: "button", class: "clear", onclick: (e) => act(e, c, "clear") }, "Clear"));
   }
-  return el("article", { class: `call ${c.priority} ${c.state}`, dataset: { callId: c.id, priority: c.priority,
-                                                                            state: c.state } },
+  return el("article", { class: `call ${c.priority} ${c.state}`,
+                         dataset: { callId: c.id, priority: c.priority, state: c.state,
+                                    shown: c.annunciated_at_ms === null ? "no" : "yes" } },
     badge(c.priority),
     el("div", {},
       el("div", { class: "what" }, `${c.label}${need}${where}`, c.bed ? ` · Bed ${c.bed}` : ""),
+      c.patient ? el("div", { class: "patient" }, `Patient: ${patientName(c.patient)}`) : null,
       el("div", { class: "state" }, `${STATE_TEXT[c.state] || c.state}${who} · `, age(c.raised_at_ms, " since raised")),
       escalation,
       extra ? el("div", { class: "meta" }, extra) : null),
@@ -140,25 +185,37 @@ function renderOutputs(outputs) {
   lamp.dataset.colour = dome.colour;
   lamp.dataset.pattern = dome.pattern;
   $("dome-presence").classList.toggle("on", dome.presence);
+  $("dome-presence").classList.toggle("ending", Boolean(dome.presence_ending));
   const light = dome.colour === "off" ? "off" : `${dome.colour}, ${PATTERN_TEXT[dome.pattern] || dome.pattern}`;
-  $("dome-text").textContent = `Dome: ${light}${dome.presence ? " + green (staff present)" : ""}`;
+  const green = dome.presence_ending ? " + green, blinking (staff presence ends soon)"
+    : dome.presence ? " + green (staff present)" : "";
+  $("dome-text").textContent = `Dome: ${light}${green}`;
   const p = PRIORITY[tone.pattern];
-  $("tone-text").textContent = tone.silenced ? "In-room tone: silenced"
+  const reminder = dome.presence_ending && tone.pattern === "low";
+  $("tone-text").textContent = reminder ? `In-room tone: ${p.shape} presence reminder`
+    : tone.silenced ? "In-room tone: silenced"
     : p ? `In-room tone: ${p.shape} ${tone.pattern}` : "In-room tone: off";
 }
 
 function renderOccupancy(occ) {
   $("occupancy").replaceChildren(
     el("li", { class: "lamp-text" }, OCCUPANCY_TEXT[occ.state] || occ.state),
-    el("li", {}, occ.staff_present ? "Staff present in the room" : "No staff in the room"),
+    el("li", { id: "staff" }, occ.staff_present
+      ? `Staff present in the room (ends by itself at ${clockTime(occ.presence_ends_at_ms)}; `
+        + "pressing presence during its reminder renews it)"
+      : "No staff in the room"),
     el("li", {}, `Room presence: ${occ.room ? "yes" : "no"} · bathroom: ${occ.bath ? "occupied" : "free"}`));
 }
 
-function renderBeds(beds, fallRisk, inBed) {
+// A patient is named only when the hospital's admission system (HL7 ADT) said who lies in the bed.
+const patientName = (p) => `${p.name || p.id}${p.name ? ` (${p.id})` : ""}`;
+
+function renderBeds(beds, fallRisk, inBed, patients) {
   $("beds").replaceChildren(...beds.map((bed) => {
     const on = Boolean(fallRisk[bed]);
+    const patient = patients[bed] ? ` · ${patientName(patients[bed])}` : "";
     return el("li", { dataset: { bed } },
-      el("span", {}, `Bed ${bed}: ${inBed[bed] ? "occupied" : "empty"}`),
+      el("span", {}, `Bed ${bed}: ${inBed[bed] ? "occupied" : "empty"}${patient}`),
       el("button", { type: "button", class: "fall-risk", "aria-pressed": String(on),
                      onclick: (e) => setFallRisk(e, bed, !on) }, `Fall risk: ${on ? "ON" : "off"}`));
   }));
@@ -256,7 +313,15 @@ function describe(ev, call) {
     case "call.reminded": return `${name}: reminder ${d.n}, not cleared — re-signalled`;
     case "call.clear_refused": return `Clear refused for ${name}: ${d.reason}`;
     case "call.noted": return `${name}: ${d.note}`;
-    case "staff.presence": return d.present ? `Staff arrived (${d.by})` : `Staff left (${d.by})`;
+    case "call.delivery": return `${name}: ${d.status} (${d.by})`;
+    case "bed.patient": return d.patient ? `Bed ${d.bed}: ${patientName(d.patient)} (${d.reason.replace(/_/g, " ")})`
+      : `Bed ${d.bed}: patient left (${d.reason.replace(/_/g, " ")})`;
+    case "staff.presence":
+      if (d.timed_out) return `Staff presence ended by itself: ${d.by} — calls held for it run again`;
+      if (d.renewed) return `Staff presence renewed (${d.by})`;
+      return d.present ? `Staff arrived (${d.by})` : `Staff left (${d.by})`;
+    case "staff.presence_reminder":
+      return `Staff presence ends at ${clockTime(d.ends_at_ms)}: press presence in the room to stay`;
     case "presence.changed":
       if (d.area === "bed") return `Bed ${d.bed}: patient ${d.present ? "in bed" : "got up"}`;
       return `${d.area === "bath" ? "Bathroom" : "Room"} presence ${d.present ? "detected" : "ended"}`;

@@ -6,6 +6,7 @@
 //   const stream = new EventStream({
 //     url: "/api/v1/events/stream?endpoint=nurse%20station", session, lastEventId: room.cursor,
 //     onEvent: (id, event) => …, onState: (state, detail) => …, onFatal: (apiError) => …,
+//     onStatus: ({reasons}) => …,   // `event: status`: something not (yet) in the log changed
 //   });
 //   stream.start();   …   stream.stop();
 
@@ -79,8 +80,9 @@ function sleep(ms, signal) {
 }
 
 export class EventStream {
-  constructor({ url, session, lastEventId = null, onEvent, onState = () => {}, onFatal = () => {} }) {
-    Object.assign(this, { url, session, onEvent, onState, onFatal });
+  constructor({ url, session, lastEventId = null, onEvent, onState = () => {}, onFatal = () => {},
+                onStatus = () => {} }) {
+    Object.assign(this, { url, session, onEvent, onState, onFatal, onStatus });
     this.lastId = lastEventId === null ? null : Number(lastEventId);
     this.failures = 0;
     this.controller = null;
@@ -140,6 +142,14 @@ export class EventStream {
         const { value, done } = await reader.read();
         if (done || signal.aborted) return;
         for (const ev of parser.push(value)) {
+          if (ev.event === "status") {  // e.g. the storage failed: not in the log, so no id of its own
+            try {
+              this.onStatus(JSON.parse(ev.data));
+            } catch (err) {
+              console.error("status handler failed", err);
+            }
+            continue;
+          }
           const id = Number(ev.id);
           if (this.lastId !== null && Number.isFinite(id) && id <= this.lastId) continue;  // already seen
           if (Number.isFinite(id) && ev.id !== "") this.lastId = id;

@@ -61,6 +61,20 @@ export function tickAges(session, root = document) {
   }
 }
 
+/** The room's storage failure, over both pages: new calls are not recorded until it is fixed. */
+export function renderDegraded(box, storage) {
+  if (!storage || storage.state !== "failed") {
+    box.hidden = true;
+    return;
+  }
+  const waiting = Object.entries(storage.inputs_waiting || {}).map(([input, meaning]) => `${input} (${meaning})`);
+  box.replaceChildren(
+    el("strong", {}, "⚠ The room controller cannot record events"), ` (${storage.error}). `,
+    "New calls are not stored or shown until it can; the nodes keep them and send them again. ",
+    waiting.length ? el("strong", {}, `Check in person: ${waiting.join(", ")}.`) : "Check the room in person.");
+  box.hidden = false;
+}
+
 /** What to tell a person about a failed request. */
 export function errorText(err) {
   if (!(err instanceof ApiError)) return "Cannot reach the room controller; check the network and try again.";
@@ -188,10 +202,10 @@ export function linkIndicator(onLive) {
 
 // A page's live stream: named for the room's annunciation record, resuming exactly where the
 // page's snapshot stands (``cursor``: no gap, no duplicate), with the link badge kept up to date.
-export function openStream({ endpoint, session, cursor, onEvent, onLive, onFatal }) {
+export function openStream({ endpoint, session, cursor, onEvent, onLive, onFatal, onStatus = onLive }) {
   const stream = new EventStream({
     url: "/api/v1/events/stream?endpoint=" + encodeURIComponent(endpoint),
-    session, lastEventId: cursor, onEvent, onState: linkIndicator(onLive), onFatal,
+    session, lastEventId: cursor, onEvent, onState: linkIndicator(onLive), onFatal, onStatus,
   });
   stream.start();
   return stream;
