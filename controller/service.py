@@ -54,7 +54,7 @@ STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store
 STORAGE_SOURCE = "storage"  # the storage alarm: a system_fault from "system:storage"
 DISK_SPACE_SOURCE = "disk_space"  # readings paused below the floor: a system_fault from "system:disk_space"
 WAITING_MAX = 32            # inputs remembered as "could not be stored" while the storage fails
-CHECKPOINT_EVERY = 10_000   # log records between checkpoints: a start replays at most this many (~0.1 s)
+CHECKPOINT_EVERY = 10_000   # log records between checkpoints: a start replays at most this many (0.1-0.5 s)
 REPLAY_BATCH = 5000         # log records read per store round trip while rebuilding
 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
