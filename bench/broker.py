@@ -437,7 +437,7 @@ async def main(argv: list[str] | None = None) -> int:
         if ours.rate_hz is None:
             label = f"events/s, {ours.publishers} publishers, window {ours.window}"
             print(f"{label:44} {ours.rate:11,.0f} {theirs.rate:11,.0f} {fmt_ratio(ours.rate, theirs.rate)}   >= 0.5")
-            label = f"  server CPU us per event"
+            label = "  server CPU us per event"
             print(f"{label:44} {ours.cpu_us:11.1f} {theirs.cpu_us:11.1f} {fmt_ratio(ours.cpu_us, theirs.cpu_us)}")
         else:
             for q, target in ((0.5, ""), (0.99, "<= 5")):

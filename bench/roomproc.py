@@ -3,11 +3,12 @@
     async with RoomProcess(workdir, nodes={"pub-000": {}}, ...) as room:
         room.api_url, room.node_port, room.ssl   # HTTPS with the self-signed pin
         room.headers                             # a nurse's token; room.get(path) uses a facilities one
-        room.rss_kb()                                        # the controller's resident memory
+        room.rss_kb()                            # the controller's resident memory
 
 The room file, the node keys and the tokens are made in ``workdir`` the way an installer makes
-them (``smartroom keygen``-style JSON keys, the library call behind ``smartroom token create``); the controller then makes
-its self-signed certificate next to the database and prints its fingerprint, which is pinned here.
+them (``smartroom keygen``-style JSON keys, the library call behind ``smartroom token create``);
+the controller then makes its self-signed certificate next to the database and prints its
+fingerprint, which is pinned here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from controller.security.tls import pin  # noqa: E402
 
 API_TIMEOUT_S = 60.0    # a controller saturated by a benchmark still answers, late
 START_TIMEOUT_S = 600.0  # a hang guard: the first start on a 1 M-event log written before checkpoints replays it all
-_SMARTROOM = [sys.executable, "-m", "controller.cli"]
+SMARTROOM = [sys.executable, "-m", "controller.cli"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,7 +66,7 @@ def commit_ms(directory: Path, n: int = 100) -> tuple[float, float]:
     return percentile(times, 0.5), percentile(times, 0.99)
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -129,8 +130,9 @@ class RoomProcess:
         self.api_url, self.fingerprint, self.rebuilt = "", "", ""
         t0 = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
-            *_SMARTROOM, "run", "--config", str(self.config), "--keys", str(self.keys_file), "--db", str(self.db),
-            "--api-port", "0", "--node-port", "0", "--no-advertise", stdout=asyncio.subprocess.PIPE, env=_env())
+            *SMARTROOM, "run", "--config", str(self.config), "--keys", str(self.keys_file), "--db", str(self.db),
+            "--api-port", "0", "--node-port", "0", "--no-advertise", stdout=asyncio.subprocess.PIPE,
+            env=subprocess_env())
         assert self.proc.stdout is not None
         async with asyncio.timeout(START_TIMEOUT_S):
             while not (self.api_url and self.fingerprint and self.rebuilt):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.roomproc import RoomProcess, _env, _SMARTROOM  # noqa: E402
+from bench.roomproc import SMARTROOM, RoomProcess, subprocess_env  # noqa: E402
 from controller.model import NodeEvent  # noqa: E402
 from controller.room import Room, RoomError  # noqa: E402
 from controller.room.config import load_room  # noqa: E402
@@ -66,7 +66,8 @@ def fill(db: Path, room_file: Path, events: int, seed: int = 1) -> int:
             if roll < 0.80:
                 node, src = rng.choice(inputs)
                 kind = "presence" if src == "pir" else "button"
-                entries = room.decide_node_event(NodeEvent(node, 1, seq, kind, src, rng.randint(0, 1), now % 2**31), now)
+                ev = NodeEvent(node, 1, seq, kind, src, rng.randint(0, 1), now % 2**31)
+                entries = room.decide_node_event(ev, now)
             elif roll < 0.88 and room.calls:
                 entries = room.decide_ack(rng.choice(list(room.calls)), "Nurse Kim", now)
             elif roll < 0.93:
@@ -98,7 +99,8 @@ def fill(db: Path, room_file: Path, events: int, seed: int = 1) -> int:
 
 async def python_start_s() -> float:
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(*_SMARTROOM, "--help", stdout=asyncio.subprocess.DEVNULL, env=_env())
+    proc = await asyncio.create_subprocess_exec(*SMARTROOM, "--help", stdout=asyncio.subprocess.DEVNULL,
+                                                env=subprocess_env())
     await proc.wait()
     return time.monotonic() - t0
 

@@ -50,7 +50,8 @@ def test_every_bench_script_has_a_smoke_run_here():
 
 @pytest.mark.parametrize("script", sorted(FIGURES))
 def test_bench_smoke(script, tmp_path):
-    missing = [exe for exe in NEEDS.get(script, []) if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists()]
+    missing = [exe for exe in NEEDS.get(script, [])
+               if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists()]
     if missing:
         pytest.skip(f"{script} needs {', '.join(missing)} (make setup installs it)")
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "cache"), SISFALL=str(tmp_path / "none"))

@@ -5,7 +5,6 @@ per frame, and the fixed-shape fast paths agreeing with the general ones."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import struct
 

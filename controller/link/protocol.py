@@ -213,7 +213,8 @@ _NO_FEATURES: Mapping[str, int] = MappingProxyType({})
 
 def _fixed_shape_event(obj: Mapping[str, Any]) -> NodeEvent | None:
     """The events path, like :func:`_fixed_shape_reading`: None sends anything unusual the general way."""
-    node, boot, seq, kind, src, val, at_ms = obj["n"], obj["b"], obj["s"], obj["k"], obj["src"], obj["val"], obj["at_ms"]
+    node, boot, seq, kind, src = obj["n"], obj["b"], obj["s"], obj["k"], obj["src"]
+    val, at_ms = obj["val"], obj["at_ms"]
     features = obj.get("x", _NO_FEATURES)
     if (obj["v"] != PROTOCOL_VERSION or obj["t"] != "event" or type(node) is not str
             or NODE_ID_RE.match(node) is None or type(boot) is not int or not 1 <= boot <= INT_MAX
