@@ -16,7 +16,7 @@ from controller.model import Hello, NodeEvent
 from controller.room import Room, RoomError
 from controller.room.hospital import Patient
 from controller.room.state import _STATE_CODECS, NOT_STATE
-from controller.room.supervision import LIVE_NODE_FIELDS
+from controller.room.supervision import DROP_GRACE_MS, LIVE_NODE_FIELDS
 from controller.service import RoomController
 from controller.store import LogRecord
 from tests.helpers import keys_for
@@ -261,6 +261,28 @@ async def test_the_controller_starts_from_the_newest_checkpoint_and_replays_only
     await full.start()  # another room file: the checkpoints do not fit, the whole log is replayed
     assert full.replayed == total
     await full.stop()
+
+
+async def test_a_connection_lost_before_a_restart_does_not_count_after_it(tmp_path):
+    """A checkpoint taken while a node's dropped connection was in its grace keeps that time; the
+    start clears it, as a full replay would: the node gets the supervision time to check in again."""
+    clock = FakeClock()
+    db = tmp_path / "room.db"
+    c = RoomController(CONFIG, keys_for(CONFIG), db, clock=clock, timers=False, checkpoint_every=1)
+    await c.start()
+    await c.node_hello(Hello("bath", 1, 1, "fw", "hw", ("button",), 10_000, 7), "peer")
+    c.node_connection_lost("bath")
+    await c.node_event(NodeEvent("bedside-a", 1, 1, 1, "button", "call", 1, 0))
+    assert (await c.store.checkpoints(c.room.state_key()))[0][0] == c.cursor  # it holds the lost connection
+    await c.stop()
+    again = RoomController(CONFIG, keys_for(CONFIG), db, clock=clock, timers=False, checkpoint_every=1)
+    await again.start()
+    assert again.replayed == 0 and again.room.nodes["bath"].online
+    assert again.room.nodes["bath"].connection_lost_ms is None
+    clock.ms += DROP_GRACE_MS + 1
+    await again.tick()
+    assert again.room.nodes["bath"].online  # not offline 5 s after a connection of the last run
+    await again.stop()
 
 
 async def test_an_unreadable_checkpoint_falls_back_to_an_older_one_or_the_whole_log(tmp_path):

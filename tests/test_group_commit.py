@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from controller.link import gateway as gw
 from controller.link import protocol as p
 from controller.link.nodeclient import NodeClient
-from controller.model import Heartbeat, NodeEvent
+from controller.model import Heartbeat, Hello, NodeEvent
 from controller.room import CallNotFound, Room
+from controller.room.supervision import DROP_GRACE_MS
 from controller.service import RoomController
 from tests.helpers import keys_for, node_key, room_config, sse_events
 from tests.roomsim import FakeClock
@@ -123,9 +124,29 @@ async def test_a_failed_group_fails_every_input_in_it_and_nothing_of_it_is_kept(
     sub.close()
 
 
+async def test_a_failed_group_keeps_what_the_log_does_not_hold(controller):
+    """The rebuild after a failed group keeps a dropped connection's time (the node still goes
+    offline after the grace) and when supervision started (never-connected alarms still come)."""
+    await controller.node_hello(Hello("bath", 1, 1, "fw", "hw", ("button",), 10_000, 7), "peer")
+    controller.node_connection_lost("bath")
+    lost_ms, started_ms = controller.room.nodes["bath"].connection_lost_ms, controller.room.started_ms
+    assert lost_ms is not None and started_ms is not None
+    counting_groups(controller, fail=True)
+    with pytest.raises(sqlite3.OperationalError):
+        await controller.node_event(button("bedside-a", 1))
+    assert controller.room.nodes["bath"].connection_lost_ms == lost_ms
+    assert controller.room.started_ms == started_ms
+    del controller.store.append_group
+    controller.clock.ms += DROP_GRACE_MS + 1
+    await controller.tick()
+    assert not controller.room.nodes["bath"].online
+    assert any(c.type == "node_offline" and c.node == "bath" for c in controller.room.calls.values())
+
+
 async def test_a_resend_while_the_original_is_in_flight_is_stored_once(controller):
     groups = counting_groups(controller)
     ev = button("bedside-a", 1)
+    assert not await controller.is_duplicate(ev)  # as the gateway asks: the boot's highest stored e is now known
     first = asyncio.ensure_future(controller.node_event(ev))
     await asyncio.sleep(0)  # the original is queued, not yet stored
     assert not first.done()
