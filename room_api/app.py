@@ -31,7 +31,8 @@ from . import fhir as fhir_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
-from .base import CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError
+from .base import (CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError, int_param,
+                   make_error_middleware)
 from .readings import HISTORY, get_readings
 
 from controller.bus import STATUS_CHANGED
@@ -66,39 +67,16 @@ VERSION = _version()
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError:
-        raise
-    except RoomError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-    except StorageError as exc:  # the storage alarm is up; the caller must know nothing was recorded
-        raise ApiError(503, "storage_unavailable", f"the room database cannot be written ({exc}); "
-                       "nothing was recorded — act in person and retry") from exc
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        raise ApiError(exc.status, code, exc.text or exc.reason) from exc
-    except Exception as exc:  # the API must answer in its own shape even for a bug; the bug is logged
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        raise ApiError(500, "internal_error", "internal error; see the controller log") from exc
+def _room_error(exc: Exception) -> ApiError | None:
+    if isinstance(exc, RoomError):
+        return ApiError(exc.status, exc.code, exc.message)
+    if isinstance(exc, StorageError):  # the storage alarm is up; the caller must know nothing was recorded
+        return ApiError(503, "storage_unavailable", f"the room database cannot be written ({exc}); "
+                        "nothing was recorded — act in person and retry")
+    return None
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_parameter", f"'{name}' must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, "bad_parameter", f"'{name}' must be from {lo} to {hi}")
-    return value
+error_middleware = make_error_middleware(_room_error, log, "controller")
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -106,8 +84,8 @@ async def get_room(request: web.Request) -> web.Response:
 
 
 async def get_events(request: web.Request) -> web.Response:
-    after = _int_param(request, "after", 0, 0, 2**62)
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     records = await request.app[CONTROLLER].events_after(after, limit)
     next_cursor = records[-1].id if records else after
     return web.json_response({"events": [r.to_json() for r in records], "next": next_cursor,
@@ -254,7 +232,7 @@ def _resume_cursor(request: web.Request, controller: RoomController) -> int:
         except ValueError:
             raise ApiError(400, "bad_parameter", f"Last-Event-ID must be an event id, got {header!r}") from None
     if "after" in request.query:
-        return _int_param(request, "after", 0, 0, 2**62)
+        return int_param(request, "after", 0, 0, 2**62)
     return controller.room.cursor  # a new client starts with what happens from now on
 
 
@@ -372,8 +350,8 @@ async def delete_token(request: web.Request) -> web.Response:
 
 
 async def get_audit(request: web.Request) -> web.Response:
-    after = _int_param(request, "after_ms", 0, 0, 2**62)
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    after = int_param(request, "after_ms", 0, 0, 2**62)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     entries = await request.app[CONTROLLER].store.read_audit(after, limit)
     return web.json_response({"entries": [e.to_json() for e in entries]})
 
