@@ -33,6 +33,7 @@ from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
 from .base import (CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError, int_param,
                    make_error_middleware)
+from .privacy import PATIENT_READERS, record_without_patient, room_without_patients, sees_patients
 from .readings import HISTORY, get_readings
 
 from controller.bus import STATUS_CHANGED
@@ -80,7 +81,17 @@ error_middleware = make_error_middleware(_room_error, log, "controller")
 
 
 async def get_room(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROLLER].snapshot())
+    snapshot = request.app[CONTROLLER].snapshot()
+    if not sees_patients(request[PRINCIPAL].role):
+        snapshot = room_without_patients(snapshot)
+    return web.json_response(snapshot)
+
+
+def _record_json(request: web.Request) -> Callable[[LogRecord], dict]:
+    """How this caller sees a stored event: with its patient, or (facilities) without."""
+    if sees_patients(request[PRINCIPAL].role):
+        return LogRecord.to_json
+    return lambda record: record_without_patient(record.to_json())
 
 
 async def get_events(request: web.Request) -> web.Response:
@@ -88,7 +99,8 @@ async def get_events(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     records = await request.app[CONTROLLER].events_after(after, limit)
     next_cursor = records[-1].id if records else after
-    return web.json_response({"events": [r.to_json() for r in records], "next": next_cursor,
+    as_json = _record_json(request)
+    return web.json_response({"events": [as_json(r) for r in records], "next": next_cursor,
                               "more": len(records) == limit})
 
 
@@ -249,6 +261,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     endpoint = _endpoint(request)
     nurse = request[PRINCIPAL].role == "nurse"
     last = _resume_cursor(request, controller)
+    as_json = _record_json(request)
     # Subscribe before reading the backlog: anything stored meanwhile is in the queue as well,
     # and ids at or below `last` are skipped, so there is neither a gap nor a duplicate.
     metrics = request.app[METRICS]
@@ -257,7 +270,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
             async def send(record: LogRecord) -> None:
                 nonlocal last
-                await resp.send(json.dumps(record.to_json(), separators=(",", ":")), id=str(record.id))
+                await resp.send(json.dumps(as_json(record), separators=(",", ":")), id=str(record.id))
                 last = record.id
 
             async def catch_up(upto: int | None) -> None:
@@ -397,7 +410,7 @@ FACILITIES = frozenset({"facilities", "admin"})
 REPORT_READERS = frozenset({"nurse", "admin", "integration"})
 ADMIN = frozenset({"admin"})
 SCRAPERS = frozenset({"facilities", "admin", "integration"})
-FHIR_READERS = frozenset({"nurse", "admin", "integration"})  # calls name patients: not facilities
+FHIR_READERS = PATIENT_READERS  # calls name patients: not facilities
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, None, "Nurse page (HTML)"),
