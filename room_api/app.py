@@ -466,10 +466,12 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
 
 def create_app(controller: RoomController, gateway: NodeGateway | None = None,
                devices: object | None = None, uplink: object | None = None,
-               integrations: object | None = None) -> web.Application:
+               integrations: object | None = None, voice: object | None = None) -> web.Application:
     """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics;
     ``uplink``: the ward uplink (controller.uplink.WardUplink), its counters in /metrics;
-    ``integrations``: the hospital integrations (integrations.IntegrationService), GET /api/v1/integrations."""
+    ``integrations``: the hospital integrations (integrations.IntegrationService), GET /api/v1/integrations
+    and the alarm manager's link in /metrics; ``voice``: the microphones (sensors.voice.VoiceService),
+    their decoder's counters in /metrics."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
                            audit=controller.store.audit, limiter=limiter, error=ApiError,
@@ -482,7 +484,7 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
     app[DEVICES] = devices
     app[INTEGRATIONS] = integrations
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
-                                       lambda: devices, lambda: uplink)
+                                       lambda: devices, lambda: uplink, lambda: integrations, lambda: voice)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
     app.cleanup_ctx.append(fhir_api.preload)

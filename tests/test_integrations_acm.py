@@ -285,6 +285,18 @@ async def test_the_reporter_refuses_an_alarm_manager_it_does_not_trust(tmp_path,
 
 
 # ---------------------------------------------------------------------------------- heartbeat
+def _am_metrics(service) -> dict[str, float]:
+    """The alarm manager's figures as /metrics shows them (room_api/metrics.py)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from room_api.metrics import Metrics
+
+    text = Metrics(service.controller, lambda: None, lambda: 0, integrations=lambda: service).render().decode()
+    return {s.name.removeprefix("smartroom_alarm_manager_").removesuffix("_total"): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name.startswith("smartroom_alarm_manager_") and not s.name.endswith("_created")}
+
+
 def _fault(room):
     return room.c.room.call_from(None, "system:alarm_manager", "system_fault")
 
@@ -327,6 +339,10 @@ async def test_a_dead_link_with_no_call_waiting_raises_the_fault_after_fault_aft
         room.clock.ms += 1
         await until(lambda: _fault(room) is not None, "the alarm-manager fault")
         assert "has not answered for 30 s (heartbeat)" in _fault(room).detail["reason"]
+        assert _am_metrics(service) | {"heartbeats": 0} == {"connected": 0, "outbox": 0, "acked": 0, "rejected": 0,
+                                                            "link_failures": reporter.stats.link_failures,
+                                                            "heartbeats": 0}
+        assert _am_metrics(service)["link_failures"] >= 2 and _am_metrics(service)["heartbeats"] >= 1
         await am.start(port)
         await until(lambda: _fault(room) is None, "the fault cleared by an answered heartbeat")
         await until(lambda: reporter.stats.outbox == 0 and len(am.received) >= 2, "the fault's start and end")
