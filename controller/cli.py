@@ -78,14 +78,19 @@ def _run(args: argparse.Namespace) -> int:
         if tls is not None and tls.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
             print(f"smartroom: warning: the TLS certificate {tls.cert_path} expires on {tls.not_after:%Y-%m-%d} "
                   f"(docs/network.md: renewing)", file=sys.stderr)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_stopped()
         await server.stop()
 
     asyncio.run(main())
     return 0
+
+
+async def _until_stopped() -> None:
+    """Return on SIGINT (Ctrl-C) or SIGTERM (systemd's stop)."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -272,10 +277,7 @@ def _ward(args: argparse.Namespace) -> int:
         url = await server.start()
         print(f"ward {config.name}: ward page {url}/  staff view {url}/staff  broker "
               f"{config.broker.host}:{config.broker.port}", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_stopped()
         await server.stop()
 
     asyncio.run(main())

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
@@ -86,7 +85,7 @@ class RoomServer:
 
             self.integrations = IntegrationService(self.controller, self.config.integrations)
             await self.integrations.start()
-        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink, self.integrations)
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink, self.integrations, self.voice)
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"

@@ -28,8 +28,8 @@ from controller.store import LogRecord
 
 from .config import Integrations
 from .follow import follow_log
-from .hl7 import (PRIORITIES, AlarmReport, Hl7Error, Inbound, Parties, build_ack, build_oru_r40, parse_inbound,
-                  read_ack, read_ora_r41)
+from .hl7 import (PRIORITIES, AlarmReport, Hl7Error, Inbound, Parties, build_ack, build_heartbeat, build_oru_r40,
+                  parse_inbound, read_ack, read_ora_r41)
 from .mllp import Backoff, MllpConnection, MllpError
 from .outbox import OutMessage, Outbox, Queued
 
@@ -39,6 +39,7 @@ PEER = "alarm_manager"     # the outbox's peer name for these messages
 CURSOR = "acm"             # the reader's cursor name
 FAULT_SOURCE = "alarm_manager"
 ACCEPTED = "accepted by the alarm manager"
+LINK, REJECTED = "link", "rejected"   # why the alarm-manager fault is up: a heartbeat clears only LINK
 
 
 @dataclass(slots=True)
@@ -51,6 +52,8 @@ class AcmStats:
     rejected: int = 0          # AR / CR: given up, shown on the call and as a technical alarm
     link_failures: int = 0     # connect failures, lost connections, ACK timeouts
     statuses: int = 0          # ORA^R41 taken in
+    heartbeats: int = 0        # heartbeats answered (the link checked while no alarm was sent)
+    heartbeats_refused: int = 0  # ... answered with an error: the link works, the alarm manager dislikes them
     bad_replies: int = 0
     connected: bool = False
     last_error: str = ""
@@ -98,6 +101,10 @@ class AlarmReporter:
         self._tasks: list[asyncio.Task[None]] = []
         self._conn: MllpConnection | None = None
         self._faulty = False
+        self._fault_cause = LINK
+        self._contact_ms = 0           # when the alarm manager last answered anything
+        self._link_ok = True           # the last exchange worked: heartbeats every heartbeat_s, else sooner
+        self._hb_n = 0
         self._ssl = self.am.tls.client_context() if self.am.tls else None
         self._nak_noted: set[str] = set()   # control ids whose NAK is already on the call's timeline
         self._ack_n = 0
@@ -111,6 +118,7 @@ class AlarmReporter:
             self._cursor = cursor
             self._alarms = {k: _Alarm(**v) for k, v in state.get("alarms", {}).items()}
         self._faulty = self.controller.room.call_from(None, f"system:{FAULT_SOURCE}", "system_fault") is not None
+        self._contact_ms = self.clock()
         self.stats.outbox = await self.outbox.pending(PEER)
         self._tasks = [asyncio.create_task(self._read_loop(), name="acm-reader"),
                        asyncio.create_task(self._send_loop(), name="acm-sender")]
@@ -230,7 +238,7 @@ class AlarmReporter:
             item = await self.outbox.head(PEER)
             self.stats.outbox = await self.outbox.pending(PEER)
             if item is None:
-                await self._wakeup.wait()
+                await self._idle(backoff)
                 continue
             try:
                 conn = await self._connection()
@@ -239,8 +247,7 @@ class AlarmReporter:
                 self.stats.resent += item.attempts > 0
                 reply = await conn.send(item.message, item.control_id, self.am.ack_timeout_s)
             except (MllpError, OSError, TimeoutError, ssl.SSLError, Hl7Error) as exc:
-                self.stats.link_failures += 1
-                self.stats.last_error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                self._link_failed(exc)
                 log.warning("alarm manager %s:%d: %s; resending %s", self.am.host, self.am.port,
                             self.stats.last_error, item.control_id)
                 await self._drop_connection()
@@ -257,8 +264,61 @@ class AlarmReporter:
             else:
                 backoff.reset()
 
+    def _link_failed(self, exc: BaseException) -> None:
+        self.stats.link_failures += 1
+        self.stats.last_error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        self._link_ok = False
+
+    async def _idle(self, backoff: Backoff) -> None:
+        """Nothing to send: wait for the reader's next message, and while none comes check the link
+        with a heartbeat every ``heartbeat_s`` (by the retry backoff while it is failing). Without
+        it a dead link would be found only when a call needs it."""
+        wait_s = self.am.heartbeat_s if self._link_ok else backoff.next_s()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), wait_s)
+        except TimeoutError:
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        self._hb_n += 1
+        control_id = f"{self._prefix()}hb-{self.clock()}-{self._hb_n}"
+        try:
+            conn = await self._connection()
+            reply = await conn.send(build_heartbeat(self.parties, control_id, self.clock()), control_id,
+                                    self.am.ack_timeout_s)
+        except (MllpError, OSError, TimeoutError, ssl.SSLError, Hl7Error) as exc:
+            self._link_failed(exc)
+            log.warning("alarm manager %s:%d: heartbeat failed: %s", self.am.host, self.am.port,
+                        self.stats.last_error)
+            await self._drop_connection()
+            waited_ms = self.clock() - self._contact_ms
+            if waited_ms >= self.am.fault_after_s * 1000:
+                await self._set_fault(True, f"alarm manager {self.am.host}:{self.am.port} has not answered for "
+                                            f"{waited_ms // 1000} s (heartbeat): {self.stats.last_error}", LINK)
+            return
+        conn.handled(control_id)
+        self._answer_came()
+        self.stats.heartbeats += 1
+        try:
+            ack = read_ack(parse_inbound(reply))
+            refused = not ack.accepted
+        except Hl7Error:
+            refused = True
+        if refused:  # it answered, so the link works; say once that it does not take heartbeats
+            self.stats.heartbeats_refused += 1
+            if self.stats.heartbeats_refused == 1:
+                log.warning("alarm manager %s:%d does not accept ACM heartbeats (%s); its answers still show "
+                            "the link works", self.am.host, self.am.port, reply[:120].replace("\r", " "))
+        if self._fault_cause == LINK:
+            await self._set_fault(False, "")
+
+    def _answer_came(self) -> None:
+        self._contact_ms = self.clock()
+        self._link_ok = True
+
     async def _answered(self, item: Queued, reply: str) -> bool:
         """Store what the alarm manager's answer means; True when the message must be sent again."""
+        self._answer_came()
         try:
             ack = read_ack(parse_inbound(reply))
         except Hl7Error as exc:
@@ -282,7 +342,7 @@ class AlarmReporter:
                                                     f"({item.phase}): {ack.text or ack.code}", self._by(),
                                                     item.control_id)
             await self._set_fault(True, f"the alarm manager rejected a message ({item.control_id}): "
-                                        f"{ack.text or ack.code}")
+                                        f"{ack.text or ack.code}", REJECTED)
             return False
         self.stats.errors += 1
         self.stats.last_error = f"{ack.code}: {ack.text}"
@@ -299,12 +359,13 @@ class AlarmReporter:
         waited_ms = self.clock() - since_ms
         if waited_ms >= self.am.fault_after_s * 1000:
             await self._set_fault(True, f"alarm manager {self.am.host}:{self.am.port} has not accepted a call "
-                                        f"for {waited_ms // 1000} s: {self.stats.last_error}")
+                                        f"for {waited_ms // 1000} s: {self.stats.last_error}", LINK)
 
-    async def _set_fault(self, faulty: bool, reason: str) -> None:
+    async def _set_fault(self, faulty: bool, reason: str, cause: str = LINK) -> None:
         if faulty == self._faulty:
             return
         self._faulty = faulty
+        self._fault_cause = cause
         if faulty:
             log.error("alarm reporting: %s", reason)
         try:

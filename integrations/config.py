@@ -20,6 +20,7 @@ from controller.room.config import OptionError
 
 DEFAULT_MLLP_PORT = 2575                 # the port IANA lists for HL7 over MLLP
 DEFAULT_ACK_TIMEOUT_S = 10.0             # an alarm manager ACKs in milliseconds; 10 s without one is a lost link
+DEFAULT_HEARTBEAT_S = 60.0               # an idle link to the alarm manager is checked once a minute (ACM heartbeat)
 DEFAULT_FAULT_AFTER_S = 30.0             # a call not accepted by the alarm manager for 30 s raises a technical alarm
 DEFAULT_RETRY_FIRST_S = 1.0              # first resend after 1 s, doubling ...
 DEFAULT_RETRY_MAX_S = 30.0               # ... to at most every 30 s, so an outage ends with a delivery within 30 s
@@ -31,7 +32,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9 ._/-]{1,64}$")  # HL7 names without delimite
 _TOP_KEYS = ("application", "facility", "equipment_id", "point_of_care", "hl7_room", "hl7_beds",
              "alarm_manager", "mllp", "webhooks")
 _AM_KEYS = ("host", "port", "application", "facility", "tls", "ack_timeout_s", "fault_after_s",
-            "retry_first_s", "retry_max_s")
+            "retry_first_s", "retry_max_s", "heartbeat_s")
 _MLLP_KEYS = ("host", "port", "allow", "tls")
 _TLS_KEYS = ("ca", "cert", "key", "server_name")
 _HOOK_KEYS = ("name", "url", "secret_file", "events", "timeout_s", "retry_first_s", "retry_max_s")
@@ -74,6 +75,7 @@ class AlarmManagerOptions:
     fault_after_s: float = DEFAULT_FAULT_AFTER_S
     retry_first_s: float = DEFAULT_RETRY_FIRST_S
     retry_max_s: float = DEFAULT_RETRY_MAX_S
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +208,8 @@ def _parse_am(table: Any, path: tuple[str | int, ...]) -> AlarmManagerOptions:
         host, _port(table, path, DEFAULT_MLLP_PORT), _name(table, path, "application", "AM"),
         _name(table, path, "facility", ""), _tls(table.get("tls"), path + ("tls",), server=False),
         _seconds(table, path, "ack_timeout_s", DEFAULT_ACK_TIMEOUT_S, 0.01, 300),
-        _seconds(table, path, "fault_after_s", DEFAULT_FAULT_AFTER_S, 1, 3600), retry_first, retry_max)
+        _seconds(table, path, "fault_after_s", DEFAULT_FAULT_AFTER_S, 1, 3600), retry_first, retry_max,
+        _seconds(table, path, "heartbeat_s", DEFAULT_HEARTBEAT_S, 1, 3600))
 
 
 def _parse_listener(table: Any, path: tuple[str | int, ...]) -> ListenerOptions:

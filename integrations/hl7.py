@@ -23,6 +23,7 @@ from hl7apy.parser import parse_message
 VERSION = "2.6"
 ACM_PROFILE = "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.4.4^ISO"
 MDC_EVT_ALARM = "196616^MDC_EVT_ALARM^MDC"
+MDC_EVT_ACTIVE = "196614^MDC_EVT_ACTIVE^MDC"  # the ACM heartbeat: "this reporter is here" 
 MDC_ATTR_EVENT_PHASE = "68481^MDC_ATTR_EVENT_PHASE^MDC"
 MDC_ATTR_ALARM_STATE = "68482^MDC_ATTR_ALARM_STATE^MDC"
 MDC_ATTR_ALARM_INACTIVATION_STATE = "68483^MDC_ATTR_ALARM_INACTIVATION_STATE^MDC"
@@ -135,12 +136,7 @@ def build_oru_r40(report: AlarmReport, parties: Parties) -> str:
     """The ORU^R40 as ER7 text (segments separated by CR), validated against HL7 v2.6."""
     if report.priority not in PRIORITIES.values() or report.kind not in ALARM_KINDS or report.phase not in PHASES:
         raise Hl7Error(f"bad alarm report {report.priority}/{report.kind}/{report.phase}", ERR_TABLE_VALUE)
-    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    _msh(msg, parties, "ORU^R40^ORU_R01", report.control_id, report.at_ms)
-    msg.msh.msh_15 = "AL"   # accept acknowledgement: always (PCD-04)
-    msg.msh.msh_16 = "NE"   # application acknowledgement: never
-    msg.msh.msh_18 = "UNICODE UTF-8"
-    msg.msh.msh_21 = ACM_PROFILE
+    msg = _oru_r40(parties, report.control_id, report.at_ms)
     result = msg.add_group("ORU_R01_PATIENT_RESULT")
     patient_group = result.add_group("ORU_R01_PATIENT")
     p = report.patient
@@ -209,6 +205,47 @@ def _repeat(segment: Segment, name: str, value: str) -> None:
     f = Field(name, version=VERSION, validation_level=segment.validation_level)
     f.value = value
     segment.add(f)
+
+
+def _oru_r40(parties: Parties, control_id: str, at_ms: int) -> Message:
+    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    _msh(msg, parties, "ORU^R40^ORU_R01", control_id, at_ms)
+    msg.msh.msh_15 = "AL"   # accept acknowledgement: always (PCD-04)
+    msg.msh.msh_16 = "NE"   # application acknowledgement: never
+    msg.msh.msh_18 = "UNICODE UTF-8"
+    msg.msh.msh_21 = ACM_PROFILE
+    return msg
+
+
+def build_heartbeat(parties: Parties, control_id: str, at_ms: int) -> str:
+    """The ACM heartbeat, sent while no alarm is: an ORU^R40 whose one observation is
+    ``196614^MDC_EVT_ACTIVE`` (no patient, no alarm), so a dead link to the alarm manager is found
+    before a call needs it. Validated against HL7 v2.6 like every alarm report."""
+    msg = _oru_r40(parties, control_id, at_ms)
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    patient_group = result.add_group("ORU_R01_PATIENT")
+    patient_group.pid.pid_3 = components(parties.room or "room", "", "", parties.application, "ANON")
+    patient_group.pid.pid_5 = "^^^^^^U"
+    visit = patient_group.add_group("ORU_R01_VISIT")
+    visit.pv1.pv1_2 = "U"
+    visit.pv1.pv1_3 = components(parties.point_of_care, parties.room, "", parties.facility)
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    order.obr.obr_1 = "1"
+    order.obr.obr_2 = components(control_id, parties.application, parties.equipment_id,
+                                 "EUI-64" if parties.equipment_id else "")
+    order.obr.obr_4 = MDC_EVT_ACTIVE
+    order.obr.obr_7 = hl7_time(at_ms)
+    obx = order.add_group("ORU_R01_OBSERVATION").obx
+    obx.obx_1 = "1"
+    obx.obx_2 = "ST"
+    obx.obx_3 = MDC_EVT_ACTIVE
+    obx.obx_4 = "1.0.0.1"
+    obx.obx_5 = "heartbeat"
+    obx.obx_11 = "F"
+    obx.obx_14 = hl7_time(at_ms)
+    text = msg.to_er7()
+    validate_v26(text)
+    return text
 
 
 def _msh(msg: Message, parties: Parties, msg_type: str, control_id: str, at_ms: int) -> None:

@@ -9,15 +9,13 @@ room's store is untouched; SQLite's WAL lets both write the same file in turn.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Iterable
 
-T = TypeVar("T")
+from controller.store.sidecar import SidecarDb
 
 BUSY_TIMEOUT_MS = 10_000   # the room's store holds the write lock for one fsync at a time; wait, never fail
 DONE_KEEP_MS = 7 * 24 * 3600 * 1000  # acknowledged messages stay a week, for an integrator's questions
@@ -68,37 +66,11 @@ class Queued:
     attempts: int
 
 
-class Outbox:
+class Outbox(SidecarDb):
     """Open with :meth:`open`, close with :meth:`close`; every method runs on the outbox's thread."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smartroom-outbox")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            assert self._db is not None, "outbox is not open"
-            return fn(self._db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    async def open(self) -> None:
-        def _open() -> sqlite3.Connection:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                 timeout=BUSY_TIMEOUT_MS / 1000)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            return db
-
-        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, _open)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(lambda db: db.close())
-            self._db = None
-        self._executor.shutdown(wait=True)
+        super().__init__(path, name="smartroom-outbox", schema=SCHEMA, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)
 
     # ------------------------------------------------------------------ cursors
     async def cursor(self, name: str) -> tuple[int, dict[str, Any]]:

@@ -31,7 +31,9 @@ from . import fhir as fhir_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
-from .base import CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError
+from .base import (CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError, int_param,
+                   make_error_middleware)
+from .privacy import PATIENT_READERS, record_without_patient, room_without_patients, sees_patients
 from .readings import HISTORY, get_readings
 
 from controller.bus import STATUS_CHANGED
@@ -67,51 +69,39 @@ VERSION = _version()
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError:
-        raise
-    except RoomError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-    except StorageError as exc:  # the storage alarm is up; the caller must know nothing was recorded
-        raise ApiError(503, "storage_unavailable", f"the room database cannot be written ({exc}); "
-                       "nothing was recorded — act in person and retry") from exc
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        raise ApiError(exc.status, code, exc.text or exc.reason) from exc
-    except Exception as exc:  # the API must answer in its own shape even for a bug; the bug is logged
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        raise ApiError(500, "internal_error", "internal error; see the controller log") from exc
+def _room_error(exc: Exception) -> ApiError | None:
+    if isinstance(exc, RoomError):
+        return ApiError(exc.status, exc.code, exc.message)
+    if isinstance(exc, StorageError):  # the storage alarm is up; the caller must know nothing was recorded
+        return ApiError(503, "storage_unavailable", f"the room database cannot be written ({exc}); "
+                        "nothing was recorded — act in person and retry")
+    return None
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_parameter", f"'{name}' must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, "bad_parameter", f"'{name}' must be from {lo} to {hi}")
-    return value
+error_middleware = make_error_middleware(_room_error, log, "controller")
 
 
 async def get_room(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROLLER].snapshot())
+    snapshot = request.app[CONTROLLER].snapshot()
+    if not sees_patients(request[PRINCIPAL].role):
+        snapshot = room_without_patients(snapshot)
+    return web.json_response(snapshot)
+
+
+def _record_json(request: web.Request) -> Callable[[LogRecord], dict]:
+    """How this caller sees a stored event: with its patient, or (facilities) without."""
+    if sees_patients(request[PRINCIPAL].role):
+        return LogRecord.to_json
+    return lambda record: record_without_patient(record.to_json())
 
 
 async def get_events(request: web.Request) -> web.Response:
-    after = _int_param(request, "after", 0, 0, 2**62)
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     records = await request.app[CONTROLLER].events_after(after, limit)
     next_cursor = records[-1].id if records else after
-    return web.json_response({"events": [r.to_json() for r in records], "next": next_cursor,
+    as_json = _record_json(request)
+    return web.json_response({"events": [as_json(r) for r in records], "next": next_cursor,
                               "more": len(records) == limit})
 
 
@@ -255,7 +245,7 @@ def _resume_cursor(request: web.Request, controller: RoomController) -> int:
         except ValueError:
             raise ApiError(400, "bad_parameter", f"Last-Event-ID must be an event id, got {header!r}") from None
     if "after" in request.query:
-        return _int_param(request, "after", 0, 0, 2**62)
+        return int_param(request, "after", 0, 0, 2**62)
     return controller.cursor  # a new client starts with what happens from now on (what is stored)
 
 
@@ -272,6 +262,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     endpoint = _endpoint(request)
     nurse = request[PRINCIPAL].role == "nurse"
     last = _resume_cursor(request, controller)
+    as_json = _record_json(request)
     # Subscribe before reading the backlog: anything stored meanwhile is in the queue as well,
     # and ids at or below `last` are skipped, so there is neither a gap nor a duplicate.
     metrics = request.app[METRICS]
@@ -280,7 +271,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
             async def send(record: LogRecord) -> None:
                 nonlocal last
-                await resp.send(json.dumps(record.to_json(), separators=(",", ":")), id=str(record.id))
+                await resp.send(json.dumps(as_json(record), separators=(",", ":")), id=str(record.id))
                 last = record.id
 
             async def catch_up(upto: int | None) -> None:
@@ -297,7 +288,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 """Records as they were stored, in one write (one TLS record, one syscall) however
                 many: aiohttp-sse's send makes a write, and a timeout, for each."""
                 nonlocal last
-                text = "".join(f"id: {r.id}\r\ndata: {json.dumps(r.to_json(), separators=(',', ':'))}\r\n\r\n"
+                text = "".join(f"id: {r.id}\r\ndata: {json.dumps(as_json(r), separators=(',', ':'))}\r\n\r\n"
                                for r in records)
                 async with asyncio.timeout(STREAM_SEND_TIMEOUT_S):
                     await resp.write(text.encode())
@@ -398,8 +389,8 @@ async def delete_token(request: web.Request) -> web.Response:
 
 
 async def get_audit(request: web.Request) -> web.Response:
-    after = _int_param(request, "after_ms", 0, 0, 2**62)
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    after = int_param(request, "after_ms", 0, 0, 2**62)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     entries = await request.app[CONTROLLER].store.read_audit(after, limit)
     return web.json_response({"entries": [e.to_json() for e in entries]})
 
@@ -445,7 +436,7 @@ FACILITIES = frozenset({"facilities", "admin"})
 REPORT_READERS = frozenset({"nurse", "admin", "integration"})
 ADMIN = frozenset({"admin"})
 SCRAPERS = frozenset({"facilities", "admin", "integration"})
-FHIR_READERS = frozenset({"nurse", "admin", "integration"})  # calls name patients: not facilities
+FHIR_READERS = PATIENT_READERS  # calls name patients: not facilities
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, None, "Nurse page (HTML)"),
@@ -501,10 +492,12 @@ def _roles_index(routes: tuple[Route, ...]) -> Callable[[web.Request], frozenset
 
 def create_app(controller: RoomController, gateway: NodeGateway | None = None,
                devices: object | None = None, uplink: object | None = None,
-               integrations: object | None = None) -> web.Application:
+               integrations: object | None = None, voice: object | None = None) -> web.Application:
     """``devices``: the Pi-attached devices (sensors.Attachment), shown with the gateway and in /metrics;
     ``uplink``: the ward uplink (controller.uplink.WardUplink), its counters in /metrics;
-    ``integrations``: the hospital integrations (integrations.IntegrationService), GET /api/v1/integrations."""
+    ``integrations``: the hospital integrations (integrations.IntegrationService), GET /api/v1/integrations
+    and the alarm manager's link in /metrics; ``voice``: the microphones (sensors.voice.VoiceService),
+    their decoder's counters in /metrics."""
     limiter = FailedAuthLimiter(controller.clock)
     auth = make_middleware(roles_for=_roles_index(ROUTES), find_token=controller.store.find_token,
                            audit=controller.store.audit, limiter=limiter, error=ApiError,
@@ -517,7 +510,7 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
     app[DEVICES] = devices
     app[INTEGRATIONS] = integrations
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
-                                       lambda: devices, lambda: uplink)
+                                       lambda: devices, lambda: uplink, lambda: integrations, lambda: voice)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
     app.cleanup_ctx.append(fhir_api.preload)

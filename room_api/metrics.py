@@ -135,6 +135,63 @@ class _RoomCollector(Collector):
             yield adverts
 
 
+class _ServicesCollector:
+    """The alarm manager's link (integrations/acm.py) and the voice decoder (sensors/voice), where the
+    room has them: read when scraped, like the room's own counters."""
+
+    def __init__(self, integrations: Callable[[], Any], voice: Callable[[], Any]) -> None:
+        self._integrations = integrations
+        self._voice = voice
+
+    def collect(self) -> Iterable[Metric]:
+        integrations = self._integrations()
+        reporter = getattr(integrations, "reporter", None)
+        if reporter is not None:
+            yield from _alarm_manager_metrics(reporter.stats)
+        voice = self._voice()
+        if voice is not None:
+            yield from _voice_metrics(voice.status())
+
+
+def _alarm_manager_metrics(s: Any) -> Iterable[Metric]:
+    up = GaugeMetricFamily("smartroom_alarm_manager_connected", "1 while the MLLP link to the alarm manager is open")
+    up.add_metric([], 1 if s.connected else 0)
+    yield up
+    pending = GaugeMetricFamily("smartroom_alarm_manager_outbox", "Alarm reports waiting for the alarm manager's ACK")
+    pending.add_metric([], s.outbox)
+    yield pending
+    for name, value, doc in (("acked", s.acked, "Alarm reports the alarm manager accepted"),
+                             ("rejected", s.rejected, "Alarm reports the alarm manager rejected (AR/CR)"),
+                             ("link_failures", s.link_failures, "Connect failures, lost links, ACK timeouts"),
+                             ("heartbeats", s.heartbeats, "Heartbeats the alarm manager answered")):
+        m = CounterMetricFamily(f"smartroom_alarm_manager_{name}", doc)
+        m.add_metric([], value)
+        yield m
+
+
+def _voice_metrics(status: dict[str, Any]) -> Iterable[Metric]:
+    d = status["decoder"]
+    utterances = CounterMetricFamily("smartroom_voice_utterances", "Utterances offered to the decoder, decoded, "
+                                     "and shed because the room talked more than it can decode", labels=["outcome"])
+    for outcome in ("offered", "decoded", "shed"):
+        utterances.add_metric([outcome], d[outcome])
+    yield utterances
+    cpu = CounterMetricFamily("smartroom_voice_decode_cpu_seconds", "Processor time spent decoding speech")
+    cpu.add_metric([], d["cpu_s"])
+    yield cpu
+    errors = CounterMetricFamily("smartroom_voice_decoder_errors", "Decodes that failed")
+    errors.add_metric([], d["errors"])
+    yield errors
+    degraded = GaugeMetricFamily("smartroom_voice_degraded",
+                                 "1 while utterances are being shed (commands may be missed), else 0")
+    degraded.add_metric([], 1 if d["degraded"] else 0)
+    yield degraded
+    enabled = GaugeMetricFamily("smartroom_voice_node_enabled", "1 while a microphone node listens", labels=["node"])
+    for node, n in sorted(status["nodes"].items()):
+        enabled.add_metric([node], 1 if n["enabled"] else 0)
+    yield enabled
+
+
 def _uplink_metrics(uplink: Any) -> Iterable[Metric]:
     """The ward uplink's counters (controller/uplink/uplink.py), when the room is on a ward broker."""
     if uplink is None:
@@ -169,9 +226,11 @@ def _uplink_metrics(uplink: Any) -> Iterable[Metric]:
 class Metrics:
     def __init__(self, controller: RoomController, gateway: Callable[[], NodeGateway | None],
                  auth_blocked: Callable[[], int], devices: Callable[[], Any] = lambda: None,
-                 uplink: Callable[[], Any] = lambda: None) -> None:
+                 uplink: Callable[[], Any] = lambda: None, integrations: Callable[[], Any] = lambda: None,
+                 voice: Callable[[], Any] = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_RoomCollector(controller, gateway, auth_blocked, devices, uplink))
+        self.registry.register(_ServicesCollector(integrations, voice))
         self.delivery = Histogram("smartroom_call_delivery_seconds",
                                   "Time from a call being stored to a nurse screen's receipt that it shows it",
                                   buckets=DELIVERY_BUCKETS_S, registry=self.registry)

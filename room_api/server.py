@@ -18,8 +18,10 @@ class ApiServer:
     """The API application on one address; ``port`` is the bound port once :meth:`start` returns."""
 
     def __init__(self, controller: RoomController, gateway: NodeGateway, devices: object | None = None,
-                 uplink: object | None = None, integrations: object | None = None) -> None:
-        self._runner = web.AppRunner(create_app(controller, gateway, devices, uplink, integrations), access_log=None,
+                 uplink: object | None = None, integrations: object | None = None, voice: object | None = None
+                 ) -> None:
+        self._runner = web.AppRunner(create_app(controller, gateway, devices, uplink, integrations, voice),
+                                     access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         self.port: int | None = None
 

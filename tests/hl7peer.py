@@ -77,6 +77,7 @@ class AlarmManager:
     mode: str = "AA"
     statuses: tuple[str, ...] = ()
     received: list[Received] = field(default_factory=list)
+    heartbeats: list[Received] = field(default_factory=list)   # ORU^R40 196614^MDC_EVT_ACTIVE, kept apart
     status_acks: list[str] = field(default_factory=list)
     connections: int = 0
     port: int = 0
@@ -118,11 +119,12 @@ class AlarmManager:
                 if msh9.startswith("ACK"):  # the reporter acknowledging our ORA^R41
                     self.status_acks.append(text)
                     continue
-                self.received.append(self._check(text))
+                heartbeat = fields(text, "OBR")[4].startswith("196614^")
+                (self.heartbeats if heartbeat else self.received).append(self._check(text))
                 if self.mode == "silent":
                     continue
                 writer.write(SB + ack_for(text, self.mode, "test NAK" if self.mode != "AA" else "").encode() + EB)
-                if self.mode == "AA" and fields(text, "OBX", 1)[5] == "start":
+                if self.mode == "AA" and not heartbeat and fields(text, "OBX", 1)[5] == "start":
                     alarm_id = fields(text, "OBR")[2].split("^")[0]
                     for status in self.statuses:
                         self._n += 1

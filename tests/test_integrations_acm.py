@@ -282,3 +282,86 @@ async def test_the_reporter_refuses_an_alarm_manager_it_does_not_trust(tmp_path,
     finally:
         await manager.stop()
     assert manager.received == []
+
+
+# ---------------------------------------------------------------------------------- heartbeat
+def _am_metrics(service) -> dict[str, float]:
+    """The alarm manager's figures as /metrics shows them (room_api/metrics.py)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from room_api.metrics import Metrics
+
+    text = Metrics(service.controller, lambda: None, lambda: 0, integrations=lambda: service).render().decode()
+    return {s.name.removeprefix("smartroom_alarm_manager_").removesuffix("_total"): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name.startswith("smartroom_alarm_manager_") and not s.name.endswith("_created")}
+
+
+def _fault(room):
+    return room.c.room.call_from(None, "system:alarm_manager", "system_fault")
+
+
+async def test_an_idle_link_is_checked_by_heartbeats_that_are_not_alarms(am, room):
+    """No call for a while: the reporter sends ACM heartbeats (196614^MDC_EVT_ACTIVE), valid ORU^R40s,
+    each with its own control id, and none of them is an alarm or touches a call."""
+    async with IntegrationService(room.c, options(am.port, heartbeat_s=0.02)) as service:
+        await until(lambda: len(am.heartbeats) >= 3, "three heartbeats")
+        await room.press("bedside-a", "call")                # an alarm between heartbeats goes as before
+        await until(lambda: len(am.received) == 1, "the call's start")
+        count = len(am.heartbeats)
+        await until(lambda: len(am.heartbeats) > count, "heartbeats again once the outbox is empty")
+        stats = service.reporter.stats
+    assert all(h.valid for h in am.heartbeats), [h.problem for h in am.heartbeats if not h.valid]
+    assert len({h.control_id for h in am.heartbeats}) == len(am.heartbeats)
+    for h in am.heartbeats:
+        assert fields(h.text, "OBR")[4] == "196614^MDC_EVT_ACTIVE^MDC"
+        assert obx(h.text, "196614^MDC_EVT_ACTIVE")[5] == "heartbeat"
+        assert "196616^" not in h.text                     # no alarm in it
+    assert [obx(r.text, "68481^")[5] for r in am.received] == ["start"]
+    assert stats.heartbeats >= len(am.heartbeats) - 1 and stats.heartbeats_refused == 0
+    assert _fault(room) is None
+
+
+async def test_a_dead_link_with_no_call_waiting_raises_the_fault_after_fault_after_s_and_clears_when_back(am, room):
+    """Fail loud before a call needs the link: with nothing to send, the heartbeat finds the alarm manager
+    gone; the fault comes at fault_after_s after its last answer exactly (not a second before), and goes
+    when a heartbeat is answered again."""
+    port = am.port
+    async with IntegrationService(room.c, options(port, heartbeat_s=0.02)) as service:
+        reporter = service.reporter
+        await until(lambda: reporter.stats.heartbeats >= 1, "a first answered heartbeat")
+        await am.stop()
+        room.clock.ms += 29_999                            # 1 ms short of fault_after_s (30 s) since the answer
+        failures = reporter.stats.link_failures
+        await until(lambda: reporter.stats.link_failures >= failures + 2, "failed heartbeats")
+        assert _fault(room) is None
+        assert reporter.stats.outbox == 0                  # nothing was waiting: only the heartbeat saw it
+        room.clock.ms += 1
+        await until(lambda: _fault(room) is not None, "the alarm-manager fault")
+        assert "has not answered for 30 s (heartbeat)" in _fault(room).detail["reason"]
+        assert _am_metrics(service) | {"heartbeats": 0} == {"connected": 0, "outbox": 0, "acked": 0, "rejected": 0,
+                                                            "link_failures": reporter.stats.link_failures,
+                                                            "heartbeats": 0}
+        assert _am_metrics(service)["link_failures"] >= 2 and _am_metrics(service)["heartbeats"] >= 1
+        await am.start(port)
+        await until(lambda: _fault(room) is None, "the fault cleared by an answered heartbeat")
+        await until(lambda: reporter.stats.outbox == 0 and len(am.received) >= 2, "the fault's start and end")
+    kinds = [(obx(r.text, "196616^")[3].split("^")[3], obx(r.text, "68481^")[5]) for r in am.received]
+    assert kinds == [("system_fault", "start"), ("system_fault", "end")]
+
+
+async def test_a_rejection_fault_is_not_cleared_by_a_heartbeat(am, room):
+    """A rejected alarm is lost to the alarm manager: an answered heartbeat proves the link, not that
+    alarms are taken, so the fault stays until an alarm is accepted again."""
+    am.mode = "AR"
+    async with IntegrationService(room.c, options(am.port, heartbeat_s=0.02)) as service:
+        await room.press("bedside-a", "call")
+        await until(lambda: _fault(room) is not None, "the rejection fault")
+        await until(lambda: service.reporter.stats.heartbeats_refused >= 2, "heartbeats, refused too")
+        assert _fault(room) is not None
+        am.mode = "AA"
+        count = service.reporter.stats.heartbeats
+        await until(lambda: service.reporter.stats.heartbeats >= count + 2, "answered heartbeats")
+        assert _fault(room) is not None                    # the link works; alarms are still not known taken
+        await room.press("bath", "cord")                   # an alarm accepted: now the fault goes
+        await until(lambda: _fault(room) is None, "the fault cleared by an accepted alarm")

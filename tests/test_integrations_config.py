@@ -75,6 +75,12 @@ def test_a_full_section_loads(tmp_path):
     assert hook.wants("call.raised") and hook.wants("bed.patient") and not hook.wants("node.event")
 
 
+@pytest.mark.parametrize("line, expected", [("", 60.0), ("heartbeat_s = 1\n", 1.0), ("heartbeat_s = 3600\n", 3600.0)])
+def test_the_heartbeat_period_defaults_to_a_minute_and_takes_its_edges(tmp_path, line, expected):
+    opts = load(tmp_path, f"[integrations.alarm_manager]\nhost = \"am\"\n{line}")
+    assert opts.alarm_manager.heartbeat_s == expected
+
+
 def test_the_listener_defaults_to_loopback_only(tmp_path):
     assert load(tmp_path, "[integrations.mllp]\n").mllp.allow == DEFAULT_LOOPBACK
 
@@ -86,6 +92,10 @@ def test_the_listener_defaults_to_loopback_only(tmp_path):
      "70000 is out of range"),
     ("[integrations.alarm_manager]\nhost = \"am\"\nack_timeout_s = 0\n", 12,
      "integrations.alarm_manager.ack_timeout_s", "out of range"),
+    ("[integrations.alarm_manager]\nhost = \"am\"\nheartbeat_s = 0.99\n", 12,
+     "integrations.alarm_manager.heartbeat_s", "out of range"),
+    ("[integrations.alarm_manager]\nhost = \"am\"\nheartbeat_s = 3601\n", 12,
+     "integrations.alarm_manager.heartbeat_s", "out of range"),
     ("[integrations.mllp]\nallow = [\"10.1.2.0/24\", \"ward 4\"]\n", 11, "integrations.mllp.allow[1]",
      "'ward 4' is not an address or network"),
     ("[integrations]\nequipment_id = \"12345\"\n", 11, "integrations.equipment_id", "16 hex digits"),

@@ -223,3 +223,38 @@ async def test_the_service_shares_one_decoder_and_reports_its_counters(tmp_path)
                                                        "budget_waits": 0, "busy_episodes": 0, "waiting": 0,
                                                        "degraded": False, "errors": 0}
         assert status["nodes"]["voice-a"] == {"enabled": True, "engine": "whisper", "muted_frames": 0}
+
+
+async def test_the_decoders_counters_are_on_the_rooms_metrics(tmp_path):
+    """What VoiceService.status() says reaches /metrics: offered, decoded and shed utterances, the
+    degraded flag while shedding, and each microphone node."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from room_api.metrics import Metrics
+
+    g, clock = gate(max_waiting=1)
+    async with RoomSim(parse_room(room_doc(enabled_a=False), "room.toml"), tmp_path / "room.db") as room:
+        service = VoiceService(room.c, source=lambda n: LiveSource(bursts(0), 0, threading.Event()), player=Spoken(),
+                               gate=g)
+        metrics = Metrics(room.c, lambda: None, lambda: 0, voice=lambda: service)
+
+        def scrape() -> dict[tuple[str, tuple], float]:
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples
+                    if s.name.startswith("smartroom_voice")}
+
+        quiet = scrape()
+        assert quiet[("smartroom_voice_degraded", ())] == 0
+        assert quiet[("smartroom_voice_utterances_total", (("outcome", "shed"),))] == 0
+        for utterance in "abc":
+            g.offer(utterance)                              # bound 1: "a" then "b" shed
+        g._next(clock())
+        g._done(0.25, clock())
+        busy = scrape()
+    assert busy[("smartroom_voice_utterances_total", (("outcome", "offered"),))] == 3
+    assert busy[("smartroom_voice_utterances_total", (("outcome", "shed"),))] == 2
+    assert busy[("smartroom_voice_utterances_total", (("outcome", "decoded"),))] == 1
+    assert busy[("smartroom_voice_decode_cpu_seconds_total", ())] == 0.25
+    assert busy[("smartroom_voice_degraded", ())] == 1
+    assert busy[("smartroom_voice_node_enabled", (("node", "voice-a"),))] == 0
+    assert busy[("smartroom_voice_node_enabled", (("node", "voice-b"),))] == 1

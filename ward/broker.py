@@ -55,6 +55,16 @@ class RoomUser:
             + [f"topic read {t.cmd}"]
 
 
+ROOM_LEAVES = ("event", "state", "status", "result")  # what rooms publish; "cmd" is what they are told
+
+
+def _unit_acl(username: str, site: str, unit: str, *, rooms_say: str, commands: str) -> list[str]:
+    """ACL lines for an account that carries a unit's topics: ``rooms_say`` ("read" or "write") for
+    what the rooms publish, ``commands`` for the commands to them."""
+    return ([f"user {username}"] + [f"topic {rooms_say} {unit_filter(site, unit, leaf)}" for leaf in ROOM_LEAVES]
+            + [f"topic {commands} {unit_filter(site, unit, 'cmd')}"])
+
+
 @dataclass(frozen=True, slots=True)
 class WardUser:
     """The ward console's account: reads every room of its unit (``unit="+"``: the whole site;
@@ -66,11 +76,7 @@ class WardUser:
     unit: str
 
     def acl(self) -> list[str]:
-        lines = [f"user {self.username}"]
-        lines += [f"topic read {unit_filter(self.site, self.unit, leaf)}" for leaf in ("event", "state", "status",
-                                                                                        "result")]
-        lines.append(f"topic write {unit_filter(self.site, self.unit, 'cmd')}")
-        return lines
+        return _unit_acl(self.username, self.site, self.unit, rooms_say="read", commands="write")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +89,7 @@ class BridgeUser:
     unit: str
 
     def acl(self) -> list[str]:
-        lines = [f"user {self.username}"]
-        lines += [f"topic write {unit_filter(self.site, self.unit, leaf)}" for leaf in ("event", "state", "status",
-                                                                                         "result")]
-        lines.append(f"topic read {unit_filter(self.site, self.unit, 'cmd')}")
-        return lines
+        return _unit_acl(self.username, self.site, self.unit, rooms_say="write", commands="read")
 
 
 User = RoomUser | WardUser | BridgeUser

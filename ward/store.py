@@ -17,18 +17,16 @@ disk. What only the ward knows (the shift, routes, commands, tokens, the audit l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Iterable
 
 from controller.security import tokens
 from controller.store import LogRecord
+from controller.store.sidecar import SidecarDb
 
-T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -142,42 +140,13 @@ def _record(row: tuple) -> LogRecord:
     return LogRecord(row[0], row[1], row[2], data)
 
 
-class WardStore:
+class WardStore(SidecarDb):
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ward-store")
-        self._db: sqlite3.Connection | None = None
+        # NORMAL: see the module docstring; FULL for each durable write
+        super().__init__(path, name="ward-store", schema=SCHEMA, busy_timeout_s=10, synchronous="NORMAL")
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
-        def call() -> T:
-            assert self._db is not None, "ward store is not open"
-            if not durable:
-                return fn(self._db)
-            self._db.execute("PRAGMA synchronous=FULL")
-            try:
-                return fn(self._db)
-            finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    async def open(self) -> None:
-        def _open() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring; FULL per durable write
-            db.executescript(SCHEMA)
-            tokens.ensure_schema(db)
-            return db
-
-        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, _open)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(lambda db: db.close())
-            self._db = None
-        self._executor.shutdown(wait=True)
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        tokens.ensure_schema(db)
 
     # -- the log --------------------------------------------------------------------------------
     async def add_room_events(self, now_ms: int, events: Iterable[tuple[str, int, int, str, dict]]

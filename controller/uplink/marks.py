@@ -9,14 +9,12 @@ resending a few events, which the ward stores once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from ..store.sidecar import SidecarDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ward_uplink (
@@ -35,34 +33,9 @@ BUSY_TIMEOUT_S = 10.0             # the event store holds its write lock for one
 COMMANDS_KEPT_MS = 24 * 3600_000  # a command id is remembered a day; the broker redelivers within seconds
 
 
-class UplinkMarks:
+class UplinkMarks(SidecarDb):
     def __init__(self, db_path: Path) -> None:
-        self.path = Path(db_path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smartroom-uplink")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            assert self._db is not None, "uplink marks are not open"
-            return fn(self._db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    async def open(self) -> None:
-        def _open() -> sqlite3.Connection:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            return db
-
-        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, _open)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(lambda db: db.close())
-            self._db = None
-        self._executor.shutdown(wait=True)
+        super().__init__(db_path, name="smartroom-uplink", schema=SCHEMA, busy_timeout_s=BUSY_TIMEOUT_S)
 
     async def acked(self, broker: str) -> int:
         row = await self._run(lambda db: db.execute("SELECT acked FROM ward_uplink WHERE broker = ?",

@@ -27,6 +27,7 @@ from controller.room import reports
 from controller.security.tokens import Principal
 from room_api.app import STATIC_DIR as ROOM_STATIC
 from room_api.auth import FailedAuthLimiter, make_middleware
+from room_api.base import ApiError, int_param, make_error_middleware
 
 from ..console import WardConsole, WardError
 from . import metrics as metrics_mod
@@ -46,42 +47,11 @@ MAX_NAME_LEN = 64
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000
 
 
-class ApiError(web.HTTPException):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status_code = status
-        super().__init__(text=json.dumps({"error": {"status": status, "code": code, "message": message}}),
-                         content_type="application/json")
+def _ward_error(exc: Exception) -> ApiError | None:
+    return ApiError(exc.status, exc.code, exc.message) if isinstance(exc, WardError) else None
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError:
-        raise
-    except WardError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        raise ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason) from exc
-    except Exception as exc:  # the API answers in its own shape even for a bug; the bug is logged
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        raise ApiError(500, "internal_error", "internal error; see the ward console's log") from exc
-
-
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_parameter", f"'{name}' must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, "bad_parameter", f"'{name}' must be from {lo} to {hi}")
-    return value
+error_middleware = make_error_middleware(_ward_error, log, "ward console's")
 
 
 async def _body(request: web.Request) -> dict[str, object]:
@@ -130,8 +100,8 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_events(request: web.Request) -> web.Response:
-    after = _int_param(request, "after", 0, 0, 2**62)
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     records = await request.app[CONSOLE].events_after(after, limit)
     return web.json_response({"events": [r.to_json() for r in records], "next": records[-1].id if records else after,
                               "more": len(records) == limit})
@@ -146,7 +116,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         except ValueError:
             raise ApiError(400, "bad_parameter", f"Last-Event-ID must be an event id, got {header!r}") from None
     elif "after" in request.query:
-        last = _int_param(request, "after", 0, 0, 2**62)
+        last = int_param(request, "after", 0, 0, 2**62)
     else:
         last = console.cursor
     metrics = request.app[METRICS]
@@ -207,13 +177,13 @@ async def get_report(request: web.Request) -> web.Response:
 
 
 async def get_commands(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     return web.json_response({"commands": await request.app[CONSOLE].store.commands(limit)})
 
 
 async def get_audit(request: web.Request) -> web.Response:
-    after = _int_param(request, "after_ms", 0, 0, 2**62)
-    limit = _int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    after = int_param(request, "after_ms", 0, 0, 2**62)
+    limit = int_param(request, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
     entries = await request.app[CONSOLE].store.read_audit(after, limit)
     return web.json_response({"entries": [e.to_json() for e in entries]})
 
