@@ -331,3 +331,27 @@ async def test_latest_readings_are_found_per_measure(controller):
     await controller.store.add_readings([(1, "env", "temp_c", 21.0), (3, "env", "temp_c", 22.0),
                                          (2, "env", "temp_c", 23.0), (5, "bath", "rh_pct", 40.0)])
     assert await controller.store.latest_readings() == {"temp_c": (3, "env", 22.0), "rh_pct": (5, "bath", 40.0)}
+
+
+async def test_the_live_streams_batched_writes_show_each_role_its_own_view(server):
+    """Records sent live (several in one write) hide the patient from facilities, as the backlog does."""
+    from tests.test_privacy import _admit_and_call, _names_jane
+
+    async def until_call(resp) -> list[dict]:
+        events = []
+        async for _, event in sse_events(resp):
+            events.append(event)
+            if event["kind"] == "call.raised":
+                return events
+
+    async with aiohttp.ClientSession(server.endpoints.api_url) as http:
+        fac, nurse = [await http.get("/api/v1/events/stream",  # live: what is stored from now on
+                                     headers={"Authorization": f"Bearer {server.tokens[role]}"})
+                      for role in ("facilities", "nurse")]
+        await _admit_and_call(server)
+        seen = {"facilities": await until_call(fac), "nurse": await until_call(nurse)}
+        fac.close()
+        nurse.close()
+    assert [e["kind"] for e in seen["facilities"]] == [e["kind"] for e in seen["nurse"]] \
+        == ["bed.patient", "node.event", "call.raised"]
+    assert not _names_jane(seen["facilities"]) and _names_jane(seen["nurse"])
