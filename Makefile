@@ -10,10 +10,11 @@ CHROMIUM := /usr/bin/chromium
 # Debian packages the voice pipeline and its tests use: espeak-ng (speech), sox (noise in the
 # voice benchmark), PortAudio (the microphone, through sounddevice); flite and festival with its
 # diphone and HTS voices speak the voice benchmark's held-out voices; Mosquitto, the ward's MQTT
-# broker (the ward tests start their own on 127.0.0.1, the demo starts one too).
+# broker (the ward tests start their own on 127.0.0.1, the demo starts one too) and the anchor
+# bench/broker.py measures the event path against.
 SYS_DEBS := espeak-ng sox libportaudio2 flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts mosquitto
 SYSDEPS := $(VENV)/.sysdeps
-$(SYSDEPS): Makefile
+$(SYSDEPS): Makefile  # again when the list changes (each check is cheap when all is there)
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && ldconfig -p | grep -q libportaudio.so.2 \
 	  && command -v flite >/dev/null && command -v text2wave >/dev/null \
 	  && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
@@ -52,8 +53,11 @@ test: $(STAMP) $(CHROMIUM)
 firmware: $(STAMP)
 	$(PY) -m controller.sim.firmware build/firmware
 
+# The performance figures of the README (about 5 minutes; a quiet machine gives steadier numbers).
 bench: $(STAMP)
+	$(PY) bench/broker.py
 	$(PY) bench/latency.py
+	$(PY) bench/startup.py
 
 bench-voice: $(STAMP)
 	nice $(PY) bench/voice/run.py

@@ -1,7 +1,7 @@
 """Disk use of the readings history: bytes a room writes per day, raw and rolled up, and the size
 its database settles at with the default retention (controller/store/history.py, docs/history.md).
 
-    .venv/bin/python bench/history_disk.py [--days 14] [--env-every-s 10] [--batt-nodes 6]
+    .venv/bin/python bench/history_disk.py [--days 14] [--env-every-s 10] [--batt-nodes 6] [--smoke]
 
 A sped-up simulation in a temporary SQLite file with the store's schema and pragmas. Assumed room
 (worst case of today's firmware, which sends climate every 30 s by default): one climate node sends
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller import store  # noqa: E402
+from controller.store import events  # noqa: E402
 from controller.store.history import (DAY_MS, MAINTAIN_CHUNK_ROWS, Retention, ensure_schema,  # noqa: E402
                                 maintain_chunk, query)
 
@@ -145,7 +145,7 @@ def wal_volume(room: Room, flush_ms: int, days: int = 1) -> tuple[int, int, int]
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=OFF")
         db.execute("PRAGMA wal_autocheckpoint=0")  # count every frame; checkpoint by hand below
-        db.executescript(store.SCHEMA)
+        db.executescript(events.SCHEMA)
         ensure_schema(db)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         wal = Path(tmp) / "wal.db-wal"
@@ -156,7 +156,7 @@ def wal_volume(room: Room, flush_ms: int, days: int = 1) -> tuple[int, int, int]
             db.executemany("INSERT INTO readings (ts_ms, node, measure, value) VALUES (?, ?, ?, ?)",
                            [row for _t, _node, rows in batch for row in rows])
             for _t, node, _rows in batch:
-                store._upsert_mark(db, store.SeqMark(node, 1, i))
+                events._upsert_mark(db, events.SeqMark(node, 1, i))
             db.execute("COMMIT")
             if i % 1000 == 0 or i == len(batches):
                 frames += (_size(wal) - 32) // (page_size + 24)  # WAL header, then a header and a page a frame
@@ -165,7 +165,7 @@ def wal_volume(room: Room, flush_ms: int, days: int = 1) -> tuple[int, int, int]
     return len(batches), frames, page_size
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=14, help="simulated days of raw readings (default 14)")
     ap.add_argument("--env-every-s", type=int, default=10, help="climate reading period, s (firmware default 30)")
@@ -178,7 +178,10 @@ def main() -> None:
     ap.add_argument("--flush-s", type=float, nargs="+", default=[0.1, 10, 60],
                     help="reading batch periods to measure write volume for (the controller's is 0.1)")
     ap.add_argument("--no-fast-forward", action="store_true", help="start from an empty database")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="2 days, 1 day raw, no fast-forward: checks this script works")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.days, args.raw_days, args.rollup_days, args.no_fast_forward, args.flush_s = 2, 1.0, 2.0, True, [60.0]
     retention = Retention(args.raw_days, args.rollup_days, args.rollup_s)
     room = Room(args.env_every_s, args.batt_nodes, args.batt_every_s)
     started = time.perf_counter()
@@ -188,7 +191,7 @@ def main() -> None:
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=OFF")  # the controller uses FULL; sizes are the same, the bench faster
-        db.executescript(store.SCHEMA)
+        db.executescript(events.SCHEMA)
         ensure_schema(db)
 
         ff_days = 0 if args.no_fast_forward else int(retention.rollup_days)
@@ -278,6 +281,7 @@ def main() -> None:
         print(f"  batches of {flush_s:g} s: {n_tx:>6,} transactions, {frames / n_tx:4.1f} pages of {page_size} B "
               f"each: {wal_bytes / mb:5.0f} MB/day to the WAL, {wal_bytes / max(raw_per_day, 1):3.0f}x the data")
     print(f"bench ran {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 def _size(path: Path) -> int:
@@ -288,4 +292,4 @@ def _size(path: Path) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
             origin = "self-signed, " + str(tls.cert_path) if tls.self_signed else str(tls.cert_path)
             print(f"TLS certificate ({origin}), valid until {tls.not_after:%Y-%m-%d}\n"
                   f"  SHA-256 fingerprint {tls.fingerprint_sha256}", flush=True)
+        print(f"{server.controller.rebuilt[0].upper()}{server.controller.rebuilt[1:]}", flush=True)
         if tls is not None and tls.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
             print(f"smartroom: warning: the TLS certificate {tls.cert_path} expires on {tls.not_after:%Y-%m-%d} "
                   f"(docs/network.md: renewing)", file=sys.stderr)

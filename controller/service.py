@@ -1,8 +1,16 @@
 """The room controller: the one place where inputs become stored room events.
 
 Every input (a node's event, a nurse's acknowledgement, a deadline falling due) goes through
-:meth:`RoomController._commit`: decide against the current state, store durably, apply, publish,
-update the room's outputs. One lock serialises it, so decisions never race.
+:meth:`RoomController._commit`: decide against the current state, store durably, publish, update
+the room's outputs. Inputs that arrive together are committed as a group (``_commit_group``): one
+task decides them one after another, each against the state its predecessors left, stores all
+their records in one transaction with one fsync, and only then answers each of them (the gateway
+acks a node's event then). If that transaction fails, every input of the group fails, nothing of
+it is published, and the state is rebuilt from the stored log: what is visible is what is stored
+(and the storage alarm below, which says that something is not).
+
+The state is rebuilt on start from the newest checkpoint (taken every ``CHECKPOINT_EVERY``
+records) and the log after it, so a start takes as long whatever the log's length.
 
 Time comes from an injected clock (epoch milliseconds). Deadlines (escalation, reminders, dwell,
 environment durations, node supervision) are computed by the room from stored times; the timer task
@@ -18,8 +26,11 @@ Readings stop being stored below a free-space floor, so they never take the room
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -45,17 +56,30 @@ STORAGE_RETRY_S = 5.0       # while the database cannot be written, try to store
 STORAGE_SOURCE = "storage"  # the storage alarm: a system_fault from "system:storage"
 DISK_SPACE_SOURCE = "disk_space"  # readings paused below the floor: a system_fault from "system:disk_space"
 WAITING_MAX = 32            # inputs remembered as "could not be stored" while the storage fails
+CHECKPOINT_EVERY = 10_000   # log records between checkpoints: a start replays at most this many (0.1-0.5 s)
+REPLAY_BATCH = 5000         # log records read per store round trip while rebuilding
 
 # Wire measure -> (API measure, divisor). Units live in the names on both sides.
 MEASURES = {"temp_mdegc": ("temp_c", 1000), "rh_mpct": ("rh_pct", 1000), "co2_ppm": ("co2_ppm", 1),
             "batt_mv": ("batt_v", 1000), "noise_cdb": ("noise_db", 100), "dp_mpa": ("pressure_pa", 1000)}
 
 
+@dataclass(slots=True)
+class _Input:
+    """One input waiting for the next group commit."""
+
+    decide: Callable[[int], list[LogEntry]]
+    node_event: tuple[str, int, int] | None
+    seq_mark: SeqMark | None
+    done: asyncio.Future[list[LogRecord]]
+
+
 class RoomController:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path,
                  *, clock: Callable[[], int] = wall_ms, timers: bool = True,
                  retention: Retention = Retention(),
-                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
+                 readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.config = config
         self.keys = keys
         self.clock = clock
@@ -69,7 +93,16 @@ class RoomController:
         self.bus = EventBus()
         self.marks: dict[str, SeqMark] = {}
         self._stored_event_no: dict[str, tuple[int, int]] = {}  # node -> (boot, highest e stored), once asked
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # a group commit, or the storage alarm's check: one at a time
+        self.cursor = 0  # the last stored (and published) log id; the room's own may run ahead while a group commits
+        self._queue: list[_Input] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._unsettled: dict[tuple[str, int, int], asyncio.Future[list[LogRecord]]] = {}
+        self._state_stale = False  # a failed group left state that is not stored: rebuild before deciding
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_cursor = 0
+        self.replayed = 0  # log records applied on top of the checkpoint at the last start
+        self.rebuilt = ""  # how the last start rebuilt the state, for the operator
         self._output_listeners: list[Callable[[], None]] = []
         self._readings: list[tuple[int, str, str, float]] = []
         self._reading_marks: dict[str, SeqMark] = {}
@@ -77,7 +110,7 @@ class RoomController:
         self._timer_wakeup = asyncio.Event()
         self._run_timers = timers
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending: set[asyncio.Task[object]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
         self._local_boot = max(1, wall_ms() // 1000 % 2**31)  # Pi-attached sources: one "boot" per start
         self._local_seq = 0
         self._battery_stored_ms: dict[str, int] = {}
@@ -87,10 +120,8 @@ class RoomController:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.store.open()
-        after = 0
-        while batch := await self.store.read_log(after, 5000):
-            self.room.apply_all(batch)
-            after = batch[-1].id
+        t0 = time.perf_counter()
+        from_checkpoint = await self._rebuild()
         self.marks = await self.store.load_marks()
         for measure, (ts_ms, node, value) in (await self.store.latest_readings()).items():
             self.room.note_reading(measure, value, node, ts_ms)
@@ -100,13 +131,18 @@ class RoomController:
         for status in self.room.nodes.values():
             if status.online:
                 status.last_seen_ms = now
+                status.connection_lost_ms = None  # (a checkpoint may have kept one from before the restart)
         self.room.started_ms = now  # configured nodes that never checked in are alarmed from here
+        self.rebuilt = (f"state rebuilt to log record {self.cursor} from "
+                        f"{f'the checkpoint at {from_checkpoint}' if from_checkpoint else 'nothing'} and "
+                        f"{self.replayed} records in {time.perf_counter() - t0:.2f} s")
+        log.info("room %s: %s, %d active calls", self.config.room_id, self.rebuilt, len(self.room.calls))
+        if self.replayed >= self._checkpoint_every:
+            await self._checkpoint()
         try:
             await self._commit(self.room.decide_config_checked)  # alarms the room file has fixed since
         except StorageError as exc:  # they stay up (still true to the log); the storage alarm says why
             log.warning("could not clear alarms the room file has fixed: %s", exc)
-        log.info("room %s: rebuilt from %d log records, %d active calls", self.config.room_id, after,
-                 len(self.room.calls))
         disk_alarm = self.room.call_from(None, f"system:{DISK_SPACE_SOURCE}", "system_fault")
         if disk_alarm is not None:  # readings were paused before the restart: resume (and clear) once there is room
             self.storage.readings_paused_since_ms = disk_alarm.raised_at_ms
@@ -117,37 +153,162 @@ class RoomController:
             self._tasks.append(asyncio.create_task(self._storage_loop(), name="storage-watch"))
             self._tasks.append(asyncio.create_task(self._history_loop(), name="readings-history"))
 
+    async def _rebuild(self, *, keep_live: bool = False) -> int:
+        """The room's state from the store: the newest usable checkpoint, then the log after it.
+        Built aside and taken over only when complete; returns the checkpoint's cursor (0: none)."""
+        room = Room(self.config)
+        start = 0
+        for cursor, state in await self.store.checkpoints(room.state_key()):
+            try:
+                room.load_state(json.loads(state))
+                start = cursor
+                break
+            except (ValueError, KeyError, TypeError):  # unreadable: an older one, or the whole log
+                log.exception("checkpoint at log record %d cannot be loaded; trying an older one", cursor)
+                room = Room(self.config)
+        after, replayed = start, 0
+        while batch := await self.store.read_log(after, REPLAY_BATCH):
+            room.apply_all(batch)
+            after = batch[-1].id
+            replayed += len(batch)
+        live = self.room.live_state() if keep_live else None
+        self.room.take_state(room)
+        if live is not None:
+            self.room.restore_live(live)
+        if self._held:  # the storage alarm is shown before it can be stored: it stays shown
+            self.room.apply_all([LogRecord(0, self.room.last_ms, e.kind, e.data) for e in self._held])
+        self.cursor = self.room.cursor
+        self._checkpoint_cursor = start
+        self.replayed = replayed
+        self._state_stale = False
+        return start
+
+    async def _checkpoint(self) -> None:
+        """Store the state as it is now (everything in it is stored: called between group commits)."""
+        cursor = self.room.cursor
+        if self._held:  # a storage alarm is shown that is not stored yet: not a state of the log
+            return
+        try:
+            state = json.dumps(self.room.state_json(), separators=(",", ":"))
+            await self.store.save_checkpoint(cursor, self.room.last_ms, self.room.state_key(), state)
+            self._checkpoint_cursor = cursor
+        except Exception:  # a missing checkpoint only makes the next start replay more
+            log.exception("could not store a checkpoint at log record %d", cursor)
+            self._checkpoint_cursor = cursor  # the next try after as many records again, not at once
+
     async def stop(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
-        for task in self._tasks:
+        for task in self._tasks:  # no new timer inputs from here on
             task.cancel()
         for task in self._tasks:
             try:
                 await task
             except asyncio.CancelledError:
                 pass
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        while self._committer is not None and not self._committer.done():
+            await asyncio.gather(self._committer, return_exceptions=True)
+        if self.room.cursor > self._checkpoint_cursor and not self._state_stale:
+            await self._checkpoint()
         await self._flush_readings()
         await self.store.close()
 
     # ------------------------------------------------------------------ the commit path
+    def _submit(self, decide: Callable[[int], list[LogEntry]], node_event: tuple[str, int, int] | None = None,
+                seq_mark: SeqMark | None = None) -> asyncio.Future[list[LogRecord]]:
+        """Queue an input for the next group commit; the future is its stored records."""
+        done: asyncio.Future[list[LogRecord]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Input(decide, node_event, seq_mark, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
+        return done
+
     async def _commit(self, decide: Callable[[int], list[LogEntry]], *, node_event: tuple[str, int, int] | None = None,
                       seq_mark: SeqMark | None = None) -> list[LogRecord]:
-        async with self._lock:
-            now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
+        """Decide, store, publish one input; when this returns its records are durable."""
+        return await self._submit(decide, node_event, seq_mark)
+
+    async def _commit_queued(self) -> None:
+        # What arrives while a group is being stored waits for the next group: under load the
+        # groups grow, and the cost of a transaction and its fsync is shared by more inputs.
+        while self._queue:
+            group, self._queue = self._queue, []
+            async with self._lock:
+                await self._commit_group(group)
+
+    async def _commit_group(self, group: list[_Input]) -> None:
+        if self._state_stale:
+            try:
+                await self._rebuild(keep_live=True)
+            except Exception as exc:  # the store cannot even be read: decide nothing on a state it lacks
+                log.exception("cannot rebuild the room from the store; refusing %d input(s)", len(group))
+                _fail(group, exc)
+                return
+        now = max(self.clock(), self.room.last_ms)  # the log's times never go back, even if the clock does
+        try:
             # A storage alarm shown but not stored goes first: the log tells the failure before what followed.
             alarm = await self._store_storage_alarm(now) if self._held else []
-            entries = decide(now)
-            if not entries and seq_mark is None and not alarm:
-                return []
-            records = []
-            if entries or seq_mark is not None:
-                records = await self.store.append(now, entries, node_event=node_event, seq_mark=seq_mark)
-                self.room.apply_all(records)
-        self.bus.publish(alarm + records)
+        except BaseException as exc:  # still failing: nothing of the group was decided, nothing to undo
+            _fail(group, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        stored: list[tuple[_Input, list[LogRecord]]] = []
+        try:
+            for item in group:
+                try:
+                    entries = item.decide(now)
+                except Exception as exc:  # a refusal (e.g. no such call) is this input's answer alone
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                    continue
+                if not entries and item.seq_mark is None:
+                    if not item.done.done():
+                        item.done.set_result([])
+                    continue
+                first = self.store.reserve_ids(len(entries))
+                records = [LogRecord(first + i, now, e.kind, e.data) for i, e in enumerate(entries)]
+                self.room.apply_all(records)  # ahead of the store: the next input is decided on it
+                stored.append((item, records))
+            if stored:
+                await self.store.append_group(now, [(records, item.node_event, item.seq_mark)
+                                                    for item, records in stored])
+        except BaseException as exc:
+            # Nothing of the group is stored: none of it may be acked, published or kept.
+            self._state_stale = True
+            if not isinstance(exc, Exception):
+                _fail(group, exc)
+                raise
+            log.error("group commit of %d input(s) failed (%r); rebuilding the room from the store", len(group), exc)
+            try:
+                await self._rebuild(keep_live=True)
+            except Exception:
+                log.exception("cannot rebuild the room from the store; the next group retries")
+            _fail(group, exc)  # answered once the room shows only what is stored again
+            if alarm:
+                self._published(alarm)
+            return
+        self.cursor = self.room.cursor
+        changed = bool(alarm)
+        if alarm:
+            self.bus.publish(alarm)
+        for item, records in stored:
+            self.bus.publish(records)
+            if not item.done.done():
+                item.done.set_result(records)
+            changed = changed or self.room.changes_state(records)
+        if changed:  # a deadline or an output may have moved
+            self._timer_wakeup.set()
+            self._outputs_changed()
+        if self.room.cursor - self._checkpoint_cursor >= self._checkpoint_every:
+            await self._checkpoint()
+
+    def _published(self, records: list[LogRecord]) -> None:
+        """Stored records of their own (the storage alarm and its end): out to every stream."""
+        self.cursor = max(self.cursor, records[-1].id)
+        self.bus.publish(records)
         self._timer_wakeup.set()
         self._outputs_changed()
-        return records
 
     def _outputs_changed(self) -> None:
         for listener in self._output_listeners:
@@ -176,8 +337,16 @@ class RoomController:
             log.debug("node=%s online, not recorded: %s", hello.node, exc)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
-        """Is (node, boot, e) stored already? A number above the boot's highest stored one is new
+        """Is (node, boot, e) stored already? An earlier copy still on its way to the store (a resend
+        on a new connection) is waited for first. A number above the boot's highest stored one is new
         without asking the store (a node numbers its events in the order they happen)."""
+        earlier = self._unsettled.get((ev.node, ev.boot, ev.e))
+        if earlier is not None:
+            try:
+                await asyncio.shield(earlier)
+                return True
+            except Exception:  # the earlier copy was not stored: this one is not a duplicate
+                return False
         known = self._stored_event_no.get(ev.node)
         if known is None or known[0] != ev.boot:
             known = self._stored_event_no[ev.node] = (ev.boot, await self.store.max_event_no(ev.node, ev.boot))
@@ -187,13 +356,19 @@ class RoomController:
 
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
+        key = (ev.node, ev.boot, ev.e)
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
+        earlier = self._unsettled.get(key)
+        if earlier is not None:  # the same event is already in a group: it is stored once
+            return await asyncio.shield(earlier)
         self.room.note_seen(ev.node, self.clock())
         self._count_unmapped(ev)
+        done = self._submit(lambda now: self.room.decide_node_event(ev, now)
+                            + self.room.decide_delivers(ev.node, "an event was stored", now), key, mark)
+        self._unsettled[key] = done
+        done.add_done_callback(lambda _: self._unsettled.pop(key, None))
         try:
-            records = await self._commit(lambda now: self.room.decide_node_event(ev, now)
-                                         + self.room.decide_delivers(ev.node, "an event was stored", now),
-                                         node_event=(ev.node, ev.boot, ev.e), seq_mark=mark)
+            records = await done
         except StorageError:
             self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
             raise
@@ -228,7 +403,7 @@ class RoomController:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
         try:
-            await self.store.save_mark(mark)
+            await self._commit(_nothing, seq_mark=mark)  # the mark rides with the next group commit
         except StorageError as exc:  # liveness needs no disk: the mark is kept in memory and stored later
             log.debug("node=%s heartbeat mark not stored: %s", hb.node, exc)
         if hb.batt_mv:
@@ -255,22 +430,25 @@ class RoomController:
 
     def _check_reading(self, node: str, measure: str, value: float) -> None:
         """Most readings change nothing; the few that cross a limit are decided again and stored."""
-        if not self.room.decide_reading(node, measure, value, self.clock()):
+        if not self.room.reading_matters(node, measure, value) or \
+                not self.room.decide_reading(node, measure, value, self.clock()):
             return
-        self._spawn(self._commit(lambda now: self.room.decide_reading(node, measure, value, now)))
+        self._background(self._submit(lambda now: self.room.decide_reading(node, measure, value, now)))
 
     def _spawn(self, work: Any) -> None:
         """Store an alarm change in the background; :meth:`settle` waits for it."""
-        task = asyncio.create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._reading_committed)
+        self._background(asyncio.ensure_future(work))
+
+    def _background(self, done: asyncio.Future[Any]) -> None:
+        self._pending.add(done)
+        done.add_done_callback(self._reading_committed)
 
     async def settle(self) -> None:
         """Wait until alarm changes caused by readings already received are stored."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    def _reading_committed(self, task: asyncio.Task[object]) -> None:
+    def _reading_committed(self, task: asyncio.Future[Any]) -> None:
         self._pending.discard(task)
         if task.cancelled() or task.exception() is None:
             return
@@ -399,6 +577,7 @@ class RoomController:
         if shown:
             self.bus.notify()
         if records:
+            self.cursor = max(self.cursor, records[-1].id)
             self.bus.publish(records)
         if shown or records:
             self._timer_wakeup.set()
@@ -581,7 +760,7 @@ class RoomController:
         return reasons
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.room.snapshot(self.clock()), "storage": self.storage.to_json()}
+        return {**self.room.snapshot(self.clock()), "cursor": self.cursor, "storage": self.storage.to_json()}
 
     def outputs(self):  # -> RoomOutputs
         return self.room.outputs(self.clock())
@@ -594,3 +773,14 @@ class RoomController:
 
     def subscribe(self) -> Subscription:
         return self.bus.subscribe()
+
+
+def _nothing(now_ms: int) -> list[LogEntry]:
+    return []
+
+
+def _fail(group: list[_Input], exc: BaseException) -> None:
+    error = exc if isinstance(exc, Exception) else RuntimeError(f"group commit interrupted: {exc!r}")
+    for item in group:
+        if not item.done.done():
+            item.done.set_exception(error)

@@ -22,6 +22,7 @@ from controller.store import LogRecord
 from tests.helpers import keys_for
 
 T0_MS = 1_790_000_000_000  # 2026-09-21, any fixed epoch time will do
+CHECKPOINT_EVERY = 7
 
 RULES_DOC: dict[str, Any] = {
     "room": {"id": "4b-12", "name": "Ward 4B room 12"},
@@ -86,8 +87,9 @@ class RoomSim:
         return self.controller
 
     async def start(self) -> "RoomSim":
+        # checkpoints every few records, so restarts in the rule tests start from one and a short tail
         self.controller = RoomController(self.config, keys_for(self.config), self.db_path, clock=self.clock,
-                                         timers=False)
+                                         timers=False, checkpoint_every=CHECKPOINT_EVERY)
         await self.controller.start()
         return self
 

@@ -208,16 +208,16 @@ async def test_readings_are_stored_and_shown(server):
 
 
 async def test_store_failure_means_no_ack_and_the_resend_is_stored(server, monkeypatch):
-    real_append = server.controller.store.append
+    real_append = server.controller.store.append_group
     failures = []
 
     async def failing_once(*args, **kwargs):
         failures.append(1)
-        if len(failures) == 2:  # the first append is the hello's node.online; fail the event's
+        if len(failures) == 2:  # the first commit is the hello's node.online; fail the event's
             raise sqlite3.OperationalError("database or disk is full")
         return await real_append(*args, **kwargs)
 
-    monkeypatch.setattr(server.controller.store, "append", failing_once)
+    monkeypatch.setattr(server.controller.store, "append_group", failing_once)
     client = NodeClient("bedside-a", node_key("bedside-a"))
     await client.connect(server.endpoints.node_host, server.endpoints.node_port)
     ev = client.event_msg("button", "call")

@@ -30,6 +30,9 @@ log = logging.getLogger("smartroom.gateway")
 
 HELLO_TIMEOUT_S = 5.0          # a node sends hello right after connecting; anything slower is not a node
 WRITE_TIMEOUT_S = 5.0          # a node that cannot take a 60-byte ack in 5 s is gone
+WRITE_BUFFER_HIGH = 16 * 1024  # unsent bytes before a send waits for the node: ~150 acks, far more than its window
+WRITE_BUFFER_MAX = 64 * 1024   # unsent bytes (~600 commands) that mean a node no longer reads at all
+FAIR_SHARE_FRAMES = 32         # frames one connection handles before the others get a turn (~1 ms)
 IDLE_GRACE_S = 1.0             # on top of three heartbeat intervals before a silent link is closed
 # Sessions in a row, each ended by a rejection with no event delivered, before a node that keeps
 # connecting is a "cannot deliver" alarm. One or two are a glitch (a restart, a torn frame); by
@@ -89,23 +92,29 @@ class _ConnectionEnded(Exception):
 
 
 async def read_frame(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
-    """One frame's payload (body + tag). Raises ProtocolError or _ConnectionEnded."""
+    """One frame's payload (body + tag). Raises ProtocolError or _ConnectionEnded.
+
+    One deadline per frame (asyncio.timeout: one timer, where wait_for made a task per read): the
+    whole frame must be in within ``timeout_s``. A node writes a frame at once, so a frame that
+    began in time but did not end by then is broken, not slow.
+    """
+    length = -1
     try:
-        header = await asyncio.wait_for(reader.readexactly(p.LENGTH_BYTES), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            (length,) = struct.unpack(">H", await reader.readexactly(p.LENGTH_BYTES))
+            p.check_length(length)
+            return await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
+        if length >= 0:
+            raise p.ProtocolError("malformed_frame",
+                                  f"connection ended {len(exc.partial)}/{length} bytes into a frame") from exc
         if exc.partial:
             raise p.ProtocolError("malformed_frame", "connection ended inside a length prefix") from exc
         raise _ConnectionEnded("closed by peer") from exc
     except TimeoutError as exc:
+        if length >= 0:
+            raise p.ProtocolError("malformed_frame", "frame not completed in time") from exc
         raise _ConnectionEnded(f"silent for {timeout_s:.1f} s") from exc
-    (length,) = struct.unpack(">H", header)
-    p.check_length(length)
-    try:
-        return await asyncio.wait_for(reader.readexactly(length), timeout_s)
-    except asyncio.IncompleteReadError as exc:
-        raise p.ProtocolError("malformed_frame", f"connection ended {len(exc.partial)}/{length} bytes into a frame") from exc
-    except TimeoutError as exc:
-        raise p.ProtocolError("malformed_frame", "frame not completed in time") from exc
 
 
 class NodeConnection:
@@ -125,31 +134,51 @@ class NodeConnection:
         self.sid = 0
         self.out_seq = 0
         self.shown: dict[str, str] = {}  # output -> the pattern last sent to the node
-        self._send_lock = asyncio.Lock()
+        self.has_tone = False  # the room file gives this node the in-room tone
 
     # ------------------------------------------------------------------ sending
+    def _write(self, build: Callable[[int], dict[str, object]]) -> None:
+        """Queue ``build(s)`` on the socket; ``s`` is taken here, with no await between, so frames
+        leave in sequence order without a lock."""
+        self.out_seq += 1
+        self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
+
+    async def _drained(self) -> None:
+        """Wait (at most WRITE_TIMEOUT_S) only when the node is not reading what it is sent."""
+        if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await self.writer.drain()
+
     async def send(self, build: Callable[[int], dict[str, object]]) -> None:
-        """Send ``build(s)``; ``s`` is taken under the lock so frames leave in sequence order."""
-        async with self._send_lock:
-            self.out_seq += 1
-            self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
-            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
+        """Send ``build(s)``."""
+        self._write(build)
+        await self._drained()
 
     async def send_ack(self, seq: int, event_no: int | None = None) -> None:
-        await self.send(lambda s: p.ack(self.sid, s, seq, event_no))
+        self.out_seq += 1
+        self.writer.write(p.ack_frame(self.key, self.sid, self.out_seq, seq, event_no))
+        await self._drained()
+
+    def show(self, indicator: str, tone: str) -> None:
+        """Command the reassurance light and tone patterns the room wants, where the node shows others.
+
+        Written at once, without waiting: a node that leaves its commands unread past
+        WRITE_BUFFER_MAX is closed (it reconnects and is sent the current state again).
+        """
+        for output, pattern in (("indicator", indicator), ("tone", tone)):
+            if (output == "indicator" or self.has_tone) and self.shown.get(output) != pattern:
+                self.shown[output] = pattern
+                self._write(lambda s, c=output, pat=pattern: p.command(self.sid, s, c, p=pat))
+        if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
+            log.warning("node=%s peer=%s does not read its commands; closing its connection", self.node, self.peer)
+            self.writer.close()
 
     async def sync_outputs(self) -> None:
         """Send the reassurance light and tone patterns the room wants, where the node shows others."""
         if self.node is None:
             return
-        cfg = self.controller.config.nodes.get(self.node)
-        wanted = {"indicator": self.controller.room.indicator_for(self.node)}
-        if cfg is not None and cfg.tone:
-            wanted["tone"] = self.controller.outputs().tone
-        for output, pattern in wanted.items():
-            if self.shown.get(output) != pattern:
-                self.shown[output] = pattern
-                await self.send(lambda s, c=output, pat=pattern: p.command(self.sid, s, c, p=pat))
+        room = self.controller.room
+        self.show(room.indicator_for(self.node), self.controller.outputs().tone)
 
     # ------------------------------------------------------------------ receiving
     def idle_timeout_s(self) -> float:
@@ -160,8 +189,12 @@ class NodeConnection:
         try:
             first = await read_frame(self.reader, self.gateway.hello_timeout_s)
             await self._handle(first, hello_expected=True)
+            frames = 0
             while True:
                 await self._handle(await read_frame(self.reader, self.idle_timeout_s()), hello_expected=False)
+                frames += 1
+                if frames % FAIR_SHARE_FRAMES == 0:  # buffered frames are read without a pause: let others in
+                    await asyncio.sleep(0)
         except p.ProtocolError as exc:
             stats.rejected[exc.reason] += 1
             self.rejected = exc.reason
@@ -241,8 +274,7 @@ class NodeConnection:
                 await self.controller.node_delivers(msg.node, "its heartbeat says nothing is waiting")
         elif self.gateway.take_reading(msg.node):
             self.controller.node_reading(msg)
-            self.gateway.stats.accepted["reading"] += 1
-            await asyncio.sleep(0)  # a node streaming readings yields after each: others' frames go in between
+            self.gateway.stats.accepted["reading"] += 1  # (a node streaming readings yields every FAIR_SHARE_FRAMES)
         else:
             self.controller.accept_mark(msg.node, msg.boot, msg.seq)  # a good frame, dropped by the budget
             await asyncio.sleep(DROPPED_READING_PACE_S)
@@ -254,6 +286,8 @@ class NodeConnection:
         if mark is not None and hello.boot == mark.boot and hello.seq <= mark.max_seq:
             raise p.ProtocolError("replayed_seq", f"hello seq {hello.seq} <= highest accepted {mark.max_seq}")
         self.node, self.boot, self.key, self.sid = hello.node, hello.boot, key, hello.nonce
+        cfg = self.controller.config.nodes.get(hello.node)
+        self.has_tone = cfg is not None and cfg.tone
         await self.controller.node_hello(hello, self.peer)
         self.gateway.stats.accepted["hello"] += 1
         await self.send(lambda s: p.welcome(self.sid, s, self.controller.config.heartbeat_ms, wall_ms()))
@@ -370,14 +404,11 @@ class NodeGateway:
         return False
 
     def _schedule_sync(self) -> None:
-        for conn in list(self.connections.values()):
-            task = asyncio.create_task(self._sync(conn))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
-
-    @staticmethod
-    async def _sync(conn: NodeConnection) -> None:
-        try:
-            await conn.sync_outputs()
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            log.info("node=%s could not update outputs: %r", conn.node, exc)
+        """After each commit: the wanted light and tone, computed once for the room; only the nodes
+        that show something else are sent a command (no task, no await, per node)."""
+        if not self.connections:
+            return
+        indicators = self.controller.room.indicators()
+        tone = self.controller.outputs().tone
+        for node, conn in self.connections.items():
+            conn.show(indicators.get(node, "off"), tone)

@@ -12,11 +12,11 @@ is gone, and with it the wedge after a long outage (docs/protocol.md §8).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
 import struct
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..model import NODE_ID_RE, Heartbeat, Hello, NodeEvent, NodeMessage, Reading
@@ -72,9 +72,40 @@ def _check_value(value: Any, path: str) -> None:
     raise ProtocolError("bad_message", f"{path}: {type(value).__name__} is not allowed on the wire")
 
 
+def _wire_safe(value: Any) -> bool:
+    """True when ``value`` may go on the wire; the hot path's check, which builds no error paths.
+
+    json.loads gives exact types, so ``type(v) is int`` also keeps bools (their own type) apart.
+    """
+    kind = type(value)
+    if kind is int:
+        return INT_MIN <= value <= INT_MAX
+    if kind is str:
+        return _PRINTABLE_RE.match(value) is not None
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or _PRINTABLE_RE.match(key) is None or not _wire_safe(item):
+                return False
+        return True
+    if kind is bool:
+        return True
+    if kind is list:
+        for item in value:
+            if not _wire_safe(item):
+                return False
+        return True
+    return False
+
+
+def check_wire_safe(obj: Mapping[str, Any]) -> None:
+    """Raise ProtocolError (naming the offending path) unless every value of ``obj`` may go on the wire."""
+    if type(obj) is not dict or not _wire_safe(obj):
+        _check_value(dict(obj), "$")
+
+
 def canonical_json(obj: Mapping[str, Any]) -> bytes:
     """Encode ``obj`` canonically: sorted keys, no spaces, wire-safe values only."""
-    _check_value(dict(obj), "$")
+    check_wire_safe(obj)
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
@@ -82,7 +113,8 @@ def canonical_json(obj: Mapping[str, Any]) -> bytes:
 
 
 def compute_tag(key: bytes, body: bytes) -> bytes:
-    return hmac.new(key, body, hashlib.sha256).digest()
+    """HMAC-SHA256 of ``body``: the one-shot C call (twice per event, so no HMAC object each time)."""
+    return hmac.digest(key, body, "sha256")
 
 
 def encode_frame(key: bytes, obj: Mapping[str, Any]) -> bytes:
@@ -158,9 +190,62 @@ def _int_map(obj: Mapping[str, Any], key: str) -> dict[str, int]:
     return dict(value)
 
 
+_READING_KEYS = frozenset(("v", "t", "n", "b", "s", "at_ms", "m"))
+
+
+def _fixed_shape_reading(obj: Mapping[str, Any]) -> Reading | None:
+    """The readings path: a well-formed reading checked field by field, with nothing built on the way.
+
+    None for anything unusual; the general path then finds (and names) what is wrong.
+    """
+    node, boot, seq, at_ms, measures = obj["n"], obj["b"], obj["s"], obj["at_ms"], obj["m"]
+    if (obj["v"] != PROTOCOL_VERSION or obj["t"] != "reading" or type(node) is not str
+            or NODE_ID_RE.match(node) is None or type(boot) is not int or not 1 <= boot <= INT_MAX
+            or type(seq) is not int or not 1 <= seq <= INT_MAX or type(at_ms) is not int
+            or not 0 <= at_ms <= INT_MAX or type(measures) is not dict or not measures):
+        return None
+    for name, value in measures.items():
+        if type(value) is not int or not INT_MIN <= value <= INT_MAX or _PRINTABLE_RE.match(name) is None:
+            return None
+    return Reading(node, boot, seq, at_ms, measures)
+
+
+_EVENT_KEYS = frozenset(("v", "t", "n", "b", "s", "e", "k", "src", "val", "at_ms"))
+_EVENT_KEYS_X = _EVENT_KEYS | {"x"}
+_NO_FEATURES: Mapping[str, int] = MappingProxyType({})
+
+
+def _fixed_shape_event(obj: Mapping[str, Any]) -> NodeEvent | None:
+    """The events path, like :func:`_fixed_shape_reading`: None sends anything unusual the general way."""
+    node, boot, seq, event_no, kind, src = obj["n"], obj["b"], obj["s"], obj["e"], obj["k"], obj["src"]
+    val, at_ms = obj["val"], obj["at_ms"]
+    features = obj.get("x", _NO_FEATURES)
+    if (obj["v"] != PROTOCOL_VERSION or obj["t"] != "event" or type(node) is not str
+            or NODE_ID_RE.match(node) is None or type(boot) is not int or not 1 <= boot <= INT_MAX
+            or type(seq) is not int or not 1 <= seq <= INT_MAX or type(event_no) is not int
+            or not 1 <= event_no <= INT_MAX or kind not in EVENT_KINDS
+            or type(src) is not str or _PRINTABLE_RE.match(src) is None or type(val) is not int
+            or not INT_MIN <= val <= INT_MAX or type(at_ms) is not int or not 0 <= at_ms <= INT_MAX
+            or (features is not _NO_FEATURES and type(features) is not dict)):
+        return None
+    for name, value in features.items():
+        if type(value) is not int or not INT_MIN <= value <= INT_MAX or _PRINTABLE_RE.match(name) is None:
+            return None
+    return NodeEvent(node, boot, seq, event_no, kind, src, val, at_ms, dict(features))
+
+
 def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
     """Validate a node → controller body and return its typed message."""
-    _check_value(dict(obj), "$")
+    keys = obj.keys()
+    if keys == _READING_KEYS:
+        reading = _fixed_shape_reading(obj)
+        if reading is not None:
+            return reading
+    elif keys == _EVENT_KEYS or keys == _EVENT_KEYS_X:
+        event = _fixed_shape_event(obj)
+        if event is not None:
+            return event
+    check_wire_safe(obj)
     if obj.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_message", f"protocol version {obj.get('v')!r} is not {PROTOCOL_VERSION}")
     node = _get(obj, "n", str)
@@ -208,6 +293,20 @@ def ack(sid: int, seq: int, acked: int, event_no: int | None = None) -> dict[str
     if event_no is not None:
         msg["e"] = event_no
     return msg
+
+
+def ack_frame(key: bytes, sid: int, seq: int, acked: int, event_no: int | None = None) -> bytes:
+    """``encode_frame(key, ack(sid, seq, acked, event_no))``, byte for byte, without the general
+    encoder: an ack is sent for every event and heartbeat. Its fields are integers the controller
+    chose or checked."""
+    if not (0 <= acked <= INT_MAX and 0 <= seq <= INT_MAX and 0 <= sid <= INT_MAX
+            and (event_no is None or 0 <= event_no <= INT_MAX)):
+        return encode_frame(key, ack(sid, seq, acked, event_no))  # which names what is out of range
+    if event_no is None:
+        body = b'{"a":%d,"s":%d,"sid":%d,"t":"ack","v":%d}' % (acked, seq, sid, PROTOCOL_VERSION)
+    else:
+        body = b'{"a":%d,"e":%d,"s":%d,"sid":%d,"t":"ack","v":%d}' % (acked, event_no, seq, sid, PROTOCOL_VERSION)
+    return struct.pack(">H", len(body) + TAG_BYTES) + body + compute_tag(key, body)
 
 
 def command(sid: int, seq: int, name: str, **fields: Any) -> dict[str, Any]:

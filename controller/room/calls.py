@@ -248,6 +248,18 @@ class CallRules:
             return "off"
         return "acknowledged" if all(c.answered for c in mine) else "received"
 
+    def indicators(self) -> dict[str, str]:
+        """Every node's reassurance light in one pass over the calls; a node not named here is off."""
+        lights: dict[str, str] = {}
+        for call in self.calls.values():
+            if call.node is None or call.ctype.clears == CONDITION:
+                continue
+            if not call.answered:
+                lights[call.node] = "received"
+            elif call.node not in lights:
+                lights[call.node] = "acknowledged"
+        return lights
+
     def outputs(self, now_ms: int) -> RoomOutputs:
         """The tone sounds for the highest call nobody has answered and staff presence does not hold: a call
         raised while staff are in the room sounds like any other. Before presence ends by itself, the
@@ -268,7 +280,8 @@ class CallRules:
         ending = self.staff_present and self.presence_reminded_ms is not None
         if ending and tone == "off":
             tone = PRESENCE_REMINDER_TONE
-        indicators = tuple((n, self.indicator_for(n)) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
+        lights = self.indicators()
+        indicators = tuple((n, lights.get(n, "off")) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
         return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present, tone, silenced, indicators,
                            ending)
 

@@ -98,7 +98,11 @@ class EnvironmentRules(CallRules):
             st.out, st.bound, st.since_ms, st.back_since_ms, st.value = False, None, None, d["at_ms"], d["value"]
 
     def note_reading(self, measure: str, value: float, node: str, ts_ms: int) -> None:
-        self.environment[measure] = {"value": value, "node": node, "ts_ms": ts_ms}
+        latest = self.environment.get(measure)
+        if latest is None:
+            self.environment[measure] = {"value": value, "node": node, "ts_ms": ts_ms}
+        else:  # the readings path: updated in place, nothing allocated
+            latest["value"], latest["node"], latest["ts_ms"] = value, node, ts_ms
 
 
 ENVIRONMENT_APPLY: dict[str, Callable[[Any, dict[str, Any]], None]] = {

@@ -10,21 +10,34 @@ Time-driven rules (escalation, reminders, bathroom dwell, environment minimum du
 deadlines computed from times stored in the log: :meth:`Room.decide_tick` emits what is due at
 ``now`` and :meth:`Room.next_due_ms` says when to look again. Nothing depends on process start.
 
+A checkpoint is the whole state as JSON (:meth:`Room.state_json`, :meth:`Room.load_state`): loading
+the newest one and applying the log after it gives the state a full replay gives, in a fraction of
+the time. Every attribute of a Room is either configuration or has a codec in ``_STATE_CODECS``;
+:meth:`Room.state_json` refuses to run otherwise, so a field added later cannot be left out.
+
 docs/call-model.md explains the model for a nurse manager; the tables below are that page's source.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import dataclasses
+import hashlib
+import json
+from typing import Any, Callable, Iterable, Mapping
 
 from ..model import NodeEvent
 from ..store import LogEntry, LogRecord
-from .calls import CALL_APPLY, CALL_INPUTS, Call, CallRules
+from .calls import CALL_APPLY, CALL_INPUTS, CONDITION, Call, CallRules
 from .config import RoomConfig
 from .environment import ENVIRONMENT_APPLY, EnvironmentRules, EnvState
 from .hospital import HOSPITAL_APPLY, HospitalRules
 from .presence import AREA_INPUTS, PRESENCE_APPLY, PresenceRules
-from .supervision import FAULT_CORD_REMOVED, SUPERVISION_APPLY, NodeStatus, SupervisionRules
+from .supervision import (BATTERY_MEASURE, FAULT_CORD_REMOVED, LIVE_NODE_FIELDS, PLAUSIBLE, SUPERVISION_APPLY,
+                          NodeStatus, SupervisionRules)
+
+# Bump when the meaning of a checkpoint's fields changes: older checkpoints are then ignored and the
+# room is rebuilt by a full replay (and checkpointed again).
+STATE_FORMAT = 1
 
 
 class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, CallRules):
@@ -47,6 +60,7 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
         self.cursor = 0
         self.last_ms = 0
         self.patients: dict[str, dict[str, str] | None] = {bed: None for bed in config.beds}  # hospital.py
+        self.quiet_bands = quiet_bands(config)
 
     # ------------------------------------------------------------------ queries
     def next_due_ms(self, now_ms: int, offline_after_ms: int) -> int | None:
@@ -122,6 +136,21 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
             entries += self._env_reading(rule, value, node, now_ms)
         return entries
 
+    def reading_matters(self, node: str, measure: str, value: float) -> bool:
+        """False when :meth:`decide_reading` would return nothing: the value is inside every limit
+        of its measure and no alarm it could end is active. The readings path; allocates nothing."""
+        band = self.quiet_bands.get(measure)
+        if band is None or not band[0] <= value <= band[1]:
+            return True
+        st = self.env.get(measure)
+        if st is not None and st.out:
+            return True
+        if self.calls:
+            for call in self.calls.values():  # a sensor fault or low battery of this node may end
+                if call.node == node and call.ctype.clears == CONDITION:
+                    return True
+        return False
+
     # ------------------------------------------------------------------ decisions: time
     def decide_tick(self, now_ms: int, offline_after_ms: int) -> list[LogEntry]:
         """Everything that has fallen due by ``now_ms``; call again until it returns nothing."""
@@ -129,7 +158,54 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
                 + self._decide_presence_timeout(now_ms) + self._decide_environment(now_ms)
                 + self._decide_supervision(now_ms, offline_after_ms) + self._decide_display(now_ms))
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_key(self) -> str:
+        """Names what a checkpoint of this room is valid for: the state format and the configuration
+        that shapes the fold (nodes, beds, rules, timers). Another room file means a full replay."""
+        return f"v{STATE_FORMAT}:{config_fingerprint(self.config)}"
+
+    def state_json(self) -> dict[str, Any]:
+        """The whole state (everything but the configuration) as JSON-able data."""
+        unknown = set(vars(self)) - NOT_STATE - _STATE_CODECS.keys()
+        if unknown:
+            raise TypeError(f"Room attribute(s) {sorted(unknown)} have no checkpoint codec: add them to "
+                            "_STATE_CODECS in controller/room/state.py (or to NOT_STATE if they are not the log's)")
+        return {name: encode(getattr(self, name)) for name, (encode, _) in _STATE_CODECS.items()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the whole state with one made by :meth:`state_json` (of a room with this configuration)."""
+        missing = _STATE_CODECS.keys() - state.keys()
+        if missing:
+            raise ValueError(f"checkpoint lacks {sorted(missing)}")
+        for name, (_, decode) in _STATE_CODECS.items():
+            setattr(self, name, decode(state[name]))
+
+    def take_state(self, other: "Room") -> None:
+        """Take over ``other``'s whole state (a room of the same configuration, built aside)."""
+        for name in _STATE_CODECS:
+            setattr(self, name, getattr(other, name))
+
+    def live_state(self) -> dict[str, Any]:
+        """What heartbeats and readings set without the log (node health, latest values)."""
+        return {"nodes": {n: {f: getattr(s, f) for f in LIVE_NODE_FIELDS} for n, s in self.nodes.items()},
+                "environment": {m: dict(v) for m, v in self.environment.items()}}
+
+    def restore_live(self, live: Mapping[str, Any]) -> None:
+        """Put back what :meth:`live_state` took, after the state was rebuilt from the log."""
+        for node, values in live["nodes"].items():
+            status = self.nodes.get(node)
+            if status is not None:
+                for name, value in values.items():
+                    setattr(status, name, value)
+        self.environment.update(live["environment"])
+
     # ------------------------------------------------------------------ state changes
+    @staticmethod
+    def changes_state(records: Iterable[LogRecord]) -> bool:
+        """False when applying ``records`` changes nothing but the cursor (e.g. only node.event records
+        of inputs with no meaning): then no deadline and no output can have moved."""
+        return any(record.kind in _APPLY for record in records)
+
     def apply_all(self, records: Iterable[LogRecord]) -> None:
         for record in records:
             self.apply(record)
@@ -145,3 +221,87 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
 
 
 _APPLY = {**CALL_APPLY, **PRESENCE_APPLY, **ENVIRONMENT_APPLY, **SUPERVISION_APPLY, **HOSPITAL_APPLY}
+
+
+# --------------------------------------------------------------------------- checkpoint codecs
+def _to_json(obj: Any) -> dict[str, Any]:
+    """A state dataclass, every field (tuples become lists)."""
+    return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v for f in dataclasses.fields(obj)}
+
+
+def _from_json(cls: type, data: Mapping[str, Any]) -> Any:
+    """The inverse of :func:`_to_json`; a field missing from ``data`` is an error, never a default."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = data[f.name]
+        if isinstance(f.type, str) and f.type.startswith("tuple") and value is not None:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# Configuration, what is computed from it alone, and what the controller sets for this run (when it
+# started supervising): never in a checkpoint, and kept through a rebuild.
+NOT_STATE = frozenset({"config", "quiet_bands", "started_ms"})
+_STATE_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    # a list keeps the calls' order, which is the order they were raised in
+    "calls": (lambda calls: [_to_json(c) for c in calls.values()],
+              lambda data: {c["id"]: _from_json(Call, c) for c in data}),
+    "area": (dict, dict),
+    "area_since": (dict, dict),
+    "beds": (dict, dict),
+    "fall_risk": (dict, dict),
+    "staff_present": (_same, _same),
+    "staff_since_ms": (_same, _same),
+    "presence_reminded_ms": (_same, _same),
+    "bath_dwell_for": (_same, _same),
+    "silence": (lambda v: None if v is None else list(v), lambda v: None if v is None else tuple(v)),
+    "nodes": (lambda nodes: [_to_json(n) for n in nodes.values()],
+              lambda data: {n["id"]: _from_json(NodeStatus, n) for n in data}),
+    "environment": (lambda env: {m: dict(v) for m, v in env.items()},
+                    lambda data: {m: dict(v) for m, v in data.items()}),
+    "env": (lambda env: {m: _to_json(st) for m, st in env.items()},
+            lambda data: {m: _from_json(EnvState, st) for m, st in data.items()}),
+    "patients": (lambda beds: {b: None if p is None else dict(p) for b, p in beds.items()},
+                 lambda data: {b: None if p is None else dict(p) for b, p in data.items()}),
+    "cursor": (_same, _same),
+    "last_ms": (_same, _same),
+}
+
+
+def quiet_bands(config: RoomConfig) -> dict[str, tuple[float, float]]:
+    """Per measure, the values that change nothing while no alarm of it is active: plausible,
+    inside the environment rule's limits, and (the battery) at or above the low-battery level."""
+    bands = {}
+    for measure, (lo, hi) in PLAUSIBLE.items():
+        rule = config.environment.get(measure)
+        if rule is not None and rule.low is not None:
+            lo = max(lo, rule.low)
+        if rule is not None and rule.high is not None:
+            hi = min(hi, rule.high)
+        if measure == BATTERY_MEASURE:
+            lo = max(lo, config.supervision.low_battery_v)
+        bands[measure] = (lo, hi)
+    return bands
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def config_fingerprint(config: RoomConfig) -> str:
+    """A digest of everything in the room file that can shape the state (not where it listens)."""
+    shape = {k: v for k, v in _canonical(config).items() if k not in ("source", "node_host", "node_port")}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:16]

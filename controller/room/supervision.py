@@ -38,6 +38,9 @@ SUPERVISION_SOURCE = "supervision"
 MAPPED_KINDS = ("button", "presence")  # event kinds whose meaning comes from the room file
 NOT_DISPLAYED = "not_displayed"  # the call type of "calls not shown on any nurse screen"
 DISPLAY_SRC = "display"          # its source (no node: the room controller raises it)
+# NodeStatus fields that heartbeats, check-ins and dropped connections set without the log (the rest
+# follow node.online/offline)
+LIVE_NODE_FIELDS = ("last_seen_ms", "rssi", "batt_mv", "heap", "queued", "dropped", "connection_lost_ms")
 
 @dataclass(slots=True)
 class NodeStatus:

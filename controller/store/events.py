@@ -2,7 +2,9 @@
 
 Every write runs on one dedicated thread, so SQLite's fsync never blocks the event loop and writes
 are serialised. ``synchronous=FULL`` in WAL mode makes a commit durable when it returns: the
-gateway acks a node's event only after :meth:`Store.append` has returned.
+gateway acks a node's event only after :meth:`Store.append_group` (one transaction, one fsync, for
+every input that arrived together) has returned. ``checkpoints`` holds snapshots of the room's
+state, so a start replays only the log after the newest one.
 
 A write that fails for the storage's sake (disk full, I/O error, read-only file system) raises
 :class:`StorageError`; listeners hear of every such failure and of the first write that works
@@ -54,7 +56,14 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE INDEX IF NOT EXISTS readings_by_measure ON readings (measure, ts_ms);
 CREATE INDEX IF NOT EXISTS log_by_time ON log (ts_ms);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    cursor  INTEGER PRIMARY KEY,  -- the last log id folded into the state
+    ts_ms   INTEGER NOT NULL,
+    key     TEXT NOT NULL,        -- what the state is valid for (format and room configuration)
+    state   TEXT NOT NULL         -- the room's state as JSON
+);
 """
+CHECKPOINTS_KEPT = 2  # the newest, and one before it in case the newest cannot be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,10 @@ class SeqMark:
     max_seq: int
 
 
+# One input's share of a group commit: its records, its (node, boot, e) if a node's event, its mark.
+GroupItem = tuple[list[LogRecord], "tuple[str, int, int] | None", "SeqMark | None"]
+
+
 class StorageError(Exception):
     """The database cannot be written or read (disk full, I/O error, read-only): not a bug, a fault."""
 
@@ -102,6 +115,7 @@ class Store:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smartroom-store")
         self._db: sqlite3.Connection | None = None
+        self._next_id = 1  # the next log id to hand out (reserve_ids): ids are given before the write
         self.failing: StorageError | None = None   # the last write failed; None once one works again
         # Called with each failed write's error, and with None on the first write that works after one.
         self.health_listeners: list[Callable[[StorageError | None], None]] = []
@@ -156,6 +170,14 @@ class Store:
 
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(self._executor, _open)
+        self._next_id = await self.last_log_id() + 1
+
+    def reserve_ids(self, n: int) -> int:
+        """The first of ``n`` log ids for records about to be written. An id is never handed out
+        twice, also when its write fails (a reader may have seen it), so the log may have gaps."""
+        first = self._next_id
+        self._next_id += n
+        return first
 
     async def close(self) -> None:
         if self._db is not None:
@@ -178,17 +200,14 @@ class Store:
         recognised as a duplicate; ``seq_mark`` moves the node's accepted-sequence mark.
         """
         entries = list(entries)
+        first = self.reserve_ids(len(entries))
+        records = [LogRecord(first + i, ts_ms, e.kind, e.data) for i, e in enumerate(entries)]
 
         def _append(db: sqlite3.Connection) -> list[LogRecord]:
-            records: list[LogRecord] = []
             db.execute("BEGIN IMMEDIATE")
             try:
-                for entry in entries:
-                    cur = db.execute(
-                        "INSERT INTO log (ts_ms, kind, data) VALUES (?, ?, ?)",
-                        (ts_ms, entry.kind, json.dumps(entry.data, separators=(",", ":"))),
-                    )
-                    records.append(LogRecord(cur.lastrowid, ts_ms, entry.kind, entry.data))
+                db.executemany("INSERT INTO log (id, ts_ms, kind, data) VALUES (?, ?, ?, ?)",
+                               [(r.id, ts_ms, r.kind, json.dumps(r.data, separators=(",", ":"))) for r in records])
                 if node_event is not None:
                     db.execute(
                         "INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)",
@@ -203,6 +222,70 @@ class Store:
             return records
 
         return await self._write(_append)
+
+    async def append_group(self, ts_ms: int, group: Iterable[GroupItem]) -> None:
+        """Store the records of several inputs in one transaction with one fsync; durable when this
+        returns, and if it raises, nothing of the group is stored.
+
+        The records' ids are given (the service numbers them as it decides); each input's
+        ``node_event`` (node, boot, e) is recorded against its first record, so a resent event is
+        recognised as a duplicate; ``seq_mark`` moves its node's accepted-sequence mark.
+        """
+        log_rows: list[tuple[int, int, str, str]] = []
+        event_rows: list[tuple[str, int, int, int]] = []
+        marks: dict[str, SeqMark] = {}
+        for records, node_event, seq_mark in group:
+            for r in records:
+                log_rows.append((r.id, ts_ms, r.kind, json.dumps(r.data, separators=(",", ":"))))
+            if node_event is not None:
+                event_rows.append((*node_event, records[0].id))
+            if seq_mark is not None:
+                old = marks.get(seq_mark.node)
+                if old is None or (seq_mark.boot, seq_mark.max_seq) > (old.boot, old.max_seq):
+                    marks[seq_mark.node] = seq_mark
+
+        def _append(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO log (id, ts_ms, kind, data) VALUES (?, ?, ?, ?)", log_rows)
+                if event_rows:
+                    db.executemany("INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)",
+                                   event_rows)
+                for mark in marks.values():
+                    _upsert_mark(db, mark)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+
+        await self._write(_append)
+
+    async def save_checkpoint(self, cursor: int, ts_ms: int, key: str, state: str) -> None:
+        """Keep ``state`` (the room folded up to log id ``cursor``) and drop all but the newest few."""
+
+        def _save(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR REPLACE INTO checkpoints (cursor, ts_ms, key, state) VALUES (?, ?, ?, ?)",
+                           (cursor, ts_ms, key, state))
+                db.execute("DELETE FROM checkpoints WHERE cursor NOT IN "
+                           "(SELECT cursor FROM checkpoints ORDER BY cursor DESC LIMIT ?)", (CHECKPOINTS_KEPT,))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+
+        await self._write(_save)
+
+    async def checkpoints(self, key: str) -> list[tuple[int, str]]:
+        """(cursor, state) of the checkpoints valid for ``key``, newest first; none beyond the log's end."""
+
+        def _read(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            return db.execute(
+                "SELECT cursor, state FROM checkpoints WHERE key = ? AND cursor <= "
+                "(SELECT COALESCE(MAX(id), 0) FROM log) ORDER BY cursor DESC", (key,)).fetchall()
+
+        return await self._run(_read)
 
     async def add_readings(self, rows: list[tuple[int, str, str, float]], marks: Iterable[SeqMark] = ()) -> None:
         """Store readings (ts_ms, node, measure, value) and sequence marks in one transaction."""
@@ -292,11 +375,12 @@ class Store:
         """Newest value per measure: measure -> (ts_ms, node, value)."""
 
         def _latest(db: sqlite3.Connection) -> dict[str, tuple[int, str, float]]:
-            rows = db.execute(
-                "SELECT measure, ts_ms, node, value FROM readings r WHERE ts_ms = "
-                "(SELECT MAX(ts_ms) FROM readings WHERE measure = r.measure) GROUP BY measure"
-            ).fetchall()
-            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+            latest = {}
+            for measure in history.measures(db, "readings"):  # index seeks: fast however many rows
+                row = db.execute("SELECT ts_ms, node, value FROM readings WHERE measure = ? "
+                                 "ORDER BY ts_ms DESC LIMIT 1", (measure,)).fetchone()
+                latest[measure] = (row[0], row[1], row[2])
+            return latest
 
         return await self._run(_latest)
 

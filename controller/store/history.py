@@ -192,7 +192,7 @@ def _floor(t: int, step: int) -> int:
     return t // step * step
 
 
-def _measures(db: sqlite3.Connection, table: str) -> list[str]:
+def measures(db: sqlite3.Connection, table: str) -> list[str]:
     """Distinct measures in ``table``, by skipping along its (measure, time) index."""
     rows = db.execute(
         f"WITH RECURSIVE m(x) AS (SELECT MIN(measure) FROM {table} "
@@ -250,7 +250,7 @@ def maintain_chunk(db: sqlite3.Connection, now_ms: int, retention: Retention = R
     period = rollup_period_ms(db, retention.period_ms, record=True)
     raw_cut = _floor(now_ms - round(retention.raw_days * DAY_MS), period)
     keep_cut = _floor(now_ms - round(retention.rollup_days * DAY_MS), period)
-    for measure in _measures(db, "readings"):
+    for measure in measures(db, "readings"):
         params = {"m": measure, "cut": keep_cut, "n": limit, "p": period}
         if _any_before(db, "readings", "ts_ms", measure, keep_cut):
             n = _transaction(db, (_DELETE_RAW, params))
@@ -259,7 +259,7 @@ def maintain_chunk(db: sqlite3.Connection, now_ms: int, retention: Retention = R
             params["cut"] = raw_cut
             n = _transaction(db, (_ROLL_UP, params), (_DELETE_RAW, params))
             return MaintainReport(rolled_up=n, transactions=1, done=False)
-    for measure in _measures(db, "readings_rollup"):
+    for measure in measures(db, "readings_rollup"):
         if _any_before(db, "readings_rollup", "start_ms", measure, keep_cut):
             n = _transaction(db, (_DELETE_ROLLUPS, {"m": measure, "cut": keep_cut, "n": limit}))
             return MaintainReport(rollups_expired=n, transactions=1, done=False)
