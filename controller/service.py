@@ -177,13 +177,15 @@ class RoomController:
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
         """Is (node, boot, e) stored already? A number above the boot's highest stored one is new
-        without asking the store (a node numbers its events in the order they happen)."""
+        without asking the store (a node numbers its events in the order they happen). The boot is
+        the event's own: an earlier one for an event kept through a restart (protocol §9)."""
+        boot = ev.event_boot
         known = self._stored_event_no.get(ev.node)
-        if known is None or known[0] != ev.boot:
-            known = self._stored_event_no[ev.node] = (ev.boot, await self.store.max_event_no(ev.node, ev.boot))
+        if known is None or known[0] != boot:
+            known = self._stored_event_no[ev.node] = (boot, await self.store.max_event_no(ev.node, boot))
         if ev.e > known[1]:
             return False
-        return await self.store.has_node_event(ev.node, ev.boot, ev.e)
+        return await self.store.has_node_event(ev.node, boot, ev.e)
 
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
@@ -193,13 +195,13 @@ class RoomController:
         try:
             records = await self._commit(lambda now: self.room.decide_node_event(ev, now)
                                          + self.room.decide_delivers(ev.node, "an event was stored", now),
-                                         node_event=(ev.node, ev.boot, ev.e), seq_mark=mark)
+                                         node_event=(ev.node, ev.event_boot, ev.e), seq_mark=mark)
         except StorageError:
             self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
             raise
         known = self._stored_event_no.get(ev.node)
-        if known is not None and known[0] == ev.boot and ev.e > known[1]:
-            self._stored_event_no[ev.node] = (ev.boot, ev.e)
+        if known is not None and known[0] == ev.event_boot and ev.e > known[1]:
+            self._stored_event_no[ev.node] = (ev.event_boot, ev.e)
         return records
 
     def _count_unmapped(self, ev: NodeEvent) -> None:

@@ -135,8 +135,8 @@ class NodeConnection:
             self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
             await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
 
-    async def send_ack(self, seq: int, event_no: int | None = None) -> None:
-        await self.send(lambda s: p.ack(self.sid, s, seq, event_no))
+    async def send_ack(self, seq: int, event_no: int | None = None, origin_boot: int | None = None) -> None:
+        await self.send(lambda s: p.ack(self.sid, s, seq, event_no, origin_boot))
 
     async def sync_outputs(self) -> None:
         """Send the reassurance light and tone patterns the room wants, where the node shows others."""
@@ -218,7 +218,7 @@ class NodeConnection:
                 self.controller.accept_mark(msg.node, msg.boot, msg.seq)
                 self.gateway.stats.duplicates += 1
                 log.info("node=%s duplicate event boot=%d e=%d (seq %d): acked again, not stored",
-                         msg.node, msg.boot, msg.e, msg.seq)
+                         msg.node, msg.event_boot, msg.e, msg.seq)
             else:
                 try:
                     await self.controller.node_event(msg)
@@ -231,7 +231,7 @@ class NodeConnection:
             if not self.delivered:
                 self.delivered = True
                 self.gateway.delivered(msg.node)
-            await self.send_ack(msg.seq, msg.e)
+            await self.send_ack(msg.seq, msg.e, msg.origin_boot)
             return
         if isinstance(msg, p.Heartbeat):
             await self.controller.node_heartbeat(msg)
