@@ -42,6 +42,14 @@ def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> N
     run_mp(MP_TESTS / "test_accel_trace.py", str(tmp_path), heap="64wK")
 
 
+def test_flash_journal_on_a_directory_as_the_flash(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_journal.py", str(tmp_path))
+
+
+def test_node_light_and_journal_with_the_link_down(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_node_journal.py", str(tmp_path))
+
+
 def test_protocol_vectors_pass_under_micropython() -> None:
     run_mp(MP_TESTS / "run_vectors.py", str(ROOT / "tests" / "vectors" / "protocol_v2.json"))
 
