@@ -6,9 +6,11 @@ Each script in tests/mp/ prints ``FAIL ...`` for a failed check and ends with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,19 @@ def test_mp_harness_reports_failures(tmp_path: Path) -> None:
                       "check('one', True)\ncheck('two', False, 'expected')\ndone()\n" % str(MP_TESTS))
     with pytest.raises(AssertionError, match="FAIL two expected"):
         run_mp(script)
+
+
+def test_journal_wear_bench_smoke(tmp_path: Path) -> None:
+    """bench/journal_wear.py --smoke: the journal on littlefs keeps exactly the unacked events in
+    every workload, and the firmware's reset size is what keeps a delivered event's wear low."""
+    out = tmp_path / "wear.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "journal_wear.py"), "--smoke", "--json", str(out)],
+                            capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {(r["workload"], r["limit"], r["reset"]): r for r in json.loads(out.read_text())}
+    assert len(rows) == 9 and all(r["held_ok"] and r["codes"] == 0 for r in rows.values())
+    for r in rows.values():  # an event is one record and its ack another: two writes, never more
+        assert r["writes"] <= 2 * r["events"]
+    firmware = rows[("delivered", 4096, 64)]["per_event"]["erases"]
+    assert firmware < 0.2, "a delivered event should mostly cost a metadata commit, not a block erase"
+    assert firmware * 5 < rows[("delivered", 4096, 512)]["per_event"]["erases"]

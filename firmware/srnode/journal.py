@@ -39,16 +39,22 @@ def _enc(kind, data):
 
 
 class Journal:
-    """`path`: the journal file (hal.flash_path("journal")); `limit`: its bound in bytes.
+    """`path`: the journal file (hal.flash_path("journal")); `limit`: its bound in bytes; `reset`:
+    when an ack empties the queue and the file holds this many bytes, it starts afresh (empty).
     add() / ack() / store() return 0, or the fault code: 1 the flash failed, 5 an event did not
     fit. `length`: bytes in the file; `count`: records and compactions written; `torn`: records
     load() skipped."""
 
-    # limit 4096: a sector of flash. A button event takes ~80 bytes, a fall event ~250, an ack 16;
+    # limit 4096: a sector of flash. A button event takes ~60 bytes, a fall event ~250, an ack 16;
     # the queue holds at most 16 events, so a compacted journal fits in all but contrived cases.
-    def __init__(self, path, limit=4096):
+    # reset 64: an ack that leaves nothing queued starts an empty file once this much is written.
+    # littlefs keeps a file this small inline in its metadata, where an append is a short commit,
+    # not a block copy: 0.07 block erases per delivered event against 1.6 at 512 and 0.14 when
+    # every such ack starts afresh (bench/journal_wear.py, docs/firmware.md).
+    def __init__(self, path, limit=4096, reset=64):
         self.path = path
         self.limit = limit
+        self.reset = reset
         self._f = None
         self._ready = False  # the tail is known good; until then the next write compacts
         self.length = self.count = self.torn = 0
@@ -97,9 +103,8 @@ class Journal:
 
     def ack(self, b, e, items):
         """Event (b, e) left the queue; `items`: what is still queued."""
-        # Nothing queued and an eighth of the bound used: start afresh, so the file stays small
-        # (littlefs keeps small files inline in its metadata, where an append is a short commit).
-        if not self._ready or self.length + 16 > self.limit or (not items and self.length >= self.limit // 8):
+        # nothing queued and `reset` bytes written: start afresh, so the file stays small
+        if not self._ready or self.length + 16 > self.limit or (not items and self.length >= self.reset):
             return self.store(items)
         return self._write(_enc(0x41, b.to_bytes(4, "big") + e.to_bytes(4, "big")))
 

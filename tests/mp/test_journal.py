@@ -122,13 +122,22 @@ live.pop(0)
 j.ack(1, 1, live)
 check("an ack with events still queued is a 16-byte append", j.count == 3 and j.length == size(path) == 2 * one + 16)
 
-# reset edge: nothing queued after the ack, file at limit // 8 or more -> rewritten empty; below -> appended
-for limit, expect_empty in ((8 * (one + 16), False), (8 * one, True), (8 * one - 1, True)):
-    path, j, live = journal_of([ev(1)], [], limit)
-    live.pop()
-    j.ack(1, 1, live)
-    check("reset at limit %d (file %d)" % (limit, one), (size(path) == 0) == expect_empty, (size(path), one))
+# reset edge: nothing queued after the ack and the file at `reset` bytes or more -> rewritten
+# empty; under it -> the ack appended; events still queued -> appended whatever the size
+for reset, expect_empty in ((one + 1, False), (one, True), (one - 1, True)):
+    path, limit = fresh()
+    j = Journal(path, limit, reset)
+    check("add", j.add(ev(1), [ev(1)]) == 0 and j.length == one)
+    j.ack(1, 1, [])
+    check("reset at %d (file %d)" % (reset, one), (size(path) == 0) == expect_empty, (size(path), one))
     check("reset keeps nothing held", Journal(path).load() == [])
+path, limit = fresh()
+j = Journal(path, limit, 1)
+j.add(ev(1), [ev(1)])
+j.add(ev(2), [ev(1), ev(2)])
+j.ack(1, 1, [ev(2)])
+check("no reset while events are queued", size(path) == 2 * one + 16 and same(Journal(path).load(), [ev(2)]))
+check("the default reset is 64 bytes", Journal(DIR + "/x").reset == 64)
 
 # --- compaction keeps the unacked ones, and the file never passes its bound
 path, limit = fresh(600)
