@@ -71,9 +71,9 @@ class Journal:
                 head = f.read(4)
                 if not head:
                     break
-                n = head[2] << 8 | head[3] if len(head) == 4 and head[0] == 0xA5 else -4
+                n = head[2] << 8 | head[3] if len(head) == 4 and head[0] == 0xA5 else -1
                 body = f.read(n + 4) if n >= 0 else b""
-                if len(body) != n + 4 or crc32(body[:n], crc32(head)) != int.from_bytes(body[n:], "big"):
+                if n < 0 or len(body) != n + 4 or crc32(body[:n], crc32(head)) != int.from_bytes(body[n:], "big"):
                     self.torn += 1
                     break
                 try:
@@ -111,7 +111,7 @@ class Journal:
     def _write(self, buf):
         try:
             if self._f is None:
-                self._f = open(self.path, "a")
+                self._f = open(self.path, "a")  # takes bytes on both file systems; "ab" is one name more
             self._f.write(buf)
             self._f.flush()
         except OSError:

@@ -92,6 +92,11 @@ for i in range(two, len(whole)):  # any byte of the last record flipped
         cut_ok = False
         print("FAIL flipped byte", i, got, jt.torn)
 check("a flipped byte fails the CRC: skipped and counted", cut_ok)
+for tail in (b"\xa5", b"\xa5E", b"\xa5E\x00", b"\x00\x00\x00\x00"):  # a head cut short; no magic
+    with open(path, "wb") as f:
+        f.write(whole + tail)
+    jt = Journal(path)
+    check("tail %r skipped" % tail, same(jt.load(), [ev(1), ev(2), ev(3)]) and jt.torn == 1)
 with open(path, "wb") as f:
     f.write(whole + b"\xff\xff\xff")  # erased flash after the last record
 jt = Journal(path)
