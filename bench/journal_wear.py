@@ -15,8 +15,9 @@ others are for comparison). Printed per event: journal writes (appended records 
 bytes the journal wrote, block erases and bytes programmed by littlefs (its metadata included);
 the most-erased block after the run; and the events the flash lasts at 100,000 erase cycles a
 block (NOR flash datasheets' endurance) if littlefs levels the erases over all blocks (it moves a
-metadata pair after `block_cycles` erases, so a short run's most-erased block says little). The same journal on a directory (the sim's flash)
-makes the same writes: the counts of writes and bytes are the file system's input either way.
+metadata pair after `block_cycles` erases, so a short run's most-erased block says little). The
+same journal on a directory (the sim's flash) makes the same writes: the counts of writes and
+bytes are the file system's input either way.
 """
 
 from __future__ import annotations

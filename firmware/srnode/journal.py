@@ -21,7 +21,6 @@ from srnode import proto
 from srnode.equeue import AT_MS, BOOT, EV, KIND, SRC, VAL, X, entry
 
 
-
 def payload(e):
     return proto.canonical([e[BOOT], e[EV], e[KIND], e[SRC], e[VAL], e[AT_MS], e[X] or {}])
 
@@ -73,7 +72,8 @@ class Journal:
                     break
                 n = head[2] << 8 | head[3] if len(head) == 4 and head[0] == 0xA5 else -1
                 body = f.read(n + 4) if n >= 0 else b""
-                if n < 0 or len(body) != n + 4 or crc32(body[:n], crc32(head)) != int.from_bytes(body[n:], "big"):
+                if n < 0 or len(body) != n + 4 or \
+                        crc32(body[:n], crc32(head)) != int.from_bytes(body[n:], "big"):
                     self.torn += 1
                     break
                 try:

@@ -212,7 +212,8 @@ class Link:
                     e[SENT_MS] = now
                     s = node.next_seq()
                     writer.write(proto.encode_frame(self._mac, node.event_msg(e, s)))
-                    hal.log("sent", "e=%d s=%d" % (e[EV], s) + (" %s=%d" % ("ob", e[BOOT]) if e[BOOT] != node.boot else ""))
+                    ob = e[BOOT] if e[BOOT] != node.boot else 0  # an earlier boot's, kept (section 9)
+                    hal.log("sent", "e=%d s=%d" % (e[EV], s) + (" %s=%d" % ("ob", ob) if ob else ""))
             while self._outbox:
                 msg = self._outbox.pop(0)
                 msg["s"] = node.next_seq()

@@ -20,7 +20,8 @@ BEDSIDE = {"inputs": [{"name": "call", "kind": "button", "pin": "call"},
 
 
 def node_events(tmp_path) -> list[tuple[int, int, str]]:
-    return [(d["boot"], d["e"], d["src"]) for d in stored(tmp_path / "room.db", "node.event") if d["node"] == "bedside-a"]
+    return [(d["boot"], d["e"], d["src"]) for d in stored(tmp_path / "room.db", "node.event")
+            if d["node"] == "bedside-a"]
 
 
 async def kill(node: SimNode) -> None:
@@ -88,8 +89,8 @@ async def test_an_event_stored_whose_ack_never_left_is_not_stored_twice(tmp_path
     monkeypatch.setattr(gateway.NodeConnection, "send_ack", lossy_send_ack)
     nodes = tmp_path / "nodes"
     async with room_server(tmp_path) as server:
-        cfg = firmware("bedside-a", server.endpoints.node_port, tmp_path, [{"at_ms": 300, "pin": "call", "press_ms": 100}],
-                       speed=5, **BEDSIDE)
+        press = [{"at_ms": 300, "pin": "call", "press_ms": 100}]
+        cfg = firmware("bedside-a", server.endpoints.node_port, tmp_path, press, speed=5, **BEDSIDE)
         async with SimNode(cfg, nodes) as node:
             await node.wait_for("event", kind="button", timeout_s=WAIT_S)
             await until(lambda: node_events(tmp_path), "the press stored")

@@ -89,14 +89,16 @@ async def light_while_undelivered():
     check("no call: the light is off", led.pattern == "off" and hal.pins["led"].value() == 0)
     await press(hal)
     at = hal.now
-    check("a press queues a call event", [(e[KIND], e[SRC], e[VAL]) for e in node.queue.items] == [("button", "call", 1)])
+    queued = [(e[KIND], e[SRC], e[VAL]) for e in node.queue.items]
+    check("a press queues a call event", queued == [("button", "call", 1)], queued)
     check("the press shows 'undelivered'", led.pattern == "undelivered")
     on_flash = Journal(hal.flash_path("journal")).load()
     check("the event is on flash before any ack", [(e[BOOT], e[EV]) for e in on_flash] == [(1, 1)], on_flash)
     await hal.advance(2000)
     check("the link stayed down meanwhile", hal.connects >= 2 and not node.link.up)
     blinks = gaps(hal.led_changes(at))
-    check("fast blink, 200 ms on / 200 ms off, all the while", len(blinks) >= 9 and all(g == 200 for g in blinks), blinks)
+    check("fast blink, 200 ms on / 200 ms off, all the while",
+          len(blinks) >= 9 and all(g == 200 for g in blinks), blinks)
     # a command that arrives while the call is undelivered is kept for after the ack
     node.on_cmd({"c": "indicator", "p": "received"})
     check("a command does not hide 'undelivered'", led.pattern == "undelivered")
