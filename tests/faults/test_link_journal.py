@@ -133,3 +133,22 @@ async def test_the_controller_names_a_kept_event_by_its_own_boot(tmp_path):
     assert (again["e"], again["ob"]) == (1, 7) and (kept["e"], kept["ob"]) == (2, 7) and kept_again["ob"] == 7
     assert "ob" not in fresh_ack and fresh_ack["e"] == 1
     assert node_events(tmp_path) == [(7, 1, "call"), (8, 1, "call"), (7, 2, "cancel")]
+
+
+async def test_a_journal_that_cannot_keep_events_is_a_technical_alarm_until_it_can(tmp_path):
+    """The node's `fault` from `journal` (1: the flash failed, 5: full) raises a technical alarm
+    (its events would not outlive a power loss), and its end (val 0) clears it."""
+    async with room_server(tmp_path) as server:
+        node = NodeClient("bedside-a", node_key("bedside-a"), boot=2)
+        await node.connect(server.endpoints.node_host, server.endpoints.node_port)
+        await node.send_event(node.event_msg("fault", "journal", 5))
+        raised = [d for d in stored(tmp_path / "room.db", "call.raised") if d["node"] == "bedside-a"]
+        assert [(d["type"], d["input"], d["detail"]) for d in raised] == \
+            [("sensor_fault", "sensor:journal", {"sensor": "journal", "code": 5})]
+        room = server.controller.room
+        assert room.call_from("bedside-a", "sensor:journal", "sensor_fault") is not None, "active"
+        await node.send_event(node.event_msg("fault", "journal", 0))
+        await node.close()
+        assert room.call_from("bedside-a", "sensor:journal", "sensor_fault") is None, "cleared"
+    cleared = [d for d in stored(tmp_path / "room.db", "call.cleared")]
+    assert [d["call_id"] for d in cleared] == [raised[0]["call_id"]]
