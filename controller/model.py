@@ -59,12 +59,20 @@ class NodeEvent:
     node: str
     boot: int
     seq: int      # the frame that carried it (replay rule); a resend comes in a new frame
-    e: int        # the event's own number within the boot: (node, boot, e) names it for good (dedupe)
+    e: int        # the event's own number within its boot: (node, event_boot, e) names it for good (dedupe)
     kind: str
     src: str
     val: int
     at_ms: int
     features: Mapping[str, int] = field(default_factory=dict)
+    # The boot the event was made in, when earlier than the frame's: an event the node kept in its
+    # flash journal through a restart (docs/protocol.md §9). None: made in this boot.
+    origin_boot: int | None = None
+
+    @property
+    def event_boot(self) -> int:
+        """The boot the event belongs to; with ``e`` (and the node) its identity."""
+        return self.boot if self.origin_boot is None else self.origin_boot
 
 
 NodeMessage = Hello | Heartbeat | Reading | NodeEvent

@@ -337,10 +337,12 @@ class RoomController:
             log.debug("node=%s online, not recorded: %s", hello.node, exc)
 
     async def is_duplicate(self, ev: NodeEvent) -> bool:
-        """Is (node, boot, e) stored already? An earlier copy still on its way to the store (a resend
+        """Is (node, boot, e) stored already? The boot is the event's own: an earlier one for an event
+        kept through a restart (protocol §9). An earlier copy still on its way to the store (a resend
         on a new connection) is waited for first. A number above the boot's highest stored one is new
         without asking the store (a node numbers its events in the order they happen)."""
-        earlier = self._unsettled.get((ev.node, ev.boot, ev.e))
+        boot = ev.event_boot
+        earlier = self._unsettled.get((ev.node, boot, ev.e))
         if earlier is not None:
             try:
                 await asyncio.shield(earlier)
@@ -348,15 +350,15 @@ class RoomController:
             except Exception:  # the earlier copy was not stored: this one is not a duplicate
                 return False
         known = self._stored_event_no.get(ev.node)
-        if known is None or known[0] != ev.boot:
-            known = self._stored_event_no[ev.node] = (ev.boot, await self.store.max_event_no(ev.node, ev.boot))
+        if known is None or known[0] != boot:
+            known = self._stored_event_no[ev.node] = (boot, await self.store.max_event_no(ev.node, boot))
         if ev.e > known[1]:
             return False
-        return await self.store.has_node_event(ev.node, ev.boot, ev.e)
+        return await self.store.has_node_event(ev.node, boot, ev.e)
 
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
-        key = (ev.node, ev.boot, ev.e)
+        key = (ev.node, ev.event_boot, ev.e)  # the event's own boot: protocol §9
         mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         earlier = self._unsettled.get(key)
         if earlier is not None:  # the same event is already in a group: it is stored once
@@ -373,8 +375,8 @@ class RoomController:
             self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
             raise
         known = self._stored_event_no.get(ev.node)
-        if known is not None and known[0] == ev.boot and ev.e > known[1]:
-            self._stored_event_no[ev.node] = (ev.boot, ev.e)
+        if known is not None and known[0] == ev.event_boot and ev.e > known[1]:
+            self._stored_event_no[ev.node] = (ev.event_boot, ev.e)
         return records
 
     def _count_unmapped(self, ev: NodeEvent) -> None:

@@ -6,9 +6,11 @@ Each script in tests/mp/ prints ``FAIL ...`` for a failed check and ends with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,14 @@ def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> N
     run_mp(MP_TESTS / "test_accel_trace.py", str(tmp_path), heap="64wK")
 
 
+def test_flash_journal_on_a_directory_as_the_flash(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_journal.py", str(tmp_path))
+
+
+def test_node_light_and_journal_with_the_link_down(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_node_journal.py", str(tmp_path))
+
+
 def test_protocol_vectors_pass_under_micropython() -> None:
     run_mp(MP_TESTS / "run_vectors.py", str(ROOT / "tests" / "vectors" / "protocol_v2.json"))
 
@@ -68,3 +78,19 @@ def test_mp_harness_reports_failures(tmp_path: Path) -> None:
                       "check('one', True)\ncheck('two', False, 'expected')\ndone()\n" % str(MP_TESTS))
     with pytest.raises(AssertionError, match="FAIL two expected"):
         run_mp(script)
+
+
+def test_journal_wear_bench_smoke(tmp_path: Path) -> None:
+    """bench/journal_wear.py --smoke: the journal on littlefs keeps exactly the unacked events in
+    every workload, and the firmware's reset size is what keeps a delivered event's wear low."""
+    out = tmp_path / "wear.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "journal_wear.py"), "--smoke", "--json", str(out)],
+                            capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {(r["workload"], r["limit"], r["reset"]): r for r in json.loads(out.read_text())}
+    assert len(rows) == 9 and all(r["held_ok"] and r["codes"] == 0 for r in rows.values())
+    for r in rows.values():  # an event is one record and its ack another: two writes, never more
+        assert r["writes"] <= 2 * r["events"]
+    firmware = rows[("delivered", 4096, 64)]["per_event"]["erases"]
+    assert firmware < 0.2, "a delivered event should mostly cost a metadata commit, not a block erase"
+    assert firmware * 5 < rows[("delivered", 4096, 512)]["per_event"]["erases"]

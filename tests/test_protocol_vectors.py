@@ -32,6 +32,7 @@ def test_valid_frames_encode_and_decode_byte_for_byte(case):
         assert (msg.node, msg.boot, msg.seq) == (case["obj"]["n"], case["obj"]["b"], case["obj"]["s"])
         if case["obj"]["t"] == "event":
             assert msg.e == case["obj"]["e"]
+            assert msg.event_boot == case["obj"].get("ob", case["obj"]["b"])
 
 
 def test_a_resent_event_is_a_new_frame_carrying_the_same_event():
@@ -57,3 +58,20 @@ def test_messages_that_break_v2_are_refused(case):
 def test_acks_name_the_event_only_for_events():
     assert p.ack(5, 2, 7, 2) == {"v": 2, "t": "ack", "sid": 5, "s": 2, "a": 7, "e": 2}
     assert "e" not in p.ack(5, 3, 8)
+
+
+def test_a_kept_event_is_named_by_its_own_boot_and_acked_with_it():
+    """§9: the event of boot 2 that a power loss kept is the same event when boot 3 sends it."""
+    by_name = {c["name"]: c["obj"] for c in VECTORS["valid"]}
+    kept = p.parse_node_message(by_name["event-button-kept"])
+    assert (kept.boot, kept.origin_boot, kept.event_boot, kept.e) == (3, 2, 2, 2)
+    fresh = p.parse_node_message(by_name["event-button"])
+    assert fresh.origin_boot is None and fresh.event_boot == fresh.boot == 3
+    assert p.ack(123456789, 2, 2, 2, 2) == by_name["ack-event-kept"]
+    assert "ob" not in p.ack(5, 2, 7, 2), "an event of this boot is acked as before"
+    # at the edge: ob one below b is taken, ob equal to b is not
+    assert p.parse_node_message({**by_name["event-button"], "ob": 2}).event_boot == 2
+    with pytest.raises(p.ProtocolError, match="ob"):
+        p.parse_node_message({**by_name["event-button"], "ob": 3})
+    with pytest.raises(p.ProtocolError, match="ob"):
+        p.parse_node_message({**by_name["event-button"], "b": 1, "ob": 1})

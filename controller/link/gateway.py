@@ -154,9 +154,9 @@ class NodeConnection:
         self._write(build)
         await self._drained()
 
-    async def send_ack(self, seq: int, event_no: int | None = None) -> None:
+    async def send_ack(self, seq: int, event_no: int | None = None, origin_boot: int | None = None) -> None:
         self.out_seq += 1
-        self.writer.write(p.ack_frame(self.key, self.sid, self.out_seq, seq, event_no))
+        self.writer.write(p.ack_frame(self.key, self.sid, self.out_seq, seq, event_no, origin_boot))
         await self._drained()
 
     def show(self, indicator: str, tone: str) -> None:
@@ -251,7 +251,7 @@ class NodeConnection:
                 self.controller.accept_mark(msg.node, msg.boot, msg.seq)
                 self.gateway.stats.duplicates += 1
                 log.info("node=%s duplicate event boot=%d e=%d (seq %d): acked again, not stored",
-                         msg.node, msg.boot, msg.e, msg.seq)
+                         msg.node, msg.event_boot, msg.e, msg.seq)
             else:
                 try:
                     await self.controller.node_event(msg)
@@ -264,7 +264,7 @@ class NodeConnection:
             if not self.delivered:
                 self.delivered = True
                 self.gateway.delivered(msg.node)
-            await self.send_ack(msg.seq, msg.e)
+            await self.send_ack(msg.seq, msg.e, msg.origin_boot)
             return
         if isinstance(msg, p.Heartbeat):
             await self.controller.node_heartbeat(msg)

@@ -277,8 +277,11 @@ def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
         ev_kind = _get(obj, "k", str)
         if ev_kind not in EVENT_KINDS:
             raise ProtocolError("bad_message", f"event kind {ev_kind!r} is not one of {EVENT_KINDS}")
+        # §9: an event the node kept through a restart names the boot it was made in, always an
+        # earlier one (the frame's `b` stays the connection's, for the replay rules)
+        origin = _get(obj, "ob", int, lo=1, hi=boot - 1) if "ob" in obj else None
         return NodeEvent(node, boot, seq, _get(obj, "e", int, lo=1), ev_kind, _get(obj, "src", str),
-                         _get(obj, "val", int), _get(obj, "at_ms", int, lo=0), _int_map(obj, "x"))
+                         _get(obj, "val", int), _get(obj, "at_ms", int, lo=0), _int_map(obj, "x"), origin)
     raise ProtocolError("bad_message", f"unknown message type {kind!r}")
 
 
@@ -287,21 +290,26 @@ def welcome(sid: int, seq: int, hb_ms: int, time_ms: int) -> dict[str, Any]:
             "time_ms": time_ms % (INT_MAX + 1)}
 
 
-def ack(sid: int, seq: int, acked: int, event_no: int | None = None) -> dict[str, Any]:
-    """The ack of frame ``acked``; an event's ack also names the event (``e``), which frees it at the node."""
+def ack(sid: int, seq: int, acked: int, event_no: int | None = None, origin_boot: int | None = None
+        ) -> dict[str, Any]:
+    """The ack of frame ``acked``; an event's ack also names the event (``e``, and ``ob`` when it came
+    from an earlier boot, §9), which frees it at the node."""
     msg = {"v": PROTOCOL_VERSION, "t": "ack", "sid": sid, "s": seq, "a": acked}
     if event_no is not None:
         msg["e"] = event_no
+    if origin_boot is not None:
+        msg["ob"] = origin_boot
     return msg
 
 
-def ack_frame(key: bytes, sid: int, seq: int, acked: int, event_no: int | None = None) -> bytes:
-    """``encode_frame(key, ack(sid, seq, acked, event_no))``, byte for byte, without the general
-    encoder: an ack is sent for every event and heartbeat. Its fields are integers the controller
-    chose or checked."""
-    if not (0 <= acked <= INT_MAX and 0 <= seq <= INT_MAX and 0 <= sid <= INT_MAX
-            and (event_no is None or 0 <= event_no <= INT_MAX)):
-        return encode_frame(key, ack(sid, seq, acked, event_no))  # which names what is out of range
+def ack_frame(key: bytes, sid: int, seq: int, acked: int, event_no: int | None = None,
+              origin_boot: int | None = None) -> bytes:
+    """``encode_frame(key, ack(sid, seq, acked, event_no, origin_boot))``, byte for byte, without the
+    general encoder: an ack is sent for every event and heartbeat. Its fields are integers the
+    controller chose or checked. (An event kept through a restart, §9, is rare: the general way.)"""
+    if origin_boot is not None or not (0 <= acked <= INT_MAX and 0 <= seq <= INT_MAX and 0 <= sid <= INT_MAX
+                                       and (event_no is None or 0 <= event_no <= INT_MAX)):
+        return encode_frame(key, ack(sid, seq, acked, event_no, origin_boot))  # names what is out of range
     if event_no is None:
         body = b'{"a":%d,"s":%d,"sid":%d,"t":"ack","v":%d}' % (acked, seq, sid, PROTOCOL_VERSION)
     else:

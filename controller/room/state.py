@@ -92,8 +92,10 @@ class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, Cal
     def decide_node_event(self, ev: NodeEvent, now_ms: int) -> list[LogEntry]:
         meaning = self.config.meaning(ev.node, ev.src)
         entries = [LogEntry("node.event", {
-            "node": ev.node, "boot": ev.boot, "seq": ev.seq, "e": ev.e, "kind": ev.kind, "src": ev.src,
+            "node": ev.node, "boot": ev.event_boot, "seq": ev.seq, "e": ev.e, "kind": ev.kind, "src": ev.src,
             "val": ev.val, "at_ms": ev.at_ms, "x": dict(ev.features), "meaning": meaning,
+            # kept through a restart (protocol §9): it came in a frame of this later boot
+            **({"frame_boot": ev.boot} if ev.origin_boot is not None else {}),
         })]
         source = f"{ev.node}/{ev.src}"
         entries += self.decide_unmapped(ev.node, ev.src, ev.kind, ev.val, now_ms)

@@ -1,19 +1,21 @@
 # Output patterns on a digital pin, and the reassurance light built on them.
 #
 # Reassurance light (IEC 60601-1-8 / nurse-call practice): off; "received" = slow blink, the
-# call reached the station; "acknowledged" = steady on, a nurse is coming.
+# call reached the station; "acknowledged" = steady on, a nurse is coming. The controller
+# commands those; the node itself shows "undelivered" = fast blink from a press until the
+# controller has acked it (stored it), over whatever was commanded.
 #
 #     led = Indicator(hal.pin_out("led"), hal)
-#     asyncio.create_task(led.run()); led.set("received")
+#     asyncio.create_task(led.run()); led.set("received"); led.pending(True)
 import asyncio
-from micropython import const
 
-# 1 Hz: slow enough to read as "waiting" rather than an alarm, and clearly not steady.
-_BLINK_ON_MS = const(500)
-_BLINK_OFF_MS = const(500)
-
-# (name, on_ms, off_ms): on_ms 0 = off, off_ms 0 = steady on
-INDICATOR_PATTERNS = (("off", 0, 0), ("received", _BLINK_ON_MS, _BLINK_OFF_MS), ("acknowledged", 1, 0))
+# (name, on_ms, off_ms): on_ms 0 = off, off_ms 0 = steady on. The first three are commands.
+# "received" blinks at 1 Hz (500/500 ms): slow enough to read as "waiting" rather than an alarm,
+# and clearly not steady. "undelivered" blinks at 2.5 Hz (200/200 ms): plainly faster, and under
+# the 3 flashes a second that can trigger a photosensitive seizure (WCAG 2.3.1), at a bedside
+# where it blinks for as long as the link is down. (Numbers, not const names: each name costs
+# the sim heap an interned string, docs/firmware.md, Heap.)
+INDICATOR_PATTERNS = (("off", 0, 0), ("received", 500, 500), ("acknowledged", 1, 0), ("undelivered", 200, 200))
 
 
 class PatternOutput:
@@ -62,5 +64,20 @@ class PatternOutput:
 
 
 class Indicator(PatternOutput):
+    """set(): the controller's pattern (`p`, kept while a call is pending); pending(True): a call
+    not yet acked, shown as "undelivered" over it until pending(False)."""
+
     def __init__(self, pin, clock):
         super().__init__(pin, clock, "indicator", INDICATOR_PATTERNS)
+        self.p = "off"
+
+    def set(self, name):
+        # "undelivered" is the node's own state, not the controller's to command
+        if name == "undelivered" or name not in [p[0] for p in INDICATOR_PATTERNS]:
+            raise ValueError("unknown %s pattern %s" % (self.kind, name))
+        self.p = name
+        if self.pattern != "undelivered":
+            PatternOutput.set(self, name)
+
+    def pending(self, on):
+        PatternOutput.set(self, "undelivered" if on else self.p)

@@ -109,6 +109,9 @@ class BoardHal:
         return random.getrandbits(30) % n if n > 0 else 0  # seeded from the hardware RNG at boot
 
     # --- persistent state in flash (littlefs)
+    def flash_path(self, name):
+        return "/" + name
+
     def load_state(self):
         try:
             with open(_STATE_PATH) as f:

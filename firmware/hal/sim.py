@@ -216,7 +216,18 @@ class SimHal:
     def rand_below(self, n):
         return random.getrandbits(30) % n if n > 0 else 0
 
-    # --- persistent state (the board keeps it in flash)
+    # --- persistent state (the board keeps it in flash; here a directory is the flash)
+    def flash_path(self, name):
+        path = ""
+        for d in self._state_dir.split("/"):  # mkdir -p
+            path += d + "/"
+            if d:
+                try:
+                    os.mkdir(path)
+                except OSError:
+                    pass
+        return path + name
+
     def load_state(self):
         try:
             with open(self._state_dir + _STATE_FILE) as f:
@@ -225,14 +236,7 @@ class SimHal:
             return {}
 
     def save_state(self, state):
-        path = ""
-        for name in self._state_dir.split("/"):  # mkdir -p
-            path += name + "/"
-            if name:
-                try:
-                    os.mkdir(path)
-                except OSError:
-                    pass
+        self.flash_path("")
         path = self._state_dir + _STATE_FILE
         with open(path + ".tmp", "w") as f:
             json.dump(state, f)

@@ -3,9 +3,10 @@ from micropython import const
 
 EVENT_QUEUE_LEN = const(16)  # section 5; more call inputs than 8 would break its guarantee
 
-# An entry is a list: [e, kind, src, val, at_ms, x, sent_ms]. e is the event number (section 2:
-# it names the event for good, whatever frame carries it); sent_ms is the node time it was last
-# sent on the current connection, or -1 when it is still to be sent.
+# An entry is a list: [e, kind, src, val, at_ms, x, sent_ms, b]. (b, e) name the event for good
+# (section 2), whatever frame carries it: b is the boot it was made in, older than the node's
+# current boot for an event recovered from the flash journal (section 9); sent_ms is the node
+# time it was last sent on the current connection, or -1 when it is still to be sent.
 EV = const(0)
 KIND = const(1)
 SRC = const(2)
@@ -13,10 +14,11 @@ VAL = const(3)
 AT_MS = const(4)
 X = const(5)
 SENT_MS = const(6)
+BOOT = const(7)
 
 
-def entry(e, kind, src, val, at_ms, x=None):
-    return [e, kind, src, val, at_ms, x, -1]
+def entry(e, kind, src, val, at_ms, x=None, b=0):
+    return [e, kind, src, val, at_ms, x, -1, b]
 
 
 class EventQueue:
@@ -74,10 +76,10 @@ class EventQueue:
                     return e
         return new  # unreachable: the runtime refuses configs with more inputs than section 5 allows
 
-    def ack(self, ev):
-        """Frees the entry with event number ev; returns it, or None if it was not queued."""
+    def ack(self, ev, b=0):
+        """Frees the entry of event (b, ev); returns it, or None if it was not queued."""
         for e in self.items:
-            if e[EV] == ev:
+            if e[EV] == ev and e[BOOT] == b:
                 self.items.remove(e)
                 return e
         return None

@@ -9,7 +9,7 @@ import os
 from micropython import const
 
 from srnode import proto
-from srnode.equeue import EV, SENT_MS
+from srnode.equeue import BOOT, EV, SENT_MS
 
 # Section 3. 5 s covers a Wi-Fi reassociation and a controller busy with an fsync, and is short
 # enough that a call waits at most one connect + welcome before the next attempt.
@@ -59,7 +59,7 @@ def _io_reason(e):
 class Link:
     """Keeps the node connected. `node` numbers the frames and builds the messages and takes
     the commands: node.next_seq(), node.hello_msg(nonce), node.event_msg(entry, s),
-    node.on_welcome(msg), node.on_cmd(msg)."""
+    node.acked(e, ob), node.on_welcome(msg), node.on_cmd(msg)."""
 
     def __init__(self, hal, mac, queue, host, port, node):
         self._hal = hal
@@ -174,8 +174,9 @@ class Link:
                 elif msg["t"] == "ack":
                     ev = msg.get("e")  # an event's ack names the event; a heartbeat's only the frame
                     if ev is not None:
-                        if self._queue.ack(ev) is not None:
-                            self._hal.log("acked", "e=%d" % ev)
+                        ob = msg.get("ob")  # the event's boot, when an earlier one (section 9)
+                        if self._node.acked(ev, ob):
+                            self._hal.log("acked", "e=%d" % ev + (" %s=%d" % ("ob", ob) if ob else ""))
                     elif msg.get("a") == self._hb_seq and self._hb_sent_ms >= 0:
                         self._hb_sent_ms = -1
         except LinkDown as e:
@@ -211,7 +212,8 @@ class Link:
                     e[SENT_MS] = now
                     s = node.next_seq()
                     writer.write(proto.encode_frame(self._mac, node.event_msg(e, s)))
-                    hal.log("sent", "e=%d s=%d" % (e[EV], s))
+                    ob = e[BOOT] if e[BOOT] != node.boot else 0  # an earlier boot's, kept (section 9)
+                    hal.log("sent", "e=%d s=%d" % (e[EV], s) + (" %s=%d" % ("ob", ob) if ob else ""))
             while self._outbox:
                 msg = self._outbox.pop(0)
                 msg["s"] = node.next_seq()

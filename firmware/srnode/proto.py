@@ -129,11 +129,14 @@ def hello(n, b, s, fw, hw, caps, hb_ms, nonce):
             "caps": caps, "hb_ms": hb_ms, "nonce": nonce}
 
 
-def event(n, b, s, e, kind, src, val, at_ms, x=None):
+def event(n, b, s, e, kind, src, val, at_ms, x=None, ob=None):
+    # ob: the boot the event was made in, when older than b (recovered from the journal, section 9)
     d = {"v": 2, "t": "event", "n": n, "b": b, "s": s, "e": e, "k": kind, "src": src,
          "val": val, "at_ms": at_ms}
     if x:
         d["x"] = x
+    if ob:
+        d["ob"] = ob
     return d
 
 

@@ -1,5 +1,6 @@
 # The node: builds the drivers its config names, numbers every event (boot, e) and every frame
-# (boot, s), queues events until acked, and keeps heartbeats, readings and the accelerometer going.
+# (boot, s), queues events until acked (in RAM and in the flash journal, so they survive power
+# loss), and keeps heartbeats, readings and the accelerometer going.
 #
 #     node = Node(json.load(open("config.json")), hal)   # hal: hal/board.py or hal/sim.py
 #     asyncio.run(node.run())
@@ -9,8 +10,9 @@ from binascii import unhexlify
 from micropython import const
 
 from srnode import FW_VERSION, proto
-from srnode.equeue import AT_MS, EV, KIND, SRC, VAL, X, EventQueue, entry
+from srnode.equeue import AT_MS, BOOT, EV, KIND, SRC, VAL, X, EventQueue, entry
 from srnode.hmac256 import Hmac256
+from srnode.journal import Journal
 from srnode.link import Link
 
 _DEFAULT_HB_MS = const(10000)        # section 3: the controller's offline timer is 3 x hb_ms
@@ -30,8 +32,13 @@ class Node:
         self.hw = cfg.get("hw", "unknown")
         self.hb_ms = cfg.get("hb_ms", _DEFAULT_HB_MS)
         self._reading_ms = cfg.get("reading_ms", _DEFAULT_READING_MS)
+        self.journal = Journal(hal.flash_path("journal"))
+        items = self.journal.load()  # events of earlier boots the controller never acked
         state = hal.load_state()
         self.boot = state.get("boot", 0) + 1
+        for e in items:  # a state file lost or rolled back must not make a boot number twice
+            if e[BOOT] >= self.boot:
+                self.boot = e[BOOT] + 1
         state["boot"] = self.boot
         hal.save_state(state)
         self._seq = 0       # frame numbers: one per frame written, in the order they leave
@@ -39,6 +46,9 @@ class Node:
         self.queue = EventQueue()
         self._faults = {}
         self._build(cfg, hal)
+        for e in items:  # resent first, each once per connection until acked, as (its boot, its e)
+            self.queue.push(e)
+        self._kept(0)
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
             raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
@@ -63,6 +73,7 @@ class Node:
                 caps.append(spec["kind"])
         if buttons > _MAX_CALL_INPUTS:
             raise ValueError("at most %d call inputs per node" % _MAX_CALL_INPUTS)
+        caps.append("journal")  # section 9: events may come from an earlier boot (`ob`)
         self.indicator = self.tone = None
         if "indicator" in cfg:
             from drivers.indicator import Indicator
@@ -96,20 +107,50 @@ class Node:
                            self.hb_ms, nonce)
 
     def event_msg(self, e, s):
-        return proto.event(self.node_id, self.boot, s, e[EV], e[KIND], e[SRC], e[VAL], e[AT_MS], e[X])
+        return proto.event(self.node_id, self.boot, s, e[EV], e[KIND], e[SRC], e[VAL], e[AT_MS], e[X],
+                           e[BOOT] if e[BOOT] != self.boot else None)
 
     def emit(self, kind, src, val, at_ms, x=None):
-        """A driver saw something: number it, queue it, wake the link."""
+        """A driver saw something: number it, queue it, journal it, wake the link."""
         ev = self.next_event_no()
-        e = entry(ev, kind, src, val, at_ms & _INT31, x)
-        dropped = self.queue.push(e)
+        e = entry(ev, kind, src, val, at_ms & _INT31, x, self.boot)
+        q = self.queue
+        dropped = q.push(e)
         extra = ""
         if x:
             extra = "".join(" %s=%d" % (k, x[k]) for k in sorted(x))
-        self._hal.log("event", "e=%d kind=%s src=%s val=%d q=%d%s" % (ev, kind, src, val, len(self.queue), extra))
+        self._hal.log("event", "e=%d kind=%s src=%s val=%d q=%d%s" % (ev, kind, src, val, len(q), extra))
         if dropped is not None:
             self._hal.log("dropped", "e=%d kind=%s src=%s" % (dropped[EV], dropped[KIND], dropped[SRC]))
+        if dropped is not e:  # on flash before it is sent
+            self._kept(self.journal.add(e, q.items))
+            if dropped is not None:
+                self._kept(self.journal.ack(dropped[BOOT], dropped[EV], q.items))
         self.link.wake()
+
+    def acked(self, ev, ob):
+        """The controller acked event ev (of boot ob when it names one); True if it was queued."""
+        b = ob or self.boot
+        if self.queue.ack(ev, b) is None:
+            return False
+        self._kept(self.journal.ack(b, ev, self.queue.items))
+        return True
+
+    def _kept(self, code):
+        # After a journal write (code: 0, or its fault code). An event the journal did not take is
+        # still queued and sent; the fault says it would not outlive a power loss (1: the flash
+        # failed, 5: no room), and clears (code 0) once the journal keeps everything again.
+        if code:
+            self.fault("journal", code)
+        else:
+            self.clear_fault("journal")
+        # The reassurance light blinks fast while a call (a press, a fall) waits for its ack.
+        if self.indicator is not None:
+            for e in self.queue.items:
+                if e[VAL] and (e[KIND] == "button" or e[KIND] == "fall"):
+                    self.indicator.pending(True)
+                    return
+            self.indicator.pending(False)
 
     def fault(self, src, code):
         # One event per new fault; a part that keeps failing the same way stays quiet.
@@ -154,7 +195,8 @@ class Node:
     # --- tasks
     async def run(self):
         gc.collect()
-        self._hal.log("boot", "node=%s boot=%d heap_free=%d" % (self.node_id, self.boot, gc.mem_free()))
+        self._hal.log("boot", "node=%s boot=%d heap_free=%d held=%d torn=%d" % (
+            self.node_id, self.boot, gc.mem_free(), len(self.queue), self.journal.torn))
         tasks = [self.link.run(), self._heartbeats()]
         tasks += [i.run() for i in self.inputs]
         for out in (self.indicator, self.tone):

@@ -44,7 +44,7 @@ for case in doc["valid"]:
     if t == "hello":
         m = proto.hello(o["n"], o["b"], o["s"], o["fw"], o["hw"], o["caps"], o["hb_ms"], o["nonce"])
     elif t == "event":
-        m = proto.event(o["n"], o["b"], o["s"], o["e"], o["k"], o["src"], o["val"], o["at_ms"], o.get("x"))
+        m = proto.event(o["n"], o["b"], o["s"], o["e"], o["k"], o["src"], o["val"], o["at_ms"], o.get("x"), o.get("ob"))
     elif t == "reading":
         m = proto.reading(o["n"], o["b"], o["at_ms"], o["m"])
         m["s"] = o["s"]
@@ -56,7 +56,7 @@ for case in doc["valid"]:
         continue
     built[case["name"]] = 1
     check("build " + case["name"], proto.canonical(m).decode() == case["body"], proto.canonical(m))
-check("every node message built", len(built) == 8, built)
+check("every node message built", len(built) == 9, built)
 
 for case in doc["invalid"]:
     try:

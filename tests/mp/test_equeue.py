@@ -75,6 +75,12 @@ fill(q, [ev("button", "call"), ev("presence", "pir")])
 first = q.items[0]
 check("ack returns the entry", q.ack(first[EV]) is first and len(q) == 1)
 check("unknown ack", q.ack(99999) is None and len(q) == 1)
+# an event kept from an earlier boot and one of this boot may share a number: the boot tells them apart
+q2 = EventQueue()
+older, newer = entry(1, "button", "call", 1, 0, None, 4), entry(1, "button", "call", 1, 0, None, 5)
+fill(q2, [older, newer])
+check("ack (boot 5, e 1) frees boot 5's", q2.ack(1, 5) is newer and q2.items == [older])
+check("ack (boot 6, e 1) frees nothing", q2.ack(1, 6) is None and len(q2) == 1)
 q.items[0][6] = 1234
 check("oldest_sent_ms", q.oldest_sent_ms() == 1234)
 q.unsent()

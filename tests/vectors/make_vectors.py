@@ -39,6 +39,11 @@ VALID = [
     ("ack-heartbeat", {"v": 2, "t": "ack", "sid": 123456789, "s": 3, "a": 8}),
     ("cmd-indicator", {"v": 2, "t": "cmd", "sid": 123456789, "s": 3, "c": "indicator", "p": "acknowledged"}),
     ("cmd-config", {"v": 2, "t": "cmd", "sid": 5, "s": 4, "c": "config", "hb_ms": 5000}),
+    # §9: an event of boot 2 kept in the flash journal through a power loss, sent in boot 3's
+    # frame 2: the frame's b is the connection's, `ob` the boot the event was made in; its ack names both
+    ("event-button-kept", {"v": 2, "t": "event", "n": "bedside-a", "b": 3, "s": 2, "e": 2, "ob": 2, "k": "button",
+                           "src": "call", "val": 1, "at_ms": 1234}),
+    ("ack-event-kept", {"v": 2, "t": "ack", "sid": 123456789, "s": 2, "a": 2, "e": 2, "ob": 2}),
 ]
 
 
@@ -79,6 +84,11 @@ def main():
         {"name": "event-without-e", "obj": without_e, "reason": "bad_message"},
         {"name": "event-e-zero", "obj": {**event, "e": 0}, "reason": "bad_message"},
         {"name": "event-e-string", "obj": {**event, "e": "2"}, "reason": "bad_message"},
+        # §9: `ob` names an earlier boot than the frame's, never this one or a later one
+        {"name": "event-ob-same-boot", "obj": {**event, "ob": event["b"]}, "reason": "bad_message"},
+        {"name": "event-ob-later-boot", "obj": {**event, "ob": event["b"] + 1}, "reason": "bad_message"},
+        {"name": "event-ob-zero", "obj": {**event, "ob": 0}, "reason": "bad_message"},
+        {"name": "event-ob-string", "obj": {**event, "ob": "2"}, "reason": "bad_message"},
     ]
     rfc4231 = [  # RFC 4231 HMAC-SHA256 test cases 1, 2, 6 (key longer than the block)
         {"key_hex": "0b" * 20, "data_hex": b"Hi There".hex(),
