@@ -97,7 +97,9 @@ async def main() -> None:
         "\n".join(f"[nodes.{n}]" for n in load_names)
     # Each load node streams at --rate-hz: give it the budget for that (bench/flood.py measures the budget itself).
     budget = f"readings_per_s = {max(10.0, 2 * args.rate_hz):g}\nreadings_burst = {max(20, int(4 * args.rate_hz))}\n"
-    (work / "room.toml").write_text(f'[room]\nid = "bench"\n[gateway]\nheartbeat_ms = 10000\n{budget}{nodes_toml}\n')
+    # plain_tcp: the CPython load nodes and the firmware nodes here are plain TCP (TLS costs only the handshake)
+    (work / "room.toml").write_text(f'[room]\nid = "bench"\n[gateway]\nheartbeat_ms = 10000\nplain_tcp = true\n'
+                                    f'{budget}{nodes_toml}\n')
     api = f"http://127.0.0.1:{args.api_port}"
     print(f"bench: controller process, {args.load_nodes} load nodes x {args.rate_hz:g} Hz readings, "
           f"{args.button_nodes} firmware nodes pressing every {args.press_every_ms} ms, {args.seconds:g} s",
@@ -136,7 +138,7 @@ async def main() -> None:
             scenario = work / f"{name}.scenario.json"
             scenario.write_text(json.dumps({"steps": [{"at_ms": 1500 + 97 * i, "pin": "call", "press_ms": 150,
                                                        "every_ms": args.press_every_ms}]}))
-            cfg = {"node_id": name, "key_hex": keys[name].hex(),
+            cfg = {"node_id": name, "key_hex": keys[name].hex(), "link_plain": True,
                    "controller": {"host": "127.0.0.1", "port": args.node_port}, "hw": "sim", "hb_ms": 10000,
                    "inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"},
                    "sim": {"scenario": str(scenario), "speed": 1, "state_dir": str(work / "state" / name), "seed": i}}

@@ -39,19 +39,21 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     cert_path = args.tls_cert or args.db.parent / "tls-cert.pem"
     key_path = args.tls_key or args.db.parent / "tls-key.pem"
-    tls = None
+    if args.no_tls and args.tls_cert:
+        print("smartroom: --no-tls and --tls-cert contradict each other", file=sys.stderr)
+        return 2
+    try:  # the node link always has the certificate (nodes pin it); --no-tls is about the API only
+        material = load_or_create(cert_path, key_path, _certificate_names(config.room_id, args.api_host))
+    except TlsError as exc:
+        print(f"smartroom: TLS: {exc}", file=sys.stderr)
+        return 2
+    tls = None if args.no_tls else material
     if args.no_tls:
-        if args.tls_cert:
-            print("smartroom: --no-tls and --tls-cert contradict each other", file=sys.stderr)
-            return 2
         print("smartroom: warning: --no-tls: the API speaks plain http; use it only behind a TLS proxy "
-              "or on loopback", file=sys.stderr)
-    else:
-        try:
-            tls = load_or_create(cert_path, key_path, _certificate_names(config.room_id, args.api_host))
-        except TlsError as exc:
-            print(f"smartroom: TLS: {exc}", file=sys.stderr)
-            return 2
+              "or on loopback (the node link stays TLS)", file=sys.stderr)
+    if config.plain_tcp:
+        print(f"smartroom: warning: {config.source}: [gateway] plain_tcp = true: nodes may connect without TLS; "
+              "their frames are authenticated but readable on the network (docs/network.md)", file=sys.stderr)
     missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
     if missing:
         print(f"smartroom: warning: no key for node(s) {', '.join(missing)} in {args.keys}: they cannot connect",
@@ -60,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
-                            tls=tls, advertise=not args.no_advertise,
+                            tls=tls, node_tls=material, advertise=not args.no_advertise,
                             readings_min_free_bytes=int(args.readings_min_free_mb * 2**20))
         try:
             endpoints = await server.start()
@@ -70,12 +72,14 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(2) from None
         print(f"room {config.room_id}: API {endpoints.api_url}  nodes {endpoints.node_host}:{endpoints.node_port}",
               flush=True)
-        if tls is not None:
-            origin = "self-signed, " + str(tls.cert_path) if tls.self_signed else str(tls.cert_path)
-            print(f"TLS certificate ({origin}), valid until {tls.not_after:%Y-%m-%d}\n"
-                  f"  SHA-256 fingerprint {tls.fingerprint_sha256}", flush=True)
-        if tls is not None and tls.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
-            print(f"smartroom: warning: the TLS certificate {tls.cert_path} expires on {tls.not_after:%Y-%m-%d} "
+        origin = "self-signed, " + str(material.cert_path) if material.self_signed else str(material.cert_path)
+        print(f"TLS certificate ({origin}), valid until {material.not_after:%Y-%m-%d}\n"
+              f"  SHA-256 fingerprint {material.fingerprint_sha256}\n"
+              f"  node link: {server.gateway.transport_name()}; nodes pin ctl_fp {material.fingerprint_hex}",
+              flush=True)
+        if material.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
+            print(f"smartroom: warning: the TLS certificate {material.cert_path} expires on "
+                  f"{material.not_after:%Y-%m-%d} "
                   f"(docs/network.md: renewing)", file=sys.stderr)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -93,6 +93,14 @@ def pin(fingerprint: str) -> aiohttp.Fingerprint:
     return aiohttp.Fingerprint(digest)
 
 
+def node_pin(material: TlsMaterial) -> dict[str, str]:
+    """The node config keys that pin this certificate on a node's link (docs/protocol.md, Transport):
+    ``ctl_fp`` (SHA-256 of the DER, hex) and ``ctl_cert`` (the DER itself, hex; builds whose ``ssl``
+    cannot give the peer's certificate verify the handshake against it)."""
+    der = _read_certs(material.cert_path)[0].public_bytes(serialization.Encoding.DER)
+    return {"ctl_fp": material.fingerprint_hex, "ctl_cert": der.hex()}
+
+
 def format_fingerprint(digest: bytes) -> str:
     return ":".join(f"{b:02X}" for b in digest)
 

@@ -58,6 +58,7 @@ def firmware(node: str, port: int, tmp: Path, steps: list[dict[str, Any]], *, sp
     scenario = tmp / f"{node}.scenario.json"
     scenario.write_text(json.dumps({"steps": steps}))
     return {"node_id": node, "key_hex": node_key(node).hex(), "controller": {"host": "127.0.0.1", "port": port},
+            "link_plain": True,
             "hw": "sim-esp32s3", "hb_ms": 10_000, **sections,
             "sim": {"scenario": str(scenario), "speed": speed, "state_dir": str(tmp / "state" / node), "seed": 3}}
 
