@@ -6,6 +6,7 @@ Each script in tests/mp/ prints ``FAIL ...`` for a failed check and ends with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -36,6 +37,16 @@ def run_mp(script: Path, *args: str, heap: str = "1M") -> str:
 @pytest.mark.parametrize("name", ["debounce", "drivers", "adxl345", "equeue", "backoff"])
 def test_mp_script(name: str) -> None:
     run_mp(MP_TESTS / f"test_{name}.py")
+
+
+def test_mp_tls_pin(tmp_path) -> None:
+    from controller.security.tls import load_or_create, node_pin
+
+    mine = node_pin(load_or_create(tmp_path / "a.pem", tmp_path / "a-key.pem"))
+    other = node_pin(load_or_create(tmp_path / "b.pem", tmp_path / "b-key.pem"))
+    doc = tmp_path / "pins.json"
+    doc.write_text(json.dumps({**mine, "other_cert": other["ctl_cert"]}))
+    run_mp(MP_TESTS / "test_tlspin.py", str(doc))
 
 
 def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> None:

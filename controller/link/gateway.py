@@ -244,7 +244,7 @@ class NodeConnection:
             stats.rejected[exc.reason] += 1
             self.rejected = exc.reason
             log.warning("rejected frame from node=%s peer=%s reason=%s: %s; closing its connection",
-                        self.node or "?", self.peer, exc.reason, exc.detail)
+                        self.node or self.verified_node or "?", self.peer, exc.reason, exc.detail)
         except _ConnectionEnded as exc:
             log.info("node=%s peer=%s connection ended: %s", self.node or "?", self.peer, exc)
         except (ConnectionError, TimeoutError, OSError) as exc:

@@ -112,9 +112,12 @@ class Link:
             opening = hal.open_connection(*self._addr, *(pin.args() if pin else ()))
             reader, writer = await hal.wait_for_ms(opening, _CONNECT_TIMEOUT_MS)
             sid = int.from_bytes(os.urandom(4), "big") & _NONCE_MASK
-            writer.write(proto.encode_frame(self._mac, self._node.hello_msg(sid)))
-            # a refused connect surfaces here on some ports; with a pin, the TLS handshake runs here
-            await (pin.handshake(hal, writer) if pin else writer.drain())
+            hello = proto.encode_frame(self._mac, self._node.hello_msg(sid))
+            if pin:  # the TLS handshake runs with the hello's write, then the pin is checked
+                await pin.handshake(hal, writer, hello)
+            else:
+                writer.write(hello)
+                await writer.drain()  # a refused connect surfaces here on some ports
             phase = "welcome"
             welcome = await hal.wait_for_ms(self._await_welcome(reader, sid), _WELCOME_TIMEOUT_MS)
             self.backoff.reset()

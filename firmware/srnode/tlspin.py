@@ -2,8 +2,7 @@
 #
 #     pin = Pin(cfg["ctl_fp"], cfg.get("ctl_cert"), cfg.get("ctl_name"))  # at boot: ValueError if unusable
 #     reader, writer = await hal.open_connection(host, port, *pin.args())
-#     writer.write(hello)
-#     await pin.handshake(hal, writer)   # ValueError (PinError) unless it is the pinned certificate
+#     await pin.handshake(hal, writer, hello_frame)  # LinkDown("tls_pin ...") unless it is the pinned one
 #
 # Two ways to pin, by what the build's `ssl` offers:
 # - `ctl_cert` (the certificate's DER, hex) given: it is the only trust anchor (CERT_REQUIRED), so
@@ -70,10 +69,11 @@ class Pin:
         """The TLS arguments of hal.open_connection: a fresh context and the name to check."""
         return self.context(), self.name
 
-    async def handshake(self, hal, writer):
-        """Send what is written (the hello): the handshake runs first; then check the pin. Another
-        certificate ends the session as LinkDown("tls_pin n=<sessions refused so far>")."""
+    async def handshake(self, hal, writer, hello):
+        """Send the hello: the handshake runs first (in the write or the drain); then check the pin.
+        Another certificate ends the session as LinkDown("tls_pin n=<sessions refused so far>")."""
         try:
+            writer.write(hello)
             await hal.wait_for_ms(writer.drain(), _HANDSHAKE_TIMEOUT_MS)
             self.check(writer)
         except asyncio.TimeoutError:
