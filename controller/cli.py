@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .room.config import DEFAULT_API_PORT, ConfigError, input_warnings, load_keys, load_room
+from .security.files import others_may_read
 
 HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
 CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
@@ -33,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"smartroom: configuration error: {exc}", file=sys.stderr)
         return 2
+    if (loose := others_may_read(args.keys)) is not None:
+        print(f"smartroom: warning: {loose}", file=sys.stderr)
     if (args.tls_cert is None) != (args.tls_key is None):
         print("smartroom: --tls-cert and --tls-key go together (or leave both out for a self-signed pair "
               "next to the database)", file=sys.stderr)
@@ -107,6 +110,8 @@ def _check(args: argparse.Namespace) -> int:
     if keys is not None:
         missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
         warnings += [f"{args.keys}: no key for node '{node}': it cannot connect" for node in missing]
+        if (loose := others_may_read(args.keys)) is not None:
+            warnings.append(loose)
     for node in config.nodes.values():
         if node.transport == "gpio":  # the pin map is in the room file itself
             warnings += input_warnings(config, node.id, node.options.get("inputs", {}))

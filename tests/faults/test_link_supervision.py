@@ -3,9 +3,11 @@ map, are technical alarms with counters; the second is also a warning of `smartr
 
 from __future__ import annotations
 
+
 import json
 
 import aiohttp
+import pytest
 
 from controller import cli
 from controller.link.nodeclient import NodeClient
@@ -139,3 +141,19 @@ def test_smartroom_check_warns_about_a_gpio_pin_map_and_missing_keys(tmp_path, c
     room.write_text(text)
     assert cli.main(["check", "--config", str(room), "--keys", str(keys)]) == 0
     assert f"warning: {keys}: no key for node 'spare': it cannot connect" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode, loud", [(0o600, False), (0o400, False), (0o640, True), (0o604, True),
+                                         (0o620, True), (0o644, True)])
+def test_a_key_file_others_can_read_is_a_warning_at_check_and_run(tmp_path, capsys, mode, loud):
+    room, keys = write_room_files(tmp_path, "check")
+    keys.chmod(mode)
+    assert cli.main(["check", "--config", str(room), "--keys", str(keys), "--strict"]) == (1 if loud else 0)
+    out = capsys.readouterr().out
+    warning = f"{keys} is mode {mode:04o}: others on this machine can read the node keys"
+    assert (warning in out) == loud, out
+    # `smartroom run` says it too, before it starts (half a TLS pair stops it right after)
+    (tmp_path / "key.pem").write_text("a key without its certificate")
+    assert cli.main(["run", "--config", str(room), "--keys", str(keys), "--db", str(tmp_path / "room.db"),
+                     "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "key.pem")]) == 2
+    assert (warning in capsys.readouterr().err) == loud
