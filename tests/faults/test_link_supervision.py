@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -157,3 +158,32 @@ def test_a_key_file_others_can_read_is_a_warning_at_check_and_run(tmp_path, caps
     assert cli.main(["run", "--config", str(room), "--keys", str(keys), "--db", str(tmp_path / "room.db"),
                      "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "key.pem")]) == 2
     assert (warning in capsys.readouterr().err) == loud
+
+
+async def test_a_heartbeat_naming_an_unmapped_input_is_an_alarm_before_any_press(tmp_path, caplog):
+    """The node's heartbeat lists its inputs: a typo ('cal' for 'call') shows at installation, not at
+    the first patient press (which would raise no call)."""
+    caplog.set_level(logging.WARNING, logger="smartroom.service")
+    async with room_server(tmp_path) as server:
+        host, port = server.endpoints.node_host, server.endpoints.node_port
+        good = NodeClient("bath", node_key("bath"))  # maps cord and pir: nothing to say
+        await good.connect(host, port)
+        await good.send({**good.hb_msg(), "state": {"cord": 0, "pir": 0}})
+        await good.recv_ack(good.seq)
+        await good.close()
+        assert alarmed(server, "unmapped_input") == []
+        typo = NodeClient("bedside-a", node_key("bedside-a"))
+        await typo.connect(host, port)
+        for _ in range(2):  # checked once a boot: the second heartbeat adds nothing
+            await typo.send({**typo.hb_msg(), "state": {"cal": 0, "cancel": 0}})
+            await typo.recv_ack(typo.seq)
+        await typo.close()
+        calls = [c for c in server.controller.snapshot()["calls"] if c["type"] == "unmapped_input"]
+    assert [(c["source"], c["detail"]["kind"]) for c in calls] == [({"node": "bedside-a", "input": "input:cal"},
+                                                                     "reported")]
+    assert "no press yet" in calls[0]["detail"]["reason"]
+    raised = [d for d in stored(tmp_path / "room.db", "call.raised") if d["type"] == "unmapped_input"]
+    assert len(raised) == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("nothing will ever raise this patient_call" in m and "bedside-a" in m for m in logged), logged
+    assert not any("node=bath" in m for m in logged)
