@@ -93,7 +93,7 @@ def pct(values: list[int], q: float) -> int:
 
 async def main(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="smartroom-tlsbench-"))
-    material = load_or_create(work / "tls-cert.pem", work / "tls-key.pem", ["tlsbench"])
+    material = load_or_create(work / "tls-cert.pem", work / "tls-key.pem", ["tlsbench"], node_link=True)
     pin = node_pin(material)
     config = parse_room(ROOM, "tls bench")
     async with RoomServer(config, {NODE: KEY}, work / "room.db", api_port=0, node_port=0,

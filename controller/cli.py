@@ -19,7 +19,8 @@ from .room.config import DEFAULT_API_PORT, ConfigError, input_warnings, load_key
 from .security.files import others_may_read
 
 HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
-CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
+CERT_WARN_BEFORE = timedelta(days=30)
+NODE_CERT_FILE, NODE_KEY_FILE = "node-link-cert.pem", "node-link-key.pem"  # next to --db  # time to install a renewed certificate before clients refuse the old one
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,18 +43,23 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     cert_path = args.tls_cert or args.db.parent / "tls-cert.pem"
     key_path = args.tls_key or args.db.parent / "tls-key.pem"
-    if args.no_tls and args.tls_cert:
-        print("smartroom: --no-tls and --tls-cert contradict each other", file=sys.stderr)
-        return 2
-    try:  # the node link always has the certificate (nodes pin it); --no-tls is about the API only
-        material = load_or_create(cert_path, key_path, _certificate_names(config.room_id, args.api_host))
+    tls = None
+    if args.no_tls:
+        if args.tls_cert:
+            print("smartroom: --no-tls and --tls-cert contradict each other", file=sys.stderr)
+            return 2
+        print("smartroom: warning: --no-tls: the API speaks plain http; use it only behind a TLS proxy "
+              "or on loopback (the node link stays TLS)", file=sys.stderr)
+    try:
+        if not args.no_tls:
+            tls = load_or_create(cert_path, key_path, _certificate_names(config.room_id, args.api_host))
+        # The node link has its own self-signed pair, made once and never renewed: every node pins it
+        # (docs/network.md, "The node link").
+        node_tls = load_or_create(args.db.parent / NODE_CERT_FILE, args.db.parent / NODE_KEY_FILE,
+                                  _certificate_names(config.room_id, args.api_host), node_link=True)
     except TlsError as exc:
         print(f"smartroom: TLS: {exc}", file=sys.stderr)
         return 2
-    tls = None if args.no_tls else material
-    if args.no_tls:
-        print("smartroom: warning: --no-tls: the API speaks plain http; use it only behind a TLS proxy "
-              "or on loopback (the node link stays TLS)", file=sys.stderr)
     if config.plain_tcp:
         print(f"smartroom: warning: {config.source}: [gateway] plain_tcp = true: nodes may connect without TLS; "
               "their frames are authenticated but readable on the network (docs/network.md)", file=sys.stderr)
@@ -65,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
-                            tls=tls, node_tls=material, advertise=not args.no_advertise,
+                            tls=tls, node_tls=node_tls, advertise=not args.no_advertise,
                             readings_min_free_bytes=int(args.readings_min_free_mb * 2**20))
         try:
             endpoints = await server.start()
@@ -75,14 +81,14 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(2) from None
         print(f"room {config.room_id}: API {endpoints.api_url}  nodes {endpoints.node_host}:{endpoints.node_port}",
               flush=True)
-        origin = "self-signed, " + str(material.cert_path) if material.self_signed else str(material.cert_path)
-        print(f"TLS certificate ({origin}), valid until {material.not_after:%Y-%m-%d}\n"
-              f"  SHA-256 fingerprint {material.fingerprint_sha256}\n"
-              f"  node link: {server.gateway.transport_name()}; nodes pin ctl_fp {material.fingerprint_hex}",
-              flush=True)
-        if material.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
-            print(f"smartroom: warning: the TLS certificate {material.cert_path} expires on "
-                  f"{material.not_after:%Y-%m-%d} "
+        if tls is not None:
+            origin = "self-signed, " + str(tls.cert_path) if tls.self_signed else str(tls.cert_path)
+            print(f"TLS certificate ({origin}), valid until {tls.not_after:%Y-%m-%d}\n"
+                  f"  SHA-256 fingerprint {tls.fingerprint_sha256}", flush=True)
+        print(f"node link: {server.gateway.transport_name()}, certificate {node_tls.cert_path}\n"
+              f"  nodes pin ctl_fp {node_tls.fingerprint_hex}", flush=True)
+        if tls is not None and tls.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
+            print(f"smartroom: warning: the TLS certificate {tls.cert_path} expires on {tls.not_after:%Y-%m-%d} "
                   f"(docs/network.md: renewing)", file=sys.stderr)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

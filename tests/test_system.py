@@ -79,7 +79,7 @@ def _create_token(tmp: Path) -> str:
 
 def _node_pin(tmp: Path) -> dict:
     """What provisioning gives a node: the certificate `smartroom run` made next to its database."""
-    return node_pin(load_or_create(tmp / "tls-cert.pem", tmp / "tls-key.pem"))
+    return node_pin(load_or_create(tmp / "node-link-cert.pem", tmp / "node-link-key.pem", node_link=True))
 
 
 def _spawn_controller(tmp: Path, api_port: int, node_port: int, extra_toml: str = "") -> "asyncio.Future":

@@ -266,7 +266,8 @@ class DemoWard:
                    "ward": self.ward_section(room_id)}
             config = parse_room(doc, f"{room_id} (demo)")
             keys = {node: os.urandom(32) for node in config.nodes}
-            tls = load_or_create(self.workdir / f"{room_id}-cert.pem", self.workdir / f"{room_id}-key.pem")
+            tls = load_or_create(self.workdir / f"{room_id}-cert.pem", self.workdir / f"{room_id}-key.pem",
+                                 node_link=True)
             server = RoomServer(config, keys, self.workdir / f"{room_id}.db", api_port=0, node_port=0, node_tls=tls)
             await server.start()
             server.demo_keys = keys
@@ -351,7 +352,7 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
         room_doc = {**ROOM, "ward": demo_ward.ward_section(ROOM["room"]["id"])}
     config = parse_room(room_doc, "demo room")
     keys = {node: os.urandom(32) for node in config.nodes}
-    tls = load_or_create(workdir / "tls-cert.pem", workdir / "tls-key.pem")  # the node link's, pinned by the nodes
+    tls = load_or_create(workdir / "node-link-cert.pem", workdir / "node-link-key.pem", node_link=True)
     server = RoomServer(config, keys, workdir / "room.db", api_port=port, node_port=0, node_tls=tls)
     endpoints = await server.start()
     ward_text = ("Mosquitto is not installed ('apt-get install mosquitto'): no ward this time.\n"

@@ -26,8 +26,8 @@ CALL = {"inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicato
 def certs(tmp_path_factory):
     """The controller's certificate and another one (a different controller, or an impostor)."""
     d = tmp_path_factory.mktemp("certs")
-    return (load_or_create(d / "a-cert.pem", d / "a-key.pem", ["room-a"]),
-            load_or_create(d / "b-cert.pem", d / "b-key.pem", ["room-b"]))
+    return (load_or_create(d / "a-cert.pem", d / "a-key.pem", ["room-a"], node_link=True),
+            load_or_create(d / "b-cert.pem", d / "b-key.pem", ["room-b"], node_link=True))
 
 
 def pinned(cfg: dict, pin: dict) -> dict:
@@ -131,3 +131,15 @@ async def test_a_tls_node_at_a_plain_gateway_is_told_apart_from_garbage(tmp_path
         await until(lambda: server.gateway.stats.rejected["tls_unavailable"] == 1, "counted")
     assert "oversized_frame" not in server.gateway.stats.rejected
     assert any("no certificate" in r.getMessage() for r in caplog.records)
+
+
+def test_the_node_link_certificate_passes_a_board_clock_that_was_never_set(certs):
+    """A board's clock starts at 2000-01-01 (MicroPython's epoch) until it is online, and mbedtls checks
+    the dates of the pinned certificate; the pin must also never need renewing (it would break every node)."""
+    from cryptography import x509
+
+    mine, _ = certs
+    cert = x509.load_pem_x509_certificate(mine.cert_path.read_bytes())
+    assert cert.not_valid_before_utc.year < 2000 and cert.not_valid_after_utc.year == 9999
+    assert "localhost" in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName), "the name the firmware checks in the pinned certificate (srnode/tlspin.py)"
