@@ -414,10 +414,8 @@ class NodeGateway:
         self.connections[conn.node] = conn  # type: ignore[index]
 
     async def _open(self, transport: asyncio.Transport, tls: bool) -> None:
-        """A new connection whose first byte said TLS or plain: wrap it in a stream, then serve it."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+        """A new connection whose first byte said TLS or plain: wrap it in a stream, then serve it.
+        (Runs in the task _Sniff started, which stop() cancels with the others.)"""
         try:
             loop = asyncio.get_running_loop()
             reader = asyncio.StreamReader(limit=NODE_STREAM_LIMIT)
@@ -443,8 +441,6 @@ class NodeGateway:
             await self._accept(reader, writer, encrypted=tls)
         except asyncio.CancelledError:
             transport.close()
-        finally:
-            self._handlers.discard(task)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, encrypted: bool) -> None:
         task = asyncio.current_task()

@@ -10,13 +10,14 @@ import asyncio
 import logging
 import ssl
 
+import aiohttp
 import pytest
 
 from controller.link.gateway import CANNOT_DELIVER_SESSIONS
 from controller.link.nodeclient import NodeClient, PinMismatch
 from controller.security.tls import load_or_create, node_pin
 from controller.sim.nodes import SimNode
-from tests.faults.linkfaults import WAIT_S, firmware, room_server, until
+from tests.faults.linkfaults import WAIT_S, firmware, metric, room_server, until
 from tests.helpers import node_key
 
 CALL = {"inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}}
@@ -106,7 +107,15 @@ async def test_plain_tcp_only_behind_the_switch_and_tls_still_works_beside_it(tm
         assert (await new.connect(host, port))["t"] == "welcome"
         await new.close()
         stats = server.gateway.stats
+        token = await server.create_token("facilities", "tech")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with http.get(server.endpoints.api_url + "/api/v1/gateway") as resp:
+                gateway = await resp.json()
+            async with http.get(server.endpoints.api_url + "/metrics") as resp:
+                text = await resp.text()
     assert stats.transport == {"plain": 1, "tls": 1} and not stats.rejected
+    assert gateway["transport"] == {"plain": 1, "tls": 1}
+    assert metric(text, "smartroom_node_connections_total", 'transport="tls"') == 1
     assert server.gateway.transport_name() == "TLS, plain TCP allowed"
 
 
