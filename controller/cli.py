@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
                             tls=tls, node_tls=node_tls, advertise=not args.no_advertise,
-                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20))
+                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20), keys_path=args.keys)
         try:
             endpoints = await server.start()
         except (SensorError, ConfigError) as exc:  # a wiring or [ward] mistake: nothing is half started

@@ -41,7 +41,7 @@ class RoomServer:
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
                  ble_backend: object | None = None, scheduler: object | None = None,
                  readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
-                 clock: Callable[[], int] = wall_ms, timers: bool = True) -> None:
+                 clock: Callable[[], int] = wall_ms, timers: bool = True, keys_path: Path | None = None) -> None:
         """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``).
 
         ``tls`` serves the API over https; ``node_tls`` (usually the same certificate) the node link
@@ -50,6 +50,7 @@ class RoomServer:
         self.config = config
         self.controller = RoomController(config, keys, db_path, clock=clock, timers=timers,
                                          readings_min_free_bytes=readings_min_free_bytes)
+        self.controller.keys_path = keys_path  # health says so while others may read it
         self.gateway = NodeGateway(self.controller, tls=ssl_context(node_tls) if node_tls else None,
                                    allow_plain=config.plain_tcp)
         self.node_tls = node_tls

@@ -30,6 +30,7 @@ from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .room.hospital import Patient
 from .room.supervision import MAPPED_KINDS
+from .security.files import others_may_read
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
 from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
@@ -58,6 +59,7 @@ class RoomController:
                  readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES) -> None:
         self.config = config
         self.keys = keys
+        self.keys_path: Path | None = None  # the node key file, when read from one: a health reason if others may read it
         self.clock = clock
         self.store = Store(db_path)
         self.store.health_listeners.append(self._storage_health)
@@ -586,6 +588,9 @@ class RoomController:
         """Why the room cannot promise that calls reach a nurse right now (empty: it can). Each entry
         is {"reason": code, "message": text} (and "since_ms" where known); /api/v1/health reports them."""
         reasons: list[dict[str, Any]] = [*self.storage.reasons()]
+        if self.keys_path is not None and (loose := others_may_read(self.keys_path)) is not None:
+            # anyone who can read the keys can forge any node's frames: an in-room cancel clears real calls
+            reasons.append({"reason": "keys_readable", "message": loose})
         late = self.room.not_displayed(self.clock())
         alarm = self.room.display_alarm()
         if late or alarm is not None:

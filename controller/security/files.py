@@ -35,7 +35,10 @@ def others_may_read(path: Path) -> str | None:
     """Why ``path`` (a secret, e.g. the node key file) is readable beyond its owner, or None.
 
     Group or world read (or write) bits: anyone in that group can forge any node's frames."""
-    mode = Path(path).stat().st_mode & 0o777
+    try:
+        mode = Path(path).stat().st_mode & 0o777
+    except OSError:  # gone or unreadable: nothing left to expose
+        return None
     if mode & 0o077 == 0:
         return None
     return (f"{path} is mode {mode:04o}: others on this machine can read the node keys and forge any node's "

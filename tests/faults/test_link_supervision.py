@@ -187,3 +187,23 @@ async def test_a_heartbeat_naming_an_unmapped_input_is_an_alarm_before_any_press
     logged = [r.getMessage() for r in caplog.records]
     assert any("nothing will ever raise this patient_call" in m and "bedside-a" in m for m in logged), logged
     assert not any("node=bath" in m for m in logged)
+
+
+async def test_a_readable_key_file_is_a_health_reason_until_it_is_fixed(tmp_path):
+    """Anyone who can read the keys can forge a node's in-room cancel and clear real calls: the room's
+    health says so for as long as the file stays open (a chmod fixes it without a restart)."""
+    _, keys = write_room_files(tmp_path, "check")
+    keys.chmod(0o640)
+    async with room_server(tmp_path, keys_path=keys) as server:  # as `smartroom run --keys` starts it
+        async with aiohttp.ClientSession() as http:
+            async def health() -> dict:
+                async with http.get(server.endpoints.api_url + "/api/v1/health") as resp:
+                    return await resp.json()
+
+            open_ = await health()
+            keys.chmod(0o600)
+            fixed = await health()
+    assert open_["status"] == "degraded"
+    assert [r["reason"] for r in open_["reasons"]] == ["keys_readable"]
+    assert "mode 0640" in open_["reasons"][0]["message"] and "chmod 600" in open_["reasons"][0]["message"]
+    assert fixed["status"] == "ok" and fixed["reasons"] == []
