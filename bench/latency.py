@@ -93,6 +93,7 @@ async def main() -> None:
     button_names = [f"button-{i}" for i in range(args.button_nodes)]
     keys = {n: os.urandom(32) for n in load_names + button_names}
     (work / "keys.json").write_text(json.dumps({"nodes": {n: k.hex() for n, k in keys.items()}}))
+    (work / "keys.json").chmod(0o600)  # as keygen writes it: wider is a warning and a health reason
     nodes_toml = "\n".join(f'[nodes.{n}]\ninputs = {{ call = "patient_call" }}' for n in button_names) + "\n" + \
         "\n".join(f"[nodes.{n}]" for n in load_names)
     # Each load node streams at --rate-hz: give it the budget for that (bench/flood.py measures the budget itself).
