@@ -132,8 +132,10 @@ async def main() -> None:
     callers = [f"caller-{i}" for i in range(args.callers)]
     keys = {n: os.urandom(32) for n in callers + [FLOOD_NODE]}
     (work / "keys.json").write_text(json.dumps({"nodes": {n: k.hex() for n, k in keys.items()}}))
+    (work / "keys.json").chmod(0o600)  # as keygen writes it: wider is a warning and a health reason
     nodes_toml = "\n".join(f'[nodes.{n}]\ninputs = {{ call = "patient_call" }}' for n in callers)
-    (work / "room.toml").write_text(f'[room]\nid = "flood"\n{nodes_toml}\n[nodes.{FLOOD_NODE}]\n')
+    (work / "room.toml").write_text(f'[room]\nid = "flood"\n[gateway]\nplain_tcp = true  # CPython nodes, plain TCP\n'
+                                    f'{nodes_toml}\n[nodes.{FLOOD_NODE}]\n')
     exe = Path(sys.executable).with_name("smartroom")
     token = subprocess.run([str(exe), "token", "create", "--db", str(work / "room.db"), "--role", "facilities",
                             "--name", "bench"], check=True, capture_output=True, text=True).stdout.split()[-1]

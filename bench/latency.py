@@ -145,7 +145,7 @@ def firmware_node(name: str, key: bytes, port: int, work: Path, i: int, every_ms
     scenario = work / f"{name}.scenario.json"
     scenario.write_text(json.dumps({"steps": [{"at_ms": 1500 + 97 * i, "pin": "call", "press_ms": 150,
                                                "every_ms": every_ms}]}))
-    cfg = {"node_id": name, "key_hex": key.hex(), "controller": {"host": "127.0.0.1", "port": port},
+    cfg = {"node_id": name, "key_hex": key.hex(), "link_plain": True, "controller": {"host": "127.0.0.1", "port": port},
            "hw": "sim", "hb_ms": 10000, "inputs": [{"name": "call", "kind": "button", "pin": "call"}],
            "indicator": {"pin": "led"},
            "sim": {"scenario": str(scenario), "speed": 1, "state_dir": str(work / "state" / name), "seed": i}}

@@ -78,7 +78,10 @@ def write_room(workdir: Path, nodes: dict[str, dict[str, str]], keys: dict[str, 
     """room.toml (one node per entry, ``{input: meaning}``; ``gateway``: more of its [gateway] table,
     e.g. the readings budget) and keys.json, as an installer writes them."""
     extra = "".join(f"{k} = {v}\n" for k, v in (gateway or {}).items())
-    lines = [f'[room]\nid = "{room_id}"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = {heartbeat_ms}\n{extra}']
+    # plain_tcp: the bench's nodes speak the link without TLS; TLS costs the handshake only, once a
+    # connection (bench/node_tls.py measures it), not per event
+    lines = [f'[room]\nid = "{room_id}"\n[[beds]]\nid = "A"\n[gateway]\nheartbeat_ms = {heartbeat_ms}\n'
+             f'plain_tcp = true\n{extra}']
     for node, inputs in nodes.items():
         table = ", ".join(f'{k} = "{v}"' for k, v in inputs.items())
         lines.append(f"[nodes.{node}]\ninputs = {{ {table} }}\n")

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .room.config import DEFAULT_API_PORT, ConfigError, input_warnings, load_keys, load_room
+from .security.files import others_may_read
 
 HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
-CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
+CERT_WARN_BEFORE = timedelta(days=30)
+NODE_CERT_FILE, NODE_KEY_FILE = "node-link-cert.pem", "node-link-key.pem"  # next to --db  # time to install a renewed certificate before clients refuse the old one
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"smartroom: configuration error: {exc}", file=sys.stderr)
         return 2
+    if (loose := others_may_read(args.keys)) is not None:
+        print(f"smartroom: warning: {loose}", file=sys.stderr)
     if (args.tls_cert is None) != (args.tls_key is None):
         print("smartroom: --tls-cert and --tls-key go together (or leave both out for a self-signed pair "
               "next to the database)", file=sys.stderr)
@@ -45,13 +49,20 @@ def _run(args: argparse.Namespace) -> int:
             print("smartroom: --no-tls and --tls-cert contradict each other", file=sys.stderr)
             return 2
         print("smartroom: warning: --no-tls: the API speaks plain http; use it only behind a TLS proxy "
-              "or on loopback", file=sys.stderr)
-    else:
-        try:
+              "or on loopback (the node link stays TLS)", file=sys.stderr)
+    try:
+        if not args.no_tls:
             tls = load_or_create(cert_path, key_path, _certificate_names(config.room_id, args.api_host))
-        except TlsError as exc:
-            print(f"smartroom: TLS: {exc}", file=sys.stderr)
-            return 2
+        # The node link has its own self-signed pair, made once and never renewed: every node pins it
+        # (docs/network.md, "The node link").
+        node_tls = load_or_create(args.db.parent / NODE_CERT_FILE, args.db.parent / NODE_KEY_FILE,
+                                  _certificate_names(config.room_id, args.api_host), node_link=True)
+    except TlsError as exc:
+        print(f"smartroom: TLS: {exc}", file=sys.stderr)
+        return 2
+    if config.plain_tcp:
+        print(f"smartroom: warning: {config.source}: [gateway] plain_tcp = true: nodes may connect without TLS; "
+              "their frames are authenticated but readable on the network (docs/network.md)", file=sys.stderr)
     missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
     if missing:
         print(f"smartroom: warning: no key for node(s) {', '.join(missing)} in {args.keys}: they cannot connect",
@@ -60,8 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
-                            tls=tls, advertise=not args.no_advertise,
-                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20))
+                            tls=tls, node_tls=node_tls, advertise=not args.no_advertise,
+                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20), keys_path=args.keys)
         try:
             endpoints = await server.start()
         except (SensorError, ConfigError) as exc:  # a wiring or [ward] mistake: nothing is half started
@@ -74,6 +85,8 @@ def _run(args: argparse.Namespace) -> int:
             origin = "self-signed, " + str(tls.cert_path) if tls.self_signed else str(tls.cert_path)
             print(f"TLS certificate ({origin}), valid until {tls.not_after:%Y-%m-%d}\n"
                   f"  SHA-256 fingerprint {tls.fingerprint_sha256}", flush=True)
+        print(f"node link: {server.gateway.transport_name()}, certificate {node_tls.cert_path}\n"
+              f"  nodes pin ctl_fp {node_tls.fingerprint_hex}", flush=True)
         print(f"{server.controller.rebuilt[0].upper()}{server.controller.rebuilt[1:]}", flush=True)
         if tls is not None and tls.not_after - datetime.now(timezone.utc) < CERT_WARN_BEFORE:
             print(f"smartroom: warning: the TLS certificate {tls.cert_path} expires on {tls.not_after:%Y-%m-%d} "
@@ -109,6 +122,8 @@ def _check(args: argparse.Namespace) -> int:
     if keys is not None:
         missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
         warnings += [f"{args.keys}: no key for node '{node}': it cannot connect" for node in missing]
+        if (loose := others_may_read(args.keys)) is not None:
+            warnings.append(loose)
     for node in config.nodes.values():
         if node.transport == "gpio":  # the pin map is in the room file itself
             warnings += input_warnings(config, node.id, node.options.get("inputs", {}))

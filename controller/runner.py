@@ -27,6 +27,7 @@ class Endpoints:
     node_host: str
     node_port: int
     tls_fingerprint: str | None = None  # "AA:BB:…" when the API speaks https
+    node_tls_fingerprint: str | None = None  # "AA:BB:…" when the node link speaks TLS (the nodes' ctl_fp)
 
 
 class RoomServer:
@@ -35,16 +36,23 @@ class RoomServer:
     def __init__(self, config: RoomConfig, keys: dict[str, bytes], db_path: Path, *,
                  api_host: str = "127.0.0.1", api_port: int = 8080,
                  node_host: str | None = None, node_port: int | None = None,
-                 tls: TlsMaterial | None = None, advertise: bool = False,
+                 tls: TlsMaterial | None = None, node_tls: TlsMaterial | None = None, advertise: bool = False,
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
                  ble_backend: object | None = None, scheduler: object | None = None,
                  readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
-                 clock: Callable[[], int] = wall_ms, timers: bool = True) -> None:
-        """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``)."""
+                 clock: Callable[[], int] = wall_ms, timers: bool = True, keys_path: Path | None = None) -> None:
+        """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``).
+
+        ``tls`` serves the API over https; ``node_tls`` (usually the same certificate) the node link
+        over TLS, which nodes pin by its fingerprint (docs/protocol.md, Transport). Without
+        ``node_tls`` the node link is plain TCP (tests, benchmarks), with a warning."""
         self.config = config
         self.controller = RoomController(config, keys, db_path, clock=clock, timers=timers,
                                          readings_min_free_bytes=readings_min_free_bytes)
-        self.gateway = NodeGateway(self.controller)
+        self.controller.keys_path = keys_path  # health says so while others may read it
+        self.gateway = NodeGateway(self.controller, tls=ssl_context(node_tls) if node_tls else None,
+                                   allow_plain=config.plain_tcp)
+        self.node_tls = node_tls
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
@@ -90,7 +98,8 @@ class RoomServer:
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"
         self.endpoints = Endpoints(f"{scheme}://{self._api_host}:{api_port}", self._node_host, node_port,
-                                   self._tls.fingerprint_sha256 if self._tls else None)
+                                   self._tls.fingerprint_sha256 if self._tls else None,
+                                   self.node_tls.fingerprint_sha256 if self.node_tls else None)
         if self.uplink is not None:  # the room runs without the broker; the uplink connects when it can
             self.uplink.api_url = self.endpoints.api_url
             self.uplink.fingerprint = self.endpoints.tls_fingerprint

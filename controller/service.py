@@ -36,11 +36,12 @@ from typing import Any, Callable, Mapping
 
 from .bus import EventBus, Subscription
 from .store.history import ReadingsHistory, Retention
-from .room.config import RoomConfig
+from .room.config import RoomConfig, input_warnings
 from .model import Heartbeat, Hello, NodeEvent, Reading, wall_ms
 from .room import BATTERY_MEASURE, CancelAtOrigin, ClearsItself, Room
 from .room.hospital import Patient
 from .room.supervision import MAPPED_KINDS
+from .security.files import others_may_read
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
 from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
@@ -82,6 +83,7 @@ class RoomController:
                  checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.config = config
         self.keys = keys
+        self.keys_path: Path | None = None  # the node key file, when read from one: a health reason if others may read it
         self.clock = clock
         self.store = Store(db_path)
         self.store.health_listeners.append(self._storage_health)
@@ -115,6 +117,7 @@ class RoomController:
         self._local_seq = 0
         self._battery_stored_ms: dict[str, int] = {}
         self.readings_stored = 0
+        self._inputs_checked: dict[str, int] = {}  # node -> the boot whose heartbeat's inputs were checked
         self.unmapped_inputs: Counter[tuple[str, str]] = Counter()  # (node, input) -> events the room file gives no meaning
 
     # ------------------------------------------------------------------ lifecycle
@@ -404,6 +407,8 @@ class RoomController:
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
+        if hb.state and self._inputs_checked.get(hb.node) != hb.boot:
+            await self._check_inputs(hb)
         try:
             await self._commit(_nothing, seq_mark=mark)  # the mark rides with the next group commit
         except StorageError as exc:  # liveness needs no disk: the mark is kept in memory and stored later
@@ -415,6 +420,18 @@ class RoomController:
             if now - self._battery_stored_ms.get(hb.node, -BATTERY_HISTORY_MS) >= BATTERY_HISTORY_MS:
                 self._battery_stored_ms[hb.node] = now  # a battery chart, without a row per heartbeat
                 self._readings.append((now, hb.node, BATTERY_MEASURE, batt_v))
+
+    async def _check_inputs(self, hb: Heartbeat) -> None:
+        """Once a boot: the inputs the node's heartbeat names against the room file (``smartroom check``'s
+        warnings, logged); an input the room file does not map is the "input not in the room file" alarm."""
+        for warning in input_warnings(self.config, hb.node, hb.state):
+            log.warning("node=%s (its heartbeat): %s", hb.node, warning)
+        try:
+            await self._commit(lambda now: self.room.decide_inputs_reported(hb.node, sorted(hb.state), now))
+        except StorageError as exc:  # tried again at the next heartbeat; the storage alarm is up
+            log.debug("node=%s input check not stored: %s", hb.node, exc)
+            return
+        self._inputs_checked[hb.node] = hb.boot
 
     def node_reading(self, reading: Reading) -> None:
         """Queue a reading for the next batch write; readings are never acked or resent."""
@@ -752,6 +769,9 @@ class RoomController:
         """Why the room cannot promise that calls reach a nurse right now (empty: it can). Each entry
         is {"reason": code, "message": text} (and "since_ms" where known); /api/v1/health reports them."""
         reasons: list[dict[str, Any]] = [*self.storage.reasons()]
+        if self.keys_path is not None and (loose := others_may_read(self.keys_path)) is not None:
+            # anyone who can read the keys can forge any node's frames: an in-room cancel clears real calls
+            reasons.append({"reason": "keys_readable", "message": loose})
         late = self.room.not_displayed(self.clock())
         alarm = self.room.display_alarm()
         if late or alarm is not None:

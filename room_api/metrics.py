@@ -42,7 +42,11 @@ class _RoomCollector(Collector):
                                       labels=["node", "reason"])
         sessions = CounterMetricFamily("smartroom_node_sessions_undelivered",
                                        "Node sessions ended by a rejection with no event delivered", labels=["node"])
+        transport = CounterMetricFamily("smartroom_node_connections",
+                                        "Node connections served, by transport (tls, plain)", labels=["transport"])
         if gateway is not None:
+            for name, count in sorted(gateway.stats.transport.items()):
+                transport.add_metric([name], count)
             for (node, reason), count in sorted(gateway.stats.readings_dropped.items()):
                 dropped.add_metric([node, reason], count)
             for node, count in sorted(gateway.stats.undelivered_sessions.items()):
@@ -54,6 +58,7 @@ class _RoomCollector(Collector):
         yield dropped
         yield sessions
         yield unmapped
+        yield transport
 
     def collect(self) -> Iterable[Metric]:
         room = self._controller.room

@@ -97,6 +97,8 @@ SCHEMAS: dict[str, S] = {
                                       "dropped", "additionalProperties": INT},
                     undelivered_sessions={"type": "object", "description": "node -> sessions ended by a "
                                           "rejection with no event delivered", "additionalProperties": INT},
+                    transport={"type": "object", "description": "node connections served by transport: tls, "
+                               "plain ([gateway] plain_tcp)", "additionalProperties": INT},
                     unmapped_inputs={"type": "object", "description": "node/input -> events from an input the "
                                      "room file gives no meaning", "additionalProperties": INT},
                     readings_not_stored={"type": "object", "additionalProperties": INT,

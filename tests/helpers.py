@@ -81,4 +81,5 @@ def write_room_files(tmp: Path, room_id: str, extra_toml: str = "") -> tuple[Pat
             lines.append(f"[nodes.{node}]\n{bed}inputs = {{ {inputs} }}\n")
         room.write_text("\n".join(lines))
         keys.write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
+        keys.chmod(0o600)  # as `smartroom keygen` writes it; wider is a warning (security/files.py)
     return room, keys

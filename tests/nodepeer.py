@@ -6,14 +6,17 @@ Tests can make it misbehave (stop acking, close the connection, sign a welcome w
 key) and send commands. It is not the controller: no store, no room, no acceptance rules
 beyond framing and tags.
 
-:class:`FirmwareNode` runs ``firmware/sim_main.py`` in the MicroPython unix port and hands the
-test its log lines (docs/firmware.md) as they arrive, so tests await lines instead of sleeping.
+:class:`FirmwareNode` runs ``firmware/sim_main.py`` in the MicroPython unix port, with the other
+modules compiled to .mpy as on a board's flash (compiling source on the node would spend the 64 KB
+heap on the compiler), and hands the test its log lines (docs/firmware.md) as they arrive, so tests
+await lines instead of sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from controller.link import protocol as p
+from controller.sim.firmware import compiled_firmware
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -196,8 +200,12 @@ class FirmwareNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / f"{self.config['node_id']}.json"
         path.write_text(json.dumps(self.config))
+        fw = self.workdir / "firmware"  # sim_main.py finds the pin maps in ../hardware/pinmaps
+        if not fw.exists():
+            shutil.copytree(compiled_firmware(), fw)
+            (self.workdir / "hardware").symlink_to(ROOT / "hardware")
         self.proc = await asyncio.create_subprocess_exec(
-            str(MICROPYTHON), "-X", f"heapsize={self.heap}", str(FIRMWARE / "sim_main.py"), str(path),
+            str(MICROPYTHON), "-X", f"heapsize={self.heap}", str(fw / "sim_main.py"), str(path), cwd=str(fw),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         self._reader = asyncio.create_task(self._read())
         return self

@@ -33,6 +33,7 @@ def node_config(tmp: Path, port: int, steps: list[dict[str, Any]], *, end_ms: in
     scenario = tmp / "scenario.json"
     scenario.write_text(json.dumps({"steps": steps, **({"end_ms": end_ms} if end_ms else {})}))
     return {"node_id": NODE, "key_hex": KEY.hex(), "controller": {"host": "127.0.0.1", "port": port},
+            "link_plain": True,
             "hw": "sim-esp32s3", "hb_ms": 10000, **sections,
             "sim": {"scenario": str(scenario), "speed": speed, "state_dir": str(tmp / state), "seed": 1}}
 

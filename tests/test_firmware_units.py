@@ -40,6 +40,16 @@ def test_mp_script(name: str) -> None:
     run_mp(MP_TESTS / f"test_{name}.py")
 
 
+def test_mp_tls_pin(tmp_path) -> None:
+    from controller.security.tls import load_or_create, node_pin
+
+    mine = node_pin(load_or_create(tmp_path / "a.pem", tmp_path / "a-key.pem"))
+    other = node_pin(load_or_create(tmp_path / "b.pem", tmp_path / "b-key.pem"))
+    doc = tmp_path / "pins.json"
+    doc.write_text(json.dumps({**mine, "other_cert": other["ctl_cert"]}))
+    run_mp(MP_TESTS / "test_tlspin.py", str(doc))
+
+
 def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> None:
     run_mp(MP_TESTS / "test_accel_trace.py", str(tmp_path), heap="64wK")
 

@@ -277,7 +277,8 @@ async def test_the_gateway_counts_what_it_accepts_and_refuses(server):
     await _until_closed(client)
     assert server.gateway.stats.to_json() == {
         "accepted": {"hello": 1, "hb": 1, "reading": 1, "event": 1}, "rejected": {"bad_message": 1},
-        "duplicates": 1, "connections": 1, "readings_dropped": {}, "undelivered_sessions": {}}
+        "duplicates": 1, "connections": 1, "readings_dropped": {}, "undelivered_sessions": {},
+        "transport": {"plain": 1}}
 
 
 async def test_a_cold_room_alarm_names_its_low_bound(room):

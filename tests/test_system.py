@@ -16,6 +16,7 @@ import pytest
 
 from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
+from controller.security.tls import load_or_create, node_pin
 from controller.sim.nodes import SimNode
 from tests.helpers import next_event, node_key, sse_events, write_room_files
 
@@ -27,10 +28,11 @@ def free_port() -> int:
 
 
 def firmware_config(node: str, port: int, tmp: Path, steps: list[dict], *, end_ms: int | None = None,
-                    speed: float = 1, **extra) -> dict:
+                    speed: float = 1, pin: dict | None = None, **extra) -> dict:
+    """``pin``: the controller certificate's ctl_fp / ctl_cert (a TLS link); None: plain TCP."""
     scenario = tmp / f"{node}.scenario.json"
     scenario.write_text(json.dumps({"steps": steps, **({"end_ms": end_ms} if end_ms else {})}))
-    return {"node_id": node, "key_hex": node_key(node).hex(), "controller": {"host": "127.0.0.1", "port": port},
+    return {"node_id": node, "key_hex": node_key(node).hex(), "controller": {"host": "127.0.0.1", "port": port}, **(pin or {"link_plain": True}),
             "hw": "sim-esp32s3", "hb_ms": 10000, "sim": {"scenario": str(scenario), "speed": speed,
                                                           "state_dir": str(tmp / "state" / node), "seed": 7},
             **extra}
@@ -75,6 +77,11 @@ def _create_token(tmp: Path) -> str:
     return out.strip().splitlines()[-1]
 
 
+def _node_pin(tmp: Path) -> dict:
+    """What provisioning gives a node: the certificate `smartroom run` made next to its database."""
+    return node_pin(load_or_create(tmp / "node-link-cert.pem", tmp / "node-link-key.pem", node_link=True))
+
+
 def _spawn_controller(tmp: Path, api_port: int, node_port: int, extra_toml: str = "") -> "asyncio.Future":
     room, keys = write_room_files(tmp, "kill-test", extra_toml)
     exe = Path(sys.executable).with_name("smartroom")
@@ -93,7 +100,7 @@ async def test_sigkilled_controller_loses_and_duplicates_nothing(tmp_path):
     steps = [{"at_ms": 200, "pin": "call", "press_ms": 80, "every_ms": 250, "until_ms": 8000},
              {"at_ms": 300, "pin": "pir", "level": 1, "every_ms": 300, "until_ms": 8000},
              {"at_ms": 450, "pin": "pir", "level": 0, "every_ms": 300, "until_ms": 8000}]
-    cfg = firmware_config("bedside-a", node_port, tmp_path, steps,
+    cfg = firmware_config("bedside-a", node_port, tmp_path, steps, pin=_node_pin(tmp_path),  # over TLS
                           inputs=[{"name": "call", "kind": "button", "pin": "call"},
                                   {"name": "pir", "kind": "presence", "pin": "pir"}], indicator={"pin": "led"})
     async with SimNode(cfg, tmp_path / "nodes") as node:
@@ -147,7 +154,7 @@ async def test_sigkill_during_active_calls_keeps_them_and_escalation_runs_on_sto
     proc = await _spawn_controller(tmp_path, api_port, node_port, "[timers.high]\nescalate_s = 5\n")
     await asyncio.wait_for(proc.stdout.readline(), 20)
     for node, src in (("bath", "cord"), ("bedside-a", "call")):
-        client = NodeClient(node, node_key(node))
+        client = NodeClient(node, node_key(node), pin=_node_pin(tmp_path)["ctl_fp"])
         await client.connect("127.0.0.1", node_port)
         ev = client.event_msg("button", src)
         await client.send(ev)

@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import logging
 import socket
+import ssl
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ DROPPED_READING_PACE_S = 0.005
 # so TCP slows it down within a few frames of the pacing above.
 NODE_RCVBUF_BYTES = 16 * 1024
 NODE_STREAM_LIMIT = 4 * 1024  # likewise the connection's own buffer (asyncio pauses reading at twice this)
+# The TLS handshake from the slowest node (an RP2040 doing P-256 in software: a few seconds) fits;
+# the node itself gives up after 10 s (firmware/srnode/link.py).
+TLS_HANDSHAKE_TIMEOUT_S = 15.0
+# How a connection's first byte tells TLS from plain: a TLS record of type handshake (a ClientHello)
+# starts with 22; a plain frame starts with its length's high byte, at most 1024 >> 8 = 4.
+TLS_HANDSHAKE_RECORD = 0x16
 
 
 @dataclass
@@ -60,12 +67,14 @@ class GatewayStats:
     connections: int = 0
     readings_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (node, reason)
     undelivered_sessions: Counter[str] = field(default_factory=Counter)  # node: sessions rejected, nothing delivered
+    transport: Counter[str] = field(default_factory=Counter)  # connections served by "tls" / "plain"
 
     def to_json(self) -> dict[str, object]:
         dropped = {f"{node}/{reason}": count for (node, reason), count in sorted(self.readings_dropped.items())}
         return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "duplicates": self.duplicates,
                 "connections": self.connections, "readings_dropped": dropped,
-                "undelivered_sessions": dict(sorted(self.undelivered_sessions.items()))}
+                "undelivered_sessions": dict(sorted(self.undelivered_sessions.items())),
+                "transport": dict(sorted(self.transport.items()))}
 
 
 @dataclass
@@ -117,9 +126,74 @@ async def read_frame(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
         raise _ConnectionEnded(f"silent for {timeout_s:.1f} s") from exc
 
 
-class NodeConnection:
-    def __init__(self, gateway: "NodeGateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _peer(peer: object) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+
+
+async def _peek_byte(sock: socket.socket) -> bytes:
+    """The next byte on ``sock`` without taking it (b"" when the peer closed)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        ready = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+        try:
+            return sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:  # reset before a byte came
+            return b""
+
+
+class _Sniff(asyncio.Protocol):
+    """A new node connection before it is TLS or plain: reads nothing, peeks at the first byte, then
+    hands the connection to :meth:`NodeGateway._open` (one port serves both)."""
+
+    def __init__(self, gateway: "NodeGateway") -> None:
         self.gateway = gateway
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the first bytes stay in the socket for TLS to read
+        task = asyncio.create_task(self._sniff(transport))
+        self.gateway._handlers.add(task)
+        task.add_done_callback(self.gateway._handlers.discard)
+
+    async def _sniff(self, transport: asyncio.Transport) -> None:
+        gateway = self.gateway
+        peer = _peer(transport.get_extra_info("peername"))
+        sock = transport.get_extra_info("socket").dup()  # the same connection; closing the copy keeps it
+        try:
+            first = await asyncio.wait_for(_peek_byte(sock), gateway.hello_timeout_s)
+        except TimeoutError:
+            log.info("peer=%s sent nothing within %.1f s; closing", peer, gateway.hello_timeout_s)
+            first = b""
+        except asyncio.CancelledError:
+            transport.close()
+            raise
+        finally:
+            sock.close()
+        if not first:
+            transport.close()
+            return
+        tls = first[0] == TLS_HANDSHAKE_RECORD
+        if tls and gateway.tls is None:
+            gateway.stats.rejected["tls_unavailable"] += 1
+            log.warning("peer=%s starts TLS, but this node gateway has no certificate (plain TCP only); closing",
+                        peer)
+            transport.close()
+            return
+        await gateway._open(transport, tls)
+
+
+class NodeConnection:
+    def __init__(self, gateway: "NodeGateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 encrypted: bool = False) -> None:
+        self.gateway = gateway
+        self.encrypted = encrypted
         self.controller = gateway.controller
         self.reader = reader
         self.writer = writer
@@ -140,8 +214,13 @@ class NodeConnection:
     def _write(self, build: Callable[[int], dict[str, object]]) -> None:
         """Queue ``build(s)`` on the socket; ``s`` is taken here, with no await between, so frames
         leave in sequence order without a lock."""
+        self._check_open()
         self.out_seq += 1
         self.writer.write(p.encode_frame(self.key, build(self.out_seq)))
+
+    def _check_open(self) -> None:
+        if self.writer.is_closing():  # a closed TLS transport raises AttributeError on write (CPython 3.11)
+            raise ConnectionResetError("connection already closed")
 
     async def _drained(self) -> None:
         """Wait (at most WRITE_TIMEOUT_S) only when the node is not reading what it is sent."""
@@ -155,6 +234,7 @@ class NodeConnection:
         await self._drained()
 
     async def send_ack(self, seq: int, event_no: int | None = None, origin_boot: int | None = None) -> None:
+        self._check_open()
         self.out_seq += 1
         self.writer.write(p.ack_frame(self.key, self.sid, self.out_seq, seq, event_no, origin_boot))
         await self._drained()
@@ -165,6 +245,8 @@ class NodeConnection:
         Written at once, without waiting: a node that leaves its commands unread past
         WRITE_BUFFER_MAX is closed (it reconnects and is sent the current state again).
         """
+        if self.writer.is_closing():  # going away: it is sent the room's state when it is back
+            return
         for output, pattern in (("indicator", indicator), ("tone", tone)):
             if (output == "indicator" or self.has_tone) and self.shown.get(output) != pattern:
                 self.shown[output] = pattern
@@ -188,6 +270,8 @@ class NodeConnection:
         stats = self.gateway.stats
         try:
             first = await read_frame(self.reader, self.gateway.hello_timeout_s)
+            if not self.encrypted and not self.gateway.allow_plain:
+                self._refuse_plain(first)
             await self._handle(first, hello_expected=True)
             frames = 0
             while True:
@@ -199,7 +283,7 @@ class NodeConnection:
             stats.rejected[exc.reason] += 1
             self.rejected = exc.reason
             log.warning("rejected frame from node=%s peer=%s reason=%s: %s; closing its connection",
-                        self.node or "?", self.peer, exc.reason, exc.detail)
+                        self.node or self.verified_node or "?", self.peer, exc.reason, exc.detail)
         except _ConnectionEnded as exc:
             log.info("node=%s peer=%s connection ended: %s", self.node or "?", self.peer, exc)
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -211,6 +295,18 @@ class NodeConnection:
             stats.rejected["internal_error"] += 1
             self.rejected = "internal_error"
             log.exception("node=%s peer=%s: internal error; closing so the node resends", self.node or "?", self.peer)
+
+    def _refuse_plain(self, payload: bytes) -> None:
+        """A plain-TCP hello to a TLS gateway: refused, naming the node when its tag proves who it is
+        (so a node left on plain TCP becomes "node cannot deliver", not a silent stream of refusals)."""
+        try:
+            body, tag, obj = p.split_payload(payload)
+        except p.ProtocolError:
+            pass  # not even a frame: the refusal below still says why
+        else:
+            self._note_sender(obj, body, tag)
+        raise p.ProtocolError("tls_required", "plain TCP, but this gateway requires TLS: give the node the "
+                              "controller's fingerprint (ctl_fp) or set [gateway] plain_tcp = true")
 
     def _note_sender(self, obj: dict[str, object], body: bytes, tag: bytes) -> None:
         """Who sent a frame that will be refused (e.g. another protocol version), if its tag proves it."""
@@ -300,8 +396,13 @@ class NodeGateway:
     """``hello_timeout_s`` and ``idle_grace_s`` are the protocol's numbers; tests pass short ones."""
 
     def __init__(self, controller: RoomController, *, hello_timeout_s: float = HELLO_TIMEOUT_S,
-                 idle_grace_s: float = IDLE_GRACE_S) -> None:
+                 idle_grace_s: float = IDLE_GRACE_S, tls: ssl.SSLContext | None = None,
+                 allow_plain: bool = False) -> None:
+        """``tls``: serve TLS (docs/protocol.md, Transport); a plain-TCP node is then refused
+        (``tls_required``) unless ``allow_plain``. Without ``tls`` the link is plain TCP only."""
         self.controller = controller
+        self.tls = tls
+        self.allow_plain = allow_plain or tls is None
         self.hello_timeout_s = hello_timeout_s
         self.idle_grace_s = idle_grace_s
         self.stats = GatewayStats()
@@ -314,12 +415,24 @@ class NodeGateway:
         controller.on_outputs_changed(self._schedule_sync)
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=NODE_STREAM_LIMIT)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Sniff(self), host, port)
         for sock in self._server.sockets:  # accepted connections inherit it (and so the TCP window it allows)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NODE_RCVBUF_BYTES)
         bound = self._server.sockets[0].getsockname()[1]
-        log.info("node gateway listening on %s:%d", host, bound)
+        log.info("node gateway listening on %s:%d (%s)", host, bound, self.transport_name())
+        if self.tls is None:
+            log.warning("node gateway on port %d speaks plain TCP only: node frames are authenticated but "
+                        "not encrypted (no certificate given)", bound)
+        elif self.allow_plain:
+            log.warning("node gateway on port %d also accepts plain-TCP nodes ([gateway] plain_tcp = true): "
+                        "their frames are authenticated but not encrypted", bound)
         return bound
+
+    def transport_name(self) -> str:
+        if self.tls is None:
+            return "plain TCP"
+        return "TLS, plain TCP allowed" if self.allow_plain else "TLS only"
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -340,12 +453,42 @@ class NodeGateway:
             old.writer.close()
         self.connections[conn.node] = conn  # type: ignore[index]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _open(self, transport: asyncio.Transport, tls: bool) -> None:
+        """A new connection whose first byte said TLS or plain: wrap it in a stream, then serve it.
+        (Runs in the task _Sniff started, which stop() cancels with the others.)"""
+        try:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=NODE_STREAM_LIMIT)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            peer = transport.get_extra_info("peername")
+            if tls:
+                assert self.tls is not None
+                try:
+                    transport = await loop.start_tls(transport, protocol, self.tls, server_side=True,
+                                                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+                except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+                    self.stats.rejected["tls_handshake"] += 1
+                    log.warning("node link TLS handshake with %s failed: %s (a node that does not pin this "
+                                "controller's certificate refuses it)", _peer(peer), exc)
+                    transport.close()
+                    return
+            else:
+                transport.set_protocol(protocol)
+            protocol.connection_made(transport)
+            if not tls:
+                transport.resume_reading()
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await self._accept(reader, writer, encrypted=tls)
+        except asyncio.CancelledError:
+            transport.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, encrypted: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
         self.stats.connections += 1
-        conn = NodeConnection(self, reader, writer)
+        self.stats.transport["tls" if encrypted else "plain"] += 1
+        conn = NodeConnection(self, reader, writer, encrypted=encrypted)
         try:
             try:
                 await conn.run()

@@ -7,16 +7,27 @@ fifty nodes' worth of traffic on one machine, and so tests can send exactly the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
+import ssl
 import struct
 from typing import Any
 
 from . import protocol as p
 
 
+class PinMismatch(ConnectionError):
+    """The controller's certificate is not the pinned one; the client closed without sending a byte."""
+
+
 class NodeClient:
-    def __init__(self, node: str, key: bytes, *, boot: int = 1, hb_ms: int = 10_000) -> None:
+    """``pin``: the controller certificate's SHA-256 (hex, a node's ``ctl_fp``): connect over TLS and
+    refuse any other certificate, as the firmware does. Without it: plain TCP."""
+
+    def __init__(self, node: str, key: bytes, *, boot: int = 1, hb_ms: int = 10_000, pin: str | None = None) -> None:
         self.node, self.key, self.boot, self.hb_ms = node, key, boot, hb_ms
+        self.pin = bytes.fromhex(pin.replace(":", "")) if pin else None
         self.seq = 0           # frame numbers: every frame takes the next
         self.event_no = 0      # event numbers: a resent event keeps its own
         self.nonce = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
@@ -61,7 +72,17 @@ class NodeClient:
         return {**self.base("hb"), "up_ms": up_ms, "q": 0, "heap": 0, "drop": 0}
 
     async def connect(self, host: str, port: int, *, expect_welcome: bool = True) -> dict[str, Any] | None:
-        self.reader, self.writer = await asyncio.open_connection(host, port)
+        if self.pin is None:
+            self.reader, self.writer = await asyncio.open_connection(host, port)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # the pin below is the check: exactly one certificate is right
+            self.reader, self.writer = await asyncio.open_connection(host, port, ssl=ctx)
+            der = self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
+                self.writer.close()
+                raise PinMismatch(f"{host}:{port} presented a certificate that is not the pinned one")
         self.last_controller_seq = 0
         await self.send(self.hello_msg())
         if expect_welcome:

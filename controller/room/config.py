@@ -200,6 +200,7 @@ class RoomConfig:
     integrations: Any = None  # integrations.config.Integrations: the [integrations] section, checked; None without
     readings_per_s: float = DEFAULT_READINGS_PER_S  # each node's readings budget: sustained rate ...
     readings_burst: int = DEFAULT_READINGS_BURST    # ... and burst
+    plain_tcp: bool = False  # [gateway] plain_tcp: also accept nodes on plain TCP (bench, old firmware)
 
     def meaning(self, node: str, src: str) -> str | None:
         cfg = self.nodes.get(node)
@@ -497,7 +498,7 @@ _TOP_KEYS = ("room", "beds", "gateway", "timers", "escalation", "supervision", "
              "integrations")
 _ROOM_KEYS = ("id", "name", "profile")
 _BED_KEYS = ("id", "fall_risk")
-_GATEWAY_KEYS = ("host", "port", "heartbeat_ms", "readings_per_s", "readings_burst")
+_GATEWAY_KEYS = ("host", "port", "heartbeat_ms", "readings_per_s", "readings_burst", "plain_tcp")
 _TIMER_KEYS = ("bath_dwell_s", "fall_ok_window_s", "silence_s", "presence_s", "presence_reminder_s",
                "not_displayed_s") + TIERS
 _TIER_KEYS = ("escalate_s", "reminder_s")
@@ -804,9 +805,11 @@ def parse_room(doc: Mapping[str, Any], source: str = "<memory>", *, text: str | 
     ward = _parse_ward(where, root, room_id)
     integrations = _parse_integrations(where, root, beds)
     readings_per_s, readings_burst = _parse_budget(where, root)
+    plain_tcp = _optional(where, _section(where, root, "gateway", _GATEWAY_KEYS), ("gateway",), "plain_tcp", bool,
+                          False)
     return RoomConfig(room_id, name, beds, nodes, heartbeat_ms, host, port, source, profile, fall_risk,
                       timers, levels, supervision, environment, ward, integrations=integrations,
-                      readings_per_s=readings_per_s, readings_burst=readings_burst)
+                      readings_per_s=readings_per_s, readings_burst=readings_burst, plain_tcp=plain_tcp)
 
 
 def load_room(path: Path) -> RoomConfig:

@@ -157,6 +157,21 @@ class SupervisionRules(CallRules):
         return self._raise_or_repeat("unmapped_input", node, source, now_ms,
                                      {"input": src, "kind": kind, "reason": why})
 
+    def decide_inputs_reported(self, node: str, inputs: Iterable[str], now_ms: int) -> list[LogEntry]:
+        """The node's heartbeat names its inputs: one the room file does not map is an alarm now, before a
+        patient's press on it is the first sign (the press would raise no call)."""
+        entries: list[LogEntry] = []
+        for src in inputs:
+            source = f"input:{src}"
+            if self.config.meaning(node, src) is not None or self.call_from(node, source, "unmapped_input"):
+                continue
+            why = ("the node is not in the room file" if node not in self.config.nodes
+                   else f"the room file has no meaning for input '{src}' of node '{node}'")
+            entries += self._raise_or_repeat("unmapped_input", node, source, now_ms,
+                                              {"input": src, "kind": "reported", "reason": why + " (its heartbeat "
+                                               "lists it; no press yet)"})
+        return entries
+
     def decide_config_checked(self, now_ms: int) -> list[LogEntry]:
         """At start: "input not in the room file" alarms whose input the room file now maps are cleared."""
         return [self._clear(call, f"the room file maps {call.node}/{call.detail.get('input')} now", HOW_RESOLVED,

@@ -36,6 +36,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 SELF_SIGNED_VALIDITY_DAYS = 825  # the longest validity Apple and browsers accept for a TLS server certificate
+# The node link's certificate (``node_link=True``) is pinned by every node, so it must never need
+# renewing (a new one breaks every pin), and a board checks its dates with a clock that starts at
+# 2000-01-01 (MicroPython's epoch; no RTC, no time until it is online): valid from before that to
+# RFC 5280's "no well-defined expiration" date.
+NODE_LINK_NOT_BEFORE = dt.datetime(1999, 12, 31, tzinfo=dt.timezone.utc)
+NODE_LINK_NOT_AFTER = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
 BACKDATE = dt.timedelta(minutes=5)  # tolerate a client clock a little behind the Pi's (the Pi has no RTC)
 KEY_FILE_MODE = 0o600
 ALWAYS_IN_SAN = ("localhost", "127.0.0.1")
@@ -59,8 +65,11 @@ class TlsMaterial:
         return self.fingerprint_sha256.replace(":", "").lower()
 
 
-def load_or_create(cert_path: Path, key_path: Path, hostnames: Iterable[str] = ()) -> TlsMaterial:
-    """Load the certificate and key, or make a self-signed pair if neither file exists."""
+def load_or_create(cert_path: Path, key_path: Path, hostnames: Iterable[str] = (), *,
+                   node_link: bool = False) -> TlsMaterial:
+    """Load the certificate and key, or make a self-signed pair if neither file exists.
+
+    ``node_link``: a new pair is the node link's (dates above), not the API's (825 days)."""
     cert_path, key_path = Path(cert_path), Path(key_path)
     cert_exists, key_exists = cert_path.exists(), key_path.exists()
     if cert_exists != key_exists:
@@ -68,7 +77,7 @@ def load_or_create(cert_path: Path, key_path: Path, hostnames: Iterable[str] = (
         raise TlsError(f"{missing}: missing, but {present} exists; supply both the certificate and its key, "
                        f"or remove both to have a self-signed pair generated")
     if not cert_exists:
-        _create_self_signed(cert_path, key_path, hostnames)
+        _create_self_signed(cert_path, key_path, hostnames, node_link)
     return _load(cert_path, key_path)
 
 
@@ -91,6 +100,14 @@ def pin(fingerprint: str) -> aiohttp.Fingerprint:
     """
     digest = bytes.fromhex(fingerprint.replace(":", ""))
     return aiohttp.Fingerprint(digest)
+
+
+def node_pin(material: TlsMaterial) -> dict[str, str]:
+    """The node config keys that pin this certificate on a node's link (docs/protocol.md, Transport):
+    ``ctl_fp`` (SHA-256 of the DER, hex) and ``ctl_cert`` (the DER itself, hex; builds whose ``ssl``
+    cannot give the peer's certificate verify the handshake against it)."""
+    der = _read_certs(material.cert_path)[0].public_bytes(serialization.Encoding.DER)
+    return {"ctl_fp": material.fingerprint_hex, "ctl_cert": der.hex()}
 
 
 def format_fingerprint(digest: bytes) -> str:
@@ -165,10 +182,13 @@ def _no_password(key_path: Path):
 # --------------------------------------------------------------------------- generating
 
 
-def _create_self_signed(cert_path: Path, key_path: Path, hostnames: Iterable[str]) -> None:
+def _create_self_signed(cert_path: Path, key_path: Path, hostnames: Iterable[str], node_link: bool = False) -> None:
     names = _san_names(hostnames)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
+    not_before, not_after = now - BACKDATE, now + dt.timedelta(days=SELF_SIGNED_VALIDITY_DAYS)
+    if node_link:
+        not_before, not_after = NODE_LINK_NOT_BEFORE, NODE_LINK_NOT_AFTER
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64]),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smartroom room controller")])
     san = [x509.IPAddress(ip) if (ip := _as_ip(n)) else x509.DNSName(n) for n in names]
@@ -176,8 +196,8 @@ def _create_self_signed(cert_path: Path, key_path: Path, hostnames: Iterable[str
             .subject_name(subject).issuer_name(subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=SELF_SIGNED_VALIDITY_DAYS))
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,

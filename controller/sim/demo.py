@@ -26,6 +26,7 @@ from ..room import CALL_TYPES, RoomError
 from ..runner import RoomServer
 from .nodes import NodeLine, SimNode
 from ..store import LogRecord
+from ..security.tls import load_or_create, node_pin
 from ..security.tokens import ROLES
 
 CYCLE_MS = 180_000  # the scripted afternoon repeats every three minutes
@@ -109,13 +110,15 @@ NODES: dict[str, dict[str, Any]] = {
 
 
 def node_config(node_id: str, key: bytes, host: str, port: int, workdir: Path, speed: float,
-                end_ms: int | None = None) -> dict[str, Any]:
+                end_ms: int | None = None, pin: dict[str, str] | None = None) -> dict[str, Any]:
+    """``pin``: the controller certificate's ``ctl_fp`` / ``ctl_cert`` (security.tls.node_pin), as
+    provisioning writes them; None for a plain-TCP node (``link_plain``)."""
     spec = dict(NODES[node_id])
     steps = spec.pop("steps")
     scenario = workdir / f"{node_id}.scenario.json"
     scenario.write_text(json.dumps({"steps": steps, **({"end_ms": end_ms} if end_ms else {})}, indent=1))
-    return {"node_id": node_id, "key_hex": key.hex(), "controller": {"host": host, "port": port},
-            "hb_ms": 10_000, **spec,
+    return {"node_id": node_id, "key_hex": key.hex(), "ctl_host": host, "ctl_port": port,
+            **(pin if pin is not None else {"link_plain": True}), "hb_ms": 10_000, **spec,
             "sim": {"scenario": str(scenario), "speed": speed, "state_dir": str(workdir / "state" / node_id),
                     "seed": sum(node_id.encode())}}
 
@@ -263,7 +266,9 @@ class DemoWard:
                    "ward": self.ward_section(room_id)}
             config = parse_room(doc, f"{room_id} (demo)")
             keys = {node: os.urandom(32) for node in config.nodes}
-            server = RoomServer(config, keys, self.workdir / f"{room_id}.db", api_port=0, node_port=0)
+            tls = load_or_create(self.workdir / f"{room_id}-cert.pem", self.workdir / f"{room_id}-key.pem",
+                                 node_link=True)
+            server = RoomServer(config, keys, self.workdir / f"{room_id}.db", api_port=0, node_port=0, node_tls=tls)
             await server.start()
             server.demo_keys = keys
             self.rooms[room_id] = server
@@ -305,7 +310,8 @@ class DemoWard:
                 due = t0 + (cycle * CYCLE_MS + at_ms) / 1000
                 await asyncio.sleep(max(0.0, due - time.monotonic()))  # the script's clock
                 boot += 1
-                client = NodeClient(node, server.demo_keys[node], boot=boot)
+                client = NodeClient(node, server.demo_keys[node], boot=boot,
+                                    pin=server.endpoints.node_tls_fingerprint)
                 try:
                     await client.connect(server.endpoints.node_host, server.endpoints.node_port)
                     ev = client.event_msg("button", src)
@@ -346,7 +352,8 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
         room_doc = {**ROOM, "ward": demo_ward.ward_section(ROOM["room"]["id"])}
     config = parse_room(room_doc, "demo room")
     keys = {node: os.urandom(32) for node in config.nodes}
-    server = RoomServer(config, keys, workdir / "room.db", api_port=port, node_port=0)
+    tls = load_or_create(workdir / "node-link-cert.pem", workdir / "node-link-key.pem", node_link=True)
+    server = RoomServer(config, keys, workdir / "room.db", api_port=port, node_port=0, node_tls=tls)
     endpoints = await server.start()
     ward_text = ("Mosquitto is not installed ('apt-get install mosquitto'): no ward this time.\n"
                  if ward and demo_ward is None else "")
@@ -367,7 +374,8 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
           f"  room state      : {endpoints.api_url}/api/v1/room\n"
           f"  live events     : curl -N -H 'Authorization: Bearer <nurse token>' "
           f"{endpoints.api_url}/api/v1/events/stream\n"
-          f"  node gateway    : {endpoints.node_host}:{endpoints.node_port}\n"
+          f"  node gateway    : {endpoints.node_host}:{endpoints.node_port} (TLS, certificate "
+          f"{tls.fingerprint_sha256[:23]}…)\n"
           f"  data and logs   : {workdir}\n"
           f"API tokens (log in to the pages with one; they are kept in {workdir / 'room.db'}, hashed):\n"
           + "".join(f"  {role:<11}     : {secret}\n" for role, secret in demo_tokens.items()) +
@@ -381,7 +389,8 @@ async def run_demo(port: int = 8080, speed: float = 1.0, workdir: Path | None = 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nodes = [SimNode(node_config(n, keys[n], endpoints.node_host, endpoints.node_port, workdir, speed),
+    pin = node_pin(tls)
+    nodes = [SimNode(node_config(n, keys[n], endpoints.node_host, endpoints.node_port, workdir, speed, pin=pin),
                      workdir / "nodes", on_line=narrator.node_line) for n in NODES]
     tasks = [asyncio.create_task(_narrate_room(server, narrator))]
     if auto_ack_s > 0:

@@ -87,9 +87,9 @@ class BoardHal:
             await asyncio.sleep_ms(_WIFI_POLL_MS)
             waited_ms += _WIFI_POLL_MS
 
-    async def open_connection(self, host, port):
+    async def open_connection(self, host, port, *tls):
         await self._wifi_up()
-        return await asyncio.open_connection(host, port)
+        return await asyncio.open_connection(host, port, *tls)  # tls: (SSLContext, name) or ()
 
     def rssi(self):
         try:

@@ -204,8 +204,9 @@ class SimHal:
         return self._uarts[bus]
 
     # --- network, power, randomness
-    async def open_connection(self, host, port):
-        return await asyncio.open_connection(host, port)
+    async def open_connection(self, host, port, *tls):
+        # tls: (SSLContext, server name) from srnode/tlspin.py; the handshake runs on the first write
+        return await asyncio.open_connection(host, port, *tls)
 
     def rssi(self):
         return _RSSI_DBM - random.getrandbits(2)

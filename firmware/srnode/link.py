@@ -4,6 +4,10 @@
 # in a new frame: new `s`, same event number `e`) -> stream. Every frame gets its `s` here, as it
 # is written, so `s` grows in the order frames leave (protocol v2, section 2). A session ends on a read/write error, a bad frame length or a missing ack; then the
 # link waits a jittered, capped exponential backoff and starts the next session.
+#
+# With a `pin` (srnode/tlspin.py) every session runs over TLS to the pinned controller certificate;
+# a controller that is not the pinned one ends the session as `tls_pin` (counted, then the same
+# backoff), before anything but the hello has left. Without a pin the link is plain TCP.
 import asyncio
 import os
 from micropython import const
@@ -61,8 +65,9 @@ class Link:
     the commands: node.next_seq(), node.hello_msg(nonce), node.event_msg(entry, s),
     node.acked(e, ob), node.on_welcome(msg), node.on_cmd(msg)."""
 
-    def __init__(self, hal, mac, queue, host, port, node):
+    def __init__(self, hal, mac, queue, host, port, node, pin=None):
         self._hal = hal
+        self._pin = pin          # srnode/tlspin.py: its handshake() ends a session to another controller
         self._mac = mac
         self._queue = queue
         self._addr = (host, port)
@@ -103,10 +108,16 @@ class Link:
         tasks = []
         phase = "connect"
         try:
-            reader, writer = await hal.wait_for_ms(hal.open_connection(*self._addr), _CONNECT_TIMEOUT_MS)
+            pin = self._pin
+            opening = hal.open_connection(*self._addr, *(pin.args() if pin else ()))
+            reader, writer = await hal.wait_for_ms(opening, _CONNECT_TIMEOUT_MS)
             sid = int.from_bytes(os.urandom(4), "big") & _NONCE_MASK
-            writer.write(proto.encode_frame(self._mac, self._node.hello_msg(sid)))
-            await writer.drain()  # a refused connect surfaces here on some ports
+            hello = proto.encode_frame(self._mac, self._node.hello_msg(sid))
+            if pin:  # the TLS handshake runs with the hello's write, then the pin is checked
+                await pin.handshake(hal, writer, hello)
+            else:
+                writer.write(hello)
+                await writer.drain()  # a refused connect surfaces here on some ports
             phase = "welcome"
             welcome = await hal.wait_for_ms(self._await_welcome(reader, sid), _WELCOME_TIMEOUT_MS)
             self.backoff.reset()

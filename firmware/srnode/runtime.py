@@ -52,8 +52,17 @@ class Node:
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
             raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
-        ctrl = cfg["controller"]
-        self.link = Link(hal, Hmac256(key), self.queue, ctrl["host"], ctrl.get("port", _DEFAULT_PORT), self)
+        # The provisioned ctl_host, ctl_port, ctl_fp (+ ctl_cert, ctl_name) or the older "controller"
+        # object; plain TCP only with link_plain (docs/firmware.md, node config).
+        c = cfg.get("controller", {})
+        pin = None
+        if cfg.get("link_plain"):
+            hal.log("warning", "link=plain_tcp")
+        else:
+            from srnode.tlspin import Pin
+            pin = Pin(cfg["ctl_fp"], cfg.get("ctl_cert"), cfg.get("ctl_name"))
+        self.link = Link(hal, Hmac256(key), self.queue, cfg.get("ctl_host", c.get("host")),
+                         cfg.get("ctl_port", c.get("port", _DEFAULT_PORT)), self, pin)
 
     def _build(self, cfg, hal):
         caps = []

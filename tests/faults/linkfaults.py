@@ -45,11 +45,14 @@ def room_doc(**sections: Any) -> dict[str, Any]:
     return doc
 
 
-def room_server(tmp: Path, clock: FakeClock | None = None, **sections: Any) -> RoomServer:
-    """The room in-process, on a fake clock with timers run by hand when ``clock`` is given."""
+def room_server(tmp: Path, clock: FakeClock | None = None, *, node_tls: Any = None, keys_path: Path | None = None,
+                **sections: Any) -> RoomServer:
+    """The room in-process, on a fake clock with timers run by hand when ``clock`` is given;
+    ``node_tls`` (security.tls.TlsMaterial): the node link over TLS with that certificate."""
     config = parse_room(room_doc(**sections), "faults-room.toml")
     extra = {"clock": clock, "timers": False} if clock is not None else {}
-    return RoomServer(config, keys_for(config), tmp / "room.db", api_port=0, node_port=0, **extra)
+    return RoomServer(config, keys_for(config), tmp / "room.db", api_port=0, node_port=0, node_tls=node_tls,
+                      keys_path=keys_path, **extra)
 
 
 def firmware(node: str, port: int, tmp: Path, steps: list[dict[str, Any]], *, speed: float = 1,
@@ -58,6 +61,7 @@ def firmware(node: str, port: int, tmp: Path, steps: list[dict[str, Any]], *, sp
     scenario = tmp / f"{node}.scenario.json"
     scenario.write_text(json.dumps({"steps": steps}))
     return {"node_id": node, "key_hex": node_key(node).hex(), "controller": {"host": "127.0.0.1", "port": port},
+            "link_plain": True,
             "hw": "sim-esp32s3", "hb_ms": 10_000, **sections,
             "sim": {"scenario": str(scenario), "speed": speed, "state_dir": str(tmp / "state" / node), "seed": 3}}
 

@@ -22,7 +22,7 @@ async def test_a_call_held_through_a_long_outage_is_delivered_exactly_once(tmp_p
     """The real controller process and the real firmware: the call is made while the controller is
     down, the node goes on working for more than 1,100 frames' worth, then the controller starts."""
     node_port, api_port = free_port(), free_port()
-    room, keys = write_room_files(tmp_path, "outage")
+    room, keys = write_room_files(tmp_path, "outage", "plain_tcp = true  # a plain-TCP node: [gateway] plain_tcp\n")
     cfg = firmware("bedside-a", node_port, tmp_path, [{"at_ms": 500, "pin": "call", "press_ms": 100}], speed=10,
                    inputs=[{"name": "call", "kind": "button", "pin": "call"}],
                    i2c=[{"part": "sht3x", "bus": 0, "addr": 68}], reading_ms=20)

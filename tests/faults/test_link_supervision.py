@@ -3,9 +3,12 @@ map, are technical alarms with counters; the second is also a warning of `smartr
 
 from __future__ import annotations
 
+
 import json
+import logging
 
 import aiohttp
+import pytest
 
 from controller import cli
 from controller.link.nodeclient import NodeClient
@@ -139,3 +142,68 @@ def test_smartroom_check_warns_about_a_gpio_pin_map_and_missing_keys(tmp_path, c
     room.write_text(text)
     assert cli.main(["check", "--config", str(room), "--keys", str(keys)]) == 0
     assert f"warning: {keys}: no key for node 'spare': it cannot connect" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode, loud", [(0o600, False), (0o400, False), (0o640, True), (0o604, True),
+                                         (0o620, True), (0o644, True)])
+def test_a_key_file_others_can_read_is_a_warning_at_check_and_run(tmp_path, capsys, mode, loud):
+    room, keys = write_room_files(tmp_path, "check")
+    keys.chmod(mode)
+    assert cli.main(["check", "--config", str(room), "--keys", str(keys), "--strict"]) == (1 if loud else 0)
+    out = capsys.readouterr().out
+    warning = f"{keys} is mode {mode:04o}: others on this machine can read the node keys"
+    assert (warning in out) == loud, out
+    # `smartroom run` says it too, before it starts (half a TLS pair stops it right after)
+    (tmp_path / "key.pem").write_text("a key without its certificate")
+    assert cli.main(["run", "--config", str(room), "--keys", str(keys), "--db", str(tmp_path / "room.db"),
+                     "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "key.pem")]) == 2
+    assert (warning in capsys.readouterr().err) == loud
+
+
+async def test_a_heartbeat_naming_an_unmapped_input_is_an_alarm_before_any_press(tmp_path, caplog):
+    """The node's heartbeat lists its inputs: a typo ('cal' for 'call') shows at installation, not at
+    the first patient press (which would raise no call)."""
+    caplog.set_level(logging.WARNING, logger="smartroom.service")
+    async with room_server(tmp_path) as server:
+        host, port = server.endpoints.node_host, server.endpoints.node_port
+        good = NodeClient("bath", node_key("bath"))  # maps cord and pir: nothing to say
+        await good.connect(host, port)
+        await good.send({**good.hb_msg(), "state": {"cord": 0, "pir": 0}})
+        await good.recv_ack(good.seq)
+        await good.close()
+        assert alarmed(server, "unmapped_input") == []
+        typo = NodeClient("bedside-a", node_key("bedside-a"))
+        await typo.connect(host, port)
+        for _ in range(2):  # checked once a boot: the second heartbeat adds nothing
+            await typo.send({**typo.hb_msg(), "state": {"cal": 0, "cancel": 0}})
+            await typo.recv_ack(typo.seq)
+        await typo.close()
+        calls = [c for c in server.controller.snapshot()["calls"] if c["type"] == "unmapped_input"]
+    assert [(c["source"], c["detail"]["kind"]) for c in calls] == [({"node": "bedside-a", "input": "input:cal"},
+                                                                     "reported")]
+    assert "no press yet" in calls[0]["detail"]["reason"]
+    raised = [d for d in stored(tmp_path / "room.db", "call.raised") if d["type"] == "unmapped_input"]
+    assert len(raised) == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("nothing will ever raise this patient_call" in m and "bedside-a" in m for m in logged), logged
+    assert not any("node=bath" in m for m in logged)
+
+
+async def test_a_readable_key_file_is_a_health_reason_until_it_is_fixed(tmp_path):
+    """Anyone who can read the keys can forge a node's in-room cancel and clear real calls: the room's
+    health says so for as long as the file stays open (a chmod fixes it without a restart)."""
+    _, keys = write_room_files(tmp_path, "check")
+    keys.chmod(0o640)
+    async with room_server(tmp_path, keys_path=keys) as server:  # as `smartroom run --keys` starts it
+        async with aiohttp.ClientSession() as http:
+            async def health() -> dict:
+                async with http.get(server.endpoints.api_url + "/api/v1/health") as resp:
+                    return await resp.json()
+
+            open_ = await health()
+            keys.chmod(0o600)
+            fixed = await health()
+    assert open_["status"] == "degraded"
+    assert [r["reason"] for r in open_["reasons"]] == ["keys_readable"]
+    assert "mode 0640" in open_["reasons"][0]["message"] and "chmod 600" in open_["reasons"][0]["message"]
+    assert fixed["status"] == "ok" and fixed["reasons"] == []

@@ -61,6 +61,7 @@ def _node_config(node: str, port: int, tmp: Path, steps: list[dict[str, Any]], *
     scenario = tmp / f"{node}.scenario.json"
     scenario.write_text(json.dumps({"steps": steps}))
     return {"node_id": node, "key_hex": node_key(node).hex(), "controller": {"host": "127.0.0.1", "port": port},
+            "link_plain": True,
             "hw": "sim-esp32s3", "hb_ms": 10000,
             "sim": {"scenario": str(scenario), "speed": SPEED, "state_dir": str(tmp / "state" / node), "seed": 3},
             **extra}
@@ -126,7 +127,7 @@ async def test_a_full_disk_is_an_alarm_and_nothing_is_lost_when_space_comes_back
     if (why := _can_mount_tmpfs(disk)) is not None:
         pytest.skip(why)
     api_port, node_port = _free_port(), _free_port()
-    room, keys = write_room_files(tmp_path, "disk-full")
+    room, keys = write_room_files(tmp_path, "disk-full", "plain_tcp = true  # the nodes here are plain TCP\n")
     exe = Path(sys.executable).with_name("smartroom")
     mount = f'mount -t tmpfs -o size={DISK_BYTES},mode=0700 tmpfs "$0" && exec "$@"'
     proc = await asyncio.create_subprocess_exec(
