@@ -40,6 +40,8 @@ ELSEWHERE = {  # smoke runs with a test file of their own
     "bench/flood.py": "tests/faults/test_link_flood.py",
     "bench/falls_tune.py": "tests/test_falls_tune.py",
     "bench/voice/run.py": "tests/test_voice_whisper.py",
+    "bench/journal_wear.py": "tests/test_firmware_units.py",
+    "bench/node_tls.py": "tests/test_bench_node_tls.py",
 }
 
 
