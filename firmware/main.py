@@ -1,5 +1,7 @@
 # Board entry: MicroPython runs this after boot. Reads /config.json and /pinmaps/<pinmap>.json
-# from flash (same config format as the sim, plus "wifi": {"ssid", "password"}).
+# from flash (same config format as the sim, plus "wifi": {"ssid", "password"}). A /config.json
+# without "key_hex" is the factory config: the node offers Improv on its USB serial port until
+# provisioned (/provision.json, docs/provisioning.md), then runs the link.
 import asyncio
 import json
 import sys
@@ -9,6 +11,7 @@ import machine
 from micropython import const
 
 from hal.board import BoardHal
+from srnode.flashcfg import FlashConfig, node_config, provisioned
 from srnode.runtime import Node
 
 _WDT_TIMEOUT_MS = const(8000)  # the RP2040's longest; an event loop stuck this long is not coming back
@@ -29,10 +32,21 @@ def _crashed(e):
     machine.reset()
 
 
-async def _run(node):
+async def _run(cfg, hal):
     # any task dying on an exception restarts the node, not only those node.run() awaits
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _crashed(ctx["exception"]))
     asyncio.create_task(_feed(machine.WDT(timeout=_WDT_TIMEOUT_MS)))
+    flash = None
+    if "key_hex" not in cfg:
+        from srnode.improv_serial import Provisioning
+        flash = FlashConfig(hal.flash_dir)
+        prov = flash.load()
+        if not provisioned(prov):
+            prov = await Provisioning(hal, flash, cfg.get("hw", "unknown")).run()
+        cfg = node_config(cfg, prov)
+        hal.wifi = cfg["wifi"]
+    node = Node(cfg, hal, flash)
+    cfg = None
     await node.run()
 
 
@@ -41,10 +55,10 @@ def _build():
         cfg = json.load(f)
     with open("/pinmaps/%s.json" % cfg["pinmap"]) as f:
         pinmap = json.load(f)
-    return Node(cfg, BoardHal(cfg, pinmap))
+    return cfg, BoardHal(cfg, pinmap)
 
 
 try:
-    asyncio.run(_run(_build()))
+    asyncio.run(_run(*_build()))
 except Exception as e:  # log, then start over: a nurse-call node must not stay down
     _crashed(e)

@@ -3,13 +3,16 @@
 #     micropython -X heapsize=64wK firmware/sim_main.py NODE_CONFIG.json
 #
 # Exits 0 after logging `end` when the scenario's end_ms is reached; on a crash it logs
-# `error ...` and exits 1 (a board would reset).
+# `error ...` and exits 1 (a board would reset); exit 3 is a reset the firmware asked for (factory
+# reset, forget). A config without "key_hex" is a node fresh from the box: it offers Improv on
+# stdin/stdout (a pty) until provisioned, keeping what it is given in sim.state_dir (its flash).
 import asyncio
 import json
 import sys
 
 from hal import scenario
 from hal.sim import SimHal
+from srnode.flashcfg import FlashConfig, node_config, provisioned
 from srnode.runtime import Node
 
 
@@ -35,29 +38,38 @@ def _fail(hal, e):
     sys.exit(1)
 
 
-async def _main(hal, node, doc):
+async def _main(hal, cfg, doc):
     # A task that dies on an exception (not only those the node awaits) ends the node.
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _fail(hal, ctx["exception"]))
     if doc is not None:
         asyncio.create_task(_end_at_scenario_end(hal, doc))
+    flash = None
+    if "key_hex" not in cfg:  # provisioned over Improv, not by a hand-made config
+        from srnode.improv_serial import Provisioning
+        flash = FlashConfig(hal.flash_dir)
+        prov = flash.load()
+        if not provisioned(prov):
+            prov = await Provisioning(hal, flash, cfg.get("hw", "unknown")).run()
+        cfg = node_config(cfg, prov)
+    node = Node(cfg, hal, flash)
+    cfg = None  # only needed to build the node: its dicts cost heap
     await node.run()
 
 
 def _build(path):
-    # The config is only needed to build the node: it is not kept (its dicts cost heap).
     with open(path) as f:
         cfg = json.load(f)
     hal = SimHal(cfg, _pinmap(cfg))
     sim = cfg.get("sim", {})
     doc = scenario.load(sim["scenario"]) if sim.get("scenario") else None
-    return hal, Node(cfg, hal), doc
+    return hal, cfg, doc
 
 
 def main(path):
     hal = None
     try:
-        hal, node, doc = _build(path)
-        asyncio.run(_main(hal, node, doc))
+        hal, cfg, doc = _build(path)
+        asyncio.run(_main(hal, cfg, doc))
     except Exception as e:  # the node failed as a whole: say so on the log contract, exit 1
         if hal is None:
             print("@0 error exc=%s msg=%s" % (type(e).__name__, str(e).replace(" ", "_")))

@@ -1,0 +1,69 @@
+# Improv over the node's USB serial port: what an unprovisioned node runs at boot.
+#
+#     doc = await Provisioning(hal, flash, "sim-esp32s3").run()   # returns once provisioned
+#
+# Bytes come from hal.console_reader() (the REPL's stdin on a board, the pty's on the unix port) and
+# packets go out through hal.console_write(); log lines share the port, as on ESPHome, and the
+# client skips them. improv.py holds the protocol; here only the bytes move.
+import asyncio
+
+from srnode import FW_VERSION, improv
+from srnode.flashcfg import provisioned
+
+_FW_NAME = "srnode"
+
+
+class Provisioning:
+    def __init__(self, hal, flash, hw):
+        self._hal = hal
+        self._flash = flash
+        self._hw = hw
+        self._done = asyncio.Event()
+        self.device = improv.Improv(self, self._send)
+
+    def _send(self, pkt):
+        self._hal.console_write(pkt + b"\n")  # the newline keeps a terminal on the port readable
+
+    # --- what improv.Improv asks of the board
+    def info(self):
+        doc = self._flash.load()
+        return (_FW_NAME, FW_VERSION, self._hw, doc.get("node_id") or "srnode-" + self._hw)
+
+    async def connect(self, ssid, password):
+        return await self._hal.wifi_connect(ssid, password)
+
+    async def scan(self):
+        return await self._hal.wifi_scan()
+
+    def store(self, fields):
+        doc = self._flash.update(fields)
+        self._hal.log("improv", "stored " + ",".join(sorted(fields)))  # names only: never the key
+        if provisioned(doc):
+            self._done.set()
+
+    def trusted(self):
+        doc = self._flash.load()
+        return bool(doc.get("node_id") and doc.get("key_hex"))
+
+    # --- the loop
+    async def _read(self):
+        reader = self._hal.console_reader()
+        dec = improv.Decoder()
+        while True:
+            b = await reader.read(1)  # a blocking port hands over what it has one byte at a time
+            if not b:
+                await self._hal.sleep_ms(100)  # the host side closed the port; wait for the next one
+                continue
+            for ptype, data in dec.feed(b):
+                await self.device.handle(ptype, data)
+                if self.device.state == improv.STATE_PROVISIONED:
+                    self._done.set()
+
+    async def run(self):
+        self._hal.log("improv", "waiting hw=%s" % self._hw)
+        self._send(improv.packet(improv.TYPE_STATE, bytes((self.device.state,))))
+        task = asyncio.create_task(self._read())
+        await self._done.wait()
+        task.cancel()
+        self._hal.log("improv", "provisioned")
+        return self._flash.load()
