@@ -43,13 +43,8 @@ def _who(request: web.Request, body: dict[str, object]) -> str:
 
 
 def _refused(exc: LifecycleError) -> ApiError:
-    text = str(exc)
-    if "not in this room's registry" in text:
-        return ApiError(404, "node_not_found", text)
-    if "not connected" in text or " is " in text and (" not " in text or "decommissioned" in text) \
-            or "in progress" in text:
-        return ApiError(409, "node_state", text)
-    return ApiError(400, "bad_parameter", text)
+    code = {404: "node_not_found", 409: "node_state"}.get(exc.status, "bad_parameter")
+    return ApiError(exc.status, code, str(exc))
 
 
 async def get_nodes(request: web.Request) -> web.Response:

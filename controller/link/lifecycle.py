@@ -53,7 +53,11 @@ SETUP_CAP = "setup"  # a node that announces it takes the adoption commands (run
 
 
 class LifecycleError(ValueError):
-    """A lifecycle action that cannot be done now; the message says why (the API answers 409/400)."""
+    """A lifecycle action that cannot be done; ``status``: 404 unknown node, 409 not now, 400 bad value."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def rotated_key(key: bytes, nonce: bytes) -> bytes:
@@ -169,7 +173,7 @@ class NodeLifecycle:
         try:
             record = self.registry.assign(node, bed, role, dict(inputs), by, self.controller.clock())
         except RegistryError as exc:
-            raise LifecycleError(str(exc)) from exc
+            raise LifecycleError(str(exc), exc.status) from exc
         log.info("node=%s assigned to bed %s as %s by %s", node, bed, role, by)
         if record.state == "adopted":
             self._overlay(record)
@@ -187,12 +191,12 @@ class NodeLifecycle:
         record = self._record(node)
         conn = self._connection(node)
         if record.pending_key is not None:
-            raise LifecycleError(f"node {node!r} has a rotation in progress; it completes when the node reconnects")
+            raise LifecycleError(f"node {node!r} has a rotation in progress; it completes when the node reconnects", 409)
         nonce = os.urandom(ROTATE_NONCE_BYTES)
         try:
             record = self.registry.start_rotation(node, rotated_key(record.key, nonce), by, self.controller.clock())
         except RegistryError as exc:
-            raise LifecycleError(str(exc)) from exc
+            raise LifecycleError(str(exc), exc.status) from exc
         await conn.send(lambda s: p.command(conn.sid, s, "rotate", nonce=nonce.hex()))
         log.info("node=%s key rotation started by %s", node, by)
         return record
@@ -202,7 +206,7 @@ class NodeLifecycle:
         try:
             record = self.registry.decommission(node, by, self.controller.clock())
         except RegistryError as exc:
-            raise LifecycleError(str(exc)) from exc
+            raise LifecycleError(str(exc), exc.status) from exc
         await self._forget(node)
         log.warning("node=%s decommissioned by %s: its key is revoked", node, by)
         return record
@@ -211,7 +215,7 @@ class NodeLifecycle:
         try:
             record = self.registry.replace(old, new, by, self.controller.clock())
         except RegistryError as exc:
-            raise LifecycleError(str(exc)) from exc
+            raise LifecycleError(str(exc), exc.status) from exc
         await self._forget(old)
         if record.state == "adopted":
             self._overlay(record)
@@ -224,13 +228,13 @@ class NodeLifecycle:
     def _record(self, node: str) -> NodeRecord:
         record = self.registry.get(node)
         if record is None:
-            raise LifecycleError(f"node {node!r} is not in this room's registry")
+            raise LifecycleError(f"node {node!r} is not in this room's registry", 404)
         return record
 
     def _connection(self, node: str) -> "NodeConnection":
         conn = self.gateway.connections.get(node)
         if conn is None:
-            raise LifecycleError(f"node {node!r} is not connected")
+            raise LifecycleError(f"node {node!r} is not connected", 409)
         return conn
 
     async def _forget(self, node: str) -> None:

@@ -42,7 +42,11 @@ CREATE TABLE IF NOT EXISTS node_audit (
 
 
 class RegistryError(ValueError):
-    """A registry change that cannot be made (unknown node, wrong state, bad bed or role)."""
+    """A registry change that cannot be made; ``status``: 404 unknown node, 409 wrong state, 400 bad value."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +152,9 @@ class NodeRegistry:
     def _need(self, node: str, *states: str) -> NodeRecord:
         record = self.get(node)
         if record is None:
-            raise RegistryError(f"node {node!r} is not in this room's registry (provision it first)")
+            raise RegistryError(f"node {node!r} is not in this room's registry (provision it first)", 404)
         if states and record.state not in states:
-            raise RegistryError(f"node {node!r} is {record.state}, not {' or '.join(states)}")
+            raise RegistryError(f"node {node!r} is {record.state}, not {' or '.join(states)}", 409)
         return record
 
     def enrol(self, node: str, key: bytes, actor: str, now_ms: int, *, hw: str = "", fw: str = "") -> NodeRecord:
@@ -226,6 +230,6 @@ class NodeRegistry:
         was = self._need(old, "waiting", "adopted", "provisioned")
         self._need(new, "provisioned", "waiting")
         if was.role is None:
-            raise RegistryError(f"node {old!r} has no bed and role to hand over")
+            raise RegistryError(f"node {old!r} has no bed and role to hand over", 409)
         self.decommission(old, actor, now_ms, reason=f"replaced by {new}")
         return self.assign(new, was.bed, was.role, was.inputs, actor, now_ms)

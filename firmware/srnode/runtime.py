@@ -47,7 +47,9 @@ class Node:
         self.queue = EventQueue()
         self._faults = {}
         self._build(cfg, hal)
-        self.enabled = None  # input names the pushed setup maps; None: all (no setup yet)
+        # input names the pushed setup maps; None: all (a hand-made config). A provisioned node waiting
+        # for adoption sends no input events: it belongs to no bed yet, a press there would reach nobody.
+        self.enabled = [] if flash is not None else None
         self._apply_setup(cfg.get("setup"))
         self._reset = None
         if flash is not None:
