@@ -11,7 +11,6 @@ import machine
 from micropython import const
 
 from hal.board import BoardHal
-from srnode.flashcfg import FlashConfig, node_config, provisioned
 from srnode.runtime import Node
 
 _WDT_TIMEOUT_MS = const(8000)  # the RP2040's longest; an event loop stuck this long is not coming back
@@ -32,20 +31,21 @@ def _crashed(e):
     machine.reset()
 
 
+def _provisioned_node(cfg, hal, flash):
+    from srnode.adopt import ProvisionedNode
+    return ProvisionedNode(cfg, hal, flash)
+
+
 async def _run(cfg, hal):
     # any task dying on an exception restarts the node, not only those node.run() awaits
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _crashed(ctx["exception"]))
     asyncio.create_task(_feed(machine.WDT(timeout=_WDT_TIMEOUT_MS)))
     flash = None
-    if "key_hex" not in cfg:
-        from srnode.improv_serial import Provisioning
-        flash = FlashConfig(hal.flash_dir)
-        prov = flash.load()
-        if not provisioned(prov):
-            prov = await Provisioning(hal, flash, cfg.get("hw", "unknown")).run()
-        cfg = node_config(cfg, prov)
+    if "key_hex" not in cfg:  # the factory config: provisioned over Improv (docs/provisioning.md)
+        from srnode.improv_serial import provisioned_config
+        cfg, flash = await provisioned_config(hal, hal, cfg)
         hal.wifi = cfg["wifi"]
-    node = Node(cfg, hal, flash)
+    node = Node(cfg, hal) if flash is None else _provisioned_node(cfg, hal, flash)
     cfg = None
     await node.run()
 

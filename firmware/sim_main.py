@@ -12,7 +12,6 @@ import sys
 
 from hal import scenario
 from hal.sim import SimHal
-from srnode.flashcfg import FlashConfig, node_config, provisioned
 from srnode.runtime import Node
 
 
@@ -38,38 +37,32 @@ def _fail(hal, e):
     sys.exit(1)
 
 
-async def _main(hal, cfg, doc):
+async def _main(hal, node, doc, path):
     # A task that dies on an exception (not only those the node awaits) ends the node.
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _fail(hal, ctx["exception"]))
     if doc is not None:
         asyncio.create_task(_end_at_scenario_end(hal, doc))
-    flash = None
-    if "key_hex" not in cfg:  # provisioned over Improv, not by a hand-made config
-        from srnode.improv_serial import Provisioning
-        flash = FlashConfig(hal.flash_dir)
-        prov = flash.load()
-        if not provisioned(prov):
-            prov = await Provisioning(hal, flash, cfg.get("hw", "unknown")).run()
-        cfg = node_config(cfg, prov)
-    node = Node(cfg, hal, flash)
-    cfg = None  # only needed to build the node: its dicts cost heap
+    if node is None:  # fresh from the box: Improv on stdin/stdout until provisioned (docs/provisioning.md)
+        from hal.simprov import provisioned_node
+        node = await provisioned_node(hal, path)
     await node.run()
 
 
 def _build(path):
+    # The config is only needed to build the node: it is not kept (its dicts cost heap).
     with open(path) as f:
         cfg = json.load(f)
     hal = SimHal(cfg, _pinmap(cfg))
     sim = cfg.get("sim", {})
     doc = scenario.load(sim["scenario"]) if sim.get("scenario") else None
-    return hal, cfg, doc
+    return hal, (Node(cfg, hal) if "key_hex" in cfg else None), doc
 
 
 def main(path):
     hal = None
     try:
-        hal, cfg, doc = _build(path)
-        asyncio.run(_main(hal, cfg, doc))
+        hal, node, doc = _build(path)
+        asyncio.run(_main(hal, node, doc, path))
     except Exception as e:  # the node failed as a whole: say so on the log contract, exit 1
         if hal is None:
             print("@0 error exc=%s msg=%s" % (type(e).__name__, str(e).replace(" ", "_")))

@@ -13,10 +13,7 @@ _BLINK_ON_MS = const(500)
 _BLINK_OFF_MS = const(500)
 
 # (name, on_ms, off_ms): on_ms 0 = off, off_ms 0 = steady on
-# 5 Hz "identify": a technician looking for the node the facilities page named (not sent by the room)
-_IDENTIFY_ON_MS = const(100)
-INDICATOR_PATTERNS = (("off", 0, 0), ("received", _BLINK_ON_MS, _BLINK_OFF_MS), ("acknowledged", 1, 0),
-                      ("identify", _IDENTIFY_ON_MS, _IDENTIFY_ON_MS))
+INDICATOR_PATTERNS = (("off", 0, 0), ("received", _BLINK_ON_MS, _BLINK_OFF_MS), ("acknowledged", 1, 0))
 
 
 class PatternOutput:

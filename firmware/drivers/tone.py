@@ -15,8 +15,7 @@ _LOW_ON_MS = const(250)
 _LOW_OFF_MS = const(4750)
 
 TONE_PATTERNS = (("off", 0, 0), ("high", _HIGH_ON_MS, _HIGH_OFF_MS),
-                 ("medium", _MEDIUM_ON_MS, _MEDIUM_OFF_MS), ("low", _LOW_ON_MS, _LOW_OFF_MS),
-                 ("identify", _LOW_ON_MS, _LOW_OFF_MS))  # a node without a light beeps softly instead
+                 ("medium", _MEDIUM_ON_MS, _MEDIUM_OFF_MS), ("low", _LOW_ON_MS, _LOW_OFF_MS))
 
 
 class Tone(PatternOutput):

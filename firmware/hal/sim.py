@@ -10,15 +10,12 @@ import asyncio
 import json
 import os
 import random
-import sys
 import time
 from micropython import const
 
 _ENODEV = const(19)             # what machine.UART construction raises for a bus with no part
 _RSSI_DBM = const(-58)          # a typical indoor link a few metres from the access point
 _STATE_FILE = "/state.json"
-_ASSOCIATE_MS = const(500)      # a simulated association takes about what a real one does on a quiet AP
-_RESTART_EXIT = const(3)        # sim_main's exit code for "a board would reset now"
 # The host can stop the process for a while (CPU steal on a busy VM: 300 ms seen), which at
 # speed 60 would be 18 s of node time passing at once: presses released before the debounce
 # task ever ran, spurious timeouts. A task (started by the first sleep) reads the clock every
@@ -92,9 +89,6 @@ class SimHal:
         self._seen_us = self._t0_us     # real time of the last clock read
         self._keeper = None
         self._state_dir = sim.get("state_dir", ".")
-        self.flash_dir = self._state_dir   # provisioning's file lives beside the state file
-        # Wi-Fi the sim can "see": [[ssid, rssi, secured, password], ...]; connecting needs a match.
-        self._networks = sim.get("networks", ())
         self._batt_mv = sim.get("batt_mv")
         self._pins = pinmap["pins"] if pinmap else None
         random.seed(sim.get("seed", 1))
@@ -212,28 +206,6 @@ class SimHal:
     # --- network, power, randomness
     async def open_connection(self, host, port):
         return await asyncio.open_connection(host, port)
-
-    async def wifi_connect(self, ssid, password):
-        await self.sleep_ms(_ASSOCIATE_MS)
-        for net in self._networks:
-            if net[0] == ssid and (not net[2] or net[3] == password):
-                return True
-        return False
-
-    async def wifi_scan(self):
-        await self.sleep_ms(_ASSOCIATE_MS)
-        return [(n[0], n[1], bool(n[2])) for n in self._networks]
-
-    def console_reader(self):
-        return asyncio.StreamReader(sys.stdin.buffer)  # the pty a test (or `nodes provision`) holds
-
-    def console_write(self, data):
-        sys.stdout.buffer.write(data)
-
-    def restart(self):
-        # A board resets; the sim ends with its own code so the runner can start it again.
-        self.log("restart")
-        sys.exit(_RESTART_EXIT)
 
     def rssi(self):
         return _RSSI_DBM - random.getrandbits(2)

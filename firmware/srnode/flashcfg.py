@@ -10,11 +10,13 @@ _NEEDED = ("wifi_ssid", "node_id", "key_hex", "ctl_host", "ctl_port")
 
 
 class FlashConfig:
-    """flash_dir: "" on a board (files at the root of littlefs), the sim's state directory on unix."""
+    """flash_dir: "" on a board (files at the root of littlefs), the sim's state directory on unix;
+    restart: the board's reset, for whoever wipes this (factory reset, forget)."""
 
-    def __init__(self, flash_dir=""):
+    def __init__(self, flash_dir="", restart=None):
         self._path = flash_dir + PROVISION_FILE
         self._dir = flash_dir
+        self.restart = restart
 
     def load(self):
         try:

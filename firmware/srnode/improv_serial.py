@@ -1,10 +1,10 @@
 # Improv over the node's USB serial port: what an unprovisioned node runs at boot.
 #
-#     doc = await Provisioning(hal, flash, "sim-esp32s3").run()   # returns once provisioned
+#     cfg, flash = await provisioned_config(hal, io, factory_cfg)   # returns once provisioned
 #
-# Bytes come from hal.console_reader() (the REPL's stdin on a board, the pty's on the unix port) and
-# packets go out through hal.console_write(); log lines share the port, as on ESPHome, and the
-# client skips them. improv.py holds the protocol; here only the bytes move.
+# Bytes come from io.console_reader() (the REPL's stdin on a board, the pty's on the unix port) and
+# packets go out through io.console_write(); log lines share the port, as on ESPHome, and the client
+# skips them. improv.py holds the protocol; here only the bytes move.
 import asyncio
 
 from srnode import FW_VERSION, improv
@@ -14,15 +14,16 @@ _FW_NAME = "srnode"
 
 
 class Provisioning:
-    def __init__(self, hal, flash, hw):
+    def __init__(self, hal, io, flash, hw):
         self._hal = hal
+        self._io = io  # the BoardHal, or hal/simprov.py: wifi_connect, wifi_scan, console_reader, console_write
         self._flash = flash
         self._hw = hw
         self._done = asyncio.Event()
         self.device = improv.Improv(self, self._send)
 
     def _send(self, pkt):
-        self._hal.console_write(pkt + b"\n")  # the newline keeps a terminal on the port readable
+        self._io.console_write(pkt + b"\n")  # the newline keeps a terminal on the port readable
 
     # --- what improv.Improv asks of the board
     def info(self):
@@ -30,10 +31,10 @@ class Provisioning:
         return (_FW_NAME, FW_VERSION, self._hw, doc.get("node_id") or "srnode-" + self._hw)
 
     async def connect(self, ssid, password):
-        return await self._hal.wifi_connect(ssid, password)
+        return await self._io.wifi_connect(ssid, password)
 
     async def scan(self):
-        return await self._hal.wifi_scan()
+        return await self._io.wifi_scan()
 
     def store(self, fields):
         doc = self._flash.update(fields)
@@ -47,7 +48,7 @@ class Provisioning:
 
     # --- the loop
     async def _read(self):
-        reader = self._hal.console_reader()
+        reader = self._io.console_reader()
         dec = improv.Decoder()
         while True:
             b = await reader.read(1)  # a blocking port hands over what it has one byte at a time
@@ -67,3 +68,14 @@ class Provisioning:
         task.cancel()
         self._hal.log("improv", "provisioned")
         return self._flash.load()
+
+
+async def provisioned_config(hal, io, cfg):
+    """Boot: the node's config from flash, after offering Improv until it is provisioned. -> (cfg, flash)
+    io: Wi-Fi, console, flash_dir and restart() (the BoardHal itself; hal/simprov.py on unix)."""
+    from srnode.flashcfg import FlashConfig, node_config
+    flash = FlashConfig(io.flash_dir, io.restart)
+    prov = flash.load()
+    if not provisioned(prov):
+        prov = await Provisioning(hal, io, flash, cfg.get("hw", "unknown")).run()
+    return node_config(cfg, prov), flash

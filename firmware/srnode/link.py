@@ -75,15 +75,8 @@ class Link:
         self._last_s = 0         # highest controller `s` accepted on this connection
         self._hb_seq = 0         # newest heartbeat sent; its ack clears the deadline
         self._hb_sent_ms = -1    # when the oldest heartbeat not yet acked was sent, or -1
-        self._next_mac = None    # a rotated key, used from the next session on
 
     def wake(self):
-        self._wake.set()
-
-    def rekey(self, mac):
-        """End this session; the next one signs with `mac` (key rotation, docs/protocol.md)."""
-        self._next_mac = mac
-        self._fail = "rekey"
         self._wake.set()
 
     def post(self, msg):
@@ -109,8 +102,6 @@ class Link:
         writer = None
         tasks = []
         phase = "connect"
-        if self._next_mac is not None:
-            self._mac, self._next_mac = self._next_mac, None
         try:
             reader, writer = await hal.wait_for_ms(hal.open_connection(*self._addr), _CONNECT_TIMEOUT_MS)
             sid = int.from_bytes(os.urandom(4), "big") & _NONCE_MASK
@@ -170,9 +161,6 @@ class Link:
             if msg is not None:
                 if msg["t"] == "welcome":
                     return msg
-                if msg["t"] == "cmd" and msg.get("c") == "forget":
-                    self._node.on_cmd(msg)  # a decommissioned node is told so instead of welcomed
-                    raise LinkDown("forgotten")
                 self._hal.log("reject", "reason=welcome_required")
 
     async def _read_loop(self, reader, sid):

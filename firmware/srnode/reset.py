@@ -1,7 +1,7 @@
 # Factory reset by a long press of the node's recessed reset button (pin map "reset"): forget Wi-Fi,
 # key and controller, and start again as an unprovisioned node offering Improv.
 #
-#     asyncio.create_task(FactoryReset(hal.pin_in("reset", True), hal, flash).run())
+#     asyncio.create_task(FactoryReset(hal.pin_in("reset", True), hal, flash, restart).run())
 from micropython import const
 
 # 10 s: far beyond any press meant for something else (a short press authorises Improv over BLE),
@@ -13,12 +13,13 @@ POLL_MS = const(100)
 
 
 class FactoryReset:
-    """pin: active-low input with pull-up; flash: srnode.flashcfg.FlashConfig; restarts via hal.restart()."""
+    """pin: active-low input with pull-up; flash: srnode.flashcfg.FlashConfig; restart(): the board's reset."""
 
-    def __init__(self, pin, hal, flash):
+    def __init__(self, pin, hal, flash, restart):
         self._pin = pin
         self._hal = hal
         self._flash = flash
+        self._restart = restart
 
     async def run(self):
         hal = self._hal
@@ -34,5 +35,5 @@ class FactoryReset:
             elif now - down_ms >= FACTORY_RESET_HOLD_MS:
                 self._flash.wipe()
                 hal.log("factory_reset", "held_ms=%d" % (now - down_ms))
-                hal.restart()
+                self._restart()
                 return

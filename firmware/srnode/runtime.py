@@ -5,7 +5,7 @@
 #     asyncio.run(node.run())
 import asyncio
 import gc
-from binascii import hexlify, unhexlify
+from binascii import unhexlify
 from micropython import const
 
 from srnode import FW_VERSION, proto
@@ -21,19 +21,11 @@ _MAX_CALL_INPUTS = const(8)          # section 5's guarantee needs fewer inputs 
 _INT31 = const(0x7FFFFFFF)           # wire integers are 32-bit signed; uptime wraps there
 _KEY_BYTES = const(32)               # section 6
 _DEFAULT_PORT = const(7700)
-# Identify: the indicator flashes fast this long, so a technician finds the node the page named.
-IDENTIFY_MS = const(10000)
-_ROTATE_NONCE_HEX = const(32)        # 16 random bytes from the controller (docs/protocol.md, rotate)
-_ROLES = ("bedside", "bathroom", "door", "wearable", "environment")
 
 
 class Node:
-    """cfg: /config.json, or flashcfg.node_config() for a provisioned node; flash: the FlashConfig
-    provisioning wrote (None for a hand-made config: then setup, rotate and forget are refused)."""
-
-    def __init__(self, cfg, hal, flash=None):
+    def __init__(self, cfg, hal):
         self._hal = hal
-        self._flash = flash
         self.node_id = cfg["node_id"]
         self.hw = cfg.get("hw", "unknown")
         self.hb_ms = cfg.get("hb_ms", _DEFAULT_HB_MS)
@@ -47,23 +39,11 @@ class Node:
         self.queue = EventQueue()
         self._faults = {}
         self._build(cfg, hal)
-        # input names the pushed setup maps; None: all (a hand-made config). A provisioned node waiting
-        # for adoption sends no input events: it belongs to no bed yet, a press there would reach nobody.
-        self.enabled = [] if flash is not None else None
-        self._apply_setup(cfg.get("setup"))
-        self._reset = None
-        if flash is not None:
-            self.caps += ["setup", "identify", "rotate", "forget"]  # commands this node takes
-            if cfg.get("reset"):
-                from srnode.reset import FactoryReset
-                self._reset = FactoryReset(hal.pin_in(cfg["reset"]["pin"], True), hal, flash)
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
             raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
-        self._key = key
         ctrl = cfg["controller"]
         self.link = Link(hal, Hmac256(key), self.queue, ctrl["host"], ctrl.get("port", _DEFAULT_PORT), self)
-        self._identify_until = -1
 
     def _build(self, cfg, hal):
         caps = []
@@ -120,9 +100,6 @@ class Node:
 
     def emit(self, kind, src, val, at_ms, x=None):
         """A driver saw something: number it, queue it, wake the link."""
-        if self.enabled is not None and kind in ("button", "presence") and src not in self.enabled:
-            self._hal.log("ignored", "kind=%s src=%s reason=not_in_setup" % (kind, src))
-            return
         ev = self.next_event_no()
         e = entry(ev, kind, src, val, at_ms & _INT31, x)
         dropped = self.queue.push(e)
@@ -157,82 +134,12 @@ class Node:
     def on_welcome(self, msg):
         self._adopt_hb(msg.get("hb_ms"))
 
-    def _apply_setup(self, setup):
-        """The configuration the controller pushed at adoption: which inputs mean something here,
-        heartbeat and reading intervals. Inputs it does not name stay quiet (no unmapped presses)."""
-        if not setup:
-            return
-        inputs = setup.get("inputs")
-        if inputs is not None:
-            self.enabled = list(inputs)
-        self._adopt_hb(setup.get("hb_ms"))
-        r = setup.get("reading_ms")
-        if type(r) is int and r >= _MIN_HB_MS:
-            self._reading_ms = r
-
-    def _setup_cmd(self, msg):
-        if self._flash is None or msg.get("role") not in _ROLES:
-            raise ValueError("setup")
-        inputs = msg.get("inputs")
-        if type(inputs) is not dict:
-            raise ValueError("setup")
-        setup = {"role": msg["role"], "bed": msg.get("bed", ""), "inputs": inputs}
-        for k in ("hb_ms", "reading_ms"):
-            if type(msg.get(k)) is int:
-                setup[k] = msg[k]
-        if self._flash.load().get("setup") != setup:
-            self._flash.update({"setup": setup})  # flash is written only when it changes
-        self._apply_setup(setup)
-        return "role:%s inputs:%s" % (setup["role"], ",".join(sorted(inputs)))
-
-    def _rotate_cmd(self, msg):
-        nonce = msg.get("nonce")
-        if self._flash is None or type(nonce) is not str or len(nonce) != _ROTATE_NONCE_HEX:
-            raise ValueError("rotate")
-        key = Hmac256(self._key).digest(b"rotate" + unhexlify(nonce))
-        self._flash.update({"key_hex": hexlify(key).decode()})  # on flash first: a reset keeps the new key
-        self._key = key
-        self.link.rekey(Hmac256(key))
-        return "rotated"
-
-    def _identify(self):
-        out = self.indicator or self.tone
-        if out is None:
-            raise ValueError("identify")
-        self._identify_until = self._hal.ticks_ms() + IDENTIFY_MS
-        if out.pattern != "identify":
-            self._before_identify = out.pattern
-            out.set("identify")
-            asyncio.create_task(self._end_identify(out))
-        return "ms:%d" % IDENTIFY_MS
-
-    async def _end_identify(self, out):
-        while self._hal.ticks_ms() < self._identify_until:
-            await self._hal.sleep_ms(self._identify_until - self._hal.ticks_ms())
-        if out.pattern == "identify":
-            out.set(self._before_identify)
-
     def on_cmd(self, msg):
         c = msg.get("c")
         p = msg.get("p")
         try:
-            if c == "forget" and self._flash is not None:
-                self._flash.wipe()
-                self._hal.log("cmd", "c=forget")
-                self._hal.restart()
-                return
-            if c == "setup":
-                p = self._setup_cmd(msg)
-            elif c == "rotate":
-                p = self._rotate_cmd(msg)
-            elif c == "identify":
-                p = self._identify()
-            elif c == "indicator" and self.indicator is not None:
-                if self.indicator.pattern == "identify":
-                    self._before_identify = p  # shown once identify ends
-                    p = "%s(after_identify)" % p
-                else:
-                    self.indicator.set(p)
+            if c == "indicator" and self.indicator is not None:
+                self.indicator.set(p)
             elif c == "tone" and self.tone is not None:
                 self.tone.set(p)
             elif c == "config" and self._adopt_hb(msg.get("hb_ms")):
@@ -249,8 +156,6 @@ class Node:
         gc.collect()
         self._hal.log("boot", "node=%s boot=%d heap_free=%d" % (self.node_id, self.boot, gc.mem_free()))
         tasks = [self.link.run(), self._heartbeats()]
-        if self._reset is not None:
-            tasks.append(self._reset.run())
         tasks += [i.run() for i in self.inputs]
         for out in (self.indicator, self.tone):
             if out is not None:
