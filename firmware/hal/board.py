@@ -9,6 +9,7 @@ import sys
 import time
 
 import machine
+import micropython
 import network
 from micropython import const
 
@@ -107,7 +108,10 @@ class BoardHal:
         return [(n[0].decode(), n[3], n[4] != 0) for n in wlan.scan()]
 
     def console_reader(self):
-        return asyncio.StreamReader(sys.stdin.buffer)  # USB serial: the REPL's port
+        # USB serial, the REPL's port. Improv's RPC type byte is 0x03, which the REPL reads as
+        # Ctrl-C: switch that off while the port carries packets (a reset restores it).
+        micropython.kbd_intr(-1)
+        return asyncio.StreamReader(sys.stdin.buffer)
 
     def console_write(self, data):
         sys.stdout.buffer.write(data)
