@@ -33,7 +33,7 @@ def run_mp(script: Path, *args: str, heap: str = "1M") -> str:
     return output
 
 
-@pytest.mark.parametrize("name", ["debounce", "drivers", "adxl345", "equeue", "backoff", "improv"])
+@pytest.mark.parametrize("name", ["debounce", "drivers", "adxl345", "equeue", "backoff", "improv", "improv_ble"])
 def test_mp_script(name: str) -> None:
     run_mp(MP_TESTS / f"test_{name}.py")
 

@@ -46,6 +46,26 @@ class Provisioning:
         doc = self._flash.load()
         return bool(doc.get("node_id") and doc.get("key_hex"))
 
+    def _ble(self, button):
+        if button is None:
+            return None
+        try:
+            import bluetooth
+        except ImportError:
+            return None  # a board (or the unix port) without Bluetooth: serial only
+        from srnode.improv_ble import ImprovBle
+        return ImprovBle(bluetooth.BLE(), self, self._hal, lambda: None, "srnode-" + self._hw)
+
+    async def _presses(self, pin, ble):
+        # a press is a high-to-low edge seen by a 50 ms poll: far shorter than any finger
+        was = 1
+        while True:
+            await self._hal.sleep_ms(50)
+            now = pin.value()
+            if was and not now:
+                ble.press()
+            was = now
+
     # --- the loop
     async def _read(self):
         reader = self._io.console_reader()
@@ -60,12 +80,17 @@ class Provisioning:
                 if self.device.state == improv.STATE_PROVISIONED:
                     self._done.set()
 
-    async def run(self):
+    async def run(self, button=None):
+        """button: the reset button's pin; with Bluetooth on the board, a press authorises Improv BLE."""
         self._hal.log("improv", "waiting hw=%s" % self._hw)
         self._send(improv.packet(improv.TYPE_STATE, bytes((self.device.state,))))
-        task = asyncio.create_task(self._read())
+        tasks = [asyncio.create_task(self._read())]
+        ble = self._ble(button)
+        if ble is not None:
+            tasks += [asyncio.create_task(ble.run()), asyncio.create_task(self._presses(button, ble))]
         await self._done.wait()
-        task.cancel()
+        for t in tasks:
+            t.cancel()
         self._hal.log("improv", "provisioned")
         return self._flash.load()
 
@@ -77,5 +102,6 @@ async def provisioned_config(hal, io, cfg):
     flash = FlashConfig(io.flash_dir, io.restart)
     prov = flash.load()
     if not provisioned(prov):
-        prov = await Provisioning(hal, io, flash, cfg.get("hw", "unknown")).run()
+        button = hal.pin_in(cfg["reset"]["pin"], True) if cfg.get("reset") else None
+        prov = await Provisioning(hal, io, flash, cfg.get("hw", "unknown")).run(button)
     return node_config(cfg, prov), flash
