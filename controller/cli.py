@@ -214,7 +214,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _nodes_provision(args: argparse.Namespace) -> int:
-    """Improv over the node's USB serial port, then enrol it in --db (docs/provisioning.md)."""
+    """Improv over the node's USB serial port (or BLE), then enrol it in --db (docs/provisioning.md)."""
     from .link.provision import ProvisionError, ProvisionRequest, certificate_fingerprint, open_serial, provision
     from .store.nodes import NodeRegistry
 
@@ -235,11 +235,21 @@ def _nodes_provision(args: argparse.Namespace) -> int:
     try:
         fingerprint = certificate_fingerprint(args.tls_cert or args.db.parent / "tls-cert.pem")
         req = ProvisionRequest(args.node_id, args.wifi_ssid, password, host, ctl_port, fingerprint)
+        actor = f"(command line) {os.environ.get('USER', '?')}"
+        if args.ble:
+            from .link.improv_ble import provision_address
+
+            registry = NodeRegistry(args.db)
+            try:
+                asyncio.run(provision_address(args.ble, registry, req, actor, progress=say))
+            finally:
+                registry.close()
+            return 0
         say(f"opening {args.serial} ...")
         port_ = open_serial(args.serial)
         registry = NodeRegistry(args.db)
         try:
-            provision(port_, registry, req, f"(command line) {os.environ.get('USER', '?')}", progress=say)
+            provision(port_, registry, req, actor, progress=say)
         finally:
             registry.close()
             port_.close()
@@ -523,7 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "node id, a new key, the controller's address and certificate fingerprint (never over "
                     "Wi-Fi); enrol it in the room's database. It then appears on the facilities page as "
                     "waiting, to be given a bed and a role.")
-    prov.add_argument("--serial", required=True, metavar="PORT", help="the node's USB serial port, e.g. /dev/ttyACM0")
+    how = prov.add_mutually_exclusive_group(required=True)
+    how.add_argument("--serial", metavar="PORT", help="the node's USB serial port, e.g. /dev/ttyACM0")
+    how.add_argument("--ble", metavar="ADDRESS", help="the node's Bluetooth address (Improv BLE; press the node's "
+                                                      "button when asked; the key goes over an encrypted link)")
     prov.add_argument("--node-id", required=True, help="the node's id in this room, e.g. bed1-call")
     prov.add_argument("--controller", required=True, metavar="HOST[:PORT]",
                       help=f"the controller's address as the node reaches it (port default {DEFAULT_NODE_PORT})")

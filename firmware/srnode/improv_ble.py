@@ -36,7 +36,7 @@ _IRQ_CENTRAL_DISCONNECT = const(2)
 _IRQ_GATTS_WRITE = const(3)
 _IRQ_ENCRYPTION_UPDATE = const(28)
 
-_CAP_IDENTIFY = const(0x01)
+_CAPS = const(0x07)  # identify, device info, Wi-Fi scan (Improv BLE capabilities bits)
 _BLE_IDENTIFY = const(0x02)
 # Improv's own suggestion: a press authorises for a minute, long enough to type a Wi-Fi password on a
 # phone, short enough that a node left authorised does not stay open to anyone passing by.
@@ -74,7 +74,7 @@ class ImprovBle:
         ))
         ((self._h_caps, self._h_state, self._h_error, self._h_rpc, self._h_result),) = \
             ble.gatts_register_services((service,))
-        ble.gatts_write(self._h_caps, bytes((_CAP_IDENTIFY,)))
+        ble.gatts_write(self._h_caps, bytes((_CAPS,)))
         self.device = improv.Improv(board, self._send, state=improv.STATE_AUTH_REQUIRED)
         ble.gatts_write(self._h_state, bytes((improv.STATE_AUTH_REQUIRED,)))
         ble.gatts_write(self._h_error, bytes((improv.ERR_NONE,)))
@@ -100,7 +100,7 @@ class ImprovBle:
 
     def advertise(self):
         name = self._name.encode()
-        svc = bytes((0x77, 0x46, self.device.state, _CAP_IDENTIFY, 0, 0, 0, 0))
+        svc = bytes((0x77, 0x46, self.device.state, _CAPS, 0, 0, 0, 0))
         adv = bytes((2, 0x01, 0x06)) + bytes((len(svc) + 1, 0x16)) + svc + bytes((len(name) + 1, 0x09)) + name
         resp = bytes((17, 0x07)) + bytes(reversed(bluetooth_uuid_bytes(SERVICE_UUID)))
         self._ble.gap_advertise(_ADV_INTERVAL_US, adv_data=adv, resp_data=resp)

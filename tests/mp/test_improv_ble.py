@@ -67,10 +67,10 @@ async def main():
     check("five characteristics", len(chars) == 5)
     check("rpc is writable", ble.flags_of(RPC) & 0x0008 and not ble.flags_of(RPC) & 0x0002)
     check("state is read + notify", ble.flags_of(STATE) == 0x0012)
-    check("capabilities: identify", ble.values[ble.handle_of(CAPS)] == b"\x01")
+    check("capabilities: identify, device info, scan", ble.values[ble.handle_of(CAPS)] == b"\x07")
     check("starts: authorization required", ble.values[ble.handle_of(STATE)] == bytes((i.STATE_AUTH_REQUIRED,)))
     adv = ble.adverts[-1][1]
-    check("advertises Improv service data (0x4677, state 1)", b"\x09\x16\x77\x46\x01\x01" in adv, adv)
+    check("advertises Improv service data (0x4677, state 1)", b"\x09\x16\x77\x46\x01\x07" in adv, adv)
     check("advert fits 31 bytes", len(adv) <= 31, len(adv))
 
     ble.connect(7)
