@@ -376,6 +376,7 @@ async def test_copied_node_id_with_the_wrong_key_is_refused_and_alarmed(room, tm
         with pytest.raises(asyncio.IncompleteReadError):
             await rogue.recv()
         await rogue.close()
+        await room.lifecycle.settle()
         assert room.lifecycle.wrong_key[NODE] == i + 1
         alarms = [c for c in room.controller.snapshot()["calls"] if c["source"]["input"] == f"system:wrong_key:{NODE}"]
         if i < 2:

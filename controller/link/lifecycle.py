@@ -274,6 +274,11 @@ class NodeLifecycle:
         if node in self.controller.config.nodes and node not in self.controller.keys:
             self._set_nodes({k: v for k, v in self.controller.config.nodes.items() if k != node})
 
+    async def settle(self) -> None:
+        """Wait for the alarms this module has started to be stored (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
