@@ -328,7 +328,7 @@ async def test_identify_rotate_and_decommission(room, tmp_path):
         await node.wait_line("cmd", c="forget")
         assert await asyncio.wait_for(node.proc.wait(), WAIT_S) == 3  # the sim's "reset now"
         assert not (node.flash / "provision.json").exists()
-        assert NODE not in room.controller.config.nodes
+        assert NODE not in room.controller.config.nodes and NODE not in room.controller.room.nodes
         # its key (still on a copy, say) is refused and the node is told to forget again
         copy = NodeClient(NODE, new, boot=1000)
         await copy.connect("127.0.0.1", room.endpoints.node_port, expect_welcome=False)

@@ -239,6 +239,9 @@ class NodeLifecycle:
 
     async def _forget(self, node: str) -> None:
         self._remove_overlay(node)
+        # no longer supervised: its connection ending now is not "node offline" (in memory: after a
+        # restart the log's last word on it is online, and supervision may alarm once)
+        self.controller.room.nodes.pop(node, None)
         conn = self.gateway.connections.get(node)
         if conn is not None:
             try:
