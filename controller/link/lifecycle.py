@@ -72,6 +72,9 @@ class NodeLifecycle:
         self.wrong_key: Counter[str] = Counter()   # refused hellos per node id, since start
         self._wrong_in_row: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # node -> its registry row, read again on every hello (a `nodes provision` in another process
+        # may have changed it) and after every change made here; other frames need no database read
+        self._cache: dict[str, NodeRecord | None] = {}
         gateway.nodes = self
         for record in registry.all():
             if record.state == "adopted":
@@ -81,7 +84,7 @@ class NodeLifecycle:
     def key_for(self, node: str, body: bytes, tag: bytes, *, hello: bool) -> bytes:
         """The key that verifies this frame, or ProtocolError (unknown_node, bad_mac)."""
         file_key = self.controller.keys.get(node)
-        record = self.registry.get(node) if file_key is None else None
+        record = self._lookup(node, fresh=hello) if file_key is None else None
         if file_key is None and record is None:
             raise p.ProtocolError("unknown_node", f"no key for node {node!r}")
         candidates = [file_key] if file_key is not None else []
@@ -95,12 +98,17 @@ class NodeLifecycle:
                 if hello:
                     self._wrong_in_row.pop(node, None)
                 if record is not None and key == record.pending_key:
-                    self.registry.finish_rotation(node, self.controller.clock())
+                    self._cache[node] = self.registry.finish_rotation(node, self.controller.clock())
                     log.info("node=%s signs with its rotated key: the old key is revoked", node)
                 return key
         if hello:
             self._wrong_key(node)
         raise p.ProtocolError("bad_mac", "tag does not verify with the node's key")
+
+    def _lookup(self, node: str, *, fresh: bool) -> NodeRecord | None:
+        if fresh or node not in self._cache:
+            self._cache[node] = self.registry.get(node)
+        return self._cache[node]
 
     def _wrong_key(self, node: str) -> None:
         self.wrong_key[node] += 1
@@ -136,8 +144,14 @@ class NodeLifecycle:
             await self._push_setup(conn, record)
 
     def heartbeat(self, hb: p.Heartbeat) -> None:
-        if hb.state and hb.node not in self.controller.keys and self.registry.get(hb.node) is not None:
-            self.registry.input_names_seen(hb.node, tuple(hb.state))
+        """The input names a heartbeat lists, kept for facilities to map; written only when they change."""
+        if not hb.state or hb.node in self.controller.keys:
+            return
+        record = self._lookup(hb.node, fresh=False)
+        names = tuple(sorted(hb.state))
+        if record is not None and record.input_names != names:
+            self.registry.input_names_seen(hb.node, names)
+            self._cache.pop(hb.node, None)
 
     # ------------------------------------------------------------------ facilities' actions
     def nodes(self) -> list[dict[str, Any]]:
@@ -174,6 +188,7 @@ class NodeLifecycle:
             record = self.registry.assign(node, bed, role, dict(inputs), by, self.controller.clock())
         except RegistryError as exc:
             raise LifecycleError(str(exc), exc.status) from exc
+        self._cache.pop(node, None)
         log.info("node=%s assigned to bed %s as %s by %s", node, bed, role, by)
         if record.state == "adopted":
             self._overlay(record)
@@ -183,6 +198,7 @@ class NodeLifecycle:
         return record
 
     async def identify(self, node: str, by: str) -> None:
+        self._record(node)
         conn = self._connection(node)
         await conn.send(lambda s: p.command(conn.sid, s, "identify"))
         log.info("node=%s identify (by %s)", node, by)
@@ -197,6 +213,7 @@ class NodeLifecycle:
             record = self.registry.start_rotation(node, rotated_key(record.key, nonce), by, self.controller.clock())
         except RegistryError as exc:
             raise LifecycleError(str(exc), exc.status) from exc
+        self._cache.pop(node, None)  # the next frame may already be signed with the new key
         await conn.send(lambda s: p.command(conn.sid, s, "rotate", nonce=nonce.hex()))
         log.info("node=%s key rotation started by %s", node, by)
         return record
@@ -217,6 +234,7 @@ class NodeLifecycle:
         except RegistryError as exc:
             raise LifecycleError(str(exc), exc.status) from exc
         await self._forget(old)
+        self._cache.pop(new, None)
         if record.state == "adopted":
             self._overlay(record)
             conn = self.gateway.connections.get(new)
@@ -238,6 +256,7 @@ class NodeLifecycle:
         return conn
 
     async def _forget(self, node: str) -> None:
+        self._cache.pop(node, None)  # decommissioned: its key lets nothing in from now on
         self._remove_overlay(node)
         # no longer supervised: its connection ending now is not "node offline" (in memory: after a
         # restart the log's last word on it is online, and supervision may alarm once)
