@@ -387,3 +387,22 @@ async def test_copied_node_id_with_the_wrong_key_is_refused_and_alarmed(room, tm
     assert room.registry.get(NODE).state == "provisioned"  # the real node is untouched
     _, doc = await api(room, "GET", "/api/v1/nodes")
     assert doc["nodes"][0]["wrong_key"] == 3
+
+
+async def test_a_node_provisioned_again_elsewhere_is_let_in_with_its_new_key(room, tmp_path):
+    """`nodes provision` runs in another process: the controller reads the registry again on a hello."""
+    room.registry.enrol(NODE, bytes(range(32)), "test", 1)
+    first = NodeClient(NODE, bytes(range(32)))
+    assert (await first.connect("127.0.0.1", room.endpoints.node_port))["t"] == "welcome"
+    await first.close()
+    other = NodeRegistry(tmp_path / "room.db")  # the command line's own connection
+    other.enrol(NODE, bytes(range(1, 33)), "(command line) sam", 2)  # a factory reset, then provisioned again
+    other.close()
+    again = NodeClient(NODE, bytes(range(1, 33)), boot=2)
+    assert (await again.connect("127.0.0.1", room.endpoints.node_port))["t"] == "welcome"
+    await again.close()
+    old = NodeClient(NODE, bytes(range(32)), boot=3)
+    await old.connect("127.0.0.1", room.endpoints.node_port, expect_welcome=False)
+    with pytest.raises(asyncio.IncompleteReadError):
+        await old.recv()
+    await old.close()
