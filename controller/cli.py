@@ -15,12 +15,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .room.config import DEFAULT_API_PORT, ConfigError, input_warnings, load_keys, load_room
+from .room.config import DEFAULT_API_PORT, DEFAULT_NODE_PORT, ConfigError, input_warnings, load_keys, load_room
 from .security.files import others_may_read
 
 HEALTH_TIMEOUT_S = 3.0  # per `smartroom discover` run; a room that takes longer is listed as unreachable
-CERT_WARN_BEFORE = timedelta(days=30)
-NODE_CERT_FILE, NODE_KEY_FILE = "node-link-cert.pem", "node-link-key.pem"  # next to --db  # time to install a renewed certificate before clients refuse the old one
+CERT_WARN_BEFORE = timedelta(days=30)  # time to install a renewed certificate before clients refuse the old one
+NODE_CERT_FILE, NODE_KEY_FILE = "node-link-cert.pem", "node-link-key.pem"  # next to --db
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         config = load_room(args.config)
-        keys = load_keys(args.keys)
+        keys = load_keys(args.keys) if args.keys else {}  # provisioned nodes' keys are in the database
     except ConfigError as exc:
         print(f"smartroom: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"smartroom: warning: {config.source}: [gateway] plain_tcp = true: nodes may connect without TLS; "
               "their frames are authenticated but readable on the network (docs/network.md)", file=sys.stderr)
     missing = sorted({n.id for n in config.nodes.values() if n.transport == "tcp"} - set(keys))
-    if missing:
+    if missing and args.keys:
         print(f"smartroom: warning: no key for node(s) {', '.join(missing)} in {args.keys}: they cannot connect",
               file=sys.stderr)
 
@@ -231,6 +231,67 @@ def _keygen(args: argparse.Namespace) -> int:
         print(f"wrote {len(args.nodes)} keys to {args.out} (mode 0600)")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _nodes_provision(args: argparse.Namespace) -> int:
+    """Improv over the node's USB serial port (or BLE), then enrol it in --db (docs/provisioning.md)."""
+    from .link.provision import ProvisionError, ProvisionRequest, certificate_fingerprint, open_serial, provision
+    from .store.nodes import NodeRegistry
+
+    host, _, port = args.controller.rpartition(":") if ":" in args.controller else (args.controller, "", "")
+    try:
+        ctl_port = int(port) if port else DEFAULT_NODE_PORT
+    except ValueError:
+        print(f"smartroom nodes provision: --controller {args.controller!r}: the port is not a number", file=sys.stderr)
+        return 2
+    password = os.environ.get("SMARTROOM_WIFI_PASSWORD")
+    if args.wifi_password_file is not None:
+        password = args.wifi_password_file.read_text().rstrip("\n")
+    if password is None:
+        print("smartroom nodes provision: give the Wi-Fi password in --wifi-password-file or "
+              "SMARTROOM_WIFI_PASSWORD (not on the command line, where `ps` shows it)", file=sys.stderr)
+        return 2
+    say = lambda line: print(line, flush=True)  # noqa: E731 - progress, one line per step
+    try:
+        fingerprint = certificate_fingerprint(args.tls_cert or args.db.parent / "tls-cert.pem")
+        req = ProvisionRequest(args.node_id, args.wifi_ssid, password, host, ctl_port, fingerprint)
+        actor = f"(command line) {os.environ.get('USER', '?')}"
+        if args.ble:
+            from .link.improv_ble import provision_address
+
+            registry = NodeRegistry(args.db)
+            try:
+                asyncio.run(provision_address(args.ble, registry, req, actor, progress=say))
+            finally:
+                registry.close()
+            return 0
+        say(f"opening {args.serial} ...")
+        port_ = open_serial(args.serial)
+        registry = NodeRegistry(args.db)
+        try:
+            provision(port_, registry, req, actor, progress=say)
+        finally:
+            registry.close()
+            port_.close()
+    except ProvisionError as exc:
+        print(f"smartroom nodes provision: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _nodes_list(args: argparse.Namespace) -> int:
+    from .store.nodes import NodeRegistry
+
+    if not args.db.exists():
+        print(f"smartroom nodes list: {args.db}: no such database", file=sys.stderr)
+        return 2
+    registry = NodeRegistry(args.db)
+    try:
+        for r in registry.all():
+            print(f"{r.node_id:<20} {r.state:<15} {r.role or '-':<12} {r.bed or '-':<6} {r.hw} {r.fw}")
+    finally:
+        registry.close()
     return 0
 
 
@@ -407,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a room controller from its configuration")
     run.add_argument("--config", type=Path, required=True, help="the room's TOML file")
-    run.add_argument("--keys", type=Path, required=True, help="node key file (JSON, mode 0600)")
+    run.add_argument("--keys", type=Path, default=None,
+                     help="node key file (JSON, mode 0600) for hand-configured nodes; provisioned nodes' keys "
+                          "are in --db (smartroom nodes provision)")
     run.add_argument("--db", type=Path, default=Path("smartroom.db"), help="SQLite event store")
     run.add_argument("--api-host", default="127.0.0.1")
     run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
@@ -479,6 +542,33 @@ def build_parser() -> argparse.ArgumentParser:
     ward_token.add_argument("--name", required=True, help="the person, e.g. 'Nurse Kim' (her staff view)")
     ward_token.add_argument("--db", type=Path, default=Path("ward.db"), dest="db", help="the ward's SQLite store")
     ward.set_defaults(func=_ward)
+
+    nodes = sub.add_parser("nodes", help="provision and list the room's nodes (docs/provisioning.md)")
+    nodes_sub = nodes.add_subparsers(dest="nodes_command", required=True)
+    prov = nodes_sub.add_parser(
+        "provision", help="give a new node its Wi-Fi, key and controller over its USB cable (Improv)",
+        description="Provision a node fresh from the box over Improv on its USB serial port: Wi-Fi, then its "
+                    "node id, a new key, the controller's address and certificate fingerprint (never over "
+                    "Wi-Fi); enrol it in the room's database. It then appears on the facilities page as "
+                    "waiting, to be given a bed and a role.")
+    how = prov.add_mutually_exclusive_group(required=True)
+    how.add_argument("--serial", metavar="PORT", help="the node's USB serial port, e.g. /dev/ttyACM0")
+    how.add_argument("--ble", metavar="ADDRESS", help="the node's Bluetooth address (Improv BLE; press the node's "
+                                                      "button when asked; the key goes over an encrypted link)")
+    prov.add_argument("--node-id", required=True, help="the node's id in this room, e.g. bed1-call")
+    prov.add_argument("--controller", required=True, metavar="HOST[:PORT]",
+                      help=f"the controller's address as the node reaches it (port default {DEFAULT_NODE_PORT})")
+    prov.add_argument("--wifi-ssid", required=True)
+    prov.add_argument("--wifi-password-file", type=Path, default=None,
+                      help="a file holding the Wi-Fi password (or set SMARTROOM_WIFI_PASSWORD)")
+    prov.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the controller's database")
+    prov.add_argument("--tls-cert", type=Path, default=None,
+                      help="the controller's certificate (default: tls-cert.pem next to --db): its fingerprint is "
+                           "pinned by the node")
+    prov.set_defaults(func=_nodes_provision)
+    listing_nodes = nodes_sub.add_parser("list", help="the nodes in the room's registry and their state")
+    listing_nodes.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the controller's database")
+    listing_nodes.set_defaults(func=_nodes_list)
 
     keygen = sub.add_parser("keygen", help="make a key file for nodes")
     keygen.add_argument("nodes", nargs="+", help="node ids")

@@ -13,6 +13,8 @@ from pathlib import Path
 from .room.config import RoomConfig
 from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
+from .link.lifecycle import NodeLifecycle
+from .store.nodes import NodeRegistry
 from .model import wall_ms
 from .service import RoomController
 from .store.health import READINGS_MIN_FREE_BYTES
@@ -53,6 +55,8 @@ class RoomServer:
         self.gateway = NodeGateway(self.controller, tls=ssl_context(node_tls) if node_tls else None,
                                    allow_plain=config.plain_tcp)
         self.node_tls = node_tls
+        self.registry = NodeRegistry(db_path)  # provisioned nodes (docs/provisioning.md)
+        self.lifecycle = NodeLifecycle(self.controller, self.gateway, self.registry)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
@@ -149,6 +153,7 @@ class RoomServer:
         if self.devices is not None:
             await self.devices.stop()  # queued inputs reach the log first
         await self.controller.stop()
+        self.registry.close()
 
     async def __aenter__(self) -> "RoomServer":
         await self.start()

@@ -1,5 +1,7 @@
 # Board entry: MicroPython runs this after boot. Reads /config.json and /pinmaps/<pinmap>.json
-# from flash (same config format as the sim, plus "wifi": {"ssid", "password"}).
+# from flash (same config format as the sim, plus "wifi": {"ssid", "password"}). A /config.json
+# without "key_hex" is the factory config: the node offers Improv on its USB serial port until
+# provisioned (/provision.json, docs/provisioning.md), then runs the link.
 import asyncio
 import json
 import sys
@@ -29,10 +31,22 @@ def _crashed(e):
     machine.reset()
 
 
-async def _run(node):
+def _provisioned_node(cfg, hal, flash):
+    from srnode.adopt import ProvisionedNode
+    return ProvisionedNode(cfg, hal, flash)
+
+
+async def _run(cfg, hal):
     # any task dying on an exception restarts the node, not only those node.run() awaits
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _crashed(ctx["exception"]))
     asyncio.create_task(_feed(machine.WDT(timeout=_WDT_TIMEOUT_MS)))
+    flash = None
+    if "key_hex" not in cfg:  # the factory config: provisioned over Improv (docs/provisioning.md)
+        from srnode.improv_serial import provisioned_config
+        cfg, flash = await provisioned_config(hal, hal, cfg)
+        hal.wifi = cfg["wifi"]
+    node = Node(cfg, hal) if flash is None else _provisioned_node(cfg, hal, flash)
+    cfg = None
     await node.run()
 
 
@@ -41,10 +55,10 @@ def _build():
         cfg = json.load(f)
     with open("/pinmaps/%s.json" % cfg["pinmap"]) as f:
         pinmap = json.load(f)
-    return Node(cfg, BoardHal(cfg, pinmap))
+    return cfg, BoardHal(cfg, pinmap)
 
 
 try:
-    asyncio.run(_run(_build()))
+    asyncio.run(_run(*_build()))
 except Exception as e:  # log, then start over: a nurse-call node must not stay down
     _crashed(e)

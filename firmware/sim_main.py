@@ -3,7 +3,9 @@
 #     micropython -X heapsize=64wK firmware/sim_main.py NODE_CONFIG.json
 #
 # Exits 0 after logging `end` when the scenario's end_ms is reached; on a crash it logs
-# `error ...` and exits 1 (a board would reset).
+# `error ...` and exits 1 (a board would reset); exit 3 is a reset the firmware asked for (factory
+# reset, forget). A config without "key_hex" is a node fresh from the box: it offers Improv on
+# stdin/stdout (a pty) until provisioned, keeping what it is given in sim.state_dir (its flash).
 import asyncio
 import json
 import sys
@@ -35,11 +37,14 @@ def _fail(hal, e):
     sys.exit(1)
 
 
-async def _main(hal, node, doc):
+async def _main(hal, node, doc, path):
     # A task that dies on an exception (not only those the node awaits) ends the node.
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _fail(hal, ctx["exception"]))
     if doc is not None:
         asyncio.create_task(_end_at_scenario_end(hal, doc))
+    if node is None:  # fresh from the box: Improv on stdin/stdout until provisioned (docs/provisioning.md)
+        from hal.simprov import provisioned_node
+        node = await provisioned_node(hal, path)
     await node.run()
 
 
@@ -50,14 +55,14 @@ def _build(path):
     hal = SimHal(cfg, _pinmap(cfg))
     sim = cfg.get("sim", {})
     doc = scenario.load(sim["scenario"]) if sim.get("scenario") else None
-    return hal, Node(cfg, hal), doc
+    return hal, (Node(cfg, hal) if "key_hex" in cfg else None), doc
 
 
 def main(path):
     hal = None
     try:
         hal, node, doc = _build(path)
-        asyncio.run(_main(hal, node, doc))
+        asyncio.run(_main(hal, node, doc, path))
     except Exception as e:  # the node failed as a whole: say so on the log contract, exit 1
         if hal is None:
             print("@0 error exc=%s msg=%s" % (type(e).__name__, str(e).replace(" ", "_")))

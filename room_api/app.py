@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from . import fhir as fhir_api
+from . import nodes as nodes_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
@@ -461,6 +462,17 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/tokens/{name}", delete_token, ADMIN, "Revoke a token by name or id"),
     Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
     Route("GET", "/metrics", get_metrics, SCRAPERS, "Prometheus metrics"),
+    # node adoption and lifecycle (room_api/nodes.py)
+    Route("GET", "/api/v1/nodes", nodes_api.get_nodes, FACILITIES, "Provisioned nodes and their audit"),
+    Route("POST", "/api/v1/nodes/{node}/assign", nodes_api.post_assign, FACILITIES,
+          "Adopt a node: its bed, role and input meanings (pushed to the node)"),
+    Route("POST", "/api/v1/nodes/{node}/identify", nodes_api.post_identify, FACILITIES, "Blink or beep a node"),
+    Route("POST", "/api/v1/nodes/{node}/rotate", nodes_api.post_rotate, FACILITIES,
+          "Rotate a node's key (no key on the wire)"),
+    Route("POST", "/api/v1/nodes/{node}/replace", nodes_api.post_replace, FACILITIES,
+          "Replace a node by another, keeping bed and role"),
+    Route("POST", "/api/v1/nodes/{node}/decommission", nodes_api.post_decommission, FACILITIES,
+          "Revoke a node's key at once; the node is told to forget"),
     # FHIR R4 reads (room_api/fhir.py)
     Route("GET", "/fhir/r4/metadata", fhir_api.get_metadata, FHIR_READERS, "FHIR CapabilityStatement"),
     Route("GET", "/fhir/r4/Device", fhir_api.search_devices, FHIR_READERS, "FHIR Devices: the room's nodes"),

@@ -122,6 +122,15 @@ SCHEMAS: dict[str, S] = {
     "Token": _obj(["id", "name", "role", "created_ms", "revoked_ms", "active"], id=INT, name=STR,
                   role={"type": "string", "enum": list(ROLES)}, created_ms=MS, revoked_ms=_nullable(MS),
                   active=BOOL),
+    "Node": _obj(["node", "state"], node=STR,
+                 state={"type": "string", "enum": ["provisioned", "waiting", "adopted", "decommissioned"]},
+                 hw=STR, fw=STR, caps={"type": "array", "items": STR}, input_names={"type": "array", "items": STR},
+                 bed=_nullable(STR), role=_nullable(STR), inputs={"type": "object"}, enrolled_by=STR,
+                 enrolled_ms=MS, adopted_by=_nullable(STR), adopted_ms=_nullable(MS), rotation_pending=BOOL,
+                 connected=BOOL, wrong_key=INT, default_inputs={"type": "object"}),
+    "NodeList": _obj(["nodes", "audit"], nodes={"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+                     audit={"type": "array", "items": {"type": "object"}}),
+    "Identified": _obj(["node", "identify"], node=STR, identify=BOOL),
     "TokenList": _obj(["tokens"], tokens={"type": "array", "items": {"$ref": "#/components/schemas/Token"}}),
     "AuditPage": _obj(["entries"], entries={"type": "array", "items": _obj(
         ["ts_ms", "actor", "action", "target", "status"], ts_ms=MS, actor=STR, role=_nullable(STR), action=STR,
@@ -136,7 +145,8 @@ BY_BODY = _obj(by={"type": "string", "minLength": 1, "maxLength": 64,
                    "description": "who does it; defaults to the token's name"})
 # Routes whose body may be left out (an empty body means {}: done by the token's name).
 OPTIONAL_BODY = {("POST", "/api/v1/calls/{call_id}/ack"), ("POST", "/api/v1/calls/{call_id}/clear"),
-                 ("POST", "/api/v1/room/silence")}
+                 ("POST", "/api/v1/room/silence"), ("POST", "/api/v1/nodes/{node}/identify"),
+                 ("POST", "/api/v1/nodes/{node}/rotate"), ("POST", "/api/v1/nodes/{node}/decommission")}
 _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("GET", "/"): {"html": True},
     ("GET", "/facilities"): {"html": True},
@@ -171,6 +181,15 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
     ("DELETE", "/api/v1/tokens/{name}"): {"ok": "Token", "errors": [404]},
     ("GET", "/api/v1/audit"): {"ok": "AuditPage", "query": {"after_ms": INT, "limit": INT}, "errors": [400]},
     ("GET", "/metrics"): {"text": True},
+    ("GET", "/api/v1/nodes"): {"ok": "NodeList", "errors": [404]},
+    ("POST", "/api/v1/nodes/{node}/assign"): {"ok": "Node", "errors": [400, 404, 409], "body": _obj(
+        ["role"], role={"type": "string", "enum": ["bedside", "bathroom", "door", "wearable", "environment"]},
+        bed=_nullable(STR), inputs={"type": "object", "additionalProperties": STR}, by=BY_BODY["properties"]["by"])},
+    ("POST", "/api/v1/nodes/{node}/identify"): {"ok": "Identified", "body": BY_BODY, "errors": [400, 404, 409]},
+    ("POST", "/api/v1/nodes/{node}/rotate"): {"ok": "Node", "body": BY_BODY, "errors": [400, 404, 409]},
+    ("POST", "/api/v1/nodes/{node}/replace"): {"ok": "Node", "errors": [400, 404, 409], "body": _obj(
+        ["new"], new=STR, by=BY_BODY["properties"]["by"])},
+    ("POST", "/api/v1/nodes/{node}/decommission"): {"ok": "Node", "body": BY_BODY, "errors": [400, 404, 409]},
     ("GET", "/fhir/r4/metadata"): {"fhir": "CapabilityStatement"},
     ("GET", "/fhir/r4/Device"): {"fhir": "Bundle"},
     ("GET", "/fhir/r4/Device/{id}"): {"fhir": "Device", "errors": [404]},

@@ -26,7 +26,7 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
     ("GET", "/api/v1/openapi.json"): (None, 200),
     # nurse: see the room, the event log and stream, reports; acknowledge, clear routine calls,
     # silence the tone, set fall-risk. facilities: the room, nodes, gateway counters, event log and
-    # stream, metrics. admin: tokens, the configuration, the audit log; read everything.
+    # stream, metrics; adopt, identify, rotate, replace and decommission nodes. admin: tokens, the configuration, the audit log; read everything.
     # integration: read-only: the room, the event feed (/api/v1/events, the stream), reports,
     # metrics, the integrations' counters and the FHIR reads (docs/integration.md).
     ("GET", "/api/v1/room"): (ALL, 200),
@@ -41,6 +41,12 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
     ("GET", "/api/v1/reports/response-times"): (("nurse", "admin", "integration"), 200),
     ("GET", "/api/v1/integrations"): (("facilities", "admin", "integration"), 200),
     ("GET", "/api/v1/gateway"): (("facilities", "admin"), 200),
+    ("GET", "/api/v1/nodes"): (("facilities", "admin"), 200),
+    ("POST", "/api/v1/nodes/{node}/assign"): (("facilities", "admin"), 400),      # no role
+    ("POST", "/api/v1/nodes/{node}/identify"): (("facilities", "admin"), 404),    # node "nobody"
+    ("POST", "/api/v1/nodes/{node}/rotate"): (("facilities", "admin"), 404),
+    ("POST", "/api/v1/nodes/{node}/replace"): (("facilities", "admin"), 400),     # no "new"
+    ("POST", "/api/v1/nodes/{node}/decommission"): (("facilities", "admin"), 404),
     ("GET", "/api/v1/config"): (("admin",), 200),
     ("GET", "/api/v1/tokens"): (("admin",), 200),
     ("POST", "/api/v1/tokens"): (("admin",), 400),                          # no role, no name
@@ -61,7 +67,7 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
 
 def _url(server, path: str) -> str:
     return server.endpoints.api_url + path.replace("{call_id}", "nope").replace("{bed}", "Z").replace(
-        "{name}", "nobody").replace("{id}", "nope")
+        "{name}", "nobody").replace("{id}", "nope").replace("{node}", "nobody")
 
 
 async def _status(http: aiohttp.ClientSession, server, route, token: str | None) -> int:

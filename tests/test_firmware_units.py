@@ -35,7 +35,7 @@ def run_mp(script: Path, *args: str, heap: str = "1M") -> str:
     return output
 
 
-@pytest.mark.parametrize("name", ["debounce", "drivers", "adxl345", "equeue", "backoff"])
+@pytest.mark.parametrize("name", ["debounce", "drivers", "adxl345", "equeue", "backoff", "improv", "improv_ble"])
 def test_mp_script(name: str) -> None:
     run_mp(MP_TESTS / f"test_{name}.py")
 
@@ -48,6 +48,10 @@ def test_mp_tls_pin(tmp_path) -> None:
     doc = tmp_path / "pins.json"
     doc.write_text(json.dumps({**mine, "other_cert": other["ctl_cert"]}))
     run_mp(MP_TESTS / "test_tlspin.py", str(doc))
+
+
+def test_factory_reset_and_flash_config(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_reset.py", str(tmp_path))
 
 
 def test_recorded_accel_traces_stream_in_a_board_sized_heap(tmp_path: Path) -> None:

@@ -324,10 +324,7 @@ class NodeConnection:
             raise
         if hello_expected and not isinstance(msg, p.Hello):
             raise p.ProtocolError("hello_required", f"first message is {obj.get('t')!r}")
-        key = self.controller.keys.get(msg.node)
-        if key is None:
-            raise p.ProtocolError("unknown_node", f"no key for node {msg.node!r}")
-        p.verify_tag(key, body, tag)
+        key = self.gateway.key_for(msg.node, body, tag, hello=isinstance(msg, p.Hello))
         self.verified_node = self.verified_node or msg.node
         if isinstance(msg, p.Hello):
             if not hello_expected:
@@ -363,6 +360,8 @@ class NodeConnection:
             await self.send_ack(msg.seq, msg.e, msg.origin_boot)
             return
         if isinstance(msg, p.Heartbeat):
+            if self.gateway.nodes is not None:
+                self.gateway.nodes.heartbeat(msg)
             await self.controller.node_heartbeat(msg)
             self.gateway.stats.accepted["hb"] += 1
             await self.send_ack(msg.seq)
@@ -384,11 +383,15 @@ class NodeConnection:
         self.node, self.boot, self.key, self.sid = hello.node, hello.boot, key, hello.nonce
         cfg = self.controller.config.nodes.get(hello.node)
         self.has_tone = cfg is not None and cfg.tone
+        if self.gateway.nodes is not None:  # provisioned nodes: registry, adoption, decommission
+            await self.gateway.nodes.hello(self, hello)
         await self.controller.node_hello(hello, self.peer)
         self.gateway.stats.accepted["hello"] += 1
         await self.send(lambda s: p.welcome(self.sid, s, self.controller.config.heartbeat_ms, wall_ms()))
         self.gateway.attach(self)  # only now may output updates go to this connection
         await self.sync_outputs()
+        if self.gateway.nodes is not None:
+            await self.gateway.nodes.welcomed(self)
         log.info("node=%s boot=%d fw=%s hw=%s online from %s", hello.node, hello.boot, hello.fw, hello.hw, self.peer)
 
 
@@ -412,7 +415,18 @@ class NodeGateway:
         self._budget_warned_ms: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self.nodes = None  # link.lifecycle.NodeLifecycle: provisioned nodes' keys and adoption, when set
         controller.on_outputs_changed(self._schedule_sync)
+
+    def key_for(self, node: str, body: bytes, tag: bytes, *, hello: bool) -> bytes:
+        """The key this frame verifies with (key file, then the node registry), or ProtocolError."""
+        if self.nodes is not None:
+            return self.nodes.key_for(node, body, tag, hello=hello)
+        key = self.controller.keys.get(node)
+        if key is None:
+            raise p.ProtocolError("unknown_node", f"no key for node {node!r}")
+        p.verify_tag(key, body, tag)
+        return key
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()

@@ -5,9 +5,11 @@ import errno
 import json
 import os
 import random
+import sys
 import time
 
 import machine
+import micropython
 import network
 from micropython import const
 
@@ -21,7 +23,8 @@ class BoardHal:
 
     def __init__(self, cfg, pinmap):
         self._pinmap = pinmap
-        self._wifi = cfg["wifi"]  # {"ssid", "password"}: a board without it cannot work
+        self.wifi = cfg.get("wifi")  # {"ssid", "password"}: from provisioning (main.py) or the config
+        self.flash_dir = ""           # littlefs root
         self._wlan = network.WLAN(network.STA_IF)
         self._i2c = {}
         self._vbat = None
@@ -78,7 +81,7 @@ class BoardHal:
         if wlan.isconnected():
             return
         wlan.active(True)
-        wlan.connect(self._wifi["ssid"], self._wifi.get("password"))
+        wlan.connect(self.wifi["ssid"], self.wifi.get("password"))
         waited_ms = 0
         while not wlan.isconnected():
             if waited_ms >= _WIFI_TIMEOUT_MS:
@@ -86,6 +89,35 @@ class BoardHal:
                 raise OSError(errno.ETIMEDOUT)
             await asyncio.sleep_ms(_WIFI_POLL_MS)
             waited_ms += _WIFI_POLL_MS
+
+    async def wifi_connect(self, ssid, password):
+        """Improv's test of new credentials: True once associated with an address."""
+        self.wifi = {"ssid": ssid, "password": password}
+        if self._wlan.isconnected():
+            self._wlan.disconnect()  # test the new credentials, not the network it is on
+        try:
+            await self._wifi_up()
+            return True
+        except OSError:
+            return False
+
+    async def wifi_scan(self):
+        wlan = self._wlan
+        wlan.active(True)
+        # scan() blocks for ~2 s; only an unprovisioned node does it, with nothing else to run
+        return [(n[0].decode(), n[3], n[4] != 0) for n in wlan.scan()]
+
+    def console_reader(self):
+        # USB serial, the REPL's port. Improv's RPC type byte is 0x03, which the REPL reads as
+        # Ctrl-C: switch that off while the port carries packets (a reset restores it).
+        micropython.kbd_intr(-1)
+        return asyncio.StreamReader(sys.stdin.buffer)
+
+    def console_write(self, data):
+        sys.stdout.buffer.write(data)
+
+    def restart(self):
+        machine.reset()
 
     async def open_connection(self, host, port, *tls):
         await self._wifi_up()

@@ -1,6 +1,7 @@
 // The facilities page (/facilities): nodes and their health, technical alarms (read-only: only
-// nurses acknowledge), the environment against the room profile's limits with 24 h charts, and
-// the gateway's counters. Live over the event stream (docs/pages.md).
+// nurses acknowledge), provisioned nodes to adopt (bed and role), identify, rotate, replace or
+// decommission, the environment against the room profile's limits with 24 h charts, and the
+// gateway's counters. Live over the event stream (docs/pages.md).
 
 import { ApiError, Session } from "./session.js";
 import { plot } from "./plot.js";
@@ -41,6 +42,7 @@ const lost = loginGate({
 // ------------------------------------------------------------------ lifecycle
 function start({ gateway, room: first }) {
   render(first, gateway);
+  loadRegistry();
   loadPlots();
   stream = openStream({ endpoint: "facilities page", session, cursor: first.cursor, onEvent,
                         onLive: scheduleRefresh, onFatal: lost });
@@ -78,6 +80,7 @@ async function refresh() {
     if (gen !== generation) return;
     const newMeasures = measures(next).some((m) => !room || !measures(room).includes(m));
     render(next, gateway);
+    loadRegistry();
     if (newMeasures) loadPlots();
   } catch (err) {
     if (gen === generation && err.status === 401) lost(err);
@@ -162,6 +165,98 @@ function renderNodes(nodes) {
   const body = $("nodes").tBodies[0];
   body.replaceChildren(...(rows.length ? rows
     : [el("tr", {}, el("td", { colspan: "9" }, "No node has checked in yet"))]));
+}
+
+// ------------------------------------------------------------------ adoption (the node registry)
+const ROLES = ["bedside", "bathroom", "door", "wearable", "environment"];
+const REGISTRY_STATE = { provisioned: "provisioned, not yet connected", waiting: "WAITING for adoption",
+                         adopted: "adopted", decommissioned: "decommissioned" };
+
+async function loadRegistry() {
+  const gen = generation;
+  try {
+    const doc = await session.api("/api/v1/nodes");
+    if (gen === generation) renderRegistry(doc.nodes);
+  } catch (err) {
+    if (gen !== generation) return;
+    if (err instanceof ApiError && err.status === 401) lost(err);
+    else if (!(err instanceof ApiError && err.status === 404)) notice.show(`Nodes: ${errorText(err)}`);
+  }
+}
+
+async function act(node, action, body, done) {
+  for (const key of [...drafts.keys()]) if (key.startsWith(`${node}/`)) drafts.delete(key);
+  try {
+    await session.api(`/api/v1/nodes/${encodeURIComponent(node)}/${action}`, { method: "POST", body });
+    notice.show(done, "info");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) { lost(err); return; }
+    notice.show(`${node}: ${errorText(err)}`);
+  }
+  loadRegistry();
+}
+
+// What facilities picked but not yet applied, per node and field: the table is redrawn on every
+// room event, and a choice must survive that.
+const drafts = new Map();
+
+function select(node, name, options, value) {
+  const key = `${node}/${name}`;
+  const chosen = drafts.has(key) ? drafts.get(key) : value;
+  return el("select", { name, "aria-label": name, onchange: (e) => drafts.set(key, e.target.value) },
+    ...options.map(([v, text]) => el("option", { value: v, selected: v === chosen }, text)));
+}
+
+function adoptForm(n) {
+  const beds = room ? room.room.beds : [];
+  const bed = select(n.node, "bed", [["", "no bed"], ...beds.map((b) => [b, `bed ${b}`])], n.bed || beds[0] || "");
+  const role = select(n.node, "role", ROLES.map((r) => [r, r]), n.role || "bedside");
+  const go = el("button", { type: "button", class: "primary", onclick: () =>
+    act(n.node, "assign", { bed: bed.value || null, role: role.value }, `${n.node} adopted as ${role.value}`) },
+    n.state === "adopted" ? "Reassign" : "Adopt");
+  return [bed, role, go];
+}
+
+function registryActions(n, waiting) {
+  if (n.state === "decommissioned") return [];
+  const out = [...adoptForm(n)];
+  if (n.connected) {
+    out.push(el("button", { type: "button", onclick: () => act(n.node, "identify", {}, `${n.node} is flashing its light`) },
+                "Identify"));
+  }
+  if (n.state === "adopted" && n.connected) {
+    out.push(el("button", { type: "button", onclick: () => act(n.node, "rotate", {}, `${n.node}: key rotation started`) },
+                "Rotate key"));
+  }
+  if (n.state === "adopted" && waiting.length) {
+    const by = select(n.node, "replacement", waiting.map((w) => [w.node, w.node]), waiting[0].node);
+    out.push(by, el("button", { type: "button", onclick: () =>
+      act(n.node, "replace", { new: by.value }, `${by.value} replaces ${n.node}`) }, "Replace by"));
+  }
+  out.push(el("button", { type: "button", class: "danger", onclick: () => {
+    if (window.confirm(`Decommission ${n.node}? Its key stops working at once.`)) {
+      act(n.node, "decommission", {}, `${n.node} decommissioned`);
+    }
+  } }, "Decommission"));
+  return out;
+}
+
+function renderRegistry(nodes) {
+  const waiting = nodes.filter((n) => n.state === "waiting" || n.state === "provisioned");
+  const rows = nodes.map((n) => el("tr", { dataset: { registryNode: n.node, state: n.state } },
+    el("td", {}, n.node),
+    el("td", { class: n.state === "waiting" ? "status-offline" : "" },
+       REGISTRY_STATE[n.state] || n.state, n.connected ? " · connected" : "",
+       n.wrong_key ? ` · ${n.wrong_key} refused with a wrong key` : ""),
+    el("td", {}, n.hw || "—"),
+    el("td", {}, n.fw || "—"),
+    el("td", {}, n.bed || "—"),
+    el("td", {}, n.role || "—"),
+    el("td", {}, Object.entries(n.inputs).map(([k, v]) => `${k} → ${words(v)}`).join(", ") ||
+       (n.input_names.length ? `has ${n.input_names.join(", ")}` : "—")),
+    el("td", { class: "actions" }, ...registryActions(n, waiting.filter((w) => w.node !== n.node)))));
+  $("registry").tBodies[0].replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { colspan: "8" }, "No node provisioned yet: smartroom nodes provision --serial PORT …"))]));
 }
 
 const mib = (bytes) => bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
