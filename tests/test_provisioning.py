@@ -453,3 +453,24 @@ async def test_a_node_provisioned_again_elsewhere_is_let_in_with_its_new_key(roo
     with pytest.raises(asyncio.IncompleteReadError):
         await old.recv()
     await old.close()
+
+
+async def test_a_provisioned_node_refuses_a_controller_with_another_certificate(tmp_path):
+    """Provisioned with this room's node link certificate, the node meets a controller presenting another
+    (an impostor on the address, or a controller whose certificate was replaced): no session, no event."""
+    certificate(tmp_path)  # the one `nodes provision` hands out, next to the database
+    other = load_or_create(tmp_path / "other" / "cert.pem", tmp_path / "other" / "key.pem", ["localhost"],
+                           node_link=True)
+    config = parse_room(json.loads(json.dumps(EMPTY_ROOM)), "empty-room.toml")
+    async with RoomServer(config, {}, tmp_path / "room.db", api_port=0, node_port=0, node_tls=other) as srv:
+        node = PtyNode(tmp_path, "node", PRESSES)
+        await node.__aenter__()
+        try:
+            assert await provision(node, tmp_path / "room.db", f"127.0.0.1:{srv.endpoints.node_port}") == 0
+            node.watch()
+            await node.wait_line("link", "down", reason="tls_pin", n=2)
+            await eventually(lambda: srv.gateway.stats.rejected["tls_handshake"] >= 2, "the gateway saw it")
+            assert not node.find("link", "up") and not node.find("sent")
+            assert srv.gateway.stats.accepted == {} and srv.registry.get(NODE).state == "provisioned"
+        finally:
+            await node.__aexit__(None, None, None)
