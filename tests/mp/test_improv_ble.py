@@ -110,6 +110,13 @@ async def main():
     for at in (0, 120):  # CERT (0xA1): offset, the next bytes; each answered with the bytes held
         await write(7, frame(0xA1, i.strings((str(at), CERT[at:at + 120]))))
     check("certificate held", last(RESULT)[:-1] == bytes((0xA1, 4)) + i.strings(("200",)), last(RESULT))
+    # the longest frame (255 data bytes, 258 in all) arrives whole: MicroPython would keep 20 bytes
+    longest = frame(0xA1, i.strings(("0", bytes(252))))
+    await write(7, longest)
+    check("a 258-byte RPC frame is taken whole", len(longest) == 258
+          and last(RESULT)[:-1] == bytes((0xA1, 4)) + i.strings(("252",)), last(RESULT))
+    for at in (0, 120):
+        await write(7, frame(0xA1, i.strings((str(at), CERT[at:at + 120]))))
     await write(7, frame(i.CMD_TRUST, TRUST))
     check("trust when encrypted: stored", board.stored.get("node_id") == "bed-a"
           and board.stored.get("ctl_cert") == hexlify(CERT).decode(), board.stored)
