@@ -474,3 +474,53 @@ async def test_a_provisioned_node_refuses_a_controller_with_another_certificate(
             assert srv.gateway.stats.accepted == {} and srv.registry.get(NODE).state == "provisioned"
         finally:
             await node.__aexit__(None, None, None)
+
+
+def test_trust_carries_only_a_certificate_that_matches_its_fingerprint(tmp_path):
+    import hashlib
+
+    from controller.link.improv import CERT_CHUNK, MAX_CERT, Trust, cert_chunks
+
+    der = bytes.fromhex(node_pin(certificate(tmp_path))["ctl_cert"])
+    chunks = cert_chunks(der)
+    assert b"".join(c[1] for c in chunks) == der and all(0 < len(c[1]) <= CERT_CHUNK for c in chunks)
+    assert [int(c[0]) for c in chunks] == list(range(0, len(der), CERT_CHUNK))
+    fp = hashlib.sha256(der).hexdigest()
+    Trust(NODE, bytes(32), "h", 1, fp, der)
+    with pytest.raises(ValueError, match="does not match"):
+        Trust(NODE, bytes(32), "h", 1, fp, der[:-1])
+    for size, ok in ((MAX_CERT - 1, True), (MAX_CERT, True), (MAX_CERT + 1, False), (0, False)):
+        blob = bytes(size)
+        if ok:
+            Trust(NODE, bytes(32), "h", 1, hashlib.sha256(blob).hexdigest(), blob)
+        else:
+            with pytest.raises(ValueError, match="a node takes"):
+                Trust(NODE, bytes(32), "h", 1, hashlib.sha256(blob).hexdigest(), blob)
+
+
+def test_the_client_stops_when_the_node_holds_other_bytes_than_it_sent():
+    """A node that answers a CERT chunk with another count (a chunk lost or taken twice): no TRUST follows."""
+    import hashlib
+
+    from controller.link import improv as im
+
+    class Node:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+            self.out = b""
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+            if data[9] == im.CMD_CERT:  # answer every chunk with "7 bytes held"
+                self.out += im.packet(im.TYPE_RESULT, bytes((im.CMD_CERT, 2)) + im.strings(["7"]))
+
+        def read(self, size: int = 1) -> bytes:
+            out, self.out = self.out[:size], self.out[size:]
+            return out
+
+    der = bytes(300)
+    node = Node()
+    client = im.ImprovSerialClient(node)
+    with pytest.raises(im.ImprovError, match="holds \\['7'\\] bytes of the certificate, not 120"):
+        client.send_trust(im.Trust(NODE, bytes(32), "h", 1, hashlib.sha256(der).hexdigest(), der))
+    assert [w[9] for w in node.written] == [im.CMD_CERT]  # stopped at once: the key never left
