@@ -8,7 +8,7 @@ import asyncio
 from binascii import hexlify, unhexlify
 from micropython import const
 
-from drivers.indicator import PatternOutput
+from drivers.indicator import INDICATOR_PATTERNS, PatternOutput
 from srnode.hmac256 import Hmac256
 from srnode.link import Link, LinkDown
 from srnode.runtime import Node
@@ -103,8 +103,12 @@ class ProvisionedNode(Node):
     def on_cmd(self, msg):
         c = msg.get("c")
         if c == "indicator" and self.indicator is not None and self.indicator.pattern == "identify":
-            self.after_identify = msg.get("p")  # shown once identify ends
-            self._hal.log("cmd", "c=indicator p=%s(after_identify)" % self.after_identify)
+            p = msg.get("p")
+            if p == "undelivered" or p not in [x[0] for x in INDICATOR_PATTERNS]:
+                self._hal.log("reject", "reason=bad_command c=indicator")
+                return
+            self.after_identify = self.indicator.p = p  # shown once identify ends, kept over a call
+            self._hal.log("cmd", "c=indicator p=%s(after_identify)" % p)
             return
         if c not in CAPS:
             Node.on_cmd(self, msg)
