@@ -27,7 +27,7 @@ CMD_CERT = 0xA1   # vendor: offset (decimal), the next bytes of the node link ce
 # Bytes of certificate per CERT packet: py-improv-ble-client packs string lengths as a signed byte
 # (at most 127), so one size that fits both transports; ~480 bytes of DER is four packets.
 CERT_CHUNK = 120
-MAX_CERT = 1536  # the node's limit (firmware/srnode/improv.py MAX_CERT)
+MAX_CERT = 1536  # the node's limit (firmware/srnode/improv.py _MAX_CERT)
 
 # A node answers a state or info request at once; 3 s covers a board busy booting when the port opened.
 REPLY_TIMEOUT_S = 3.0
