@@ -8,8 +8,13 @@ import time
 import machine
 from micropython import const
 
-from hal.board import BoardHal
-from srnode.runtime import Node
+import bootsel
+
+# The bundle to run (docs/firmware.md, Updates): chosen before any firmware module is imported.
+_FW = bootsel.select("", lambda tag, text: print("@0 %s %s" % (tag, text)))
+
+from hal.board import BoardHal  # noqa: E402  (from the chosen bundle)
+from srnode.runtime import Node  # noqa: E402
 
 _WDT_TIMEOUT_MS = const(8000)  # the RP2040's longest; an event loop stuck this long is not coming back
 _WDT_FEED_MS = const(2000)
@@ -41,7 +46,7 @@ def _build():
         cfg = json.load(f)
     with open("/pinmaps/%s.json" % cfg["pinmap"]) as f:
         pinmap = json.load(f)
-    return Node(cfg, BoardHal(cfg, pinmap))
+    return Node(cfg, BoardHal(cfg, pinmap), _FW)
 
 
 try:

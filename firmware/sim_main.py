@@ -4,13 +4,13 @@
 #
 # Exits 0 after logging `end` when the scenario's end_ms is reached; on a crash it logs
 # `error ...` and exits 1 (a board would reset).
+# The firmware modules come from the bundle bootsel.py picks (docs/firmware.md, Updates), so
+# they are imported only after it has chosen; a node that asks for a reset (an update) exits 3.
 import asyncio
 import json
 import sys
 
-from hal import scenario
-from hal.sim import SimHal
-from srnode.runtime import Node
+import bootsel
 
 
 def _pinmap(cfg):
@@ -24,6 +24,7 @@ def _pinmap(cfg):
 
 
 async def _end_at_scenario_end(hal, doc):
+    from hal import scenario
     if await scenario.play(hal, doc):
         hal.log("end")
         sys.exit(0)
@@ -47,10 +48,14 @@ def _build(path):
     # The config is only needed to build the node: it is not kept (its dicts cost heap).
     with open(path) as f:
         cfg = json.load(f)
-    hal = SimHal(cfg, _pinmap(cfg))
     sim = cfg.get("sim", {})
+    fw = bootsel.select(sim.get("state_dir", "."), lambda tag, text: print("@%d %s %s" % (0, tag, text)))  # the simulated flash is the state dir
+    from hal import scenario
+    from hal.sim import SimHal
+    from srnode.runtime import Node
+    hal = SimHal(cfg, _pinmap(cfg))
     doc = scenario.load(sim["scenario"]) if sim.get("scenario") else None
-    return hal, Node(cfg, hal), doc
+    return hal, Node(cfg, hal, fw), doc
 
 
 def main(path):

@@ -19,7 +19,7 @@ import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable, Protocol
 
 from . import protocol as p
 from ..model import wall_ms
@@ -108,6 +108,12 @@ async def read_frame(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
         raise p.ProtocolError("malformed_frame", "frame not completed in time") from exc
 
 
+class OtaHandler(Protocol):
+    """Firmware updates over the link (controller/ota/server.py): gets the nodes' ota messages."""
+
+    def on_message(self, conn: "NodeConnection", msg: p.OtaGet | p.OtaReport) -> Awaitable[None]: ...
+
+
 class NodeConnection:
     def __init__(self, gateway: "NodeGateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.gateway = gateway
@@ -121,6 +127,7 @@ class NodeConnection:
         self.delivered = False                 # an event was stored (or was a duplicate) on this connection
         self.rejected: str | None = None       # the reason the gateway ended the session, if it did
         self.boot = 0
+        self.hello: p.Hello | None = None  # this connection's hello: firmware version, caps
         self.key = b""
         self.sid = 0
         self.out_seq = 0
@@ -233,6 +240,14 @@ class NodeConnection:
                 self.gateway.delivered(msg.node)
             await self.send_ack(msg.seq, msg.e)
             return
+        if isinstance(msg, (p.OtaGet, p.OtaReport)):  # firmware updates (docs/protocol.md §9)
+            self.controller.accept_mark(msg.node, msg.boot, msg.seq)
+            self.gateway.stats.accepted["ota_get" if isinstance(msg, p.OtaGet) else "ota"] += 1
+            if self.gateway.ota is None:
+                log.warning("node=%s sent %s but this controller serves no updates", msg.node, type(msg).__name__)
+            else:
+                await self.gateway.ota.on_message(self, msg)
+            return
         if isinstance(msg, p.Heartbeat):
             await self.controller.node_heartbeat(msg)
             self.gateway.stats.accepted["hb"] += 1
@@ -254,6 +269,7 @@ class NodeConnection:
         if mark is not None and hello.boot == mark.boot and hello.seq <= mark.max_seq:
             raise p.ProtocolError("replayed_seq", f"hello seq {hello.seq} <= highest accepted {mark.max_seq}")
         self.node, self.boot, self.key, self.sid = hello.node, hello.boot, key, hello.nonce
+        self.hello = hello
         await self.controller.node_hello(hello, self.peer)
         self.gateway.stats.accepted["hello"] += 1
         await self.send(lambda s: p.welcome(self.sid, s, self.controller.config.heartbeat_ms, wall_ms()))
@@ -271,6 +287,7 @@ class NodeGateway:
         self.hello_timeout_s = hello_timeout_s
         self.idle_grace_s = idle_grace_s
         self.stats = GatewayStats()
+        self.ota: OtaHandler | None = None  # set by controller/ota/server.py when updates are served
         self.connections: dict[str, NodeConnection] = {}
         self._failing: dict[str, int] = {}  # node -> sessions in a row rejected with nothing delivered
         self._budgets: dict[str, TokenBucket] = {}

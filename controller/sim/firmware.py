@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 DEFAULT_HEAP = "64wK"  # 64 KB on a 32-bit board: the unix port is 64-bit, `w` scales by word size
-ENTRY_POINTS = {"main.py", "sim_main.py", "boot.py"}  # MicroPython runs these as source
+ENTRY_POINTS = {"main.py", "sim_main.py", "boot.py", "bootsel.py"}  # the loader: source, never in a bundle
 
 
 class FirmwareNotFound(RuntimeError):

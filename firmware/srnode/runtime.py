@@ -24,8 +24,15 @@ _DEFAULT_PORT = const(7700)
 
 
 class Node:
-    def __init__(self, cfg, hal):
+    """`fw`: the loader's choice (bootsel.select: slot, version, trial, rolled back), or None
+    where there is no loader (unit tests); cfg["ota"]: the firmware key's public half and the
+    confirm deadline (srnode/ota.py), loaded with the update code only when needed."""
+
+    def __init__(self, cfg, hal, fw=None):
         self._hal = hal
+        self.fw = fw and fw[1] or FW_VERSION
+        # (the loader's choice, the config section) until an update needs the Ota object
+        self.ota = fw and cfg.get("ota") and (fw, cfg["ota"])
         self.node_id = cfg["node_id"]
         self.hw = cfg.get("hw", "unknown")
         self.hb_ms = cfg.get("hb_ms", _DEFAULT_HB_MS)
@@ -39,6 +46,8 @@ class Node:
         self.queue = EventQueue()
         self._faults = {}
         self._build(cfg, hal)
+        if self.ota:
+            self.caps.append("ota")
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
             raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
@@ -92,7 +101,7 @@ class Node:
         return self._hal.ticks_ms() & _INT31
 
     def hello_msg(self, nonce):
-        return proto.hello(self.node_id, self.boot, self.next_seq(), FW_VERSION, self.hw, self.caps,
+        return proto.hello(self.node_id, self.boot, self.next_seq(), self.fw, self.hw, self.caps,
                            self.hb_ms, nonce)
 
     def event_msg(self, e, s):
@@ -131,13 +140,27 @@ class Node:
             return True
         return False
 
+    def _updater(self):
+        # (only names that are interned anyway: the full-config node is near the qstr limit)
+        if type(self.ota) is tuple:
+            from srnode import ota
+            self.ota = ota.start(self, self._hal, *self.ota)
+        return self.ota
+
     def on_welcome(self, msg):
         self._adopt_hb(msg.get("hb_ms"))
+        if self.ota and (type(self.ota) is not tuple or self.ota[0][2] or self.ota[0][3]):
+            self._updater().on_welcome()  # a new bundle confirms; a rollback is reported
 
     def on_cmd(self, msg):
         c = msg.get("c")
         p = msg.get("p")
         try:
+            if c[:3] == "ota":  # ota, ota_data
+                if not self.ota:
+                    raise ValueError(c)
+                self._updater().on_cmd(msg)
+                return
             if c == "indicator" and self.indicator is not None:
                 self.indicator.set(p)
             elif c == "tone" and self.tone is not None:
@@ -146,7 +169,7 @@ class Node:
                 p = "hb_ms:%d" % self.hb_ms
             else:
                 raise ValueError(c)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, KeyError):
             self._hal.log("reject", "reason=bad_command c=%s" % c)
             return
         self._hal.log("cmd", "c=%s p=%s" % (c, p))
@@ -156,6 +179,8 @@ class Node:
         gc.collect()
         self._hal.log("boot", "node=%s boot=%d heap_free=%d" % (self.node_id, self.boot, gc.mem_free()))
         tasks = [self.link.run(), self._heartbeats()]
+        if self.ota and self.ota[0][2]:  # a new bundle on trial: confirm in time or reset (ota.py)
+            tasks.append(self._updater().run())
         tasks += [i.run() for i in self.inputs]
         for out in (self.indicator, self.tone):
             if out is not None:
