@@ -15,12 +15,13 @@ import base64
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from ..link import protocol as p
 from ..link.gateway import NodeConnection, NodeGateway
 from ..security.tokens import AuditEntry
-from .bundle import Bundle
+from .bundle import Bundle, BundleError, load_bundle
 
 log = logging.getLogger("smartroom.ota")
 
@@ -70,8 +71,11 @@ class OtaServer:
     """Attach to a gateway: ``OtaServer(gateway, audit=store.audit, clock=controller.clock)``."""
 
     def __init__(self, gateway: NodeGateway, *, audit: Callable[[AuditEntry], Awaitable[None]],
-                 clock: Callable[[], int], node_deadline_s: float = NODE_DEADLINE_S) -> None:
+                 clock: Callable[[], int], bundles_dir: Path | None = None, public_key: bytes | None = None,
+                 node_deadline_s: float = NODE_DEADLINE_S) -> None:
         self.gateway = gateway
+        self.bundles_dir = bundles_dir   # one bundle per subfolder (`smartroom firmware build --out DIR/NAME`)
+        self.public_key = public_key     # the firmware key's public half: a bundle must verify with it
         self._audit = audit
         self._clock = clock
         self.node_deadline_s = node_deadline_s
@@ -82,6 +86,28 @@ class OtaServer:
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         gateway.ota = self
+
+    # ------------------------------------------------------------------ the bundles on offer
+    def available(self) -> tuple[list[Bundle], list[dict[str, str]]]:
+        """The bundles in ``bundles_dir`` that verify whole, and the folders that do not (with why)."""
+        good: list[Bundle] = []
+        bad: list[dict[str, str]] = []
+        if self.bundles_dir is None or self.public_key is None or not self.bundles_dir.is_dir():
+            return good, bad
+        for folder in sorted(p for p in self.bundles_dir.iterdir() if (p / "manifest.json").is_file()):
+            try:
+                good.append(load_bundle(folder, self.public_key))
+            except (BundleError, ValueError, KeyError, OSError) as exc:
+                bad.append({"folder": folder.name, "error": str(exc)})
+        return good, bad
+
+    def find(self, bundle: str) -> Bundle:
+        """A bundle on offer by its hash (or a unique prefix of at least 8 digits) or its folder name."""
+        good, _ = self.available()
+        found = [b for b in good if b.root.name == bundle or (len(bundle) >= 8 and b.sha256.startswith(bundle))]
+        if len(found) != 1:
+            raise BundleError(f"no single verified bundle {bundle!r} in {self.bundles_dir}")
+        return found[0]
 
     # ------------------------------------------------------------------ one node
     async def offer(self, node: str, bundle: Bundle) -> NodeUpdate:

@@ -1,6 +1,5 @@
 # Over-the-air update, the node's side (docs/protocol.md section 9, docs/firmware.md "Updates").
-# Loaded only when the controller offers a bundle or a new bundle has to confirm: a node that is
-# not updating spends no heap on it.
+# Loaded at boot by a node whose config has an "ota" section (runtime.py), with ed25519.py.
 #
 # offer (cmd ota) -> refuse (wrong board, not newer, busy, no key) or accept -> fetch the manifest
 # chunk by chunk, check its hash and its Ed25519 signature -> fetch every file into FLASH/fw/stage,
@@ -15,14 +14,18 @@ from hashlib import sha256
 from micropython import const
 
 import bootsel
+from srnode import ed25519  # with this module, while the heap is whole (runtime.py)
 
 # One chunk is one frame each way; 10 s covers a controller busy with fsyncs and a Wi-Fi hiccup.
 _CHUNK_TIMEOUT_MS = const(10000)
 _CHUNK_TRIES = const(3)
 # The largest manifest accepted (a bundle's is ~3 KB): a bigger offer is refused before any download.
 _MAX_MANIFEST_BYTES = const(8192)
-# After staging: time for the `staged` report and any acks in flight before the reset.
+# After staging: time for the `staged` report and any acks in flight before the reset; then up to
+# a minute more while events wait for their acks (the queue is in RAM: a reset would lose them).
 _RESET_GRACE_MS = const(2000)
+_RESET_WAIT_MS = const(60000)
+_POLL_MS = const(250)
 # A new bundle must reach the controller (a verified welcome) this soon after it boots, or the
 # node resets and rolls back: 2 min is 24 connect attempts at the longest backoff.
 CONFIRM_MS = const(120000)
@@ -114,6 +117,8 @@ class Ota:
         bootsel.dump(self._boot, st)
 
     async def run(self):  # the confirm deadline of a new bundle
+        if not self._fw[2]:
+            return
         await self._hal.sleep_ms(self._confirm_ms)
         if self._fw[2]:
             self._hal.log("fw", "confirm_timeout ms=%d" % self._confirm_ms)
@@ -163,14 +168,18 @@ class Ota:
     async def _run(self, ver, mh, msz, sig):
         try:
             why = await self._download(ver, mh, msz, sig)
-        except (OSError, ValueError, KeyError, TypeError) as e:  # flash full, a malformed manifest
-            why = "io_error" if isinstance(e, OSError) else "bad_manifest"
+        except Exception as e:  # flash full, a malformed manifest, no heap: the update fails, never the node
+            why = "io_error" if isinstance(e, OSError) else "error_" + type(e).__name__
         if why:
             self.busy = False
             self.report("failed" if why == "timeout" or why == "io_error" else "refused", ver, why)
             return
         self.report("staged", ver)
         await self._hal.sleep_ms(_RESET_GRACE_MS)
+        waited = 0
+        while len(self._node.queue) and waited < _RESET_WAIT_MS:
+            await self._hal.sleep_ms(_POLL_MS)
+            waited += _POLL_MS
         self._dev.reset()
 
     async def _chunk(self, mh, item, offset):
@@ -188,7 +197,7 @@ class Ota:
         self._want = None
         return None
 
-    async def _fetch(self, mh, item, size, out, h):
+    async def _fetch(self, mh, item, size, write, h):
         n = 0
         while n < size:
             d = await self._chunk(mh, item, n)
@@ -196,7 +205,7 @@ class Ota:
                 return "timeout"
             if not d or n + len(d) > size:
                 return "bad_size"
-            out.write(d)
+            write(d)
             h.update(d)
             n += len(d)
             self.chunks += 1
@@ -211,13 +220,12 @@ class Ota:
         os.mkdir(stage)
         manifest = bytearray()
         h = sha256()
-        why = await self._fetch(mh, 0, msz, manifest, h)
+        why = await self._fetch(mh, 0, msz, manifest.extend, h)
         if why:
             return why
         digest = h.digest()
         if hexlify(digest).decode() != mh:
             return "bad_hash"
-        from srnode import ed25519
         if not ed25519.verify(self._pub, _SIG_CONTEXT + digest, sig):
             return "bad_signature"
         doc = json.loads(manifest)
@@ -238,7 +246,7 @@ class Ota:
                 _mkdir(d)
             h = sha256()
             with open(stage + "/" + path, "wb") as out:
-                why = await self._fetch(mh, i + 1, spec["n"], out, h)
+                why = await self._fetch(mh, i + 1, spec["n"], out.write, h)
             if why:
                 return why
             if hexlify(h.digest()).decode() != spec["h"]:

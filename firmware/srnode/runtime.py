@@ -31,8 +31,7 @@ class Node:
     def __init__(self, cfg, hal, fw=None):
         self._hal = hal
         self.fw = fw and fw[1] or FW_VERSION
-        # (the loader's choice, the config section) until an update needs the Ota object
-        self.ota = fw and cfg.get("ota") and (fw, cfg["ota"])
+        self.ota = None
         self.node_id = cfg["node_id"]
         self.hw = cfg.get("hw", "unknown")
         self.hb_ms = cfg.get("hb_ms", _DEFAULT_HB_MS)
@@ -46,7 +45,11 @@ class Node:
         self.queue = EventQueue()
         self._faults = {}
         self._build(cfg, hal)
-        if self.ota:
+        if fw and cfg.get("ota"):
+            # Imported now, while the heap is whole: compiling it when an offer comes needs blocks a
+            # running node's fragmented heap may lack (a MemoryError seen in the tests).
+            from srnode import ota
+            self.ota = ota.start(self, hal, fw, cfg["ota"])
             self.caps.append("ota")
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
@@ -140,17 +143,10 @@ class Node:
             return True
         return False
 
-    def _updater(self):
-        # (only names that are interned anyway: the full-config node is near the qstr limit)
-        if type(self.ota) is tuple:
-            from srnode import ota
-            self.ota = ota.start(self, self._hal, *self.ota)
-        return self.ota
-
     def on_welcome(self, msg):
         self._adopt_hb(msg.get("hb_ms"))
-        if self.ota and (type(self.ota) is not tuple or self.ota[0][2] or self.ota[0][3]):
-            self._updater().on_welcome()  # a new bundle confirms; a rollback is reported
+        if self.ota:
+            self.ota.on_welcome()  # a new bundle confirms; a rollback is reported
 
     def on_cmd(self, msg):
         c = msg.get("c")
@@ -159,7 +155,7 @@ class Node:
             if c[:3] == "ota":  # ota, ota_data
                 if not self.ota:
                     raise ValueError(c)
-                self._updater().on_cmd(msg)
+                self.ota.on_cmd(msg)
                 return
             if c == "indicator" and self.indicator is not None:
                 self.indicator.set(p)
@@ -179,8 +175,8 @@ class Node:
         gc.collect()
         self._hal.log("boot", "node=%s boot=%d heap_free=%d" % (self.node_id, self.boot, gc.mem_free()))
         tasks = [self.link.run(), self._heartbeats()]
-        if self.ota and self.ota[0][2]:  # a new bundle on trial: confirm in time or reset (ota.py)
-            tasks.append(self._updater().run())
+        if self.ota:  # a new bundle on trial: confirm in time or reset (ota.py)
+            tasks.append(self.ota.run())
         tasks += [i.run() for i in self.inputs]
         for out in (self.indicator, self.tone):
             if out is not None:
