@@ -60,5 +60,7 @@ def select(path, log):
             t = None
         else:
             sys.path.insert(0, fw + name)
+    if not name:  # flashed by USB: its manifest is at the root (none on the simulator: FW_VERSION)
+        version = load(path + "/manifest.json").get("version")
     log("fw", "slot=%s ver=%s trial=%d" % (name or "-", version or "-", t is not None))
     return [name, version, t is not None, rb]

@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from . import fhir as fhir_api
+from . import firmware as firmware_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
@@ -444,6 +445,11 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/tokens/{name}", delete_token, ADMIN, "Revoke a token by name or id"),
     Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
     Route("GET", "/metrics", get_metrics, SCRAPERS, "Prometheus metrics"),
+    # firmware updates over the node link (room_api/firmware.py)
+    Route("GET", "/api/v1/firmware", firmware_api.get_firmware, FACILITIES,
+          "Firmware: each node's version and update, the bundles on offer, rollouts"),
+    Route("POST", "/api/v1/firmware/rollouts", firmware_api.post_rollout, FACILITIES,
+          "Start a staged firmware rollout: the first node alone, then the rest"),
     # FHIR R4 reads (room_api/fhir.py)
     Route("GET", "/fhir/r4/metadata", fhir_api.get_metadata, FHIR_READERS, "FHIR CapabilityStatement"),
     Route("GET", "/fhir/r4/Device", fhir_api.search_devices, FHIR_READERS, "FHIR Devices: the room's nodes"),
