@@ -43,7 +43,7 @@ VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.(0|[1-9][0-
 BOARDS = {"esp32s3": "xtensawin", "rp2-pico-w": "armv6m", "unix": None}
 # Modules only the unix port's simulated hardware needs: left out of a board's bundle.
 SIM_ONLY = frozenset({"hal/sim.py", "hal/simdev.py", "hal/simaccel.py", "hal/simadxl345.py",
-                      "hal/simtrace.py", "hal/scenario.py"})
+                      "hal/simtrace.py", "hal/scenario.py", "hal/simota.py"})
 
 
 class BundleError(ValueError):
