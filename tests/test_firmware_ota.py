@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from controller.ota import bundle as fwb
 from controller.runner import RoomServer
 from tests.helpers import keys_for, room_config
-from tests.nodepeer import FIRMWARE, FirmwareNode
+from tests.nodepeer import FIRMWARE, ROOT, FirmwareNode
 
 NODE = "bedside-a"
 RESET_EXIT = 3   # firmware/hal/simota.py
@@ -237,3 +238,108 @@ async def test_power_cut_during_the_first_boot_of_the_new_bundle_rolls_back(room
     assert await running(node) == ("-", "-")
     await calls(node)
     await board.off()
+
+
+# ------------------------------------------------------------------ staged rollouts: API, CLI, facilities
+@pytest.fixture
+async def ward_room(tmp_path, bundles):
+    """A room offering the module's bundles folder (the foreign-signed one fails to verify there)."""
+    config = room_config()
+    async with RoomServer(config, keys_for(config), tmp_path / "room.db", api_port=0, node_port=0,
+                          firmware_bundles=bundles["new"].root.parent, firmware_public_key=bundles["pub"]) as srv:
+        srv.ota.node_deadline_s = WAIT_S
+        srv.tokens = {role: await srv.create_token(role, f"{role} tester") for role in ("facilities", "nurse")}
+        yield srv
+
+
+def two_boards(room: RoomServer, bundles, tmp_path: Path) -> list[Board]:
+    boards = []
+    for node in (NODE, "good"):
+        cfg = node_cfg(tmp_path / node, room.endpoints.node_port, bundles["pub"], node_id=node,
+                       key_hex=keys_for(room_config())[node].hex())
+        boards.append(Board(cfg, tmp_path / node))
+    return boards
+
+
+async def api(room: RoomServer, method: str, path: str, role: str = "facilities", body: Any = None):
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, room.endpoints.api_url + path, json=body,
+                                   headers={"Authorization": f"Bearer {room.tokens[role]}"}) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_staged_rollout_updates_one_node_first_then_the_rest(ward_room, bundles, tmp_path):
+    room = ward_room
+    (tmp_path / NODE).mkdir()
+    (tmp_path / "good").mkdir()
+    boards = two_boards(room, bundles, tmp_path)
+    nodes = [await b.boot() for b in boards]
+    for n in nodes:
+        await running(n)
+    status, doc = await api(room, "GET", "/api/v1/firmware")
+    assert status == 200
+    assert {n["node"]: (n["fw"], n["ota"]) for n in doc["nodes"] if n["online"]} == {
+        NODE: ("0.1.0", True), "good": ("0.1.0", True)}
+    assert {b["name"] for b in doc["bundles"]} == {"new", "old", "board", "silent"}
+    assert [b["folder"] for b in doc["bad_bundles"]] == ["foreign"]  # signed by another key: never offered
+    assert (await api(room, "POST", "/api/v1/firmware/rollouts", "nurse", {"bundle": "new", "nodes": [NODE]}))[0] == 403
+    assert (await api(room, "POST", "/api/v1/firmware/rollouts", body={"bundle": "new", "nodes": []}))[0] == 400
+    assert (await api(room, "POST", "/api/v1/firmware/rollouts", body={"bundle": "new", "nodes": ["x"]}))[0] == 400
+    assert (await api(room, "POST", "/api/v1/firmware/rollouts", body={"bundle": "foreign", "nodes": [NODE]}))[0] == 404
+    status, rollout = await api(room, "POST", "/api/v1/firmware/rollouts",
+                                body={"bundle": bundles["new"].sha256[:12], "nodes": [NODE, "good"]})
+    assert status == 201 and rollout["stages"] == [[NODE], ["good"]] and rollout["actor"] == "facilities tester"
+    assert (await api(room, "POST", "/api/v1/firmware/rollouts", body={"bundle": "new", "nodes": [NODE]}))[0] == 409
+    # the first node alone: the second is not offered anything until the first has confirmed
+    await resets(nodes[0])
+    assert not nodes[1].find("ota")
+    nodes[0] = await boards[0].boot()
+    await nodes[0].wait_line("ota", st="confirmed", timeout_s=WAIT_S)
+    await resets(nodes[1])
+    nodes[1] = await boards[1].boot()
+    await nodes[1].wait_line("ota", st="confirmed", timeout_s=WAIT_S)
+    for _ in range(100):
+        status, doc = await api(room, "GET", "/api/v1/firmware")
+        if doc["rollouts"][0]["state"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert doc["rollouts"][0]["state"] == "done"
+    assert {n["node"]: n["fw"] for n in doc["nodes"] if n["online"]} == {NODE: "0.2.0", "good": "0.2.0"}
+    audit = list(reversed(await room.controller.store.read_audit(0, 100)))
+    trail = [(e.actor, e.action, e.target.split()[0]) for e in audit if e.action.startswith("firmware.")]
+    assert trail[0] == ("facilities tester", "firmware.rollout.start", "#1")
+    assert trail.index(("node", "firmware.confirmed", NODE)) < trail.index(("node", "firmware.accepted", "good"))
+    assert trail[-1] == ("facilities tester", "firmware.rollout.done", "#1")
+    assert [(e.actor, e.status) for e in audit if (e.action, e.target) == ("POST", "/api/v1/firmware/rollouts")] == [
+        ("nurse tester", 403), ("facilities tester", 400), ("facilities tester", 400), ("facilities tester", 404),
+        ("facilities tester", 201), ("facilities tester", 409)]
+    for b in boards:
+        await b.off()
+
+
+async def test_a_rollout_stops_at_the_first_node_that_does_not_confirm(ward_room, bundles, tmp_path):
+    room = ward_room
+    (tmp_path / NODE).mkdir()
+    (tmp_path / "good").mkdir()
+    boards = two_boards(room, bundles, tmp_path)
+    nodes = [await b.boot() for b in boards]
+    for n in nodes:
+        await running(n)
+    # from the command line, as a technician would; the bundle for another board is refused by the first node
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.cli", "firmware", "rollout", "--url", room.endpoints.api_url,
+        "--token", room.tokens["facilities"], "--bundle", "board", "--nodes", f"{NODE},good",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 1, (out, err)
+    assert "stopped" in out.decode() and f"{NODE} refused (wrong_board)" in out.decode()
+    (rollout,) = room.ota.rollouts
+    assert rollout.state == "stopped" and rollout.nodes["good"].state == "waiting"
+    assert not nodes[1].find("ota")  # never offered
+    await calls(nodes[0])
+    await calls(nodes[1])
+    audit = await room.controller.store.read_audit(0, 100)
+    assert any(e.action == "firmware.rollout.stopped" and "wrong_board" in e.target for e in audit)
+    for b in boards:
+        await b.off()
