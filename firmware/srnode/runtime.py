@@ -47,10 +47,14 @@ class Node:
         self._build(cfg, hal)
         if fw and cfg.get("ota"):
             # Imported now, while the heap is whole: compiling it when an offer comes needs blocks a
-            # running node's fragmented heap may lack (a MemoryError seen in the tests).
-            from srnode import ota
-            self.ota = ota.start(self, hal, fw, cfg["ota"])
-            self.caps.append("ota")
+            # running node's fragmented heap may lack (a MemoryError seen in the tests). A node too
+            # full for it runs without updates rather than not at all (docs/firmware.md, Heap).
+            try:
+                from srnode import ota
+                self.ota = ota.start(self, hal, fw, cfg["ota"])
+                self.caps.append("ota")
+            except MemoryError:
+                hal.log("fw", "no_updates reason=heap")
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
             raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
