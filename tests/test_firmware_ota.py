@@ -46,6 +46,7 @@ def bundles(tmp_path_factory):
     return {
         "pub": fwb.public_bytes(key),
         "new": fwb.build_bundle(out / "new", key, board="unix", version="0.2.0"),
+        "next": fwb.build_bundle(out / "next", key, board="unix", version="0.2.1"),
         "old": fwb.build_bundle(out / "old", key, board="unix", version="0.0.9"),
         "board": fwb.build_bundle(out / "board", key, board="esp32s3", version="0.2.0"),
         "foreign": fwb.build_bundle(out / "foreign", other, board="unix", version="0.2.0"),
@@ -281,7 +282,7 @@ async def test_staged_rollout_updates_one_node_first_then_the_rest(ward_room, bu
     assert status == 200
     assert {n["node"]: (n["fw"], n["ota"]) for n in doc["nodes"] if n["online"]} == {
         NODE: ("0.1.0", True), "good": ("0.1.0", True)}
-    assert {b["name"] for b in doc["bundles"]} == {"new", "old", "board", "silent"}
+    assert {b["name"] for b in doc["bundles"]} == {"new", "next", "old", "board", "silent"}
     assert [b["folder"] for b in doc["bad_bundles"]] == ["foreign"]  # signed by another key: never offered
     assert (await api(room, "POST", "/api/v1/firmware/rollouts", "nurse", {"bundle": "new", "nodes": [NODE]}))[0] == 403
     assert (await api(room, "POST", "/api/v1/firmware/rollouts", body={"bundle": "new", "nodes": []}))[0] == 400
@@ -343,3 +344,28 @@ async def test_a_rollout_stops_at_the_first_node_that_does_not_confirm(ward_room
     assert any(e.action == "firmware.rollout.stopped" and "wrong_board" in e.target for e in audit)
     for b in boards:
         await b.off()
+
+
+@pytest.mark.parametrize("cut", ["cleared", "renamed"])
+async def test_a_second_update_goes_to_the_other_slot_and_a_cut_boots_the_first(room, bundles, tmp_path, cut):
+    board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"]), tmp_path)
+    node = await board.boot()
+    await running(node)
+    await room.ota.offer(NODE, bundles["new"])
+    await resets(node)
+    node = await board.boot(cut_at=cut)
+    assert await running(node) == ("a", "0.2.0")
+    await node.wait_line("ota", st="confirmed", timeout_s=WAIT_S)
+    await room.ota.offer(NODE, bundles["next"])
+    await node.wait_line("cut", step=cut, timeout_s=WAIT_S)
+    await board.off()  # the power goes while slot b is replaced: slot a, running, is untouched
+    node = await board.boot()
+    assert await running(node) == ("a", "0.2.0")
+    await calls(node)
+    await room.ota.offer(NODE, bundles["next"])
+    await resets(node)
+    node = await board.boot()
+    assert await running(node) == ("b", "0.2.1")
+    await node.wait_line("ota", st="confirmed", ver="0.2.1", timeout_s=WAIT_S)
+    assert board.boot_state()["active"] == "b"
+    await board.off()
