@@ -228,3 +228,13 @@ def test_cli_build_is_reproducible_and_flash_reports_a_missing_port(tmp_path):
     missing = run("flash", "--port", str(tmp_path / "ttyUSB0"), "--bundle", str(tmp_path / "b1"),
                   "--key", str(tmp_path / "k.pem"))
     assert missing.returncode == 2 and "no serial port" in missing.stderr
+
+
+def test_the_update_benchmark_smoke_run(tmp_path):
+    import re
+    import subprocess
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "ota.py"), "--smoke"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"ed25519 verify in MicroPython \(64wK heap\): median \d+ ms, worst \d+ ms over 3", result.stdout)
+    assert re.search(r"offer->staged median [\d.]+ s .* reboot->confirmed median [\d.]+ s .* over 1", result.stdout)

@@ -143,7 +143,7 @@ class OtaServer:
                                             d=base64.b64encode(data).decode("ascii")))
         old = self.updates.get(msg.node)
         if old is not None and old.version == bundle.version:
-            self.updates[msg.node] = replace(old, chunks=old.chunks + 1)
+            self._set(replace(old, chunks=old.chunks + 1))
 
     def _report(self, msg: p.OtaReport) -> None:
         state = msg.status
@@ -158,12 +158,16 @@ class OtaServer:
     def _note(self, node: str, version: str, state: str, reason: str | None = None) -> NodeUpdate:
         old = self.updates.get(node)
         chunks = old.chunks if old is not None and old.version == version and state != "offered" else 0
-        update = self.updates[node] = NodeUpdate(node, version, state, reason, chunks, self._clock())
-        for rollout in self.rollouts:
-            if rollout.state == "running" and node in rollout.nodes and rollout.version == version:
-                rollout.nodes[node] = update
+        update = NodeUpdate(node, version, state, reason, chunks, self._clock())
+        self._set(update)
         self._changed.setdefault(node, asyncio.Event()).set()
         return update
+
+    def _set(self, update: NodeUpdate) -> None:
+        self.updates[update.node] = update
+        for rollout in self.rollouts:
+            if rollout.state == "running" and update.node in rollout.nodes and rollout.version == update.version:
+                rollout.nodes[update.node] = update
 
     async def _audit_update(self, update: NodeUpdate, actor: str) -> None:
         try:
