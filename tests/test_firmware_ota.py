@@ -369,3 +369,21 @@ async def test_a_second_update_goes_to_the_other_slot_and_a_cut_boots_the_first(
     await node.wait_line("ota", st="confirmed", ver="0.2.1", timeout_s=WAIT_S)
     assert board.boot_state()["active"] == "b"
     await board.off()
+
+
+async def test_a_malformed_offer_is_a_bad_command_and_a_good_one_still_works(room, bundles, tmp_path):
+    from controller.link import protocol as p
+    board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"]), tmp_path)
+    node = await board.boot()
+    await running(node)
+    conn = room.gateway.connections[NODE]
+    b = bundles["new"]
+    good = {"ver": b.version, "board": b.board, "mh": b.sha256, "msz": len(b.manifest), "sig": b.signature.hex()}
+    for bad in ({"sig": "zz" * 64}, {"sig": b.signature.hex()[:-2]}, {"mh": b.sha256[:-1]}, {"msz": "2272"},
+                {"ver": 2}):
+        await conn.send(lambda s, f={**good, **bad}: p.command(conn.sid, s, "ota", **f))
+    await room.ota.offer(NODE, b)  # after them, in order: nothing was left half-started by a bad one
+    await node.wait_line("ota", st="staged", timeout_s=WAIT_S)
+    assert len(node.find("reject", reason="bad_command", c="ota")) == 5
+    assert [ln.fields["st"] for ln in node.find("ota")] == ["accepted", "staged"]
+    await board.off()

@@ -151,6 +151,7 @@ class Ota:
         if type(ver) is not str or type(mh) is not str or len(mh) != 64 or type(msz) is not int \
                 or type(sig) is not str or len(sig) != 128:
             raise ValueError("ota")
+        sig = unhexlify(sig)  # a bad one raises here, before anything changed (bad_command)
         if self.busy or self._fw[2]:
             self.report("refused", ver, "busy")
             return
@@ -163,7 +164,7 @@ class Ota:
             return
         self.busy = True
         self.report("accepted", ver)
-        asyncio.create_task(self._run(ver, mh, msz, unhexlify(sig)))
+        asyncio.create_task(self._run(ver, mh, msz, sig))
 
     async def _run(self, ver, mh, msz, sig):
         try:
@@ -172,7 +173,9 @@ class Ota:
             why = "io_error" if isinstance(e, OSError) else "error_" + type(e).__name__
         if why:
             self.busy = False
-            self.report("failed" if why == "timeout" or why == "io_error" else "refused", ver, why)
+            # refused: this bundle will never do (hash, signature, board, version); failed: try again
+            self.report("failed" if why == "timeout" or why == "io_error" or why[:6] == "error_" else "refused",
+                        ver, why)
             return
         self.report("staged", ver)
         await self._hal.sleep_ms(_RESET_GRACE_MS)
