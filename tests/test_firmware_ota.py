@@ -387,3 +387,22 @@ async def test_a_malformed_offer_is_a_bad_command_and_a_good_one_still_works(roo
     assert len(node.find("reject", reason="bad_command", c="ota")) == 5
     assert [ln.fields["st"] for ln in node.find("ota")] == ["accepted", "staged"]
     await board.off()
+
+
+async def test_a_simulated_node_that_asks_for_a_reset_is_booted_again(bundles, tmp_path):
+    """controller/sim/nodes.py (the demo's nodes) restarts a node that exits for a reset, as a board
+    boots again: here a staged bundle that cannot reach any controller misses its deadline, resets,
+    and the next boot rolls back."""
+    from controller.sim.nodes import SimNode
+    flash = tmp_path / "flash"
+    shutil.copytree(bundles["new"].root, flash / "fw" / "a")
+    (flash / "fw" / "boot.json").write_text(json.dumps({"active": None, "next": "a", "count": 0}))
+    cfg = node_cfg(tmp_path, 9, bundles["pub"])  # port 9 (discard): nothing answers
+    cfg["ota"]["confirm_ms"] = 3000
+    async with SimNode(cfg, tmp_path / "run") as node:
+        await node.wait_for("fw", slot="a", trial="1")
+        reset = await node.wait_for("reset", timeout_s=WAIT_S)
+        await node.wait_for("fw", start=node.lines.index(reset), slot="-", trial="0", timeout_s=WAIT_S)
+        assert [ln.raw.split(" ", 1)[1] for ln in node.lines if ln.tag == "fw" and "rollback" in ln.raw] == [
+            "fw rollback from=a ver=0.2.0"]
+        assert node.proc.returncode is None  # running again
