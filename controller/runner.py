@@ -15,6 +15,7 @@ from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
 from .link.lifecycle import NodeLifecycle
 from .store.nodes import NodeRegistry
+from .ota.server import OtaServer
 from .model import wall_ms
 from .service import RoomController
 from .store.health import READINGS_MIN_FREE_BYTES
@@ -42,7 +43,8 @@ class RoomServer:
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
                  ble_backend: object | None = None, scheduler: object | None = None,
                  readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
-                 clock: Callable[[], int] = wall_ms, timers: bool = True, keys_path: Path | None = None) -> None:
+                 clock: Callable[[], int] = wall_ms, timers: bool = True, keys_path: Path | None = None,
+                 firmware_bundles: Path | None = None, firmware_public_key: bytes | None = None) -> None:
         """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``).
 
         ``tls`` serves the API over https; ``node_tls`` (usually the same certificate) the node link
@@ -57,6 +59,10 @@ class RoomServer:
         self.node_tls = node_tls
         self.registry = NodeRegistry(db_path)  # provisioned nodes (docs/provisioning.md)
         self.lifecycle = NodeLifecycle(self.controller, self.gateway, self.registry)
+        # firmware updates over the link (docs/firmware.md): bundles from firmware_bundles, checked
+        # against the firmware key's public half
+        self.ota = OtaServer(self.gateway, audit=self.controller.store.audit, clock=self.controller.clock,
+                             bundles_dir=firmware_bundles, public_key=firmware_public_key)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
@@ -143,6 +149,7 @@ class RoomServer:
         if self.advertiser is not None:
             await self.advertiser.stop()
             self.advertiser = None
+        await self.ota.stop()
         await self.gateway.stop()
         if self._api is not None:
             await self._api.stop()
