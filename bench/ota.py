@@ -69,7 +69,7 @@ def verify_times(bundle: fwb.Bundle, pub: bytes, n: int, tmp: Path) -> list[floa
 async def one_update(bundle: fwb.Bundle, pub: bytes, tmp: Path) -> tuple[float, float]:
     config = room_config()
     async with RoomServer(config, keys_for(config), tmp / "room.db", api_port=0, node_port=0) as room:
-        cfg = {"node_id": "bedside-a", "key_hex": keys_for(config)["bedside-a"].hex(),
+        cfg = {"node_id": "bedside-a", "key_hex": keys_for(config)["bedside-a"].hex(), "link_plain": True,
                "controller": {"host": "127.0.0.1", "port": room.endpoints.node_port}, "hb_ms": 10000,
                "inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"},
                "tone": {"pin": "buzzer"}, "ota": {"pub_hex": pub.hex()},

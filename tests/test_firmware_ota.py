@@ -57,7 +57,7 @@ def bundles(tmp_path_factory):
 def node_cfg(tmp: Path, port: int, pub: bytes, **extra: Any) -> dict[str, Any]:
     scenario = tmp / "scenario.json"
     scenario.write_text(json.dumps({"steps": [{"at_ms": 1500, "pin": "call", "press_ms": 200}]}))
-    return {"node_id": NODE, "key_hex": keys_for(room_config())[NODE].hex(),
+    return {"node_id": NODE, "key_hex": keys_for(room_config())[NODE].hex(), "link_plain": True,  # in-process gateway
             "controller": {"host": "127.0.0.1", "port": port}, "hw": "sim-esp32s3", "hb_ms": 10000,
             "inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}, "tone": {"pin": "buzzer"},
             "ota": {"pub_hex": pub.hex(), "confirm_ms": 8000},

@@ -14,7 +14,7 @@ from srnode.journal import Journal
 from srnode.runtime import Node
 
 DIR = sys.argv[1]
-CFG = {"node_id": "bedside-a", "key_hex": "00" * 32, "controller": {"host": "127.0.0.1", "port": 9},
+CFG = {"node_id": "bedside-a", "key_hex": "00" * 32, "link_plain": True, "controller": {"host": "127.0.0.1", "port": 9},
        "inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}}
 
 
