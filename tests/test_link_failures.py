@@ -211,3 +211,25 @@ async def test_stop_ends_an_output_update_stuck_on_a_node_that_stopped_reading(c
             await asyncio.sleep(0.01)
         await gate.stop()                                               # returns, cancelling it, and raises nothing
     assert conn.writer.closed
+
+
+async def test_a_refused_first_frame_counts_against_the_node_only_if_its_tag_proves_it(gateway):
+    async def old_version(client: NodeClient) -> None:
+        await client.send({**client.hello_msg(), "v": 1})                 # another protocol version, our key
+
+    async def forged(client: NodeClient) -> None:
+        await client.send_raw(p.encode_frame(bytes(32), {**client.hello_msg(), "v": 1}))   # not bedside-a's key
+
+    async def raw_sessions(then, count: int) -> None:
+        for _ in range(count):
+            client = NodeClient("bedside-a", node_key("bedside-a"))
+            client.reader, client.writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            await then(client)
+            await _until_closed(client)
+
+    await raw_sessions(forged, 2)
+    assert gateway.stats.rejected == {"bad_message": 2}
+    assert gateway.stats.undelivered_sessions == {}, "nobody proved who sent them"
+    await raw_sessions(old_version, 2)
+    assert gateway.stats.rejected == {"bad_message": 4}
+    assert gateway.stats.undelivered_sessions == {"bedside-a": 2}
