@@ -121,3 +121,12 @@ async def test_a_sensor_fault_names_the_sensor_and_its_code_and_clears_itself(ro
     assert room.types() == []
     [cleared] = await room.log("call.cleared")
     assert (cleared.data["how"], cleared.data["by"]) == ("resolved", "env/sht3x reports the sensor working")
+
+
+async def test_only_a_live_connection_ending_starts_a_nodes_offline_grace(room):
+    room.c.room.note_connection_lost("stranger", room.clock.ms)         # not in the room file: nothing to note
+    room.c.room.note_connection_lost("bedside-b", room.clock.ms)        # never online: no grace to start
+    assert room.c.room.nodes["bedside-b"].connection_lost_ms is None
+    await room.hello("door")
+    room.c.room.note_connection_lost("door", room.clock.ms)
+    assert room.c.room.nodes["door"].connection_lost_ms == room.clock.ms

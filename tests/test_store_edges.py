@@ -88,8 +88,13 @@ async def test_a_read_failing_on_storage_is_a_storage_error_but_not_a_health_cha
     def broken(db):
         raise OSError(5, "Input/output error")
 
+    def corrupt(db):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
     with pytest.raises(StorageError, match=r"^OSError: \[Errno 5\] Input/output error$"):
         await store._run(broken)
+    with pytest.raises(StorageError, match=r"^DatabaseError: database disk image is malformed$"):
+        await store._run(corrupt)
     with pytest.raises(sqlite3.ProgrammingError):           # our bug, passed on as it is
         await store._run(lambda db: db.execute("SELECT ?", ()))
     assert heard == [] and store.failing is None
