@@ -138,6 +138,15 @@ async def test_each_internal_error_is_counted_and_the_third_in_a_row_is_an_alarm
             await asyncio.sleep(0.01)
     [alarm] = controller.snapshot()["calls"]
     assert (alarm["type"], alarm["detail"]) == ("node_cannot_deliver", {"sessions": 3, "reason": "internal_error"})
+    # A fourth session gets in, but the node's heartbeat saying "nothing waiting" does not clear the
+    # alarm while its sessions keep failing: only a stored event does.
+    client = await _connected(gateway, boot=4)
+    for _ in range(2):                                     # the second ack follows the first's handling
+        hb = client.hb_msg()
+        await client.send(hb)
+        await client.recv_ack(hb["s"])
+    assert [c["type"] for c in controller.snapshot()["calls"]] == ["node_cannot_deliver"]
+    await client.close()
 
 
 async def test_each_protocol_rejection_is_counted_against_the_node_that_proved_itself(gateway):
@@ -233,3 +242,16 @@ async def test_a_refused_first_frame_counts_against_the_node_only_if_its_tag_pro
     await raw_sessions(old_version, 2)
     assert gateway.stats.rejected == {"bad_message": 4}
     assert gateway.stats.undelivered_sessions == {"bedside-a": 2}
+
+
+async def test_the_gateway_listens_on_the_address_it_is_given(gateway):
+    assert [sock.getsockname()[0] for sock in gateway._server.sockets] == ["127.0.0.1"]
+
+
+async def test_a_connections_end_says_how_it_ended():
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    with pytest.raises(gw._ConnectionEnded, match=r"^closed by peer$"):
+        await gw.read_frame(reader, 1.0)
+    with pytest.raises(gw._ConnectionEnded, match=r"^silent for 0\.0 s$"):
+        await gw.read_frame(asyncio.StreamReader(), 0.01)

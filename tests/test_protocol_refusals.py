@@ -84,3 +84,23 @@ def test_the_canonical_body_is_sorted_compact_ascii():
     body = b'{"a":[1,{"b":true,"z":1}],"t":"hb"}'
     assert frame == len(body + bytes(p.TAG_BYTES)).to_bytes(2, "big") + body + p.compute_tag(KEY, body)
     assert p.decode_frame(KEY, frame) == {"t": "hb", "a": [1, {"z": 1, "b": True}]}
+
+
+HELLO = {"v": 2, "t": "hello", "n": "bath", "b": 1, "s": 1, "fw": "1", "hw": "x", "caps": [], "hb_ms": 10_000, "nonce": 7}
+
+
+def test_a_hello_names_a_heartbeat_of_at_least_100_ms_and_any_nonce_from_0():
+    hello = p.parse_node_message({**HELLO, "hb_ms": 100, "nonce": 0})
+    assert (hello.hb_ms, hello.nonce) == (100, 0)
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_node_message({**HELLO, "hb_ms": 99})
+    assert info.value.detail == "field 'hb_ms'=99 out of range"
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_node_message({**HELLO, "nonce": -1})
+    assert info.value.detail == "field 'nonce'=-1 out of range"
+
+
+def test_an_event_carries_every_field_it_was_sent_with():
+    ev = p.parse_node_message({**EVENT, "s": 9, "e": 4, "val": -3, "at_ms": 1234, "x": {"peak_mg": 4100}})
+    assert (ev.node, ev.boot, ev.seq, ev.e, ev.kind, ev.src, ev.val, ev.at_ms, dict(ev.features)) == \
+        ("bath", 1, 9, 4, "button", "cord", -3, 1234, {"peak_mg": 4100})
