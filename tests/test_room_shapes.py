@@ -130,3 +130,15 @@ async def test_only_a_live_connection_ending_starts_a_nodes_offline_grace(room):
     await room.hello("door")
     room.c.room.note_connection_lost("door", room.clock.ms)
     assert room.c.room.nodes["door"].connection_lost_ms == room.clock.ms
+
+
+async def test_a_node_that_never_connected_clears_its_own_alarm_once_when_it_checks_in(tmp_path):
+    async with RoomSim(rules_config(supervision={"first_check_in_s": 60}), tmp_path / "room.db") as room:
+        await room.advance(60.001)
+        assert sorted(room.types()) == ["node_never_connected"] * 6
+        door = next(c for c in room.calls() if c["source"]["node"] == "door")
+        await room.hello("door")
+        [cleared] = await room.log("call.cleared")
+        assert (cleared.data["call_id"], cleared.data["how"], cleared.data["by"]) == (door["id"], "resolved",
+                                                                                      "door checked in")
+        assert len(room.types()) == 5
