@@ -23,8 +23,8 @@ async def server(tmp_path, config, keys):
         yield srv
 
 
-# Under pytest-xdist (`make test`: -n auto --dist loadgroup) the tests that bind mDNS's port 5353
-# on loopback run on one worker, one after another, as they do in a serial run.
+# Under pytest-xdist (`make test-parallel`: -n auto --dist loadgroup) the tests that bind mDNS's
+# port 5353 on loopback run on one worker, one after another, as they do in a serial run.
 MDNS_MODULES = ("test_discovery_tls.py", "test_room_network.py")
 
 
