@@ -127,6 +127,7 @@ async def test_each_internal_error_is_counted_and_the_third_in_a_row_is_an_alarm
     async def broken(ev):
         raise RuntimeError("a bug")
 
+    working = controller.node_event
     monkeypatch.setattr(controller, "node_event", broken)
     await _sessions(gateway, 2, _send_event)
     assert gateway.stats.rejected == {"internal_error": 2}
@@ -146,6 +147,13 @@ async def test_each_internal_error_is_counted_and_the_third_in_a_row_is_an_alarm
         await client.send(hb)
         await client.recv_ack(hb["s"])
     assert [c["type"] for c in controller.snapshot()["calls"]] == ["node_cannot_deliver"]
+    monkeypatch.setattr(controller, "node_event", working)                  # the bug is fixed: an event is stored
+    ev = client.event_msg("button", "call")
+    await client.send(ev)
+    await client.recv_ack(ev["s"])
+    cleared = [r.data for r in await controller.events_after(0, 1000) if r.kind == "call.cleared"]
+    assert cleared == [{"call_id": alarm["id"], "by": "bedside-a delivers again (an event was stored)",
+                        "how": "resolved", "at_ms": controller.clock()}]
     await client.close()
 
 

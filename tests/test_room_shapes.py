@@ -139,6 +139,20 @@ async def test_a_node_that_never_connected_clears_its_own_alarm_once_when_it_che
         door = next(c for c in room.calls() if c["source"]["node"] == "door")
         await room.hello("door")
         [cleared] = await room.log("call.cleared")
-        assert (cleared.data["call_id"], cleared.data["how"], cleared.data["by"]) == (door["id"], "resolved",
-                                                                                      "door checked in")
+        assert (cleared.data["call_id"], cleared.data["how"], cleared.data["by"], cleared.data["at_ms"]) == (
+            door["id"], "resolved", "door checked in", room.clock.ms)
         assert len(room.types()) == 5
+
+
+async def test_a_press_on_an_input_the_room_file_does_not_map_is_an_alarm_naming_it(room):
+    await room.press("bedside-b", "water")
+    alarm = room.call("unmapped_input")
+    assert (alarm["source"], alarm["detail"]) == (
+        {"node": "bedside-b", "input": "input:water"},
+        {"input": "water", "kind": "button", "reason": "the room file has no meaning for input 'water' of node 'bedside-b'"})
+
+
+async def test_a_measure_without_a_plausible_range_is_kept_and_raises_nothing(room):
+    await room.reading("env", lux=300)
+    assert room.types() == []
+    assert room.c.snapshot()["environment"] == {"lux": {"value": 300.0, "node": "env", "ts_ms": room.clock.ms}}
