@@ -315,7 +315,10 @@ class RoomController:
 
     def _outputs_changed(self) -> None:
         for listener in self._output_listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # one failing listener must not stop the others, nor the group commit
+                log.exception("an outputs listener failed; the other nodes are still updated")
 
     def on_outputs_changed(self, listener: Callable[[], None]) -> None:
         self._output_listeners.append(listener)

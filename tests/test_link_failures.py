@@ -53,54 +53,122 @@ async def _until_closed(client: NodeClient) -> None:
 
 # ---------------------------------------------------------------------- a node that stops reading
 class StuckWriter:
-    """A transport that takes the first ``writes_before_stuck`` frames, then never drains again:
-    what a node that stopped reading looks like once the kernel's buffers are full."""
+    """A transport that takes the first ``drains_before_stuck`` drains, then never drains again: what
+    a node that stopped reading looks like once the kernel's buffers are full. What it was given
+    since its last drain is its write buffer; closing it ends its reader, as a real transport does."""
 
-    def __init__(self, writes_before_stuck: int) -> None:
+    def __init__(self, drains_before_stuck: int, reader: asyncio.StreamReader | None = None) -> None:
         self.frames: list[bytes] = []
-        self.left = writes_before_stuck
+        self.left = drains_before_stuck
+        self.pending = 0
         self.closed = False
         self.never = asyncio.Event()
+        self.reader = reader
+        self.transport = self
 
     def get_extra_info(self, name: str):
         return ("10.0.0.9", 5000) if name == "peername" else None
 
+    def get_write_buffer_size(self) -> int:
+        return self.pending
+
     def write(self, data: bytes) -> None:
         self.frames.append(data)
+        self.pending += len(data)
 
     async def drain(self) -> None:
         self.left -= 1
         if self.left < 0:
             await self.never.wait()
+        self.pending = 0
+
+    def is_closing(self) -> bool:
+        return self.closed
 
     def close(self) -> None:
         self.closed = True
+        if self.reader is not None:
+            self.reader.feed_eof()
 
 
-async def test_a_node_that_stops_reading_is_dropped_after_the_write_timeout(controller, monkeypatch):
-    monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 0.05)
-    gate = NodeGateway(controller)
-    client = NodeClient("bedside-a", node_key("bedside-a"))
+def _hello_reader(client: NodeClient) -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
     reader.feed_data(p.encode_frame(client.key, client.hello_msg()))   # and then nothing: the node waits
-    writer = StuckWriter(writes_before_stuck=1)                        # the welcome goes out, then no more
+    return reader
+
+
+async def test_a_send_past_the_high_mark_to_a_node_that_stopped_reading_drops_it_after_the_write_timeout(
+        controller, monkeypatch):
+    monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(gw, "WRITE_BUFFER_HIGH", 0)       # every send waits for the node to take it
+    gate = NodeGateway(controller)
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    reader = _hello_reader(client)
+    reader.feed_data(p.encode_frame(client.key, client.hb_msg()))    # its heartbeat's ack will not be taken
+    writer = StuckWriter(drains_before_stuck=1, reader=reader)       # the welcome is taken, nothing after
     async with asyncio.timeout(GUARD_S):
-        await gate._accept(reader, writer)
-    assert writer.closed and len(writer.frames) == 2                  # welcome, then the indicator that stuck
-    assert p.decode_frame(client.key, writer.frames[0])["t"] == "welcome"
+        await gate._accept(reader, writer, encrypted=False)
+    assert writer.closed
+    kinds = [p.decode_frame(client.key, f)["t"] for f in writer.frames]
+    assert kinds[0] == "welcome" and kinds[-1] == "ack"
     assert gate.connections == {}
     assert controller.room.nodes["bedside-a"].connection_lost_ms == controller.clock(), \
         "the room starts the node's offline grace"
     assert gate.stats.rejected == {}, "a slow node is not a protocol error"
 
 
+async def test_commands_piling_up_past_the_limit_close_a_node_that_stopped_reading(controller, monkeypatch):
+    """Outputs are written without waiting (one slow node must not hold up the others' lights); a node
+    whose unsent commands pass WRITE_BUFFER_MAX is closed, and it ends like any lost connection."""
+    gate = NodeGateway(controller)
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    reader = _hello_reader(client)
+    writer = StuckWriter(drains_before_stuck=0, reader=reader)
+    welcome_bytes = len(p.encode_frame(client.key, p.welcome(1, 1, 10_000, 0)))
+    monkeypatch.setattr(gw, "WRITE_BUFFER_MAX", welcome_bytes + 10)   # the welcome fits; welcome + a command does not
+    async with asyncio.timeout(GUARD_S):
+        await gate._accept(reader, writer, encrypted=False)
+    assert writer.closed
+    kinds = [p.decode_frame(client.key, f)["t"] for f in writer.frames]
+    assert kinds[0] == "welcome" and kinds[1:] and set(kinds[1:]) == {"cmd"}, \
+        "the outputs after the welcome were written, then the node was closed"
+    assert gate.connections == {}
+    assert controller.room.nodes["bedside-a"].connection_lost_ms == controller.clock()
+    assert gate.stats.rejected == {}
+
+
+async def test_commands_under_the_limit_do_not_close_the_node(controller, monkeypatch):
+    gate = NodeGateway(controller)
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    reader = _hello_reader(client)
+    writer = StuckWriter(drains_before_stuck=0, reader=reader)
+    monkeypatch.setattr(gw, "WRITE_BUFFER_MAX", 10_000)
+    handler = asyncio.create_task(gate._accept(reader, writer, encrypted=False))
+    async with asyncio.timeout(GUARD_S):
+        while len(writer.frames) < 2:
+            await asyncio.sleep(0.01)
+    assert not writer.closed and "bedside-a" in gate.connections
+    handler.cancel()
+    await asyncio.gather(handler, return_exceptions=True)
+
+
 async def test_a_send_waits_for_the_write_timeout_and_no_longer(controller, monkeypatch):
     monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 0.05)
-    conn = gw.NodeConnection(NodeGateway(controller), asyncio.StreamReader(), StuckWriter(writes_before_stuck=0))
+    monkeypatch.setattr(gw, "WRITE_BUFFER_HIGH", 0)
+    conn = gw.NodeConnection(NodeGateway(controller), asyncio.StreamReader(), StuckWriter(drains_before_stuck=0))
     async with asyncio.timeout(GUARD_S):
         with pytest.raises(TimeoutError):
             await conn.send_ack(7)
     assert conn.out_seq == 1
+
+
+async def test_a_send_under_the_high_mark_does_not_wait(controller, monkeypatch):
+    monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 60)
+    writer = StuckWriter(drains_before_stuck=0)
+    conn = gw.NodeConnection(NodeGateway(controller), asyncio.StreamReader(), writer)
+    async with asyncio.timeout(GUARD_S):
+        await conn.send_ack(7)                              # a stuck drain would hold it 60 s
+    assert len(writer.frames) == 1 and writer.pending < gw.WRITE_BUFFER_HIGH
 
 
 # ---------------------------------------------------------------------- failures on the controller's side
@@ -216,18 +284,20 @@ async def test_stop_returns_after_every_connection_has_cleaned_up(gateway, contr
         await asyncio.open_connection("127.0.0.1", gateway.port)
 
 
-async def test_stop_ends_an_output_update_stuck_on_a_node_that_stopped_reading(controller):
+async def test_stop_ends_a_handler_stuck_on_a_node_that_stopped_reading(controller, monkeypatch):
+    monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 60)        # far longer than the guard: only stop() ends it
+    monkeypatch.setattr(gw, "WRITE_BUFFER_HIGH", 0)
     gate = NodeGateway(controller)
     await gate.start("127.0.0.1", 0)
-    conn = gw.NodeConnection(gate, asyncio.StreamReader(), StuckWriter(writes_before_stuck=0))
-    conn.node = "bedside-a"
-    gate.attach(conn)
-    await controller.node_event(NodeEvent("bedside-a", 1, 2, 1, "button", "call", 1, 0, {}))  # outputs change
+    client = NodeClient("bedside-a", node_key("bedside-a"))
+    reader = _hello_reader(client)
+    writer = StuckWriter(drains_before_stuck=0, reader=reader)
+    handler = asyncio.create_task(gate._accept(reader, writer, encrypted=False))
     async with asyncio.timeout(GUARD_S):
-        while not conn.writer.frames:                                   # the indicator update is stuck in drain
+        while not writer.frames:                                        # the welcome is stuck in drain
             await asyncio.sleep(0.01)
         await gate.stop()                                               # returns, cancelling it, and raises nothing
-    assert conn.writer.closed
+    assert handler.done() and writer.closed and gate.connections == {}
 
 
 async def test_a_refused_first_frame_counts_against_the_node_only_if_its_tag_proves_it(gateway):
