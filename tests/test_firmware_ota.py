@@ -64,6 +64,13 @@ def node_cfg(tmp: Path, port: int, pub: bytes, **extra: Any) -> dict[str, Any]:
             "sim": {"scenario": str(scenario), "speed": 2, "state_dir": str(tmp / "flash"), "seed": 1}, **extra}
 
 
+# A node that takes updates holds the update code, Ed25519 and a download's buffers beside the
+# flash journal and the link: 96 KB on a 32-bit board (docs/firmware.md, Heap). An ESP32-S3 gives
+# MicroPython well over 100 KB without PSRAM and a Pico W ~170 KB; the 64wK of the other node tests
+# is the budget of the smallest node without updates.
+OTA_HEAP = "96wK"
+
+
 class Board:
     """The node across boots: each boot is a new MicroPython process on the same flash folder."""
 
@@ -78,7 +85,7 @@ class Board:
         if cut_at:
             os.environ["SMARTROOM_CUT_AT"] = cut_at
         try:
-            self.node = FirmwareNode(self.cfg, self.tmp / f"boot{len(self.boots)}")
+            self.node = FirmwareNode(self.cfg, self.tmp / f"boot{len(self.boots)}", heap=OTA_HEAP)
             await self.node.__aenter__()
         finally:
             os.environ.pop("SMARTROOM_CUT_AT", None)
