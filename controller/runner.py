@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .room.config import RoomConfig
-from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
 from .link.lifecycle import NodeLifecycle
 from .store.nodes import NodeRegistry
@@ -20,6 +20,9 @@ from .model import wall_ms
 from .service import RoomController
 from .store.health import READINGS_MIN_FREE_BYTES
 from .security.tls import TlsMaterial, ssl_context
+
+if TYPE_CHECKING:  # zeroconf loads only for a room that advertises itself (start-up time)
+    from .security.discovery import RoomAdvertiser
 
 log = logging.getLogger("smartroom.runner")
 
@@ -123,6 +126,8 @@ class RoomServer:
         interfaces = self._mdns_interfaces
         if interfaces is None:
             interfaces = _listen_addresses(self._api_host)  # announce only where the API can be reached
+        from .security.discovery import DiscoveryError, RoomAdvertiser
+
         advertiser = RoomAdvertiser(self.config.room_id, self.config.name, api_port, tls=self._tls,
                                     interfaces=interfaces)
         try:
