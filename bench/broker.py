@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
-import json
 import os
 import shutil
 import socket
@@ -48,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.roomproc import RoomProcess, commit_ms, percentile  # noqa: E402
+from bench.roomproc import BenchNode, RoomProcess, commit_ms, percentile  # noqa: E402
 
 TOPIC_PREFIX = b"smartroom/bench/"
 MOSQUITTO_START_S = 10.0    # the broker binds its port in milliseconds; this is only a hang guard
@@ -123,33 +120,15 @@ def cpu_s(pid: int) -> float:
 
 
 # ------------------------------------------------------------------------------------ smartroom
-class NodePublisher:
-    """A protocol v2 node reduced to what the benchmark needs: hello, then numbered events."""
+class NodePublisher(BenchNode):
+    """A node that publishes numbered events."""
 
     def __init__(self, node: str, key: bytes, boot: int) -> None:
-        self.node, self.key, self.boot = node, key, boot
-        self.seq = 1
-        self.event_no = 0
+        super().__init__(node, key, boot)
         self.phase = 0
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
 
-    def frame(self, payload: bytes) -> bytes:
-        return struct.pack(">H", len(payload) + 32) + payload + hmac.new(self.key, payload, hashlib.sha256).digest()
-
-    async def connect(self, port: int) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = (b'{"b":%d,"caps":["button"],"fw":"bench","hb_ms":10000,"hw":"cpython","n":"%s","nonce":%d,'
-                 b'"s":1,"t":"hello","v":2}' % (self.boot, self.node.encode(), os.getpid() % 100000))
-        self.writer.write(self.frame(hello))
-        while (await self.recv())["t"] != "welcome":
-            pass
-
-    async def recv(self) -> dict:
-        assert self.reader is not None
-        (length,) = struct.unpack(">H", await self.reader.readexactly(2))
-        return json.loads((await self.reader.readexactly(length))[:-32])
+    async def connect(self, port: int) -> None:  # type: ignore[override]
+        await super().connect(port, os.getpid() % 100000)
 
     def publish(self) -> None:
         assert self.writer is not None
@@ -160,10 +139,6 @@ class NodePublisher:
     async def acked(self) -> None:
         while "e" not in (msg := await self.recv()) or msg["t"] != "ack":  # commands (light, tone) are skipped
             pass
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def smartroom_subscriber(room: RoomProcess, phase: list[Phase | None], ready: asyncio.Event,

@@ -32,15 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import random
 import shutil
-import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -49,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.broker import cpu_s  # noqa: E402
-from bench.roomproc import RoomProcess, commit_ms, percentile  # noqa: E402
+from bench.roomproc import BenchNode, RoomProcess, commit_ms, percentile  # noqa: E402
 from controller.sim.nodes import SimNode  # noqa: E402
 
 T_MOD = 2**31     # send times travel as int32 microseconds (the node protocol's integers)
@@ -62,32 +58,11 @@ def now_us() -> int:
     return time.time_ns() // 1000 % T_MOD
 
 
-class RawNode:
-    """Protocol v2 reduced to what load takes: hello, then readings or stamped presses."""
+class RawNode(BenchNode):
+    """A load node: readings or stamped presses."""
 
-    def __init__(self, node: str, key: bytes, boot: int = 1) -> None:
-        self.node, self.key, self.boot = node, key, boot
-        self.seq = 1
-        self.event_no = 0
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    def frame(self, body: bytes) -> bytes:
-        return struct.pack(">H", len(body) + 32) + body + hmac.new(self.key, body, hashlib.sha256).digest()
-
-    async def connect(self, port: int) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = (b'{"b":%d,"caps":["button"],"fw":"bench","hb_ms":10000,"hw":"cpython","n":"%s","nonce":%d,'
-                 b'"s":1,"t":"hello","v":2}' % (self.boot, self.node.encode(), random.randrange(2**31)))
-        self.writer.write(self.frame(hello))
-        while (await self.recv())["t"] != "welcome":
-            pass
-
-    async def recv(self) -> dict:
-        assert self.reader is not None
-        (length,) = struct.unpack(">H", await self.reader.readexactly(2))
-        return json.loads((await self.reader.readexactly(length))[:-32])
+    async def connect(self, port: int) -> None:  # type: ignore[override]
+        await super().connect(port, random.randrange(2**31))
 
     def reading(self) -> bytes:
         self.seq += 1
@@ -108,10 +83,6 @@ class RawNode:
         assert self.reader is not None
         while await self.reader.read(65536):
             pass
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def load(node: RawNode, rate_hz: float, stop: asyncio.Event, sent: list[int]) -> None:

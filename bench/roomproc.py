@@ -14,10 +14,14 @@ fingerprint, which is pinned here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import re
+import socket
 import sqlite3
+import struct
 import sys
 import time
 from pathlib import Path
@@ -195,3 +199,36 @@ class RoomProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class BenchNode:
+    """Protocol v2 reduced to what the benchmarks need: a hello, then frames the caller builds, on
+    one TCP connection without TLS (the rooms here set ``plain_tcp``)."""
+
+    def __init__(self, node: str, key: bytes, boot: int = 1) -> None:
+        self.node, self.key, self.boot = node, key, boot
+        self.seq = 1
+        self.event_no = 0
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def frame(self, body: bytes) -> bytes:
+        return struct.pack(">H", len(body) + 32) + body + hmac.new(self.key, body, hashlib.sha256).digest()
+
+    async def connect(self, port: int, nonce: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello = (b'{"b":%d,"caps":["button"],"fw":"bench","hb_ms":10000,"hw":"cpython","n":"%s","nonce":%d,'
+                 b'"s":1,"t":"hello","v":2}' % (self.boot, self.node.encode(), nonce))
+        self.writer.write(self.frame(hello))
+        while (await self.recv())["t"] != "welcome":
+            pass
+
+    async def recv(self) -> dict:
+        assert self.reader is not None
+        (length,) = struct.unpack(">H", await self.reader.readexactly(2))
+        return json.loads((await self.reader.readexactly(length))[:-32])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -68,11 +68,21 @@ def _run(args: argparse.Namespace) -> int:
         print(f"smartroom: warning: no key for node(s) {', '.join(missing)} in {args.keys}: they cannot connect",
               file=sys.stderr)
 
+    fw_public = None
+    if args.firmware_key is not None:  # updates over the air (docs/firmware.md)
+        from .ota.bundle import BundleError, load_key, public_bytes
+        try:
+            fw_public = public_bytes(load_key(args.firmware_key))
+        except BundleError as exc:
+            print(f"smartroom: {exc}", file=sys.stderr)
+            return 2
+
     async def main() -> None:
         server = RoomServer(config, keys, args.db, api_host=args.api_host, api_port=args.api_port,
                             node_host=args.node_host, node_port=args.node_port,
                             tls=tls, node_tls=node_tls, advertise=not args.no_advertise,
-                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20), keys_path=args.keys)
+                            readings_min_free_bytes=int(args.readings_min_free_mb * 2**20), keys_path=args.keys,
+                            firmware_bundles=args.firmware_bundles, firmware_public_key=fw_public)
         try:
             endpoints = await server.start()
         except (SensorError, ConfigError) as exc:  # a wiring or [ward] mistake: nothing is half started
@@ -486,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="free space (MiB) kept for events: below it readings are not stored and facilities get "
                           f"a technical alarm (default {READINGS_MIN_FREE_BYTES / 2**20:g})")
     run.add_argument("--no-advertise", action="store_true", help="do not announce the room on mDNS")
+    run.add_argument("--firmware-bundles", type=Path, default=None,
+                     help="folder of firmware bundles (one per subfolder) offered for updates over the air")
+    run.add_argument("--firmware-key", type=Path, default=None,
+                     help="the firmware key (`smartroom firmware keygen`): bundles must verify with it")
     run.add_argument("--no-tls", action="store_true",
                      help="serve plain http (only behind a TLS-terminating proxy, or on loopback for tests)")
     run.set_defaults(func=_run)
@@ -569,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing_nodes = nodes_sub.add_parser("list", help="the nodes in the room's registry and their state")
     listing_nodes.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the controller's database")
     listing_nodes.set_defaults(func=_nodes_list)
+    from .ota.cli import add_commands as add_firmware_commands  # smartroom firmware keygen/build/flash/rollout
+
+    add_firmware_commands(sub)
 
     keygen = sub.add_parser("keygen", help="make a key file for nodes")
     keygen.add_argument("nodes", nargs="+", help="node ids")

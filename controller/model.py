@@ -75,4 +75,27 @@ class NodeEvent:
         return self.boot if self.origin_boot is None else self.origin_boot
 
 
-NodeMessage = Hello | Heartbeat | Reading | NodeEvent
+@dataclass(frozen=True, slots=True)
+class OtaGet:
+    """A node updating its firmware asks for item ``item`` (0 the manifest, 1… its files) from ``offset``."""
+    node: str
+    boot: int
+    seq: int
+    bundle: str   # the bundle hash (manifest SHA-256, hex) offered
+    item: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class OtaReport:
+    """Where a node's update stands: ``status`` accepted, refused, failed, staged, confirmed, rolled_back."""
+    node: str
+    boot: int
+    seq: int
+    status: str
+    version: str
+    reason: str | None = None
+    bundle: str | None = None
+
+
+NodeMessage = Hello | Heartbeat | Reading | NodeEvent | OtaGet | OtaReport

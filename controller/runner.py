@@ -9,16 +9,20 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .room.config import RoomConfig
-from .security.discovery import DiscoveryError, RoomAdvertiser
 from .link.gateway import NodeGateway
 from .link.lifecycle import NodeLifecycle
 from .store.nodes import NodeRegistry
+from .ota.server import OtaServer
 from .model import wall_ms
 from .service import RoomController
 from .store.health import READINGS_MIN_FREE_BYTES
 from .security.tls import TlsMaterial, ssl_context
+
+if TYPE_CHECKING:  # zeroconf loads only for a room that advertises itself (start-up time)
+    from .security.discovery import RoomAdvertiser
 
 log = logging.getLogger("smartroom.runner")
 
@@ -42,7 +46,8 @@ class RoomServer:
                  mdns_interfaces: Sequence[str] | None = None, pin_factory: object | None = None,
                  ble_backend: object | None = None, scheduler: object | None = None,
                  readings_min_free_bytes: int = READINGS_MIN_FREE_BYTES,
-                 clock: Callable[[], int] = wall_ms, timers: bool = True, keys_path: Path | None = None) -> None:
+                 clock: Callable[[], int] = wall_ms, timers: bool = True, keys_path: Path | None = None,
+                 firmware_bundles: Path | None = None, firmware_public_key: bytes | None = None) -> None:
         """``clock`` and ``timers=False``: the room's time is the caller's (tests call ``controller.tick()``).
 
         ``tls`` serves the API over https; ``node_tls`` (usually the same certificate) the node link
@@ -57,6 +62,10 @@ class RoomServer:
         self.node_tls = node_tls
         self.registry = NodeRegistry(db_path)  # provisioned nodes (docs/provisioning.md)
         self.lifecycle = NodeLifecycle(self.controller, self.gateway, self.registry)
+        # firmware updates over the link (docs/firmware.md): bundles from firmware_bundles, checked
+        # against the firmware key's public half
+        self.ota = OtaServer(self.gateway, audit=self.controller.store.audit, clock=self.controller.clock,
+                             bundles_dir=firmware_bundles, public_key=firmware_public_key)
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
@@ -117,6 +126,8 @@ class RoomServer:
         interfaces = self._mdns_interfaces
         if interfaces is None:
             interfaces = _listen_addresses(self._api_host)  # announce only where the API can be reached
+        from .security.discovery import DiscoveryError, RoomAdvertiser
+
         advertiser = RoomAdvertiser(self.config.room_id, self.config.name, api_port, tls=self._tls,
                                     interfaces=interfaces)
         try:
@@ -143,6 +154,7 @@ class RoomServer:
         if self.advertiser is not None:
             await self.advertiser.stop()
             self.advertiser = None
+        await self.ota.stop()
         await self.gateway.stop()
         if self._api is not None:
             await self._api.stop()

@@ -318,7 +318,10 @@ class RoomController:
 
     def _outputs_changed(self) -> None:
         for listener in self._output_listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # one failing listener must not stop the others, nor the group commit
+                log.exception("an outputs listener failed; the other nodes are still updated")
 
     def on_outputs_changed(self, listener: Callable[[], None]) -> None:
         self._output_listeners.append(listener)
@@ -560,8 +563,10 @@ class RoomController:
         self._storage_wakeup.set()  # on a change only: the probe's own failures must not spin the loop
 
     def _not_stored(self, node: str, src: str) -> None:
-        if len(self.storage.waiting) < WAITING_MAX:
-            self.storage.waiting[f"{node}/{src}"] = self.config.meaning(node, src) or "unmapped input"
+        key = f"{node}/{src}"
+        if key not in self.storage.waiting and len(self.storage.waiting) < WAITING_MAX:
+            self.storage.waiting[key] = self.config.meaning(node, src) or "unmapped input"
+            self.bus.notify()  # the pages name it at once ("check in person"), not at the next probe
 
     async def _storage_loop(self) -> None:
         while True:

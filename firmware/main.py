@@ -10,8 +10,13 @@ import time
 import machine
 from micropython import const
 
-from hal.board import BoardHal
-from srnode.runtime import Node
+import bootsel
+
+# The bundle to run (docs/firmware.md, Updates): chosen before any firmware module is imported.
+_FW = bootsel.select("", lambda tag, text: print("@0 %s %s" % (tag, text)))
+
+from hal.board import BoardHal  # noqa: E402  (from the chosen bundle)
+from srnode.runtime import Node  # noqa: E402
 
 _WDT_TIMEOUT_MS = const(8000)  # the RP2040's longest; an event loop stuck this long is not coming back
 _WDT_FEED_MS = const(2000)
@@ -33,7 +38,7 @@ def _crashed(e):
 
 def _provisioned_node(cfg, hal, flash):
     from srnode.adopt import ProvisionedNode
-    return ProvisionedNode(cfg, hal, flash)
+    return ProvisionedNode(cfg, hal, flash, _FW)
 
 
 async def _run(cfg, hal):
@@ -45,7 +50,7 @@ async def _run(cfg, hal):
         from srnode.improv_serial import provisioned_config
         cfg, flash = await provisioned_config(hal, hal, cfg)
         hal.wifi = cfg["wifi"]
-    node = Node(cfg, hal) if flash is None else _provisioned_node(cfg, hal, flash)
+    node = Node(cfg, hal, _FW) if flash is None else _provisioned_node(cfg, hal, flash)
     cfg = None
     await node.run()
 

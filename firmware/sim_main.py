@@ -6,13 +6,13 @@
 # `error ...` and exits 1 (a board would reset); exit 3 is a reset the firmware asked for (factory
 # reset, forget). A config without "key_hex" is a node fresh from the box: it offers Improv on
 # stdin/stdout (a pty) until provisioned, keeping what it is given in sim.state_dir (its flash).
+# The firmware modules come from the bundle bootsel.py picks (docs/firmware.md, Updates), so
+# they are imported only after it has chosen; a node that asks for a reset (an update) also exits 3.
 import asyncio
 import json
 import sys
 
-from hal import scenario
-from hal.sim import SimHal
-from srnode.runtime import Node
+import bootsel
 
 
 def _pinmap(cfg):
@@ -26,6 +26,7 @@ def _pinmap(cfg):
 
 
 async def _end_at_scenario_end(hal, doc):
+    from hal import scenario
     if await scenario.play(hal, doc):
         hal.log("end")
         sys.exit(0)
@@ -37,14 +38,14 @@ def _fail(hal, e):
     sys.exit(1)
 
 
-async def _main(hal, node, doc, path):
+async def _main(hal, node, doc, path, fw):
     # A task that dies on an exception (not only those the node awaits) ends the node.
     asyncio.get_event_loop().set_exception_handler(lambda loop, ctx: _fail(hal, ctx["exception"]))
     if doc is not None:
         asyncio.create_task(_end_at_scenario_end(hal, doc))
     if node is None:  # fresh from the box: Improv on stdin/stdout until provisioned (docs/provisioning.md)
         from hal.simprov import provisioned_node
-        node = await provisioned_node(hal, path)
+        node = await provisioned_node(hal, path, fw)
     await node.run()
 
 
@@ -52,17 +53,21 @@ def _build(path):
     # The config is only needed to build the node: it is not kept (its dicts cost heap).
     with open(path) as f:
         cfg = json.load(f)
-    hal = SimHal(cfg, _pinmap(cfg))
     sim = cfg.get("sim", {})
+    fw = bootsel.select(sim.get("state_dir", "."), lambda tag, text: print("@%d %s %s" % (0, tag, text)))  # the simulated flash is the state dir
+    from hal import scenario
+    from hal.sim import SimHal
+    from srnode.runtime import Node
+    hal = SimHal(cfg, _pinmap(cfg))
     doc = scenario.load(sim["scenario"]) if sim.get("scenario") else None
-    return hal, (Node(cfg, hal) if "key_hex" in cfg else None), doc
+    return hal, (Node(cfg, hal, fw) if "key_hex" in cfg else None), doc, fw
 
 
 def main(path):
     hal = None
     try:
-        hal, node, doc = _build(path)
-        asyncio.run(_main(hal, node, doc, path))
+        hal, node, doc, fw = _build(path)
+        asyncio.run(_main(hal, node, doc, path, fw))
     except Exception as e:  # the node failed as a whole: say so on the log contract, exit 1
         if hal is None:
             print("@0 error exc=%s msg=%s" % (type(e).__name__, str(e).replace(" ", "_")))

@@ -1,7 +1,8 @@
 """Run mutmut on the modules in pyproject's [tool.mutmut], all of them or a sample per module.
 
     python mutation/run.py               # every mutant (hours on two shared cores)
-    python mutation/run.py --sample 60   # 60 mutants per module, drawn with a fixed seed
+    python mutation/run.py --sample 80   # 80 mutants per module, drawn with a fixed seed, mutants run one at a time
+    python mutation/run.py --sample 80 --module controller/link/gateway.py   # that module's share only
 
 Results stay in mutants/ (a second run goes on where one stopped); mutation/score.py prints the
 table of docs/testing.md from them.
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, help="mutants per module (default: all)")
     parser.add_argument("--seed", type=int, default=20)
-    parser.add_argument("--max-children", default="2")
+    parser.add_argument("--module", action="append", help="only this module's sample (repeatable)")
+    parser.add_argument("--max-children", default="1", help="mutants run at once (default 1: a shared machine)")
     args = parser.parse_args(argv)
     run = [MUTMUT, "run", "--max-children", args.max_children]
     if args.sample is None:
@@ -44,9 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     by_module = mutants_by_module()
     if not by_module:
         raise SystemExit("mutmut generated no mutants: see `mutmut run` for why")
-    rng = random.Random(args.seed)
-    chosen = [name for names in by_module.values() for name in rng.sample(names, min(args.sample, len(names)))]
-    print(f"running {len(chosen)} sampled mutants", flush=True)
+    chosen: list[str] = []
+    for module, names in by_module.items():
+        if args.module and module not in args.module:
+            continue
+        # Each module shuffles with its own seeded stream: its sample is the same whichever modules
+        # run with it, and a larger --sample holds the smaller one (the first N of one order).
+        order = list(names)
+        random.Random(f"{args.seed}:{module}").shuffle(order)
+        chosen += order[:args.sample]
+        print(f"{module}: {min(args.sample, len(names))} sampled mutants of {len(names)}", flush=True)
+    # One mutmut run for all of them: each run starts by running every selected test once, clean.
     return subprocess.run(run + chosen, cwd=ROOT).returncode
 
 

@@ -29,6 +29,7 @@ from aiohttp_sse import sse_response
 
 from . import fhir as fhir_api
 from . import nodes as nodes_api
+from . import firmware as firmware_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
@@ -473,6 +474,11 @@ ROUTES: tuple[Route, ...] = (
           "Replace a node by another, keeping bed and role"),
     Route("POST", "/api/v1/nodes/{node}/decommission", nodes_api.post_decommission, FACILITIES,
           "Revoke a node's key at once; the node is told to forget"),
+    # firmware updates over the node link (room_api/firmware.py)
+    Route("GET", "/api/v1/firmware", firmware_api.get_firmware, FACILITIES,
+          "Firmware: each node's version and update, the bundles on offer, rollouts"),
+    Route("POST", "/api/v1/firmware/rollouts", firmware_api.post_rollout, FACILITIES,
+          "Start a staged firmware rollout: the first node alone, then the rest"),
     # FHIR R4 reads (room_api/fhir.py)
     Route("GET", "/fhir/r4/metadata", fhir_api.get_metadata, FHIR_READERS, "FHIR CapabilityStatement"),
     Route("GET", "/fhir/r4/Device", fhir_api.search_devices, FHIR_READERS, "FHIR Devices: the room's nodes"),

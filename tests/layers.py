@@ -19,13 +19,14 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.model",),                                    # messages and ids that cross layers
     ("controller.link.protocol", "controller.security", "controller.sim.firmware",
-     "controller.uplink.wire", "controller.uplink.client"),  # wire formats: protocol v2, the ward's MQTT
+     "controller.uplink.wire", "controller.uplink.client",   # wire formats: protocol v2, the ward's MQTT
+     "controller.ota.bundle", "controller.ota.flash"),      # firmware bundles (build, sign, check), flashing
     ("controller.store",),                                    # the event log, readings history
     ("controller.room",),                                     # configuration, rules, reports
     ("controller.bus",),                                      # live fan-out of stored records
     ("controller.service",),                                  # decide -> store -> apply -> publish
     ("controller.link", "controller.sim.nodes", "controller.fall_eval",  # node gateway; tools
-     "controller.uplink"),                                    # the room's uplink to the ward broker
+     "controller.uplink", "controller.ota"),                  # the ward uplink; firmware updates over the link
     ("sensors",),                                             # Pi-attached sources
     ("integrations",),                                        # the hospital's systems: HL7, FHIR, webhooks
     ("room_api",),                                            # the room's HTTP

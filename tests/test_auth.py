@@ -26,7 +26,7 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
     ("GET", "/api/v1/openapi.json"): (None, 200),
     # nurse: see the room, the event log and stream, reports; acknowledge, clear routine calls,
     # silence the tone, set fall-risk. facilities: the room, nodes, gateway counters, event log and
-    # stream, metrics; adopt, identify, rotate, replace and decommission nodes. admin: tokens, the configuration, the audit log; read everything.
+    # stream, metrics; adopt, identify, rotate, replace and decommission nodes; firmware updates (versions, rollouts). admin: tokens, the configuration, the audit log; read everything.
     # integration: read-only: the room, the event feed (/api/v1/events, the stream), reports,
     # metrics, the integrations' counters and the FHIR reads (docs/integration.md).
     ("GET", "/api/v1/room"): (ALL, 200),
@@ -47,6 +47,8 @@ README_ROLES: dict[tuple[str, str], tuple[tuple[str, ...] | None, int]] = {
     ("POST", "/api/v1/nodes/{node}/rotate"): (("facilities", "admin"), 404),
     ("POST", "/api/v1/nodes/{node}/replace"): (("facilities", "admin"), 400),     # no "new"
     ("POST", "/api/v1/nodes/{node}/decommission"): (("facilities", "admin"), 404),
+    ("GET", "/api/v1/firmware"): (("facilities", "admin"), 200),
+    ("POST", "/api/v1/firmware/rollouts"): (("facilities", "admin"), 400),    # no bundle, no nodes
     ("GET", "/api/v1/config"): (("admin",), 200),
     ("GET", "/api/v1/tokens"): (("admin",), 200),
     ("POST", "/api/v1/tokens"): (("admin",), 400),                          # no role, no name

@@ -42,6 +42,7 @@ ELSEWHERE = {  # smoke runs with a test file of their own
     "bench/voice/run.py": "tests/test_voice_whisper.py",
     "bench/journal_wear.py": "tests/test_firmware_units.py",
     "bench/node_tls.py": "tests/test_bench_node_tls.py",
+    "bench/ota.py": "tests/test_firmware_bundle.py",
 }
 
 

@@ -355,3 +355,20 @@ async def test_the_live_streams_batched_writes_show_each_role_its_own_view(serve
     assert [e["kind"] for e in seen["facilities"]] == [e["kind"] for e in seen["nurse"]] \
         == ["bed.patient", "node.event", "call.raised"]
     assert not _names_jane(seen["facilities"]) and _names_jane(seen["nurse"])
+
+
+async def test_a_failing_outputs_listener_does_not_stop_the_others_or_the_commit(controller, caplog):
+    """An outputs listener that raises (a bug in one sink) is logged; the next listener still runs,
+    the event is stored and answered, and the next group commits as well."""
+    seen: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug in one sink")
+
+    controller.on_outputs_changed(broken)
+    controller.on_outputs_changed(lambda: seen.append(controller.cursor))
+    records = await controller.node_event(NodeEvent("bedside-a", 1, 2, 1, "button", "call", 1, 0, {}))
+    assert records and seen == [records[-1].id]
+    assert "an outputs listener failed" in caplog.text
+    more = await controller.node_event(NodeEvent("bath", 1, 2, 1, "button", "cord", 1, 0, {}))
+    assert more and seen[-1] == more[-1].id

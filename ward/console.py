@@ -73,6 +73,7 @@ class WardStats:
     duplicates: int = 0
     backfilled: int = 0
     backfill_failures: int = 0
+    skipped: int = 0     # log ids a room never stored (a write that failed there), known from its API
     commands: Counter[str] = field(default_factory=Counter)      # by result code (and "timeout")
     publish_refused: int = 0
 
@@ -80,7 +81,7 @@ class WardStats:
         return {"connects": self.connects, "connect_refused": dict(self.connect_refused),
                 "messages": dict(self.messages), "rejected": dict(self.rejected),
                 "events_stored": self.events_stored, "duplicates": self.duplicates, "backfilled": self.backfilled,
-                "backfill_failures": self.backfill_failures, "commands": dict(self.commands),
+                "backfill_failures": self.backfill_failures, "skipped": self.skipped, "commands": dict(self.commands),
                 "publish_refused": self.publish_refused}
 
 
@@ -100,6 +101,7 @@ class WardConsole:
         self.shift: Shift | None = None
         self.gaps: dict[str, tuple[int, int, str]] = {}  # room -> (from, to, why) while a gap is unfilled
         self._buffer: dict[str, dict[int, RoomEvent]] = {}
+        self._holes: dict[str, set[int]] = {}  # ids the room's own log shows it never stored
         self._ingest = asyncio.Lock()  # events are stored by one writer at a time, in each room's order
         self._gap_tasks: dict[str, asyncio.Task[None]] = {}
         self._pending: dict[str, asyncio.Future[Result]] = {}
@@ -274,28 +276,37 @@ class WardConsole:
 
     async def _store_in_order(self, rooms: set[str], from_api: set[tuple[str, int]] = frozenset()) -> None:
         """Store, in one transaction, each room's buffered events that follow its stored cursor
-        without a gap (``_ingest`` held)."""
+        without a gap (``_ingest`` held). A hole the room's API showed (an id its log never stored)
+        is passed over, as if it had been stored."""
         rows: list[RoomEvent] = []
+        reached: dict[str, int] = {}
         for room in rooms:
             buffer = self._buffer.setdefault(room, {})
-            last = self.cursors.get(room, 0)
-            run: list[RoomEvent] = []
-            while (nxt := buffer.pop(last + 1 + len(run), None)) is not None:
-                run.append(nxt)
-            for stale in [c for c in buffer if c <= last]:
+            holes = self._holes.get(room, set())
+            nxt = self.cursors.get(room, 0) + 1
+            while True:
+                ev = buffer.pop(nxt, None)
+                if ev is not None:
+                    rows.append(ev)
+                elif nxt in holes:
+                    holes.discard(nxt)
+                    self.stats.skipped += 1
+                else:
+                    break
+                nxt += 1
+            reached[room] = nxt - 1
+            for stale in [c for c in buffer if c <= nxt - 1]:
                 del buffer[stale]
-            rows += run
-        if not rows:
-            return
-        records, dupes = await self.store.add_room_events(self.clock(), [(e.room, e.cursor, e.ts_ms, e.kind, e.data)
-                                                                        for e in rows])
-        self.stats.duplicates += dupes
-        self.stats.events_stored += len(records)
-        self.stats.backfilled += sum(1 for e in rows if (e.room, e.cursor) in from_api)
-        for e in rows:
-            self.cursors[e.room] = max(self.cursors.get(e.room, 0), e.cursor)
-        for room in rooms:
-            if room in self.gaps and self.cursors.get(room, 0) >= self.gaps[room][1]:
+        records: list[LogRecord] = []
+        if rows:
+            records, dupes = await self.store.add_room_events(self.clock(), [(e.room, e.cursor, e.ts_ms, e.kind, e.data)
+                                                                            for e in rows])
+            self.stats.duplicates += dupes
+            self.stats.events_stored += len(records)
+            self.stats.backfilled += sum(1 for e in rows if (e.room, e.cursor) in from_api)
+        for room, cursor in reached.items():
+            self.cursors[room] = max(self.cursors.get(room, 0), cursor)
+            if room in self.gaps and self.cursors[room] >= self.gaps[room][1]:
                 del self.gaps[room]
         self._publish(records)
 
@@ -326,7 +337,7 @@ class WardConsole:
             buffered = self._buffer.get(room) or {}
             upto = min([c for c in buffered if c > last], default=target + 1) - 1
             try:
-                events = await self._backfill(room, last, max(upto, last + 1))
+                events, beyond = await self._backfill(room, last, max(upto, last + 1))
             except (aiohttp.ClientError, TimeoutError, ValueError, WardError) as exc:
                 self.stats.backfill_failures += 1
                 why = str(exc) or type(exc).__name__
@@ -343,12 +354,23 @@ class WardConsole:
                 for ev in events:
                     if ev.cursor > self.cursors.get(room, 0):
                         buffer.setdefault(ev.cursor, ev)
+                if beyond is not None:  # the room's log goes on past upto: what it lacks below, it never stored
+                    present = {ev.cursor for ev in events}
+                    holes = [c for c in range(last + 1, min(beyond, upto + 1)) if c not in present]
+                    if holes:
+                        log.info("ward: room %s never stored log ids %d..%d (a write that failed there); "
+                                 "passing over them", room, holes[0], holes[-1])
+                        self._holes.setdefault(room, set()).update(holes)
                 await self._store_in_order({room}, {(room, ev.cursor) for ev in events})
             if self.cursors.get(room, 0) == last:  # the room had nothing more to give: stop, say so
                 self.gaps[room] = (last + 1, target, "the room's log has no such events")
                 return
 
-    async def _backfill(self, room: str, after: int, upto: int) -> list[RoomEvent]:
+    async def _backfill(self, room: str, after: int, upto: int) -> tuple[list[RoomEvent], int | None]:
+        """The room's events after ``after`` up to ``upto``, read from its API, and the first id its
+        log holds beyond ``upto`` (None: none, or not read). The room's log is in id order, so an id
+        up to ``upto`` missing below a later one was never stored there (the room's ids are never
+        reused, and a write that fails leaves its ids unused)."""
         row = self.rooms.get(room)
         urls = self.config.room_urls or {}
         base = urls.get(room) or (row.api_url if row else None)
@@ -357,6 +379,7 @@ class WardConsole:
             raise WardError(503, "no_backfill", f"no API address or token for room {room} ([backfill] in ward.toml)")
         assert self._http is not None
         events: list[RoomEvent] = []
+        beyond: int | None = None
         ssl_ctx: Any = pin(row.fingerprint) if row and row.fingerprint and base.startswith("https") else True
         while after < upto:
             async with self._http.get(f"{base}/api/v1/events", params={"after": after, "limit": BACKFILL_PAGE},
@@ -366,10 +389,11 @@ class WardConsole:
                 page = await resp.json()
             batch = [RoomEvent(room, e["id"], e["ts_ms"], e["kind"], e["data"]) for e in page["events"]]
             events += [e for e in batch if e.cursor <= upto]
-            if not batch or not page.get("more"):
+            beyond = next((e.cursor for e in batch if e.cursor > upto), None)
+            if beyond is not None or not batch or not page.get("more"):
                 break
             after = batch[-1].cursor
-        return events
+        return events, beyond
 
     # ------------------------------------------------------------------ state, status, results
     async def _on_state(self, topics: Topics, payload: bytes) -> None:

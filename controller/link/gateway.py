@@ -20,7 +20,7 @@ import ssl
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable, Protocol
 
 from . import protocol as p
 from ..model import wall_ms
@@ -189,6 +189,12 @@ class _Sniff(asyncio.Protocol):
         await gateway._open(transport, tls)
 
 
+class OtaHandler(Protocol):
+    """Firmware updates over the link (controller/ota/server.py): gets the nodes' ota messages."""
+
+    def on_message(self, conn: "NodeConnection", msg: p.OtaGet | p.OtaReport) -> Awaitable[None]: ...
+
+
 class NodeConnection:
     def __init__(self, gateway: "NodeGateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  encrypted: bool = False) -> None:
@@ -204,6 +210,7 @@ class NodeConnection:
         self.delivered = False                 # an event was stored (or was a duplicate) on this connection
         self.rejected: str | None = None       # the reason the gateway ended the session, if it did
         self.boot = 0
+        self.hello: p.Hello | None = None  # this connection's hello: firmware version, caps
         self.key = b""
         self.sid = 0
         self.out_seq = 0
@@ -359,6 +366,14 @@ class NodeConnection:
                 self.gateway.delivered(msg.node)
             await self.send_ack(msg.seq, msg.e, msg.origin_boot)
             return
+        if isinstance(msg, (p.OtaGet, p.OtaReport)):  # firmware updates (docs/protocol.md §12)
+            self.controller.accept_mark(msg.node, msg.boot, msg.seq)
+            self.gateway.stats.accepted["ota_get" if isinstance(msg, p.OtaGet) else "ota"] += 1
+            if self.gateway.ota is None:
+                log.warning("node=%s sent %s but this controller serves no updates", msg.node, type(msg).__name__)
+            else:
+                await self.gateway.ota.on_message(self, msg)
+            return
         if isinstance(msg, p.Heartbeat):
             if self.gateway.nodes is not None:
                 self.gateway.nodes.heartbeat(msg)
@@ -385,6 +400,7 @@ class NodeConnection:
         self.has_tone = cfg is not None and cfg.tone
         if self.gateway.nodes is not None:  # provisioned nodes: registry, adoption, decommission
             await self.gateway.nodes.hello(self, hello)
+        self.hello = hello
         await self.controller.node_hello(hello, self.peer)
         self.gateway.stats.accepted["hello"] += 1
         await self.send(lambda s: p.welcome(self.sid, s, self.controller.config.heartbeat_ms, wall_ms()))
@@ -409,6 +425,7 @@ class NodeGateway:
         self.hello_timeout_s = hello_timeout_s
         self.idle_grace_s = idle_grace_s
         self.stats = GatewayStats()
+        self.ota: OtaHandler | None = None  # set by controller/ota/server.py when updates are served
         self.connections: dict[str, NodeConnection] = {}
         self._failing: dict[str, int] = {}  # node -> sessions in a row rejected with nothing delivered
         self._budgets: dict[str, TokenBucket] = {}

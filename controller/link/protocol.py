@@ -19,7 +19,7 @@ import struct
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..model import NODE_ID_RE, Heartbeat, Hello, NodeEvent, NodeMessage, Reading
+from ..model import NODE_ID_RE, Heartbeat, Hello, NodeEvent, NodeMessage, OtaGet, OtaReport, Reading  # noqa: F401 (re-exported)
 
 PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 1024
@@ -34,6 +34,10 @@ _PRINTABLE_RE = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]*$')  # printable ASC
 EVENT_KINDS = ("button", "presence", "fall", "fault")
 INDICATOR_PATTERNS = ("off", "received", "acknowledged")
 TONE_PATTERNS = ("off", "high", "medium", "low")
+# Firmware updates (§12), announced by the node's hello cap "ota".
+OTA_STATUSES = ("accepted", "refused", "failed", "staged", "confirmed", "rolled_back")
+OTA_CHUNK_BYTES = 480  # raw bytes per ota_data: 640 base64 characters, a frame of ~800 bytes
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ProtocolError(ValueError):
@@ -282,6 +286,21 @@ def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:
         origin = _get(obj, "ob", int, lo=1, hi=boot - 1) if "ob" in obj else None
         return NodeEvent(node, boot, seq, _get(obj, "e", int, lo=1), ev_kind, _get(obj, "src", str),
                          _get(obj, "val", int), _get(obj, "at_ms", int, lo=0), _int_map(obj, "x"), origin)
+    if kind == "ota_get":
+        bundle = _get(obj, "mh", str)
+        if not _HEX64_RE.match(bundle):
+            raise ProtocolError("bad_message", "mh must be 64 lowercase hex digits")
+        return OtaGet(node, boot, seq, bundle, _get(obj, "f", int, lo=0), _get(obj, "o", int, lo=0))
+    if kind == "ota":
+        status = _get(obj, "st", str)
+        if status not in OTA_STATUSES:
+            raise ProtocolError("bad_message", f"ota status {status!r} is not one of {OTA_STATUSES}")
+        reason = obj.get("why")
+        bundle = obj.get("mh")
+        for name, value in (("why", reason), ("mh", bundle)):
+            if value is not None and not isinstance(value, str):
+                raise ProtocolError("bad_message", f"field {name!r} must be a string")
+        return OtaReport(node, boot, seq, status, _get(obj, "ver", str), reason, bundle)
     raise ProtocolError("bad_message", f"unknown message type {kind!r}")
 
 

@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 
+RESET_EXIT = 3  # a simulated node's exit status when it asks for a reset (firmware/hal/simota.py)
 DEFAULT_HEAP = "64wK"  # 64 KB on a 32-bit board: the unix port is 64-bit, `w` scales by word size
-ENTRY_POINTS = {"main.py", "sim_main.py", "boot.py"}  # MicroPython runs these as source
+ENTRY_POINTS = {"main.py", "sim_main.py", "boot.py", "bootsel.py"}  # the loader: source, never in a bundle
 
 
 class FirmwareNotFound(RuntimeError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .firmware import DEFAULT_HEAP, compiled_firmware, micropython_exe
+from .firmware import DEFAULT_HEAP, RESET_EXIT, compiled_firmware, micropython_exe
 
 STOP_TIMEOUT_S = 3.0        # SIGTERM first; a node that does not exit by then is killed
 
@@ -59,6 +59,7 @@ class SimNode:
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
+        self._stopping = False
 
     @property
     def config_path(self) -> Path:
@@ -67,25 +68,33 @@ class SimNode:
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=1))
-        fw = compiled_firmware()
-        self.proc = await asyncio.create_subprocess_exec(
-            micropython_exe(), "-X", f"heapsize={self.heap}", str(fw / "sim_main.py"), str(self.config_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(fw))
+        self._stopping = False
+        self.proc = await self._spawn()
         self._reader = asyncio.create_task(self._read(), name=f"node-{self.node_id}-stdout")
 
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        fw = compiled_firmware()
+        return await asyncio.create_subprocess_exec(
+            micropython_exe(), "-X", f"heapsize={self.heap}", str(fw / "sim_main.py"), str(self.config_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(fw))
+
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while raw := await self.proc.stdout.readline():
-            text = raw.decode(errors="replace").rstrip()
-            line = NodeLine.parse(text)
-            async with self._changed:
-                if line is None:
-                    self.other_output.append(text)
-                else:
-                    self.lines.append(line)
-                    if self.on_line is not None:
-                        self.on_line(self, line)
-                self._changed.notify_all()
+        while True:
+            assert self.proc is not None and self.proc.stdout is not None
+            while raw := await self.proc.stdout.readline():
+                text = raw.decode(errors="replace").rstrip()
+                line = NodeLine.parse(text)
+                async with self._changed:
+                    if line is None:
+                        self.other_output.append(text)
+                    else:
+                        self.lines.append(line)
+                        if self.on_line is not None:
+                            self.on_line(self, line)
+                    self._changed.notify_all()
+            if await self.proc.wait() != RESET_EXIT or self._stopping:
+                break
+            self.proc = await self._spawn()  # it asked for a reset (a firmware update): boot it again, as a board would
         async with self._changed:
             self._changed.notify_all()
 
@@ -124,6 +133,7 @@ class SimNode:
         return code
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.proc is None or self.proc.returncode is not None:
             if self._reader is not None:
                 await self._reader

@@ -131,7 +131,8 @@ def _name(obj: Mapping[str, Any], key: str, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RoomEvent:
-    """One stored room event; ``cursor`` is the room's log id (1, 2, 3, ... without gaps)."""
+    """One stored room event; ``cursor`` is the room's log id (increasing; a write that failed in
+    the room leaves its ids unused, a hole the ward console passes over once the room's API shows it)."""
 
     room: str
     cursor: int

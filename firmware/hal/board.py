@@ -156,5 +156,18 @@ class BoardHal:
             json.dump(state, f)
         os.rename(_STATE_PATH + ".tmp", _STATE_PATH)  # atomic on littlefs: old or new, never half
 
+    # --- updates (srnode/ota.py): bundles are staged in /fw on the flash filesystem
+    board = "esp32s3" if sys.platform == "esp32" else "rp2-pico-w"  # controller/ota/bundle.py BOARDS
+    flash = ""
+
+    def ota(self):
+        return self
+
+    def reset(self):
+        machine.reset()
+
+    def cut(self, step):
+        pass  # the simulator's power-cut points; a board loses power by itself
+
     def log(self, tag, text=""):
         print("@%d %s %s" % (self.ticks_ms(), tag, text) if text else "@%d %s" % (self.ticks_ms(), tag))

@@ -243,6 +243,11 @@ class SimHal:
             json.dump(state, f)
         os.rename(path + ".tmp", path)  # atomic: a crash leaves the old file or the new one
 
+    # --- updates (srnode/ota.py): their own module, so a node that is not updating interns none of its names
+    def ota(self):
+        from hal import simota
+        return simota.start(self, self._state_dir)
+
     # --- the log contract (docs/firmware.md): one line, `@<node_ms> <tag> key=value ...`
     def log(self, tag, text=""):
         print("@%d %s %s" % (self.ticks_ms(), tag, text) if text else "@%d %s" % (self.ticks_ms(), tag))

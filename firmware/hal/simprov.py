@@ -38,11 +38,11 @@ class SimProvisioning:
         sys.exit(_RESTART_EXIT)
 
 
-async def provisioned_node(hal, path):
+async def provisioned_node(hal, path, fw=None):
     """sim_main's boot of a config without a key: Improv until provisioned, then the node."""
     from srnode.adopt import ProvisionedNode
     from srnode.improv_serial import provisioned_config
     with open(path) as f:
         cfg = json.load(f)
     cfg, flash = await provisioned_config(hal, SimProvisioning(hal, cfg, hal._state_dir), cfg)
-    return ProvisionedNode(cfg, hal, flash)
+    return ProvisionedNode(cfg, hal, flash, fw)

@@ -60,8 +60,8 @@ class ProvisionedNode(Node):
     Until a setup arrives the inputs send nothing: a node waiting for adoption belongs to no bed, so
     a press there would reach nobody."""
 
-    def __init__(self, cfg, hal, flash):
-        super().__init__(cfg, hal)
+    def __init__(self, cfg, hal, flash, fw=None):
+        super().__init__(cfg, hal, fw)
         self._flash = flash
         self._key = unhexlify(cfg["key_hex"])
         ctrl = cfg["controller"]

@@ -26,8 +26,14 @@ _DEFAULT_PORT = const(7700)
 
 
 class Node:
-    def __init__(self, cfg, hal):
+    """`fw`: the loader's choice (bootsel.select: slot, version, trial, rolled back), or None
+    where there is no loader (unit tests); cfg["ota"]: the firmware key's public half and the
+    confirm deadline (srnode/ota.py), loaded with the update code only when needed."""
+
+    def __init__(self, cfg, hal, fw=None):
         self._hal = hal
+        self.fw = fw and fw[1] or FW_VERSION
+        self.ota = None
         self.node_id = cfg["node_id"]
         self.hw = cfg.get("hw", "unknown")
         self.hb_ms = cfg.get("hb_ms", _DEFAULT_HB_MS)
@@ -49,6 +55,16 @@ class Node:
         for e in items:  # resent first, each once per connection until acked, as (its boot, its e)
             self.queue.push(e)
         self._kept(0)
+        if fw and cfg.get("ota"):
+            # Imported now, while the heap is whole: compiling it when an offer comes needs blocks a
+            # running node's fragmented heap may lack (a MemoryError seen in the tests). A node too
+            # full for it runs without updates rather than not at all (docs/firmware.md, Heap).
+            try:
+                from srnode import ota
+                self.ota = ota.start(self, hal, fw, cfg["ota"])
+                self.caps.append("ota")
+            except MemoryError:
+                hal.log("fw", "no_updates reason=heap")
         key = unhexlify(cfg["key_hex"])
         if len(key) != _KEY_BYTES:
             raise ValueError("key_hex must be %d bytes" % _KEY_BYTES)
@@ -112,7 +128,7 @@ class Node:
         return self._hal.ticks_ms() & _INT31
 
     def hello_msg(self, nonce):
-        return proto.hello(self.node_id, self.boot, self.next_seq(), FW_VERSION, self.hw, self.caps,
+        return proto.hello(self.node_id, self.boot, self.next_seq(), self.fw, self.hw, self.caps,
                            self.hb_ms, nonce)
 
     def event_msg(self, e, s):
@@ -183,11 +199,18 @@ class Node:
 
     def on_welcome(self, msg):
         self._adopt_hb(msg.get("hb_ms"))
+        if self.ota:
+            self.ota.on_welcome()  # a new bundle confirms; a rollback is reported
 
     def on_cmd(self, msg):
         c = msg.get("c")
         p = msg.get("p")
         try:
+            if c[:3] == "ota":  # ota, ota_data
+                if not self.ota:
+                    raise ValueError(c)
+                self.ota.on_cmd(msg)
+                return
             if c == "indicator" and self.indicator is not None:
                 self.indicator.set(p)
             elif c == "tone" and self.tone is not None:
@@ -196,7 +219,7 @@ class Node:
                 p = "hb_ms:%d" % self.hb_ms
             else:
                 raise ValueError(c)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, KeyError):
             self._hal.log("reject", "reason=bad_command c=%s" % c)
             return
         self._hal.log("cmd", "c=%s p=%s" % (c, p))
@@ -207,6 +230,8 @@ class Node:
         self._hal.log("boot", "node=%s boot=%d heap_free=%d held=%d torn=%d" % (
             self.node_id, self.boot, gc.mem_free(), len(self.queue), self.journal.torn))
         tasks = [self.link.run(), self._heartbeats()]
+        if self.ota:  # a new bundle on trial: confirm in time or reset (ota.py)
+            tasks.append(self.ota.run())
         tasks += [i.run() for i in self.inputs]
         for out in (self.indicator, self.tone):
             if out is not None:

@@ -6,6 +6,7 @@
 import { ApiError, Session } from "./session.js";
 import { plot } from "./plot.js";
 import { MEASURES, formatValue } from "./measures.js";
+import { FirmwarePanel } from "./firmware.js";
 import { $, el, badge, age, tickAges, errorText, loginGate, Notice, openStream, showOffline, Refresher,
          renderDegraded } from "./ui.js";
 
@@ -25,6 +26,7 @@ const notice = new Notice($("notice"));
 let stream = null;
 let generation = 0;  // bumped on logout: answers to requests from before are dropped
 const refresher = new Refresher(refresh, REFRESH_DEBOUNCE_MS);
+let firmware = null;  // the firmware panel (firmware.js), once logged in
 let plotsTimer = null;
 let room = null;
 
@@ -44,6 +46,8 @@ function start({ gateway, room: first }) {
   render(first, gateway);
   loadRegistry();
   loadPlots();
+  firmware = firmware || new FirmwarePanel(session, lost);
+  firmware.load();
   stream = openStream({ endpoint: "facilities page", session, cursor: first.cursor, onEvent,
                         onLive: scheduleRefresh, onFatal: lost });
 }
@@ -54,6 +58,7 @@ function stop() {
   clearTimeout(plotsTimer);
   if (stream) stream.stop();
   stream = null;
+  if (firmware) firmware.stop();
   showOffline();
   room = null;
   notice.hide();
@@ -82,6 +87,7 @@ async function refresh() {
     render(next, gateway);
     loadRegistry();
     if (newMeasures) loadPlots();
+    if (firmware) firmware.load();  // a node's hello (a new version) comes as an event too
   } catch (err) {
     if (gen === generation && err.status === 401) lost(err);
   }

@@ -241,3 +241,24 @@ async def _degraded(health) -> dict | None:
 async def _ok(health) -> bool:
     body = await health()
     return body["status"] == "ok" and body["reasons"] == []
+
+
+async def test_an_input_waiting_on_the_store_is_announced_to_the_streams_at_once(room):
+    """The pages name the inputs waiting on a failed store ("check in person: bath/cord"): each new
+    one is a status change for the streams right away, not only at the storage probe's next round."""
+    from controller.bus import STATUS_CHANGED
+
+    await read_only(room.c)
+    with room.c.subscribe() as sub:
+        with pytest.raises(StorageError):
+            await room.press("bath", "cord")
+        seen = []
+        while (item := await asyncio.wait_for(sub.get(), 5)) is STATUS_CHANGED:
+            seen.append(dict(room.c.storage.waiting))
+            if "bath/cord" in room.c.storage.waiting:
+                break
+        assert seen[-1] == {"bath/cord": "bath_emergency"}
+        with pytest.raises(StorageError):
+            await room.press("bath", "cord")                 # the same input again: nothing new to say
+        assert room.c.storage.waiting == {"bath/cord": "bath_emergency"}
+    await read_only(room.c, False)
