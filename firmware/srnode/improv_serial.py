@@ -8,14 +8,18 @@
 import asyncio
 from micropython import const
 
-from srnode import FW_VERSION, improv
+from srnode import FW_VERSION
 from srnode.flashcfg import provisioned
 
 _FW_NAME = "srnode"
+improv = None  # srnode/improv.py, loaded by Provisioning: a provisioned boot never needs its names
 
 
 class Provisioning:
     def __init__(self, hal, io, flash, hw):
+        global improv
+        from srnode import improv
+
         self._hal = hal
         self._io = io  # the BoardHal, or hal/simprov.py: wifi_connect, wifi_scan, console_reader, console_write
         self._flash = flash
