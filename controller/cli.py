@@ -246,7 +246,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _nodes_provision(args: argparse.Namespace) -> int:
     """Improv over the node's USB serial port (or BLE), then enrol it in --db (docs/provisioning.md)."""
-    from .link.provision import ProvisionError, ProvisionRequest, certificate_fingerprint, open_serial, provision
+    from .link.provision import ProvisionError, ProvisionRequest, node_link_pin, open_serial, provision
     from .store.nodes import NodeRegistry
 
     host, _, port = args.controller.rpartition(":") if ":" in args.controller else (args.controller, "", "")
@@ -264,8 +264,9 @@ def _nodes_provision(args: argparse.Namespace) -> int:
         return 2
     say = lambda line: print(line, flush=True)  # noqa: E731 - progress, one line per step
     try:
-        fingerprint = certificate_fingerprint(args.tls_cert or args.db.parent / "tls-cert.pem")
-        req = ProvisionRequest(args.node_id, args.wifi_ssid, password, host, ctl_port, fingerprint)
+        # the node link's own certificate, as `smartroom run` serves it: never the API's
+        fingerprint, certificate = node_link_pin(args.db.parent / NODE_CERT_FILE)
+        req = ProvisionRequest(args.node_id, args.wifi_ssid, password, host, ctl_port, fingerprint, certificate)
         actor = f"(command line) {os.environ.get('USER', '?')}"
         if args.ble:
             from .link.improv_ble import provision_address
@@ -562,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     prov = nodes_sub.add_parser(
         "provision", help="give a new node its Wi-Fi, key and controller over its USB cable (Improv)",
         description="Provision a node fresh from the box over Improv on its USB serial port: Wi-Fi, then its "
-                    "node id, a new key, the controller's address and certificate fingerprint (never over "
+                    "node id, a new key, the controller's address and its node link certificate (never over "
                     "Wi-Fi); enrol it in the room's database. It then appears on the facilities page as "
                     "waiting, to be given a bed and a role.")
     how = prov.add_mutually_exclusive_group(required=True)
@@ -575,10 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--wifi-ssid", required=True)
     prov.add_argument("--wifi-password-file", type=Path, default=None,
                       help="a file holding the Wi-Fi password (or set SMARTROOM_WIFI_PASSWORD)")
-    prov.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the controller's database")
-    prov.add_argument("--tls-cert", type=Path, default=None,
-                      help="the controller's certificate (default: tls-cert.pem next to --db): its fingerprint is "
-                           "pinned by the node")
+    prov.add_argument("--db", type=Path, default=Path("smartroom.db"),
+                      help=f"the controller's database; the node pins the node link certificate next to it "
+                           f"({NODE_CERT_FILE}, made by the controller's first start)")
     prov.set_defaults(func=_nodes_provision)
     listing_nodes = nodes_sub.add_parser("list", help="the nodes in the room's registry and their state")
     listing_nodes.add_argument("--db", type=Path, default=Path("smartroom.db"), help="the controller's database")

@@ -118,6 +118,9 @@ class RoomController:
         self._battery_stored_ms: dict[str, int] = {}
         self.readings_stored = 0
         self._inputs_checked: dict[str, int] = {}  # node -> the boot whose heartbeat's inputs were checked
+        # node -> True while it waits for adoption (link/lifecycle.py sets this): its inputs have no
+        # meaning yet by design and it sends no events, so they are not "input not in the room file"
+        self.adoption_pending: Callable[[str], bool] = lambda node: False
         self.unmapped_inputs: Counter[tuple[str, str]] = Counter()  # (node, input) -> events the room file gives no meaning
 
     # ------------------------------------------------------------------ lifecycle
@@ -410,7 +413,7 @@ class RoomController:
     async def node_heartbeat(self, hb: Heartbeat) -> None:
         mark = self.accept_mark(hb.node, hb.boot, hb.seq)
         self.room.note_heartbeat(hb, self.clock())
-        if hb.state and self._inputs_checked.get(hb.node) != hb.boot:
+        if hb.state and self._inputs_checked.get(hb.node) != hb.boot and not self.adoption_pending(hb.node):
             await self._check_inputs(hb)
         try:
             await self._commit(_nothing, seq_mark=mark)  # the mark rides with the next group commit

@@ -13,6 +13,7 @@ import pytest
 from controller.link.nodeclient import NodeClient
 from controller.room.config import parse_room
 from controller.runner import RoomServer
+from controller.security.tls import load_or_create
 from tests.test_pages import ARTIFACTS, CHROMIUM, login, page  # noqa: F401 - the page fixture
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -28,10 +29,12 @@ NODE, KEY = "bed-b-call", bytes(range(1, 33))
 
 async def test_facilities_adopt_a_waiting_node(page, tmp_path):  # noqa: F811
     config = parse_room(json.loads(json.dumps(ROOM)), "room.toml")
-    async with RoomServer(config, {}, tmp_path / "room.db", api_port=0, node_port=0) as server:
+    node_tls = load_or_create(tmp_path / "node-link-cert.pem", tmp_path / "node-link-key.pem", ["localhost"],
+                              node_link=True)  # the node link as shipped: TLS, the node pins this certificate
+    async with RoomServer(config, {}, tmp_path / "room.db", api_port=0, node_port=0, node_tls=node_tls) as server:
         token = await server.create_token("facilities", "tech sam")
         server.registry.enrol(NODE, KEY, "(command line) sam", 1, hw="esp32s3-devkitc-1", fw="0.1.0")
-        node = NodeClient(NODE, KEY)
+        node = NodeClient(NODE, KEY, pin=node_tls.fingerprint_hex)
         node.hello_msg = lambda: {**node.base("hello"), "fw": "0.1.0", "hw": "esp32s3-devkitc-1",  # type: ignore
                                   "caps": ["button", "indicator", "setup", "identify", "rotate", "forget"],
                                   "hb_ms": 10000, "nonce": node.nonce}
@@ -62,16 +65,18 @@ async def test_facilities_adopt_a_waiting_node(page, tmp_path):  # noqa: F811
 
         ev = node.event_msg("button", "call")
         await node.send(ev)
-        await node.recv_ack(ev["s"])
+        seen = [await node.recv()]  # the ack, and the call's reassurance light before or after it
+        while not (seen[-1]["t"] == "ack" and seen[-1]["a"] == ev["s"]):
+            seen.append(await node.recv())
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
             async with http.get(f"{server.endpoints.api_url}/api/v1/room") as resp:
                 calls = (await resp.json())["calls"]
         assert [(c["type"], c["bed"]) for c in calls] == [("patient_call", "B")]
 
         await row.get_by_role("button", name="Identify").click()
-        seen = [await node.recv()]
-        while seen[-1]["c"] != "identify":  # the call's reassurance light comes first
+        while seen[-1].get("c") != "identify":
             seen.append(await node.recv())
-        assert [m["c"] for m in seen[:-1]] == ["indicator"] and seen[0]["p"] == "received"
+        cmds = [m for m in seen if m["t"] == "cmd"]
+        assert [m["c"] for m in cmds] == ["indicator", "identify"] and cmds[0]["p"] == "received"
         await page.screenshot(path=str(ARTIFACTS / "adoption-adopted.png"), full_page=True)
         await node.close()

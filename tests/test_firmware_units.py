@@ -108,3 +108,7 @@ def test_journal_wear_bench_smoke(tmp_path: Path) -> None:
     firmware = rows[("delivered", 4096, 64)]["per_event"]["erases"]
     assert firmware < 0.2, "a delivered event should mostly cost a metadata commit, not a block erase"
     assert firmware * 5 < rows[("delivered", 4096, 512)]["per_event"]["erases"]
+
+
+def test_identify_on_a_provisioned_node_with_the_reassurance_light(tmp_path: Path) -> None:
+    run_mp(MP_TESTS / "test_adopt_identify.py", str(tmp_path))

@@ -21,12 +21,13 @@ from controller.link import protocol as p
 from controller.link.nodeclient import NodeClient
 from controller.room.config import parse_room
 from controller.runner import RoomServer
-from controller.security.tls import load_or_create
+from controller.security.tls import load_or_create, node_pin
 from controller.store.nodes import NodeRegistry
 from tests.nodepeer import BOARD_HEAP, FIRMWARE, MICROPYTHON, WAIT_S, Line
 
 SSID, PASSWORD = "ward-4b", "correct horse"
 NODE = "bed-a-call"
+RESTART_EXIT = 3  # the sim's "a board would reset now" (firmware/hal/simprov.py)
 EMPTY_ROOM = {"room": {"id": "4b-12", "name": "Ward 4B room 12"}, "beds": [{"id": "A"}, {"id": "B"}],
               "gateway": {"heartbeat_ms": 2000}, "nodes": {}}
 FACTORY = {"hw": "sim-esp32s3", "pinmap": "esp32s3-devkitc-1",
@@ -44,6 +45,7 @@ class PtyNode:
         self.steps = steps or []
         self.lines: list[Line] = []
         self.proc: asyncio.subprocess.Process | None = None
+        self.exits: list[int] = []  # exit codes of the boots so far (RESTART_EXIT: the board reset itself)
         self._changed = asyncio.Condition()
         self._buf = b""
 
@@ -58,13 +60,29 @@ class PtyNode:
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)  # before the node writes: no echo, no ^C from an Improv type byte
         self.port = os.ttyname(self.slave)
-        self.proc = await asyncio.create_subprocess_exec(
-            str(MICROPYTHON), "-X", f"heapsize={BOARD_HEAP}", str(FIRMWARE / "sim_main.py"), str(path),
-            stdin=self.master, stdout=self.master, stderr=asyncio.subprocess.PIPE)
+        self._config = path
+        await self._boot()
+        self._power = asyncio.create_task(self._resets())
         return self
+
+    async def _boot(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            str(MICROPYTHON), "-X", f"heapsize={BOARD_HEAP}", str(FIRMWARE / "sim_main.py"), str(self._config),
+            stdin=self.master, stdout=self.master, stderr=asyncio.subprocess.DEVNULL)
+
+    async def _resets(self) -> None:
+        """A board comes back after a reset (the sim exits 3: after provisioning, after a forget)."""
+        while True:
+            assert self.proc is not None
+            code = await self.proc.wait()
+            self.exits.append(code)
+            if code != RESTART_EXIT:
+                return
+            await self._boot()
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None
+        self._power.cancel()
         asyncio.get_running_loop().remove_reader(self.slave)
         if self.proc.returncode is None:
             self.proc.kill()
@@ -76,6 +94,11 @@ class PtyNode:
         """Read the node's log from the port (once the provisioning tool has let go of it)."""
         os.set_blocking(self.slave, False)
         asyncio.get_running_loop().add_reader(self.slave, self._on_readable)
+
+    def unwatch(self) -> None:
+        """Let the provisioning tool have the port alone (two readers would steal each other's bytes)."""
+        asyncio.get_running_loop().remove_reader(self.slave)
+        os.set_blocking(self.slave, True)
 
     def _on_readable(self) -> None:
         try:
@@ -124,7 +147,10 @@ async def provision(node: PtyNode, db: Path, ctl: str, *, node_id: str = NODE, p
 
 
 def certificate(tmp: Path) -> Any:
-    return load_or_create(tmp / "tls-cert.pem", tmp / "tls-key.pem", ["localhost"])
+    """The controller's two certificates as `smartroom run` leaves them next to its database: the API's
+    and the node link's. -> the node link's, the one nodes must pin."""
+    load_or_create(tmp / "tls-cert.pem", tmp / "tls-key.pem", ["localhost"])
+    return load_or_create(tmp / "node-link-cert.pem", tmp / "node-link-key.pem", ["localhost"], node_link=True)
 
 
 async def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
@@ -164,13 +190,17 @@ async def test_serial_provisioning_stores_trust_on_flash_and_enrols(tmp_path, ca
         assert record is not None and record.state == "provisioned" and record.hw == "sim-esp32s3"
         assert doc["key_hex"] == record.key.hex()
         assert doc["ctl_fp"] == tls.fingerprint_hex and doc["ctl_host"] == "127.0.0.1" and doc["ctl_port"] == 1
+        assert doc["ctl_cert"] == node_pin(tls)["ctl_cert"]  # the node link's certificate, whole: its trust anchor
+        assert doc["ctl_fp"] != load_or_create(tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem").fingerprint_hex
         assert doc["wifi_ssid"] == SSID and doc["wifi_password"] == PASSWORD and doc["node_id"] == NODE
         assert [a.action for a in registry.audit(NODE)] == ["provision", "provision"]  # wrong password, then right
         registry.close()
+        await eventually(lambda: node.exits == [RESTART_EXIT], "the node restarts once provisioned")
         # once provisioned the node runs its link (nothing listens here) and no longer offers Improv
         node.watch()
         await node.wait_line("link", "down")  # connecting to a controller that is not there
         assert not any(record.key.hex() in ln.raw for ln in node.lines)  # the key is never logged
+        node.unwatch()
         assert await provision(node, db, "127.0.0.1:1") == 1
         assert "no answer" in capsys.readouterr().err
 
@@ -198,8 +228,16 @@ def test_provision_refuses_a_missing_certificate_and_port(tmp_path, capsys):
     pw.write_text("x")
     args = ["nodes", "provision", "--node-id", NODE, "--controller", "h", "--wifi-ssid", SSID,
             "--wifi-password-file", str(pw), "--db", str(tmp_path / "room.db")]
+    # the API's certificate alone is not what a node pins: the technician is told to start the controller
+    load_or_create(tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem", ["localhost"])
     assert cli([*args, "--serial", "/dev/null-no-such-port"]) == 1
-    assert "cannot read the controller certificate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "node-link-cert.pem: no node link certificate yet" in err and "Start the controller once" in err
+    assert not (tmp_path / "node-link-cert.pem").exists()  # not made here, under another user's umask
+    (tmp_path / "node-link-cert.pem").write_text("not a certificate\n")
+    assert cli([*args, "--serial", "/dev/null-no-such-port"]) == 1
+    assert "cannot read the node link certificate" in capsys.readouterr().err
+    (tmp_path / "node-link-cert.pem").unlink()
     certificate(tmp_path)
     assert cli([*args, "--serial", str(tmp_path / "no-such-port")]) == 1
     assert "cannot open serial port" in capsys.readouterr().err
@@ -211,8 +249,8 @@ def test_provision_refuses_a_missing_certificate_and_port(tmp_path, capsys):
 @pytest.fixture
 async def room(tmp_path) -> AsyncIterator[Any]:
     config = parse_room(json.loads(json.dumps(EMPTY_ROOM)), "empty-room.toml")
-    certificate(tmp_path)
-    async with RoomServer(config, {}, tmp_path / "room.db", api_port=0, node_port=0) as srv:
+    node_tls = certificate(tmp_path)  # as shipped: the node link is TLS, nodes pin this certificate
+    async with RoomServer(config, {}, tmp_path / "room.db", api_port=0, node_port=0, node_tls=node_tls) as srv:
         srv.token = await srv.create_token("facilities", "tech sam")
         srv.api = aiohttp.ClientSession(srv.endpoints.api_url, headers={"Authorization": f"Bearer {srv.token}"})
         yield srv
@@ -227,6 +265,13 @@ async def api(srv: Any, method: str, path: str, body: dict[str, Any] | None = No
 async def node_state(srv: Any, node: str) -> str | None:
     _, doc = await api(srv, "GET", "/api/v1/nodes")
     return next((n["state"] for n in doc["nodes"] if n["node"] == node), None)
+
+
+async def waiting(srv: Any, node: str) -> None:
+    """The node connected (after its restart from provisioning) and waits for adoption."""
+    async def is_waiting() -> bool:
+        return await node_state(srv, node) == "waiting"
+    await eventually(is_waiting, f"{node} connected and waiting for adoption")
 
 
 async def calls_from(srv: Any, node: str) -> list[dict[str, Any]]:
@@ -253,7 +298,7 @@ async def adopted_node(srv: Any, tmp_path: Path, name: str = "node", node_id: st
 async def test_box_to_first_call(room, tmp_path):
     node = await adopted_node(room, tmp_path)
     try:
-        assert await eventually(lambda: node_state(room, NODE), "node listed") == "waiting"
+        await waiting(room, NODE)
         _, doc = await api(room, "GET", "/api/v1/nodes")
         listed = doc["nodes"][0]
         assert listed["hw"] == "sim-esp32s3" and listed["connected"] and "setup" in listed["caps"]
@@ -281,7 +326,7 @@ async def test_box_to_first_call(room, tmp_path):
 async def test_assign_refuses_bad_beds_roles_and_meanings(room, tmp_path):
     node = await adopted_node(room, tmp_path)
     try:
-        await eventually(lambda: node_state(room, NODE), "node listed")
+        await waiting(room, NODE)
         for body, words in (({"bed": "Z", "role": "bedside"}, "not a bed"),
                             ({"bed": "A", "role": "kitchen"}, "role"),
                             ({"bed": None, "role": "bedside"}, "belongs to a bed"),
@@ -298,7 +343,7 @@ async def test_assign_refuses_bad_beds_roles_and_meanings(room, tmp_path):
 async def test_identify_rotate_and_decommission(room, tmp_path):
     node = await adopted_node(room, tmp_path)
     try:
-        await eventually(lambda: node_state(room, NODE), "node listed")
+        await waiting(room, NODE)
         await api(room, "POST", f"/api/v1/nodes/{NODE}/assign", {"bed": "A", "role": "bedside"})
         await node.wait_line("cmd", c="setup")
         # identify: the light flashes fast
@@ -314,7 +359,7 @@ async def test_identify_rotate_and_decommission(room, tmp_path):
         new = await eventually(lambda: (r := room.registry.get(NODE)).pending_key is None and r.key, "rotated")
         assert new != old and node.flash_doc()["key_hex"] == new.hex()
         # the old key no longer gets in
-        stale = NodeClient(NODE, old, boot=999)
+        stale = NodeClient(NODE, old, boot=999, pin=room.node_tls.fingerprint_hex)
         await stale.connect("127.0.0.1", room.endpoints.node_port, expect_welcome=False)
         with pytest.raises(asyncio.IncompleteReadError):
             await stale.recv()
@@ -325,12 +370,14 @@ async def test_identify_rotate_and_decommission(room, tmp_path):
         # decommission: refused at once, told to forget, back to factory state
         status, rec = await api(room, "POST", f"/api/v1/nodes/{NODE}/decommission")
         assert status == 200 and rec["state"] == "decommissioned"
+        mark = len(node.lines)
         await node.wait_line("cmd", c="forget")
-        assert await asyncio.wait_for(node.proc.wait(), WAIT_S) == 3  # the sim's "reset now"
+        await node.wait_line("improv", "waiting", start=mark)  # reset, and offers Improv again: factory state
+        assert node.exits == [RESTART_EXIT, RESTART_EXIT]  # after provisioning; after the forget
         assert not (node.flash / "provision.json").exists()
         assert NODE not in room.controller.config.nodes and NODE not in room.controller.room.nodes
         # its key (still on a copy, say) is refused and the node is told to forget again
-        copy = NodeClient(NODE, new, boot=1000)
+        copy = NodeClient(NODE, new, boot=1000, pin=room.node_tls.fingerprint_hex)
         await copy.connect("127.0.0.1", room.endpoints.node_port, expect_welcome=False)
         msg = await copy.recv()
         assert msg["t"] == "cmd" and msg["c"] == "forget"
@@ -345,7 +392,7 @@ async def test_identify_rotate_and_decommission(room, tmp_path):
 async def test_replace_keeps_bed_and_role(room, tmp_path):
     broken = await adopted_node(room, tmp_path, "old", "bed-a-old")
     try:
-        await eventually(lambda: node_state(room, "bed-a-old"), "old listed")
+        await waiting(room, "bed-a-old")
         await api(room, "POST", "/api/v1/nodes/bed-a-old/assign",
                   {"bed": "A", "role": "bedside", "inputs": {"call": "patient_call"}})
         await broken.wait_line("cmd", c="setup")
@@ -353,7 +400,7 @@ async def test_replace_keeps_bed_and_role(room, tmp_path):
         await broken.__aexit__(None, None, None)  # it breaks
     fresh = await adopted_node(room, tmp_path, "new", "bed-a-new")
     try:
-        await eventually(lambda: node_state(room, "bed-a-new"), "new listed")
+        await waiting(room, "bed-a-new")
         status, rec = await api(room, "POST", "/api/v1/nodes/bed-a-old/replace", {"new": "bed-a-new"})
         assert status == 200, rec
         assert (rec["node"], rec["bed"], rec["role"], rec["state"]) == ("bed-a-new", "A", "bedside", "adopted")
@@ -369,7 +416,7 @@ async def test_replace_keeps_bed_and_role(room, tmp_path):
 
 async def test_copied_node_id_with_the_wrong_key_is_refused_and_alarmed(room, tmp_path):
     room.registry.enrol(NODE, bytes(range(32)), "test", 1)
-    rogue = NodeClient(NODE, bytes(32))  # the id, not the key
+    rogue = NodeClient(NODE, bytes(32), pin=room.node_tls.fingerprint_hex)  # the id, not the key
     for i in range(3):
         rogue.boot = i + 1
         await rogue.connect("127.0.0.1", room.endpoints.node_port, expect_welcome=False)
@@ -392,17 +439,88 @@ async def test_copied_node_id_with_the_wrong_key_is_refused_and_alarmed(room, tm
 async def test_a_node_provisioned_again_elsewhere_is_let_in_with_its_new_key(room, tmp_path):
     """`nodes provision` runs in another process: the controller reads the registry again on a hello."""
     room.registry.enrol(NODE, bytes(range(32)), "test", 1)
-    first = NodeClient(NODE, bytes(range(32)))
+    first = NodeClient(NODE, bytes(range(32)), pin=room.node_tls.fingerprint_hex)
     assert (await first.connect("127.0.0.1", room.endpoints.node_port))["t"] == "welcome"
     await first.close()
     other = NodeRegistry(tmp_path / "room.db")  # the command line's own connection
     other.enrol(NODE, bytes(range(1, 33)), "(command line) sam", 2)  # a factory reset, then provisioned again
     other.close()
-    again = NodeClient(NODE, bytes(range(1, 33)), boot=2)
+    again = NodeClient(NODE, bytes(range(1, 33)), boot=2, pin=room.node_tls.fingerprint_hex)
     assert (await again.connect("127.0.0.1", room.endpoints.node_port))["t"] == "welcome"
     await again.close()
-    old = NodeClient(NODE, bytes(range(32)), boot=3)
+    old = NodeClient(NODE, bytes(range(32)), boot=3, pin=room.node_tls.fingerprint_hex)
     await old.connect("127.0.0.1", room.endpoints.node_port, expect_welcome=False)
     with pytest.raises(asyncio.IncompleteReadError):
         await old.recv()
     await old.close()
+
+
+async def test_a_provisioned_node_refuses_a_controller_with_another_certificate(tmp_path):
+    """Provisioned with this room's node link certificate, the node meets a controller presenting another
+    (an impostor on the address, or a controller whose certificate was replaced): no session, no event."""
+    certificate(tmp_path)  # the one `nodes provision` hands out, next to the database
+    other = load_or_create(tmp_path / "other" / "cert.pem", tmp_path / "other" / "key.pem", ["localhost"],
+                           node_link=True)
+    config = parse_room(json.loads(json.dumps(EMPTY_ROOM)), "empty-room.toml")
+    async with RoomServer(config, {}, tmp_path / "room.db", api_port=0, node_port=0, node_tls=other) as srv:
+        node = PtyNode(tmp_path, "node", PRESSES)
+        await node.__aenter__()
+        try:
+            assert await provision(node, tmp_path / "room.db", f"127.0.0.1:{srv.endpoints.node_port}") == 0
+            node.watch()
+            await node.wait_line("link", "down", reason="tls_pin", n=2)
+            await eventually(lambda: srv.gateway.stats.rejected["tls_handshake"] >= 2, "the gateway saw it")
+            assert not node.find("link", "up") and not node.find("sent")
+            assert srv.gateway.stats.accepted == {} and srv.registry.get(NODE).state == "provisioned"
+        finally:
+            await node.__aexit__(None, None, None)
+
+
+def test_trust_carries_only_a_certificate_that_matches_its_fingerprint(tmp_path):
+    import hashlib
+
+    from controller.link.improv import CERT_CHUNK, MAX_CERT, Trust, cert_chunks
+
+    der = bytes.fromhex(node_pin(certificate(tmp_path))["ctl_cert"])
+    chunks = cert_chunks(der)
+    assert b"".join(c[1] for c in chunks) == der and all(0 < len(c[1]) <= CERT_CHUNK for c in chunks)
+    assert [int(c[0]) for c in chunks] == list(range(0, len(der), CERT_CHUNK))
+    fp = hashlib.sha256(der).hexdigest()
+    Trust(NODE, bytes(32), "h", 1, fp, der)
+    with pytest.raises(ValueError, match="does not match"):
+        Trust(NODE, bytes(32), "h", 1, fp, der[:-1])
+    for size, ok in ((MAX_CERT - 1, True), (MAX_CERT, True), (MAX_CERT + 1, False), (0, False)):
+        blob = bytes(size)
+        if ok:
+            Trust(NODE, bytes(32), "h", 1, hashlib.sha256(blob).hexdigest(), blob)
+        else:
+            with pytest.raises(ValueError, match="a node takes"):
+                Trust(NODE, bytes(32), "h", 1, hashlib.sha256(blob).hexdigest(), blob)
+
+
+def test_the_client_stops_when_the_node_holds_other_bytes_than_it_sent():
+    """A node that answers a CERT chunk with another count (a chunk lost or taken twice): no TRUST follows."""
+    import hashlib
+
+    from controller.link import improv as im
+
+    class Node:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+            self.out = b""
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+            if data[9] == im.CMD_CERT:  # answer every chunk with "7 bytes held"
+                self.out += im.packet(im.TYPE_RESULT, bytes((im.CMD_CERT, 2)) + im.strings(["7"]))
+
+        def read(self, size: int = 1) -> bytes:
+            out, self.out = self.out[:size], self.out[size:]
+            return out
+
+    der = bytes(300)
+    node = Node()
+    client = im.ImprovSerialClient(node)
+    with pytest.raises(im.ImprovError, match="holds \\['7'\\] bytes of the certificate, not 120"):
+        client.send_trust(im.Trust(NODE, bytes(32), "h", 1, hashlib.sha256(der).hexdigest(), der))
+    assert [w[9] for w in node.written] == [im.CMD_CERT]  # stopped at once: the key never left

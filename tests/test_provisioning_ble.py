@@ -31,7 +31,17 @@ CHARS = {"00467768-6228-2272-4663-277478268005": ["read"],
          "00467768-6228-2272-4663-277478268003": ["write"],
          "00467768-6228-2272-4663-277478268004": ["read", "notify"]}
 ADDRESS = "AA:BB:CC:DD:EE:01"
-REQ = ProvisionRequest("bed-b-call", "ward-4b", "correct horse", "10.20.4.12", 7700, "ab" * 32)
+
+
+@pytest.fixture(scope="module")
+def req(tmp_path_factory) -> ProvisionRequest:
+    """What `nodes provision --ble` sends: the node link certificate's pin (fingerprint and DER)."""
+    from controller.security.tls import load_or_create, node_pin
+
+    d = tmp_path_factory.mktemp("ctl")
+    pin = node_pin(load_or_create(d / "node-link-cert.pem", d / "node-link-key.pem", ["localhost"], node_link=True))
+    return ProvisionRequest("bed-b-call", "ward-4b", "correct horse", "10.20.4.12", 7700, pin["ctl_fp"],
+                            bytes.fromhex(pin["ctl_cert"]))
 
 
 class Bridge:
@@ -154,41 +164,44 @@ async def press_when_asked(bridge: Bridge, lines: list[str]) -> None:
     await bridge.request("press")
 
 
-async def test_ble_provisioning_with_the_button_and_an_encrypted_key(bridge, tmp_path):
+async def test_ble_provisioning_with_the_button_and_an_encrypted_key(bridge, tmp_path, req):
     registry = NodeRegistry(tmp_path / "room.db")
     client = ImprovBLEClient(BLEDevice(ADDRESS, "srnode-esp32s3", None))
     lines: list[str] = []
     presser = asyncio.create_task(press_when_asked(bridge, lines))
-    hw = await asyncio.wait_for(provision_ble(client, registry, REQ, "tech sam", progress=lines.append), WAIT_S)
+    hw = await asyncio.wait_for(provision_ble(client, registry, req, "tech sam", progress=lines.append), WAIT_S)
     await presser
     assert hw == "esp32s3-devkitc-1"
     flash = json.loads((bridge.flash / "provision.json").read_text())
     record = registry.get("bed-b-call")
     assert record is not None and record.state == "provisioned" and record.hw == "esp32s3-devkitc-1"
     assert flash["key_hex"] == record.key.hex() and flash["wifi_ssid"] == "ward-4b"
-    assert (flash["ctl_host"], flash["ctl_port"], flash["ctl_fp"]) == ("10.20.4.12", 7700, "ab" * 32)
+    assert (flash["ctl_host"], flash["ctl_port"], flash["ctl_fp"]) == ("10.20.4.12", 7700, req.fingerprint)
+    assert flash["ctl_cert"] == req.certificate.hex()  # the node link certificate, whole, from its chunks
     # the key crossed the air only after pairing, and only once
     rpc = "00467768-6228-2272-4663-277478268003"
     trust = [data for uuid, data in bridge.writes if uuid == rpc and data[0] == 0xA0]
     assert len(trust) == 1 and record.key.hex().encode() in trust[0] and bridge.encrypted
+    chunks = [data for uuid, data in bridge.writes if uuid == rpc and data[0] == 0xA1]
+    assert len(chunks) == -(-len(req.certificate) // 120) and all(len(c) <= 3 + 5 + 1 + 120 + 1 for c in chunks)
     assert "node: srnode-esp32s3-devkitc-1, srnode 0.1.0 on esp32s3-devkitc-1" in lines
     registry.close()
 
 
-async def test_ble_provisioning_stops_when_nobody_presses_the_button(bridge, tmp_path, monkeypatch):
+async def test_ble_provisioning_stops_when_nobody_presses_the_button(bridge, tmp_path, monkeypatch, req):
     import controller.link.improv_ble as mod
 
     monkeypatch.setattr(mod, "AUTH_WAIT_S", 0.3)
     registry = NodeRegistry(tmp_path / "room.db")
     client = ImprovBLEClient(BLEDevice(ADDRESS, "srnode-esp32s3", None))
     with pytest.raises(ProvisionError, match="button was not pressed"):
-        await provision_ble(client, registry, REQ, "tech sam", progress=lambda line: None)
+        await provision_ble(client, registry, req, "tech sam", progress=lambda line: None)
     assert registry.get("bed-b-call") is None
     assert not (bridge.flash / "provision.json").exists()
     registry.close()
 
 
-async def test_the_node_refuses_the_key_on_a_plain_link(bridge, tmp_path, monkeypatch):
+async def test_the_node_refuses_the_key_on_a_plain_link(bridge, tmp_path, monkeypatch, req):
     """A BLE stack that does not encrypt on pair(): the node keeps the key out, the command says why."""
     async def no_encryption(self: FakeBleakClient, *args: Any, **kwargs: Any) -> None:
         return None
@@ -199,7 +212,7 @@ async def test_the_node_refuses_the_key_on_a_plain_link(bridge, tmp_path, monkey
     lines: list[str] = []
     presser = asyncio.create_task(press_when_asked(bridge, lines))
     with pytest.raises(ProvisionError, match="NOT_AUTHORIZED"):
-        await provision_ble(client, registry, REQ, "tech sam", progress=lines.append)
+        await provision_ble(client, registry, req, "tech sam", progress=lines.append)
     await presser
     assert registry.get("bed-b-call") is None
     assert not (bridge.flash / "provision.json").exists()
@@ -215,7 +228,7 @@ def test_cli_ble_reports_a_node_out_of_range(tmp_path, monkeypatch, capsys):
         return None
 
     monkeypatch.setattr(mod, "find_device", nothing)
-    load_or_create(tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem", ["localhost"])
+    load_or_create(tmp_path / "node-link-cert.pem", tmp_path / "node-link-key.pem", ["localhost"], node_link=True)
     monkeypatch.setenv("SMARTROOM_WIFI_PASSWORD", "x")
     code = cli(["nodes", "provision", "--ble", ADDRESS, "--node-id", "bed-b-call", "--controller", "h",
                 "--wifi-ssid", "ward-4b", "--db", str(tmp_path / "room.db")])

@@ -1,5 +1,6 @@
 """Improv Wi-Fi over serial, client side (https://www.improv-wifi.com/serial/), plus the node's vendor
-TRUST command that carries its key over the same physically local session (docs/provisioning.md).
+commands: CERT, the node link certificate in chunks, and TRUST, which carries its key and commits the
+certificate over the same physically local session (docs/provisioning.md).
 
 The firmware's copy is ``firmware/srnode/improv.py``; both are tested against each other through a
 pseudo-terminal (tests/test_provisioning.py). The port is passed in (a ``serial.Serial`` or anything
@@ -8,6 +9,7 @@ with ``read(n)``/``write(b)`` and a read timeout), gpiozero-style.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -21,6 +23,11 @@ ERRORS = {1: "invalid RPC packet", 2: "unknown RPC command", 3: "unable to conne
           4: "not authorized (press the node's button)", 0xFF: "unknown error"}
 CMD_WIFI, CMD_GET_STATE, CMD_DEVICE_INFO, CMD_SCAN = 1, 2, 3, 4
 CMD_TRUST = 0xA0  # vendor: node id, key hex, controller host, port, certificate fingerprint hex
+CMD_CERT = 0xA1   # vendor: offset (decimal), the next bytes of the node link certificate (DER)
+# Bytes of certificate per CERT packet: py-improv-ble-client packs string lengths as a signed byte
+# (at most 127), so one size that fits both transports; ~480 bytes of DER is four packets.
+CERT_CHUNK = 120
+MAX_CERT = 1536  # the node's limit (firmware/srnode/improv.py _MAX_CERT)
 
 # A node answers a state or info request at once; 3 s covers a board busy booting when the port opened.
 REPLY_TIMEOUT_S = 3.0
@@ -55,7 +62,14 @@ class Trust:
     key: bytes
     host: str
     port: int
-    fingerprint: str  # hex SHA-256 of the controller certificate (DER), lower case, no colons
+    fingerprint: str  # hex SHA-256 of the node link certificate (DER), lower case, no colons
+    certificate: bytes  # that certificate's DER: the node's only trust anchor (firmware/srnode/tlspin.py)
+
+    def __post_init__(self) -> None:
+        if hashlib.sha256(self.certificate).hexdigest() != self.fingerprint:
+            raise ValueError("the certificate does not match its fingerprint")
+        if not 0 < len(self.certificate) <= MAX_CERT:
+            raise ValueError(f"the certificate is {len(self.certificate)} bytes; a node takes 1 to {MAX_CERT}")
 
 
 def checksum(data: bytes) -> int:
@@ -69,10 +83,10 @@ def packet(ptype: int, data: bytes = b"") -> bytes:
     return body + bytes((checksum(body),))
 
 
-def strings(items: tuple[str, ...] | list[str]) -> bytes:
+def strings(items: tuple[str | bytes, ...] | list[str | bytes]) -> bytes:
     out = b""
     for s in items:
-        b = s.encode()
+        b = s.encode() if isinstance(s, str) else s
         if len(b) > 255:
             raise ValueError(f"Improv string over 255 bytes: {s[:20]!r}...")
         out += bytes((len(b),)) + b
@@ -97,6 +111,11 @@ def rpc(cmd: int, payload: bytes = b"") -> bytes:
 def trust_rpc(trust: Trust) -> bytes:
     return rpc(CMD_TRUST, strings([trust.node_id, trust.key.hex(), trust.host, str(trust.port),
                                    trust.fingerprint]))
+
+
+def cert_chunks(der: bytes) -> list[list[bytes]]:
+    """CERT's strings, one list per packet: the offset (decimal) and the next CERT_CHUNK bytes."""
+    return [[str(at).encode(), der[at:at + CERT_CHUNK]] for at in range(0, len(der), CERT_CHUNK)]
 
 
 def wifi_rpc(ssid: str, password: str) -> bytes:
@@ -195,6 +214,15 @@ class ImprovSerialClient:
             found.append((items[0], int(items[1]), items[2] == "YES"))
 
     def send_trust(self, trust: Trust) -> None:
+        """The certificate in chunks (each answered with the bytes the node holds), then TRUST."""
+        for chunk in cert_chunks(trust.certificate):
+            self._send(rpc(CMD_CERT, strings(chunk)))
+            _, data = self._await(lambda t, d: t == TYPE_RESULT and d[:1] == bytes((CMD_CERT,)), REPLY_TIMEOUT_S,
+                                  "sending the node the controller's certificate")
+            held = parse_strings(data[2:])
+            if held != [str(int(chunk[0]) + len(chunk[1]))]:
+                raise ImprovError(f"the node holds {held} bytes of the certificate, not "
+                                  f"{int(chunk[0]) + len(chunk[1])}")
         self._send(trust_rpc(trust))
         self._await(lambda t, d: t == TYPE_RESULT and d[:1] == bytes((CMD_TRUST,)), REPLY_TIMEOUT_S,
                     "sending the node its key")

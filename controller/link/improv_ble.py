@@ -1,5 +1,6 @@
 """`smartroom nodes provision --ble`: Improv over Bluetooth LE through py-improv-ble-client (which
-drives bleak), plus the node's vendor TRUST command on an encrypted link (docs/provisioning.md).
+drives bleak), plus the node's vendor commands: CERT (the node link certificate, in chunks) and TRUST
+on an encrypted link (docs/provisioning.md).
 
 The node starts in Improv's "authorization required": the technician presses its button. The key
 goes only after the link is paired and encrypted (LE Secure Connections): the node refuses TRUST on a
@@ -18,7 +19,7 @@ from improv_ble_client import protocol as prot
 from improv_ble_client.errors import ImprovError as BleImprovError
 from improv_ble_client.models import DisconnectReason
 
-from .improv import CMD_TRUST, Trust
+from .improv import CMD_CERT, CMD_TRUST, Trust, cert_chunks
 from .provision import ProvisionError, ProvisionRequest
 from ..store.nodes import KEY_BYTES, NodeRegistry, RegistryError
 
@@ -65,6 +66,27 @@ class _TrustRes(prot.Command):
     cmd_id = CMD_TRUST
 
 
+class CertCmd(prot.Command):
+    """The vendor CERT command (0xA1): offset (decimal) and the next bytes of the certificate."""
+
+    cmd_id = CMD_CERT
+
+
+async def _send_cert(client: ImprovBLEClient, certificate: bytes) -> None:
+    for chunk in cert_chunks(certificate):
+        answer = client.receive_response(CertCmd)
+        await client.send_cmd(CertCmd(chunk))
+        try:
+            held = await asyncio.wait_for(answer, REPLY_TIMEOUT_S)
+        except TimeoutError as exc:
+            error = await client.read_characteristic(prot.CHARACTERISTIC_UUID_ERROR)
+            raise ProvisionError(f"the node did not take the controller's certificate (error state: "
+                                 f"{error.name})") from exc
+        want = str(int(chunk[0]) + len(chunk[1])).encode()
+        if held._strings != [want]:  # noqa: SLF001 - the library keeps a result's strings there
+            raise ProvisionError(f"the node holds {held._strings} bytes of the certificate, not {want.decode()}")  # noqa: SLF001
+
+
 async def _wait_authorized(client: ImprovBLEClient, progress: Callable[[str], None]) -> None:
     authorized = asyncio.Event()
 
@@ -89,6 +111,7 @@ async def _send_trust(client: ImprovBLEClient, bleak_client: Any, trust: Trust) 
     if progress_pair is None:
         raise ProvisionError("this Bluetooth stack cannot pair: the key is not sent over a plain link")
     await bleak_client.pair()  # LE Secure Connections: from here the link is encrypted
+    await _send_cert(client, trust.certificate)
     answer = client.receive_response(_TrustRes)
     await client.send_cmd(TrustCmd(trust))
     try:
@@ -113,9 +136,9 @@ async def provision_ble(client: ImprovBLEClient, registry: NodeRegistry, req: Pr
                                              info.hardware_chip.decode(), info.device_name.decode())
         progress(f"node: {name}, {firmware} {version} on {hardware}")
         key = key if key is not None else os.urandom(KEY_BYTES)
-        progress(f"pairing, then sending node id {req.node_id} and its key over the encrypted link")
-        await _send_trust(client, client._client, Trust(req.node_id, key, req.controller_host,  # noqa: SLF001
-                                                        req.controller_port, req.fingerprint))
+        progress(f"pairing, then sending the node link certificate, node id {req.node_id} and its key over the "
+                 f"encrypted link")
+        await _send_trust(client, client._client, req.trust(key))  # noqa: SLF001
         try:
             registry.enrol(req.node_id, key, actor, clock_ms(), hw=hardware, fw=version)
         except RegistryError as exc:

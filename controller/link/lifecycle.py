@@ -76,6 +76,7 @@ class NodeLifecycle:
         # may have changed it) and after every change made here; other frames need no database read
         self._cache: dict[str, NodeRecord | None] = {}
         gateway.nodes = self
+        controller.adoption_pending = self.adoption_pending
         for record in registry.all():
             if record.state == "adopted":
                 self._overlay(record)
@@ -152,6 +153,14 @@ class NodeLifecycle:
         if record is not None and record.input_names != names:
             self.registry.input_names_seen(hb.node, names)
             self._cache.pop(hb.node, None)
+
+    def adoption_pending(self, node: str) -> bool:
+        """Provisioned here, not adopted yet: it belongs to no bed and its presses are ignored on the
+        node, so its inputs are not checked against the room file until facilities map them."""
+        if node in self.controller.keys:
+            return False
+        record = self._lookup(node, fresh=False)
+        return record is not None and record.state in ("provisioned", "waiting")
 
     # ------------------------------------------------------------------ facilities' actions
     def nodes(self) -> list[dict[str, Any]]:

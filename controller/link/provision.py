@@ -1,19 +1,19 @@
-"""`smartroom nodes provision`: give a node fresh from the box its Wi-Fi, its key and the controller's
-address and certificate fingerprint over Improv on its USB serial port, and enrol it in the room's
-node registry (docs/provisioning.md). The key is made here and leaves only over the cable.
+"""`smartroom nodes provision`: give a node fresh from the box its Wi-Fi, its key, the controller's
+address and the node link certificate it pins (fingerprint and DER) over Improv on its USB serial
+port, and enrol it in the room's node registry (docs/provisioning.md). The key is made here and
+leaves only over the cable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .improv import STATE_PROVISIONED, ImprovError, ImprovSerialClient, Port, Trust
+from ..security.tls import TlsError, node_pin_file
 from ..store.nodes import KEY_BYTES, NodeRegistry, RegistryError
 
 SERIAL_BAUD = 115200          # MicroPython's USB REPL speed on ESP32-S3 and Pico W
@@ -31,21 +31,25 @@ class ProvisionRequest:
     password: str
     controller_host: str
     controller_port: int
-    fingerprint: str  # hex SHA-256 of the controller certificate's DER bytes
+    fingerprint: str     # hex SHA-256 of the node link certificate's DER bytes (the node's ctl_fp)
+    certificate: bytes   # that DER (the node's ctl_cert)
+
+    def trust(self, key: bytes) -> Trust:
+        return Trust(self.node_id, key, self.controller_host, self.controller_port, self.fingerprint, self.certificate)
 
 
-def certificate_fingerprint(cert_path: Path) -> str:
-    """Hex SHA-256 of the first certificate in a PEM file (what the node pins: ``ctl_fp``)."""
+def node_link_pin(cert_path: Path) -> tuple[str, bytes]:
+    """The node link certificate's (fingerprint hex, DER): what `smartroom run` serves nodes with
+    (node-link-cert.pem next to its database), never the API's certificate."""
+    if not cert_path.exists():
+        raise ProvisionError(f"{cert_path}: no node link certificate yet. Start the controller once "
+                             f"(`smartroom run` with the same --db makes it next to the database), then provision "
+                             f"again: the node pins that certificate")
     try:
-        pem = cert_path.read_text()
-    except OSError as exc:
-        raise ProvisionError(f"cannot read the controller certificate {cert_path}: {exc.strerror}") from exc
-    start = pem.find("-----BEGIN CERTIFICATE-----")
-    end = pem.find("-----END CERTIFICATE-----", start)
-    if start < 0 or end < 0:
-        raise ProvisionError(f"{cert_path} holds no PEM certificate")
-    der = ssl.PEM_cert_to_DER_cert(pem[start:end + len("-----END CERTIFICATE-----")] + "\n")
-    return hashlib.sha256(der).hexdigest()
+        pin = node_pin_file(cert_path)
+    except TlsError as exc:
+        raise ProvisionError(f"cannot read the node link certificate: {exc}") from exc
+    return pin["ctl_fp"], bytes.fromhex(pin["ctl_cert"])
 
 
 def open_serial(port: str) -> Port:
@@ -72,8 +76,8 @@ def provision(port: Port, registry: NodeRegistry, req: ProvisionRequest, actor: 
         progress(f"node: {info.name}, {info.firmware} {info.version} on {info.hardware}")
         key = key if key is not None else os.urandom(KEY_BYTES)
         progress(f"sending node id {req.node_id}, its key and controller {req.controller_host}:"
-                 f"{req.controller_port} (certificate {req.fingerprint[:16]}...) over the cable")
-        client.send_trust(Trust(req.node_id, key, req.controller_host, req.controller_port, req.fingerprint))
+                 f"{req.controller_port} (node link certificate {req.fingerprint[:16]}...) over the cable")
+        client.send_trust(req.trust(key))
         try:
             registry.enrol(req.node_id, key, actor, clock_ms(), hw=info.hardware, fw=info.version)
         except RegistryError as exc:

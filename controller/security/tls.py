@@ -21,6 +21,7 @@ Clients of a self-signed controller pin the SHA-256 fingerprint of the certifica
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -106,8 +107,14 @@ def node_pin(material: TlsMaterial) -> dict[str, str]:
     """The node config keys that pin this certificate on a node's link (docs/protocol.md, Transport):
     ``ctl_fp`` (SHA-256 of the DER, hex) and ``ctl_cert`` (the DER itself, hex; builds whose ``ssl``
     cannot give the peer's certificate verify the handshake against it)."""
-    der = _read_certs(material.cert_path)[0].public_bytes(serialization.Encoding.DER)
-    return {"ctl_fp": material.fingerprint_hex, "ctl_cert": der.hex()}
+    return node_pin_file(material.cert_path)
+
+
+def node_pin_file(cert_path: Path) -> dict[str, str]:
+    """``node_pin`` from the certificate file alone (no key needed: ``smartroom nodes provision`` may
+    run as a user who cannot read it). TlsError when the file is missing or not a certificate."""
+    der = _read_certs(Path(cert_path))[0].public_bytes(serialization.Encoding.DER)
+    return {"ctl_fp": hashlib.sha256(der).hexdigest(), "ctl_cert": der.hex()}
 
 
 def format_fingerprint(digest: bytes) -> str:

@@ -8,6 +8,7 @@ import asyncio
 from binascii import hexlify, unhexlify
 from micropython import const
 
+from drivers.indicator import INDICATOR_PATTERNS, PatternOutput
 from srnode.hmac256 import Hmac256
 from srnode.link import Link, LinkDown
 from srnode.runtime import Node
@@ -26,8 +27,8 @@ class AdoptedLink(Link):
     """The link, plus: a rotated key takes over at the next session; a `forget` may come instead of
     the welcome (the controller tells a decommissioned node so)."""
 
-    def __init__(self, hal, mac, queue, host, port, node):
-        super().__init__(hal, mac, queue, host, port, node)
+    def __init__(self, hal, mac, queue, host, port, node, pin=None):
+        super().__init__(hal, mac, queue, host, port, node, pin)
         self.next_mac = None
 
     def rekey(self, mac):
@@ -64,8 +65,9 @@ class ProvisionedNode(Node):
         self._flash = flash
         self._key = unhexlify(cfg["key_hex"])
         ctrl = cfg["controller"]
+        # the same controller and TLS pin Node's link got (runtime.py), with the adoption commands
         self.link = AdoptedLink(hal, Hmac256(self._key), self.queue, ctrl["host"], ctrl.get("port", _DEFAULT_PORT),
-                                self)
+                                self, self.link._pin)
         self.enabled = ()  # the input names the setup maps; the others' events are not sent
         for inp in self.inputs:
             inp._emit = self._input_event
@@ -101,8 +103,12 @@ class ProvisionedNode(Node):
     def on_cmd(self, msg):
         c = msg.get("c")
         if c == "indicator" and self.indicator is not None and self.indicator.pattern == "identify":
-            self.after_identify = msg.get("p")  # shown once identify ends
-            self._hal.log("cmd", "c=indicator p=%s(after_identify)" % self.after_identify)
+            p = msg.get("p")
+            if p == "undelivered" or p not in [x[0] for x in INDICATOR_PATTERNS]:
+                self._hal.log("reject", "reason=bad_command c=indicator")
+                return
+            self.after_identify = self.indicator.p = p  # shown once identify ends, kept over a call
+            self._hal.log("cmd", "c=indicator p=%s(after_identify)" % p)
             return
         if c not in CAPS:
             Node.on_cmd(self, msg)
@@ -149,7 +155,8 @@ class ProvisionedNode(Node):
         self._identify_until = self._hal.ticks_ms() + IDENTIFY_MS
         if out.pattern != "identify":
             self.after_identify = out.pattern
-            out.set("identify")
+            # the node's own pattern, like "undelivered": Indicator.set takes only the controller's
+            PatternOutput.set(out, "identify")
             asyncio.create_task(self._end_identify(out))
         return "ms:%d" % IDENTIFY_MS
 
@@ -157,7 +164,7 @@ class ProvisionedNode(Node):
         while self._hal.ticks_ms() < self._identify_until:
             await self._hal.sleep_ms(self._identify_until - self._hal.ticks_ms())
         if out.pattern == "identify":
-            out.set(self.after_identify)
+            PatternOutput.set(out, self.after_identify)
 
     async def run(self):
         if self._reset is not None:

@@ -1,12 +1,15 @@
 # What provisioning leaves on the node's flash: one JSON file, written atomically (littlefs rename;
 # on the unix port the flash is a directory). Keys: wifi_ssid, wifi_password (Improv), node_id,
-# key_hex, ctl_host, ctl_port, ctl_fp (the vendor TRUST command: docs/provisioning.md), and
+# key_hex, ctl_host, ctl_port, ctl_fp, ctl_cert (the vendor CERT and TRUST commands:
+# docs/provisioning.md; the node link's TLS pin, srnode/tlspin.py), and
 # "setup" (the configuration the controller pushed at adoption).
 import json
 import os
 
 PROVISION_FILE = "/provision.json"
-_NEEDED = ("wifi_ssid", "node_id", "key_hex", "ctl_host", "ctl_port")
+# ctl_cert too: without it a unix or rp2 build cannot pin the controller and would not start, so a
+# flash without it offers Improv again instead
+_NEEDED = ("wifi_ssid", "node_id", "key_hex", "ctl_host", "ctl_port", "ctl_fp", "ctl_cert")
 
 
 class FlashConfig:
@@ -69,7 +72,7 @@ def node_config(base, doc):
     cfg["node_id"] = doc["node_id"]
     cfg["key_hex"] = doc["key_hex"]
     cfg["controller"] = {"host": doc["ctl_host"], "port": doc["ctl_port"]}
-    for k in ("ctl_host", "ctl_port", "ctl_fp"):
+    for k in ("ctl_host", "ctl_port", "ctl_fp", "ctl_cert"):
         cfg[k] = doc.get(k)
     cfg["wifi"] = {"ssid": doc["wifi_ssid"], "password": doc.get("wifi_password", "")}
     setup = doc.get("setup")

@@ -5,8 +5,10 @@
 #
 # checksum: the low byte of the sum of every byte before it, header included. An RPC command's data
 # is `command | data length | data`; strings inside are length-prefixed. Besides the public
-# commands the node takes one vendor command, TRUST (0xA0): node id, per-node key, controller host,
-# port and TLS fingerprint, so the key travels only over the physically local session.
+# commands the node takes two vendor commands: CERT (0xA1), the node link certificate (DER) in
+# chunks, held in RAM; then TRUST (0xA0): node id, per-node key, controller host, port and TLS
+# fingerprint, so the key travels only over the physically local session. TRUST stores nothing
+# unless the chunks so far are exactly the certificate whose SHA-256 is the fingerprint.
 from micropython import const
 
 HEADER = b"IMPROV"
@@ -33,11 +35,17 @@ CMD_GET_STATE = const(2)
 CMD_DEVICE_INFO = const(3)
 CMD_SCAN = const(4)
 CMD_TRUST = const(0xA0)  # vendor: node id, key hex, controller host, port, TLS fingerprint hex
+_CMD_CERT = const(0xA1)  # vendor: offset (decimal), the next bytes of the certificate's DER
 
 _MAX_DATA = const(255)       # the length is one byte
 _MAX_BUFFER = const(600)     # bytes kept while looking for a header: two whole packets and change
 _KEY_HEX = const(64)         # 32-byte key, docs/protocol.md section 6
 _FP_HEX = const(64)          # SHA-256 of the controller certificate (DER)
+# The node link certificate (EC P-256, self-signed) is ~480 bytes of DER; 1536 leaves room for
+# longer names and stays a small, bounded allocation on a 64 KB heap.
+_MAX_CERT = const(1536)
+# (New names here cost qstrs on the node's first boot, which runs Improv and then the node in one
+# heap: docs/firmware.md "Heap". Hence private consts and the CERT check inline in _rpc.)
 _HEX = "0123456789abcdef"
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
 
@@ -130,8 +138,9 @@ def _hex_ok(s, n):
     return True
 
 
-def parse_trust(payload):
-    """The vendor TRUST command's data -> dict of flash config keys, or ImprovError."""
+def parse_trust(payload, cert=b""):
+    """The vendor TRUST command's data -> dict of flash config keys, or ImprovError. `cert`: what
+    CERT brought, which must hash to the fingerprint (the pin a node without getpeercert needs)."""
     items = parse_strings(payload)
     if len(items) != 5:
         raise ImprovError(ERR_INVALID_RPC)
@@ -144,7 +153,12 @@ def parse_trust(payload):
         raise ImprovError(ERR_INVALID_RPC)
     if not _hex_ok(key_hex, _KEY_HEX) or not _hex_ok(fp, _FP_HEX) or not host or not 0 < port < 65536:
         raise ImprovError(ERR_INVALID_RPC)
-    return {"node_id": node_id, "key_hex": key_hex, "ctl_host": host, "ctl_port": port, "ctl_fp": fp}
+    from hashlib import sha256
+    from binascii import hexlify
+    if hexlify(sha256(cert).digest()).decode() != fp:  # none, cut short or another certificate
+        raise ImprovError(ERR_INVALID_RPC)
+    return {"node_id": node_id, "key_hex": key_hex, "ctl_host": host, "ctl_port": port, "ctl_fp": fp,
+            "ctl_cert": hexlify(cert).decode()}
 
 
 class Improv:
@@ -158,6 +172,7 @@ class Improv:
         self._send = send
         self.state = state
         self.error = ERR_NONE
+        self.cert = b""  # CERT's chunks so far: only TRUST writes it, and only when it matches
 
     def _set_state(self, state):
         self.state = state
@@ -200,8 +215,20 @@ class Improv:
             return
         if self.state == STATE_AUTH_REQUIRED:
             raise ImprovError(ERR_NOT_AUTHORIZED)
+        if cmd == _CMD_CERT:
+            # offset, bytes: offset 0 starts again, any other must be where the last chunk ended
+            items = parse_strings(payload)
+            cert = b"" if items[:1] == [b"0"] else self.cert
+            self.cert = b""  # a gap, an overrun or a bad packet: the client starts again at offset 0
+            if len(items) != 2 or items[0] != str(len(cert)).encode() or not items[1] \
+                    or len(cert) + len(items[1]) > _MAX_CERT:
+                raise ImprovError(ERR_INVALID_RPC)
+            self.cert = cert + items[1]
+            self._send(result(cmd, (str(len(self.cert)),)))
+            return
         if cmd == CMD_TRUST:
-            board.store(parse_trust(payload))
+            board.store(parse_trust(payload, self.cert))
+            self.cert = b""
             self.error = ERR_NONE
             self._send(result(cmd, ("trusted",)))
             return

@@ -43,6 +43,9 @@ _BLE_IDENTIFY = const(0x02)
 AUTH_WINDOW_MS = const(60000)
 _ADV_INTERVAL_US = const(100000)  # 100 ms: found within a second by a phone or the controller
 _RX_QUEUE = const(4)              # RPC writes waiting for the task; a client sends one at a time
+# The longest RPC frame: command, length, 255 data bytes, checksum. MicroPython keeps 20 bytes of a
+# characteristic's remote write unless told otherwise: TRUST (~115) and CERT (~130) would be cut.
+_RPC_BUFFER = const(258)
 
 
 def _uuid(s):
@@ -74,6 +77,7 @@ class ImprovBle:
         ))
         ((self._h_caps, self._h_state, self._h_error, self._h_rpc, self._h_result),) = \
             ble.gatts_register_services((service,))
+        ble.gatts_set_buffer(self._h_rpc, _RPC_BUFFER)
         ble.gatts_write(self._h_caps, bytes((_CAPS,)))
         self.device = improv.Improv(board, self._send, state=improv.STATE_AUTH_REQUIRED)
         ble.gatts_write(self._h_state, bytes((improv.STATE_AUTH_REQUIRED,)))

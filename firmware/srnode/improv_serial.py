@@ -1,20 +1,25 @@
 # Improv over the node's USB serial port: what an unprovisioned node runs at boot.
 #
-#     cfg, flash = await provisioned_config(hal, io, factory_cfg)   # returns once provisioned
+#     cfg, flash = await provisioned_config(hal, io, factory_cfg)   # provisioned: returns; else Improv, then restart
 #
 # Bytes come from io.console_reader() (the REPL's stdin on a board, the pty's on the unix port) and
 # packets go out through io.console_write(); log lines share the port, as on ESPHome, and the client
 # skips them. improv.py holds the protocol; here only the bytes move.
 import asyncio
+from micropython import const
 
-from srnode import FW_VERSION, improv
+from srnode import FW_VERSION
 from srnode.flashcfg import provisioned
 
 _FW_NAME = "srnode"
+improv = None  # srnode/improv.py, loaded by Provisioning: a provisioned boot never needs its names
 
 
 class Provisioning:
     def __init__(self, hal, io, flash, hw):
+        global improv
+        from srnode import improv
+
         self._hal = hal
         self._io = io  # the BoardHal, or hal/simprov.py: wifi_connect, wifi_scan, console_reader, console_write
         self._flash = flash
@@ -95,13 +100,23 @@ class Provisioning:
         return self._flash.load()
 
 
+# Between the last Improv reply and the reset: the USB CDC (or the pty) hands the reply to the
+# host in well under this, and nothing waits on the node meanwhile.
+_FLUSH_MS = const(200)
+
+
 async def provisioned_config(hal, io, cfg):
     """Boot: the node's config from flash, after offering Improv until it is provisioned. -> (cfg, flash)
-    io: Wi-Fi, console, flash_dir and restart() (the BoardHal itself; hal/simprov.py on unix)."""
+    io: Wi-Fi, console, flash_dir and restart() (the BoardHal itself; hal/simprov.py on unix).
+    Once provisioned, the board restarts: the node then boots clean, with what it needs (TLS, the
+    link, adoption) in a heap and a name pool that Improv's code and Bluetooth have not used
+    (docs/firmware.md, "Heap"); both would not fit together on a 64 KB heap."""
     from srnode.flashcfg import FlashConfig, node_config
     flash = FlashConfig(io.flash_dir, io.restart)
     prov = flash.load()
     if not provisioned(prov):
         button = hal.pin_in(cfg["reset"]["pin"], True) if cfg.get("reset") else None
-        prov = await Provisioning(hal, io, flash, cfg.get("hw", "unknown")).run(button)
+        await Provisioning(hal, io, flash, cfg.get("hw", "unknown")).run(button)
+        await hal.sleep_ms(_FLUSH_MS)
+        io.restart()
     return node_config(cfg, prov), flash

@@ -64,10 +64,14 @@ class Pin:
             raise ValueError("this build's ssl has no getpeercert: give ctl_cert with ctl_fp")
         self.name = name or DEFAULT_NAME
         self.failures = 0  # sessions refused because the controller was not the pinned one
+        self._ctx = None
 
     def args(self):
-        """The TLS arguments of hal.open_connection: a fresh context and the name to check."""
-        return self.context(), self.name
+        """The TLS arguments of hal.open_connection: the context (made once: parsing the pinned
+        certificate again at every reconnect fragments a 64 KB heap) and the name to check."""
+        if self._ctx is None:
+            self._ctx = self.context()
+        return self._ctx, self.name
 
     async def handshake(self, hal, writer, hello):
         """Send the hello: the handshake runs first (in the write or the drain); then check the pin.

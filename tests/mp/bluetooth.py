@@ -22,6 +22,7 @@ class BLE:
         self.values = {}        # handle -> bytes
         self.notified = []      # (conn, handle, bytes)
         self.adverts = []       # (interval_us, adv_data, resp_data)
+        self.buffers = {}       # handle -> bytes a remote write may bring (MicroPython: 20 unless set)
         self._next = 1
 
     # --- what the firmware calls
@@ -50,6 +51,9 @@ class BLE:
 
     def gatts_write(self, handle, data):
         self.values[handle] = bytes(data)
+
+    def gatts_set_buffer(self, handle, size, append=False):
+        self.buffers[handle] = size
 
     def gatts_read(self, handle):
         return self.values[handle]
@@ -86,5 +90,5 @@ class BLE:
 
     def write(self, conn, char_uuid, data):
         h = self.handle_of(char_uuid)
-        self.values[h] = bytes(data)
+        self.values[h] = bytes(data)[:self.buffers.get(h, 20)]  # a longer write is cut, as on a board
         self.handler(3, (conn, h))

@@ -31,9 +31,23 @@ bad_version[6] = 2
 bad_version[-1] = i.checksum(bad_version[:-1])
 check("other versions refused", d.feed(bytes(bad_version)) == [] and d.bad == 2)
 
-trust = i.parse_trust(i.Decoder().feed(TRUST)[0][1][2:])
+import hashlib
+from binascii import hexlify
+
+CERT = bytes(range(256)) * 2  # stands for the DER: the node only hashes it (tlspin.py parses it)
+FP = hexlify(hashlib.sha256(CERT).digest()).decode()
+trust_pkt = i.Decoder().feed(TRUST)[0][1][2:]
+try:
+    i.parse_trust(trust_pkt)
+    check("trust without the certificate refused", False)
+except i.ImprovError as e:
+    check("trust without the certificate refused", e.args[0] == i.ERR_INVALID_RPC)
+# the same packet, with the certificate its fingerprint names
+fp_ab = b"ab" * 32
+pkt = trust_pkt.replace(fp_ab, FP.encode())
+trust = i.parse_trust(pkt, CERT)
 check("trust parsed", trust == {"node_id": "bed-a", "key_hex": bytes(range(32)).hex(), "ctl_host": "10.0.0.2",
-                                "ctl_port": 7700, "ctl_fp": "ab" * 32}, trust)
+                                "ctl_port": 7700, "ctl_fp": FP, "ctl_cert": hexlify(CERT).decode()}, trust)
 
 
 class Board:
@@ -74,8 +88,17 @@ def rpc_data(cmd, payload=b""):
     return bytes((cmd, len(payload))) + payload
 
 
-def trust_payload(node="bed-a", key="00" * 32, host="10.0.0.2", port="7700", fp="ab" * 32):
+def trust_payload(node="bed-a", key="00" * 32, host="10.0.0.2", port="7700", fp=FP):
     return i.strings((node, key, host, port, fp))
+
+
+def cert_rpc(dev, at, chunk):
+    run(dev, i.TYPE_RPC, rpc_data(0xA1, i.strings((str(at), chunk))))
+
+
+def send_cert(dev, cert=CERT, size=120):
+    for at in range(0, len(cert), size):
+        cert_rpc(dev, at, cert[at:at + size])
 
 
 sent = []
@@ -107,7 +130,13 @@ out = decode_all(sent)
 check("wrong password: unable to connect", (i.TYPE_ERROR, bytes((i.ERR_UNABLE_TO_CONNECT,))) in out, out)
 check("wrong password: back to ready", dev2.state == i.STATE_READY and "wifi_ssid" not in board2.stored)
 
-# TRUST: every field checked
+# CERT: chunks held in RAM, each answered with the bytes held; nothing reaches flash before TRUST
+sent.clear()
+send_cert(dev)
+held = [o[1][2:] for o in decode_all(sent)]
+check("cert: each chunk answered with the bytes held",
+      held == [i.strings((str(n),)) for n in (120, 240, 360, 480, 512)] and "ctl_cert" not in board.stored, held)
+# TRUST: every field checked (the certificate is held, so only the field is wrong)
 for name, payload in (("short key", trust_payload(key="00" * 31)), ("key not hex", trust_payload(key="zz" * 32)),
                       ("port 0", trust_payload(port="0")), ("port 65536", trust_payload(port="65536")),
                       ("port text", trust_payload(port="http")), ("upper-case id", trust_payload(node="Bed")),
@@ -118,8 +147,54 @@ for name, payload in (("short key", trust_payload(key="00" * 31)), ("key not hex
     run(dev, i.TYPE_RPC, rpc_data(i.CMD_TRUST, payload))
     out = decode_all(sent)
     check("trust refused: " + name, out == [(i.TYPE_ERROR, bytes((i.ERR_INVALID_RPC,)))] and "key_hex" not in board.stored, out)
+check("refused trusts keep the certificate held", dev.cert == CERT)
+
+# the certificate checks: wrong, cut short, a gap, over the limit -> an Improv error, nothing stored
+other = bytes(CERT[:-1]) + bytes((CERT[-1] ^ 1,))
+cases = (("another certificate", lambda d: send_cert(d, other)),
+         ("cut short", lambda d: send_cert(d, CERT[:480])),
+         ("no certificate", lambda d: None),
+         ("fingerprint of another certificate", lambda d: (send_cert(d), send_cert(d, other))))
+for name, feed in cases:
+    b = Board()
+    d = i.Improv(b, sent.append)
+    feed(d)
+    sent.clear()
+    run(d, i.TYPE_RPC, rpc_data(i.CMD_TRUST, trust_payload()))
+    out = decode_all(sent)
+    check("trust refused, certificate " + name, out == [(i.TYPE_ERROR, bytes((i.ERR_INVALID_RPC,)))]
+          and b.stored == {}, (out, b.stored))
+for name, chunks in (("a gap", ((0, CERT[:120]), (240, CERT[240:360]))),
+                     ("a repeat", ((0, CERT[:120]), (0 + 1, CERT[1:121]))),
+                     ("an empty chunk", ((0, b""),)),
+                     ("offset not a number", (("x", CERT[:120]),))):
+    d = i.Improv(Board(), sent.append)
+    sent.clear()
+    for at, chunk in chunks:
+        cert_rpc(d, at, chunk)
+    out = decode_all(sent)
+    check("cert refused: " + name, out[-1] == (i.TYPE_ERROR, bytes((i.ERR_INVALID_RPC,))) and d.cert == b"", out)
+# the size limit: MAX_CERT bytes fit, one more does not
+for size, ok in ((1536 - 1, True), (1536, True), (1536 + 1, False)):
+    big = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    b = Board()
+    d = i.Improv(b, sent.append)
+    send_cert(d, big)
+    sent.clear()
+    run(d, i.TYPE_RPC, rpc_data(i.CMD_TRUST, trust_payload(fp=hexlify(hashlib.sha256(big).digest()).decode())))
+    check("cert of %d bytes %s" % (size, "taken" if ok else "refused"),
+          (b.stored.get("ctl_cert") == hexlify(big).decode()) == ok and ("node_id" in b.stored) == ok, b.stored.keys())
+# offset 0 starts again: a client that retries after an error needs no reset
+d = i.Improv(Board(), sent.append)
+send_cert(d, other)
+send_cert(d)
+check("offset 0 starts again", d.cert == CERT)
+
 sent.clear()
 run(dev, i.TYPE_RPC, rpc_data(i.CMD_TRUST, trust_payload(node="a" * 32, port="65535")))
+check("trust stores the certificate and forgets the copy in RAM",
+      board.stored.get("ctl_cert") == hexlify(CERT).decode() and board.stored["ctl_fp"] == FP and dev.cert == b"")
+send_cert(dev)
 check("trust at the limits: 32-char id, port 65535", board.stored.get("ctl_port") == 65535 and len(board.stored["node_id"]) == 32)
 run(dev, i.TYPE_RPC, rpc_data(i.CMD_TRUST, trust_payload(port="1")))
 check("trust: port 1", board.stored.get("ctl_port") == 1 and board.stored["node_id"] == "bed-a")
@@ -146,6 +221,7 @@ run(dev3, i.TYPE_RPC, rpc_data(i.CMD_WIFI, i.strings(("ward", "pw"))))
 check("not authorised: refused twice", decode_all(sent).count((i.TYPE_ERROR, bytes((i.ERR_NOT_AUTHORIZED,)))) == 2)
 check("not authorised: nothing stored or joined", board3.stored == {} and board3.joined == [])
 dev3.authorize()
+send_cert(dev3)
 run(dev3, i.TYPE_RPC, rpc_data(i.CMD_TRUST, trust_payload()))
 check("after the press: accepted", board3.stored.get("node_id") == "bed-a" and dev3.state == i.STATE_READY)
 

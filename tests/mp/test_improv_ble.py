@@ -41,7 +41,11 @@ def frame(cmd, payload=b""):
     return body + bytes((i.checksum(body),))
 
 
-TRUST = i.strings(("bed-a", "00" * 32, "10.0.0.2", "7700", "ab" * 32))
+import hashlib
+from binascii import hexlify
+
+CERT = bytes(range(200))  # stands for the node link certificate's DER
+TRUST = i.strings(("bed-a", "00" * 32, "10.0.0.2", "7700", hexlify(hashlib.sha256(CERT).digest()).decode()))
 
 
 async def main():
@@ -101,7 +105,21 @@ async def main():
     check("trust in clear: refused", last(ERROR) == bytes((i.ERR_NOT_AUTHORIZED,)) and "key_hex" not in board.stored)
     ble.encrypt(7)
     await write(7, frame(i.CMD_TRUST, TRUST))
-    check("trust when encrypted: stored", board.stored.get("node_id") == "bed-a", board.stored)
+    check("trust before the certificate: refused", last(ERROR) == bytes((i.ERR_INVALID_RPC,))
+          and board.stored == {}, board.stored)
+    for at in (0, 120):  # CERT (0xA1): offset, the next bytes; each answered with the bytes held
+        await write(7, frame(0xA1, i.strings((str(at), CERT[at:at + 120]))))
+    check("certificate held", last(RESULT)[:-1] == bytes((0xA1, 4)) + i.strings(("200",)), last(RESULT))
+    # the longest frame (255 data bytes, 258 in all) arrives whole: MicroPython would keep 20 bytes
+    longest = frame(0xA1, i.strings(("0", bytes(252))))
+    await write(7, longest)
+    check("a 258-byte RPC frame is taken whole", len(longest) == 258
+          and last(RESULT)[:-1] == bytes((0xA1, 4)) + i.strings(("252",)), last(RESULT))
+    for at in (0, 120):
+        await write(7, frame(0xA1, i.strings((str(at), CERT[at:at + 120]))))
+    await write(7, frame(i.CMD_TRUST, TRUST))
+    check("trust when encrypted: stored", board.stored.get("node_id") == "bed-a"
+          and board.stored.get("ctl_cert") == hexlify(CERT).decode(), board.stored)
     await write(7, frame(i.CMD_WIFI, i.strings(("ward", "pw"))))
     await clock.advance(5)
     check("wifi: provisioned", last(STATE) == bytes((i.STATE_PROVISIONED,)), last(STATE))
