@@ -166,7 +166,9 @@ async def test_queued_messages_survive_a_restart_of_the_controller(am, room):
 
 async def test_a_message_whose_ack_is_lost_is_resent_with_the_same_control_id(am, room):
     am.mode = "silent"
-    async with IntegrationService(room.c, options(am.port, ack_timeout_s=0.2)) as service:
+    # 1 s: short enough for a quick resend while the manager is silent, long enough that its ACKs
+    # still arrive in time on a saturated machine (0.2 s did not, under pytest-xdist)
+    async with IntegrationService(room.c, options(am.port, ack_timeout_s=1.0)) as service:
         await room.press("bedside-a", "call")
         await until(lambda: len(am.received) >= 2, "a resend after the ACK timeout")
         am.mode = "AA"
