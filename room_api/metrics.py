@@ -158,6 +158,14 @@ class _ServicesCollector:
             yield from _voice_metrics(voice.status())
 
 
+def counters(prefix: str, rows: Iterable[tuple[str, float, str]]) -> Iterable[Metric]:
+    """One unlabelled counter per (name, value, help) row, named ``prefix + name``."""
+    for name, value, doc in rows:
+        m = CounterMetricFamily(prefix + name, doc)
+        m.add_metric([], value)
+        yield m
+
+
 def _alarm_manager_metrics(s: Any) -> Iterable[Metric]:
     up = GaugeMetricFamily("smartroom_alarm_manager_connected", "1 while the MLLP link to the alarm manager is open")
     up.add_metric([], 1 if s.connected else 0)
@@ -165,13 +173,11 @@ def _alarm_manager_metrics(s: Any) -> Iterable[Metric]:
     pending = GaugeMetricFamily("smartroom_alarm_manager_outbox", "Alarm reports waiting for the alarm manager's ACK")
     pending.add_metric([], s.outbox)
     yield pending
-    for name, value, doc in (("acked", s.acked, "Alarm reports the alarm manager accepted"),
-                             ("rejected", s.rejected, "Alarm reports the alarm manager rejected (AR/CR)"),
-                             ("link_failures", s.link_failures, "Connect failures, lost links, ACK timeouts"),
-                             ("heartbeats", s.heartbeats, "Heartbeats the alarm manager answered")):
-        m = CounterMetricFamily(f"smartroom_alarm_manager_{name}", doc)
-        m.add_metric([], value)
-        yield m
+    yield from counters("smartroom_alarm_manager_", (
+        ("acked", s.acked, "Alarm reports the alarm manager accepted"),
+        ("rejected", s.rejected, "Alarm reports the alarm manager rejected (AR/CR)"),
+        ("link_failures", s.link_failures, "Connect failures, lost links, ACK timeouts"),
+        ("heartbeats", s.heartbeats, "Heartbeats the alarm manager answered")))
 
 
 def _voice_metrics(status: dict[str, Any]) -> Iterable[Metric]:
@@ -215,12 +221,10 @@ def _uplink_metrics(uplink: Any) -> Iterable[Metric]:
     for leaf, n in sorted(s.publish_refused.items()):
         refused.add_metric([f"publish_{leaf}"], n)
     yield refused
-    for name, value, doc in (("events_published", s.events_published, "Room events the broker acknowledged"),
-                             ("events_resent", s.events_resent, "Room events published again after an outage"),
-                             ("commands_rejected", sum(s.commands_rejected.values()), "Malformed ward commands")):
-        m = CounterMetricFamily(f"smartroom_ward_uplink_{name}", doc)
-        m.add_metric([], value)
-        yield m
+    yield from counters("smartroom_ward_uplink_", (
+        ("events_published", s.events_published, "Room events the broker acknowledged"),
+        ("events_resent", s.events_resent, "Room events published again after an outage"),
+        ("commands_rejected", sum(s.commands_rejected.values()), "Malformed ward commands")))
     commands = CounterMetricFamily("smartroom_ward_uplink_commands", "Ward commands carried out, by result",
                                    labels=["result"])
     for code, n in sorted(s.commands.items()):

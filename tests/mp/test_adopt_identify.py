@@ -3,11 +3,10 @@
 # an indicator command meanwhile is kept and shown afterwards; a bad one is refused, not crashed on.
 # Usage: micropython test_adopt_identify.py <empty directory>
 import asyncio
-import json
 import sys
 
-from hal.sim import SimPin
-from mpcheck import FakeClock, check, done
+from linkdown import LinkDownHal
+from mpcheck import check, done
 from srnode.adopt import IDENTIFY_MS, ProvisionedNode
 from srnode.flashcfg import FlashConfig, node_config
 
@@ -17,51 +16,8 @@ BASE = {"hw": "x", "link_plain": True, "inputs": [{"name": "call", "kind": "butt
 DOC = {"wifi_ssid": "w", "node_id": "bed-a", "key_hex": "00" * 32, "ctl_host": "127.0.0.1", "ctl_port": 9}
 
 
-class Hal(FakeClock):
-    def __init__(self):
-        super().__init__()
-        self.pins = {}
-
-    async def wait_for_ms(self, coro, timeout_ms):
-        return await coro
-
-    def pin_in(self, name, pull_up):
-        self.pins[name] = SimPin(self, name, 1 if pull_up else 0)
-        return self.pins[name]
-
-    def pin_out(self, name):
-        self.pins[name] = SimPin(self, name, 0, True)
-        return self.pins[name]
-
-    async def open_connection(self, host, port):
-        raise OSError(111)  # no controller: the link stays down
-
-    def rssi(self):
-        return None
-
-    def battery_mv(self):
-        return None
-
-    def rand_below(self, n):
-        return 0
-
-    def load_state(self):
-        try:
-            with open(DIR + "/state.json") as f:
-                return json.load(f)
-        except OSError:
-            return {}
-
-    def save_state(self, state):
-        with open(DIR + "/state.json", "w") as f:
-            json.dump(state, f)
-
-    def flash_path(self, name):
-        return DIR + "/" + name
-
-
 async def main():
-    hal = Hal()
+    hal = LinkDownHal(DIR)
     node = ProvisionedNode(node_config(BASE, DOC), hal, FlashConfig(DIR))
     led = node.indicator
     asyncio.create_task(node.run())

@@ -4,11 +4,10 @@
 # cannot keep an event says so with a fault event, and the call is still queued.
 # Usage: micropython test_node_journal.py <empty directory>
 import asyncio
-import json
 import sys
 
-from hal.sim import SimPin
-from mpcheck import FakeClock, check, done
+from linkdown import LinkDownHal
+from mpcheck import check, done
 from srnode.equeue import BOOT, EV, KIND, SRC, VAL
 from srnode.journal import Journal
 from srnode.runtime import Node
@@ -18,52 +17,8 @@ CFG = {"node_id": "bedside-a", "key_hex": "00" * 32, "link_plain": True, "contro
        "inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}}
 
 
-class Hal(FakeClock):
-    """hal/sim.py's interface on virtual time; no controller: every connect fails at once."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.dir = d
-        self.pins = {}
-        self.connects = 0
-
-    async def wait_for_ms(self, coro, timeout_ms):
-        return await coro
-
-    def pin_in(self, name, pull_up):
-        self.pins[name] = SimPin(self, name, 1 if pull_up else 0)
-        return self.pins[name]
-
-    def pin_out(self, name):
-        self.pins[name] = SimPin(self, name, 0, True)
-        return self.pins[name]
-
-    async def open_connection(self, host, port):
-        self.connects += 1
-        raise OSError(111)  # ECONNREFUSED: the link is down
-
-    def rssi(self):
-        return None
-
-    def battery_mv(self):
-        return None
-
-    def rand_below(self, n):
-        return 0
-
-    def load_state(self):
-        try:
-            with open(self.dir + "/state.json") as f:
-                return json.load(f)
-        except OSError:
-            return {}
-
-    def save_state(self, state):
-        with open(self.dir + "/state.json", "w") as f:
-            json.dump(state, f)
-
-    def flash_path(self, name):
-        return self.dir + "/" + name
+class Hal(LinkDownHal):
+    """No controller: every connect fails at once."""
 
     def led_changes(self, since_ms):
         return [t for t, tag, text in self.logged if tag == "pin" and "name=led" in text and t >= since_ms]

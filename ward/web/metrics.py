@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from room_api.metrics import counters
+
 from ..console import WardConsole
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,13 +39,11 @@ class _WardCollector(Collector):
         for leaf, n in sorted(s.rejected.items()):
             rejected.add_metric([leaf], n)
         yield rejected
-        for name, value, doc in (("events_stored", s.events_stored, "Room events stored (once each)"),
-                                 ("events_duplicate", s.duplicates, "Room events received again, not stored again"),
-                                 ("events_backfilled", s.backfilled, "Room events read from a room's API to fill a gap"),
-                                 ("backfill_failures", s.backfill_failures, "Failed attempts to fill a gap")):
-            m = CounterMetricFamily(f"smartroom_ward_{name}", doc)
-            m.add_metric([], value)
-            yield m
+        yield from counters("smartroom_ward_", (
+            ("events_stored", s.events_stored, "Room events stored (once each)"),
+            ("events_duplicate", s.duplicates, "Room events received again, not stored again"),
+            ("events_backfilled", s.backfilled, "Room events read from a room's API to fill a gap"),
+            ("backfill_failures", s.backfill_failures, "Failed attempts to fill a gap")))
         cmds = CounterMetricFamily("smartroom_ward_commands", "Commands answered by rooms, by result", labels=["result"])
         for code, n in sorted(s.commands.items()):
             cmds.add_metric([code], n)
