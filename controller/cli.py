@@ -155,7 +155,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _certificate_names(room_id: str, api_host: str) -> list[str]:
     """Names a self-signed certificate is made for: this host, its mDNS names, the API address."""
-    from .security.discovery import host_label
+    from .security.hostnames import host_label  # (not discovery: zeroconf loads only to announce)
 
     host = socket.gethostname()
     names = [host, f"{host}.local", host_label(room_id)]

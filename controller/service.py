@@ -440,17 +440,28 @@ class RoomController:
         self._inputs_checked[hb.node] = hb.boot
 
     def node_reading(self, reading: Reading) -> None:
-        """Queue a reading for the next batch write; readings are never acked or resent."""
+        """Queue a reading for the next batch write; readings are never acked or resent.
+
+        The readings path (tens of thousands of values a second): per value one row, the latest
+        value updated in place, and the limits checked without allocating; only a value outside
+        them (or one that may end an alarm) is decided, and stored, as an input of its own."""
         now = self.clock()
-        self._reading_marks[reading.node] = self.accept_mark(reading.node, reading.boot, reading.seq)
-        self.room.note_seen(reading.node, now)
+        node = reading.node
+        self._reading_marks[node] = self.accept_mark(node, reading.boot, reading.seq)
+        room = self.room
+        room.note_seen(node, now)
+        rows = self._readings
         for wire_name, raw in reading.measures.items():
-            name, divisor = MEASURES.get(wire_name, (wire_name, 1))
-            value = raw / divisor
-            self._readings.append((now, reading.node, name, value))
-            self.room.note_reading(name, value, reading.node, now)
-            self._check_reading(reading.node, name, value)
-        if len(self._readings) >= READING_BATCH_MAX:
+            known = MEASURES.get(wire_name)
+            if known is None:
+                name, value = wire_name, raw / 1
+            else:
+                name, value = known[0], raw / known[1]
+            rows.append((now, node, name, value))
+            room.note_reading(name, value, node, now)
+            if room.reading_matters(node, name, value):  # (rarely: _check_reading asks again)
+                self._check_reading(node, name, value)
+        if len(rows) >= READING_BATCH_MAX:
             self._reading_wakeup.set()
 
     def _check_reading(self, node: str, measure: str, value: float) -> None:

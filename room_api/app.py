@@ -531,7 +531,6 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
                                        lambda: devices, lambda: uplink, lambda: integrations, lambda: voice)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
-    app.cleanup_ctx.append(fhir_api.preload)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_static("/static/", STATIC_DIR)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from types import ModuleType
-from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -28,20 +28,15 @@ NO_END_MS = 2**62                   # no upper bound on 'sent'
 CONTENT_TYPE = "application/fhir+json"
 
 
-async def preload(app: web.Application) -> AsyncIterator[None]:
-    """A cleanup context: load the FHIR models in a worker thread once the API starts, so the first
-    FHIR request does not wait; on cleanup, wait for that thread to finish."""
-    loading = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "integrations.fhir")
-    yield
-    await loading
-
-
-def _fhir() -> ModuleType:
-    """integrations.fhir, imported on the first FHIR request: its models (pydantic) take ~0.5 s to
-    load, which a restarting controller must not spend before it takes calls again."""
-    from integrations import fhir
-
-    return fhir
+async def _models() -> ModuleType:
+    """integrations.fhir, imported by the first FHIR request, in a worker thread so the event loop
+    (node events, the nurses' stream) keeps running meanwhile. Its models (pydantic) take ~0.3 s and
+    ~16 MB to load: a room whose FHIR API nobody reads never pays either, and a restarting
+    controller takes calls without waiting for them (README, Performance)."""
+    module = sys.modules.get("integrations.fhir")
+    if module is None:  # (two first requests at once: the import lock makes the second wait for the first)
+        module = await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "integrations.fhir")
+    return module
 
 
 def _respond(resource: dict) -> web.Response:
@@ -52,35 +47,40 @@ def _base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{FHIR_BASE}"
 
 
-def _found(fn, *args):  # noqa: ANN001, ANN202 - a resource, or the API's 404
+def _found(fhir: ModuleType, fn, *args):  # noqa: ANN001, ANN202 - a resource, or the API's 404
     try:
         return fn(*args)
-    except _fhir().NotFound as exc:
+    except fhir.NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
 async def get_metadata(request: web.Request) -> web.Response:
-    return _respond(_fhir().capability_statement(request.app[CONTROLLER].clock(), _base_url(request)))
+    fhir = await _models()
+    return _respond(fhir.capability_statement(request.app[CONTROLLER].clock(), _base_url(request)))
 
 
 async def search_devices(request: web.Request) -> web.Response:
-    return _respond(_fhir().bundle(_fhir().devices(request.app[CONTROLLER]), _base_url(request)))
+    fhir = await _models()
+    return _respond(fhir.bundle(fhir.devices(request.app[CONTROLLER]), _base_url(request)))
 
 
 async def read_device(request: web.Request) -> web.Response:
-    return _respond(_found(_fhir().device, request.app[CONTROLLER], request.match_info["id"]))
+    fhir = await _models()
+    return _respond(_found(fhir, fhir.device, request.app[CONTROLLER], request.match_info["id"]))
 
 
 async def search_observations(request: web.Request) -> web.Response:
+    fhir = await _models()
     code = request.query.get("code")
     if code is not None and "|" in code:
         code = code.split("|", 1)[1]  # system|code token: the code alone identifies a measure here
-    found = _fhir().observations(request.app[CONTROLLER], code or None)
-    return _respond(_fhir().bundle(found, _base_url(request)))
+    found = fhir.observations(request.app[CONTROLLER], code or None)
+    return _respond(fhir.bundle(found, _base_url(request)))
 
 
 async def read_observation(request: web.Request) -> web.Response:
-    return _respond(_found(_fhir().observation_by_id, request.app[CONTROLLER], request.match_info["id"]))
+    fhir = await _models()
+    return _respond(_found(fhir, fhir.observation_by_id, request.app[CONTROLLER], request.match_info["id"]))
 
 
 def _sent_range(request: web.Request, now_ms: int) -> tuple[int, int]:
@@ -105,14 +105,15 @@ def _sent_range(request: web.Request, now_ms: int) -> tuple[int, int]:
 
 async def _calls(request: web.Request, from_ms: int, to_ms: int) -> list[reports.CallTimes]:
     controller = request.app[CONTROLLER]
-    return _fhir().calls(controller, await controller.call_history(from_ms), from_ms, to_ms)
+    return (await _models()).calls(controller, await controller.call_history(from_ms), from_ms, to_ms)
 
 
 async def search_communications(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
     from_ms, to_ms = _sent_range(request, controller.clock())
-    found = [_fhir().communication(controller, c) for c in await _calls(request, from_ms, to_ms)]
-    return _respond(_fhir().bundle(found, _base_url(request)))
+    fhir = await _models()
+    found = [fhir.communication(controller, c) for c in await _calls(request, from_ms, to_ms)]
+    return _respond(fhir.bundle(found, _base_url(request)))
 
 
 async def _one_call(request: web.Request) -> reports.CallTimes:
@@ -124,14 +125,17 @@ async def _one_call(request: web.Request) -> reports.CallTimes:
 
 
 async def read_communication(request: web.Request) -> web.Response:
-    return _respond(_fhir().communication(request.app[CONTROLLER], await _one_call(request)))
+    fhir = await _models()
+    return _respond(fhir.communication(request.app[CONTROLLER], await _one_call(request)))
 
 
 async def search_flags(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
-    active = [c for c in _fhir().calls(controller, [], 0, 0)]  # the active calls only
-    return _respond(_fhir().bundle([_fhir().flag(controller, c) for c in active], _base_url(request)))
+    fhir = await _models()
+    active = [c for c in fhir.calls(controller, [], 0, 0)]  # the active calls only
+    return _respond(fhir.bundle([fhir.flag(controller, c) for c in active], _base_url(request)))
 
 
 async def read_flag(request: web.Request) -> web.Response:
-    return _respond(_fhir().flag(request.app[CONTROLLER], await _one_call(request)))
+    fhir = await _models()
+    return _respond(fhir.flag(request.app[CONTROLLER], await _one_call(request)))

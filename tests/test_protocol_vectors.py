@@ -6,10 +6,13 @@ the wire byte for byte on both sides.
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.link import protocol as p
 
@@ -75,3 +78,21 @@ def test_a_kept_event_is_named_by_its_own_boot_and_acked_with_it():
         p.parse_node_message({**by_name["event-button"], "ob": 3})
     with pytest.raises(p.ProtocolError, match="ob"):
         p.parse_node_message({**by_name["event-button"], "b": 1, "ob": 1})
+
+
+# The tag is computed from the key's pads hashed once (controller/link/protocol.py); it must be
+# RFC 2104's HMAC-SHA256 for every key length: shorter than a block, a block, longer (hashed first).
+@given(key=st.binary(min_size=0, max_size=200), body=st.binary(max_size=1100))
+@settings(max_examples=300, deadline=None)
+def test_tags_are_hmac_sha256_for_any_key_and_body(key, body):
+    assert p.compute_tag(key, body) == hmac.digest(key, body, "sha256")
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 128])
+def test_a_tag_with_the_pads_cached_stays_the_tag_of_its_own_key(key_len):
+    key, other = bytes(range(key_len)), bytes(reversed(range(key_len))) + b"x"
+    body = b'{"t":"reading"}'
+    first = p.compute_tag(key, body)
+    p.compute_tag(other, body)  # another key's pads in between: nothing is shared
+    assert p.compute_tag(key, body) == first == hmac.digest(key, body, "sha256")
+    assert p.compute_tag(key, body + b" ") != first

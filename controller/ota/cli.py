@@ -7,12 +7,13 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from . import bundle as fwb
 from .flash import FlashError, flash, plan
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ROLLOUT_POLL_S = 2.0      # how often `rollout` asks the controller how far it got
 HTTP_TIMEOUT_S = 10.0     # one API call to the room controller
@@ -97,6 +98,8 @@ def _flash(args: argparse.Namespace) -> int:
 
 
 async def _api(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import aiohttp  # (not at import: every `smartroom` command builds this module's parser)
+
     ssl = False if args.insecure else None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as session:
         async with session.request(method, args.url.rstrip("/") + path, json=body, ssl=ssl,
@@ -130,6 +133,8 @@ def _rollout(args: argparse.Namespace) -> int:
                 return 0 if r["state"] == "done" else 1
             await asyncio.sleep(ROLLOUT_POLL_S)
 
+    import aiohttp
+
     try:
         return asyncio.run(main())
     except (aiohttp.ClientError, RuntimeError, TimeoutError) as exc:
@@ -138,6 +143,8 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import aiohttp
+
     try:
         doc = asyncio.run(_api(args, "GET", "/api/v1/firmware"))
     except (aiohttp.ClientError, RuntimeError, TimeoutError) as exc:

@@ -40,13 +40,13 @@ from zeroconf import (BadTypeInNameException, DNSQuestionType, InterfaceChoice, 
                       NonUniqueNameException, ServiceStateChange, Zeroconf)
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .hostnames import LABEL_MAX_BYTES, host_label
 from .tls import TlsMaterial, format_fingerprint
 
 SERVICE_TYPE = "_smartroom._tcp.local."
 API_PATH = "/api/v1"
 DEFAULT_BROWSE_TIMEOUT_S = 3.0  # mDNS responders answer within ~20-120 ms; 3 s covers a busy Wi-Fi and a retry
 TXT_VALUE_MAX_BYTES = 200  # a TXT string holds 255 bytes including "key="; keep room names well inside
-LABEL_MAX_BYTES = 63       # DNS label limit, for the instance name and the host name
 
 # Browse with multicast (QM) questions only. With a "unicast response" (QU) question a responder may
 # answer by unicast to port 5353 of the asking host, and when several mDNS stacks share that port
@@ -82,12 +82,6 @@ def package_version() -> str:
 def instance_name(room_id: str) -> str:
     """The DNS-SD instance label for a room: its id, without dots (they separate labels), ≤ 63 bytes."""
     return _clip(room_id.replace(".", "-").strip(), LABEL_MAX_BYTES) or "room"
-
-
-def host_label(room_id: str) -> str:
-    """The mDNS host name the controller announces for its addresses: ``smartroom-<room>.local``."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", room_id.lower()).strip("-")
-    return f"smartroom-{slug}"[:LABEL_MAX_BYTES].rstrip("-") + ".local"
 
 
 def txt_record(room_id: str, room_name: str, *, tls: TlsMaterial | None, path: str = API_PATH) -> dict[str, str]:
