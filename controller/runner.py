@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -83,6 +84,17 @@ class RoomServer:
         self.uplink = None   # controller.uplink.WardUplink when the room file has a [ward] section
 
     async def start(self) -> Endpoints:
+        """Start the room in this order (docs/architecture.md, "Start-up order"):
+
+        1. the room's state is rebuilt from the store (newest checkpoint + the log after it) before
+           anything can send an input: no node event is accepted, acked or decided on a state that
+           is not yet the log's;
+        2. Pi-attached devices, then the node gateway (node events from here on), then the API: a
+           start answers its first request in well under a second whatever the log's length;
+        3. the optional subsystems (voice, hospital integrations, ward uplink, mDNS), whose libraries
+           load only where they are configured: the API answers meanwhile (/api/v1/integrations
+           says 503 "starting"). A failure here still fails the start, loudly.
+        """
         from room_api.server import ApiServer  # the API depends on the controller, not the reverse
 
         if self.config.ward is not None:
@@ -95,24 +107,16 @@ class RoomServer:
         self.devices = sensors.attach(self.controller, pin_factory=self._pin_factory, ble_backend=self._ble_backend,
                                       scheduler=self._scheduler)
         await self.devices.start()  # raises sensors.WiringError on a wiring mistake in the room file
-        if any(n.transport == "voice" for n in self.config.nodes.values()):
-            from sensors.voice import VoiceService  # numpy and pocketsphinx load only for rooms that listen
-
-            self.voice = VoiceService(self.controller)
-            await self.voice.start()
         node_port = await self.gateway.start(self._node_host, self._node_port)
-        if self.config.integrations is not None:
-            from integrations.service import IntegrationService  # HL7 and webhooks load only where configured
-
-            self.integrations = IntegrationService(self.controller, self.config.integrations)
-            await self.integrations.start()
-        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink, self.integrations, self.voice)
+        self._api = ApiServer(self.controller, self.gateway, self.devices, self.uplink)
+        self._api.services.integrations_starting = self.config.integrations is not None
         api_port = await self._api.start(self._api_host, self._api_port,
                                          ssl_context(self._tls) if self._tls else None)
         scheme = "https" if self._tls else "http"
         self.endpoints = Endpoints(f"{scheme}://{self._api_host}:{api_port}", self._node_host, node_port,
                                    self._tls.fingerprint_sha256 if self._tls else None,
                                    self.node_tls.fingerprint_sha256 if self.node_tls else None)
+        await self._start_optional()
         if self.uplink is not None:  # the room runs without the broker; the uplink connects when it can
             self.uplink.api_url = self.endpoints.api_url
             self.uplink.fingerprint = self.endpoints.tls_fingerprint
@@ -120,6 +124,23 @@ class RoomServer:
         if self._advertise:  # only now: a client that finds the room can reach its API
             self._advertising = asyncio.create_task(self._announce(api_port), name="mdns announce")
         return self.endpoints
+
+    async def _start_optional(self) -> None:
+        """Voice and the hospital integrations, where configured. Their libraries (numpy, the speech
+        engines; HL7) are imported in a worker thread, so the event loop serves the API and the
+        nodes meanwhile."""
+        assert self._api is not None
+        if any(n.transport == "voice" for n in self.config.nodes.values()):
+            voice = await asyncio.to_thread(importlib.import_module, "sensors.voice")
+            self.voice = voice.VoiceService(self.controller)
+            await self.voice.start()
+            self._api.services.voice = self.voice
+        if self.config.integrations is not None:
+            service = await asyncio.to_thread(importlib.import_module, "integrations.service")
+            self.integrations = service.IntegrationService(self.controller, self.config.integrations)
+            await self.integrations.start()
+            self._api.services.integrations = self.integrations
+            self._api.services.integrations_starting = False
 
     async def _announce(self, api_port: int) -> None:
         """Advertise the API on mDNS (~1.5 s of probing). A failure is logged; it never stops the room."""
@@ -168,7 +189,11 @@ class RoomServer:
         self.registry.close()
 
     async def __aenter__(self) -> "RoomServer":
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # a start that fails half way leaves nothing running
+            await self.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

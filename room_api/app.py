@@ -33,8 +33,8 @@ from . import firmware as firmware_api
 from . import metrics as metrics_mod
 from . import openapi
 from .auth import FailedAuthLimiter, make_middleware
-from .base import (CONTROLLER, DEVICES, GATEWAY, INTEGRATIONS, METRICS, OPENAPI, PRINCIPAL, ApiError, int_param,
-                   make_error_middleware)
+from .base import (CONTROLLER, DEVICES, GATEWAY, METRICS, OPENAPI, PRINCIPAL, SERVICES, ApiError, LateServices,
+                   int_param, make_error_middleware)
 from .privacy import PATIENT_READERS, record_without_patient, room_without_patients, sees_patients
 from .readings import HISTORY, get_readings
 
@@ -219,8 +219,11 @@ async def post_shown(request: web.Request) -> web.Response:
 
 async def get_integrations(request: web.Request) -> web.Response:
     """The hospital integrations' counters: alarm manager link and outbox, admissions, listener, webhooks."""
-    service = request.app[INTEGRATIONS]
+    services = request.app[SERVICES]
+    service = services.integrations
     if service is None:
+        if services.integrations_starting:
+            raise ApiError(503, "starting", "the integrations are configured and still starting")
         return web.json_response({"configured": False})
     return web.json_response({"configured": True, **service.to_json()})
 
@@ -526,9 +529,10 @@ def create_app(controller: RoomController, gateway: NodeGateway | None = None,
     if gateway is not None:
         app[GATEWAY] = gateway
     app[DEVICES] = devices
-    app[INTEGRATIONS] = integrations
+    services = app[SERVICES] = LateServices(integrations, voice)  # (the runner may set them once started)
     app[METRICS] = metrics_mod.Metrics(controller, lambda: app.get(GATEWAY), lambda: limiter.blocked_total,
-                                       lambda: devices, lambda: uplink, lambda: integrations, lambda: voice)
+                                       lambda: devices, lambda: uplink, lambda: services.integrations,
+                                       lambda: services.voice)
     app[OPENAPI] = openapi.build(ROUTES)
     app.on_shutdown.append(_end_streams)
     for route in ROUTES:

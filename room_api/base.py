@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -20,7 +21,19 @@ GATEWAY = web.AppKey("gateway", NodeGateway)
 METRICS = web.AppKey("metrics", metrics_mod.Metrics)
 OPENAPI = web.AppKey("openapi", dict)
 DEVICES = web.AppKey("devices", object)
-INTEGRATIONS = web.AppKey("integrations", object)  # integrations.IntegrationService, when configured
+
+
+@dataclass(slots=True)
+class LateServices:
+    """Subsystems that start after the API answers (controller/runner.py, "Start-up order"): each is
+    None until it has started; ``*_starting`` says one is configured and on its way."""
+
+    integrations: object | None = None  # integrations.IntegrationService
+    voice: object | None = None         # sensors.voice.VoiceService
+    integrations_starting: bool = False
+
+
+SERVICES = web.AppKey("services", LateServices)
 PRINCIPAL = web.RequestKey("principal", Principal)  # who is calling: the token's name and role
 
 

@@ -187,7 +187,7 @@ _ROUTE_DOCS: dict[tuple[str, str], S] = {
         "from": STR, "to": STR, "step": {"type": "string", "description": "whole seconds, or 30s, 5m, 1h, 1d"},
         "node": STR}},
     ("GET", "/api/v1/gateway"): {"ok": "Gateway"},
-    ("GET", "/api/v1/integrations"): {"ok": "Integrations"},
+    ("GET", "/api/v1/integrations"): {"ok": "Integrations", "errors": [503]},
     ("GET", "/api/v1/config"): {"ok": "Config"},
     ("GET", "/api/v1/tokens"): {"ok": "TokenList"},
     ("POST", "/api/v1/tokens"): {"created": "Token", "errors": [400],
@@ -264,7 +264,8 @@ def _operation(route: Any, doc: S) -> S:
     else:
         responses["200"] = {"description": "OK", "content": _json(_ref(doc["ok"]) if doc["ok"] else None)}
     for status in doc.get("errors", []):
-        responses[str(status)] = _error({400: "Bad request", 404: "Not found", 409: "Refused by the room's rules"}[status])
+        responses[str(status)] = _error({400: "Bad request", 404: "Not found", 409: "Refused by the room's rules",
+                                              503: "Configured, and still starting (in the first second after a start)"}[status])
     if route.roles is not None:
         op["security"] = [{"bearer": []}]
         op["x-roles"] = sorted(route.roles)

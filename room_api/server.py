@@ -10,6 +10,7 @@ from controller.link.gateway import NodeGateway
 from controller.service import RoomController
 
 from .app import create_app
+from .base import SERVICES, LateServices
 
 SHUTDOWN_TIMEOUT_S = 2.0  # open event streams are closed after this; clients resume with Last-Event-ID
 
@@ -20,9 +21,9 @@ class ApiServer:
     def __init__(self, controller: RoomController, gateway: NodeGateway, devices: object | None = None,
                  uplink: object | None = None, integrations: object | None = None, voice: object | None = None
                  ) -> None:
-        self._runner = web.AppRunner(create_app(controller, gateway, devices, uplink, integrations, voice),
-                                     access_log=None,
-                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        app = create_app(controller, gateway, devices, uplink, integrations, voice)
+        self.services: LateServices = app[SERVICES]  # what starts after the API (controller/runner.py)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         self.port: int | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
