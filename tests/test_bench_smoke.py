@@ -28,6 +28,8 @@ FIGURES = {
                          r"readings under load: [\d,]+ values/s stored",
                          r"controller RSS with 7 nodes connected: [\d.]+ MB",
                          r"readings flood: [\d,]+ values/s stored durably"],
+    "bench/readings.py": [r"readings stored durably: [\d,]+ values/s \(6,003 in [\d.]+ s\)",
+                          r"values per CPU second: [\d,]+"],
     "bench/startup.py": [r"start-up to the first API answer with [\d,]+ stored events",
                          r"\n +[\d.]+ s  no checkpoint yet", r"\n +[\d.]+ s  from the newest checkpoint",
                          r"\n +[\d.]+ s  checkpoint \+ 300 records after it"],

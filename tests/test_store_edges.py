@@ -11,6 +11,7 @@ import pytest
 
 from controller.security.tokens import AuditEntry, Principal, TokenError
 from controller.store import LogEntry, LogRecord, SeqMark, StorageError, Store
+from controller.store.events import READINGS_PER_STATEMENT
 
 
 @pytest.fixture
@@ -23,6 +24,27 @@ async def store(tmp_path):
 
 async def _sql(store: Store, sql: str) -> list[tuple]:
     return await store._run(lambda db: db.execute(sql).fetchall())
+
+
+# ---------------------------------------------------------------------- readings batches
+# Readings go in many rows to a statement (READINGS_PER_STATEMENT, then halves of it for the rest):
+# every row of a batch is stored once, in order, whatever the batch's size around those edges.
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 127, 128, 129, READINGS_PER_STATEMENT - 1, READINGS_PER_STATEMENT,
+                               READINGS_PER_STATEMENT + 1, 2 * READINGS_PER_STATEMENT - 1,
+                               2 * READINGS_PER_STATEMENT, 3 * READINGS_PER_STATEMENT + 77])
+async def test_every_reading_of_a_batch_is_stored_once_in_order(store, n):
+    rows = [(1000 + i, f"node-{i % 7}", ("temp_c", "rh_pct", "co2_ppm")[i % 3], i / 8) for i in range(n)]
+    await store.add_readings(rows, [SeqMark("env", 1, 5)])
+    assert await _sql(store, "SELECT ts_ms, node, measure, value FROM readings ORDER BY rowid") == rows
+    assert await store.load_marks() == {"env": SeqMark("env", 1, 5)}
+
+
+@pytest.mark.parametrize("n", [0, 1, 249, 250, 251, 1000])
+async def test_readings_stay_within_an_old_sqlites_999_parameters(store, n):
+    await store._run(lambda db: db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    rows = [(1000 + i, "env", "temp_c", i / 4) for i in range(n)]
+    await store.add_readings(rows)
+    assert await _sql(store, "SELECT ts_ms, node, measure, value FROM readings ORDER BY rowid") == rows
 
 
 # ---------------------------------------------------------------------- failed transactions
