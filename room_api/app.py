@@ -17,7 +17,7 @@ Errors always have one shape: {"error": {"status": 404, "code": "call_not_found"
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -48,7 +48,12 @@ from controller.store import LogRecord, StorageError
 log = logging.getLogger("smartroom.api")
 
 
+@functools.cache
 def _version() -> str:
+    """The installed package's version, looked up on the first health request (importlib.metadata
+    and the lookup cost ~15 ms of every start otherwise)."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("smartroom")
     except importlib.metadata.PackageNotFoundError:
@@ -67,7 +72,6 @@ STREAM_WRITE_MAX = 256  # records sent in one write when the stream is busy (~10
 STREAM_SEND_TIMEOUT_S = 10.0
 RECEIPT_CALLS_MAX = 100  # ids in one screen receipt; a room never has this many calls waiting
 MAX_NAME_LEN = 64
-VERSION = _version()
 REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000  # a report without 'from' covers the last day
 
 
@@ -238,7 +242,7 @@ async def get_health(request: web.Request) -> web.Response:
     reasons = controller.degraded()
     return web.json_response({"status": "degraded" if reasons else "ok", "reasons": reasons,
                               "room": controller.config.room_id, "name": controller.config.name,
-                              "version": VERSION, "cursor": controller.cursor, "active_calls": calls,
+                              "version": _version(), "cursor": controller.cursor, "active_calls": calls,
                               "nurse_streams": request.app[METRICS].nurse_streams})
 
 

@@ -236,3 +236,20 @@ async def test_the_log_is_durable_on_commit_and_written_ahead(store):
     assert await _sql(store, "PRAGMA foreign_keys") == [(1,)]
     with pytest.raises(sqlite3.IntegrityError):                       # node_events.log_id must name a log row
         await store._run(lambda db: db.execute("INSERT INTO node_events VALUES ('x', 1, 1, 999)"))
+
+
+async def test_a_readings_batch_moves_each_nodes_mark_forward_only(store):
+    await store.add_readings([], [SeqMark("a", 2, 50), SeqMark("b", 1, 10)])
+    # a: an older boot and a lower seq of its boot are ignored, a higher one taken (also given twice);
+    # b: a new boot starts it again; c: new
+    await store.add_readings([(1, "a", "temp_c", 20.0)],
+                             [SeqMark("a", 1, 99), SeqMark("a", 2, 49), SeqMark("a", 2, 60), SeqMark("a", 2, 55),
+                              SeqMark("b", 2, 1), SeqMark("c", 1, 3)])
+    assert await store.load_marks() == {"a": SeqMark("a", 2, 60), "b": SeqMark("b", 2, 1), "c": SeqMark("c", 1, 3)}
+
+
+async def test_marks_of_more_nodes_than_one_statement_binds_are_all_kept(store):
+    await store._run(lambda db: db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    marks = [SeqMark(f"n{i}", 1, i + 1) for i in range(700)]  # 2100 parameters: three statements
+    await store.add_readings([], marks)
+    assert await store.load_marks() == {m.node: m for m in marks}

@@ -297,8 +297,7 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 _insert_readings(db, rows)
-                for mark in marks:
-                    _upsert_mark(db, mark)
+                _upsert_marks(db, marks)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -433,6 +432,27 @@ def _rollback(db: sqlite3.Connection) -> None:
     and a second ROLLBACK would hide the first error behind 'no transaction is active'."""
     if db.in_transaction:
         db.execute("ROLLBACK")
+
+
+def _upsert_marks(db: sqlite3.Connection, marks: Iterable[SeqMark]) -> None:
+    """Several nodes' marks in one statement (readings batches carry one per node that sent; a
+    statement each would take the GIL back each time, see _insert_readings). A node named twice
+    keeps its highest mark."""
+    newest: dict[str, SeqMark] = {}
+    for mark in marks:
+        old = newest.get(mark.node)
+        if old is None or (mark.boot, mark.max_seq) > (old.boot, old.max_seq):
+            newest[mark.node] = mark
+    items = list(newest.values())
+    per_statement = max(1, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 3)
+    for start in range(0, len(items), per_statement):
+        chunk = items[start:start + per_statement]
+        db.execute(
+            "INSERT INTO node_seq (node, boot, max_seq) VALUES " + ",".join(("(?,?,?)",) * len(chunk)) +
+            " ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
+            "WHERE excluded.boot > node_seq.boot OR "
+            "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)",
+            [v for m in chunk for v in (m.node, m.boot, m.max_seq)])
 
 
 def _upsert_mark(db: sqlite3.Connection, mark: SeqMark) -> None:
