@@ -68,6 +68,7 @@ firmware: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/broker.py
 	$(PY) bench/latency.py
+	$(PY) bench/readings.py
 	$(PY) bench/startup.py
 
 bench-voice: $(STAMP)
