@@ -117,7 +117,8 @@ async def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if lost:
         print(f"the controller closed {len(lost)} flooding connections (e.g. {lost[0]}); {stored:,} values stored")
-    print(f"\nreadings stored durably: {stored / elapsed:,.0f} values/s ({stored:,} in {elapsed:.2f} s), controller CPU "
+    print(f"\nreadings stored durably: {stored / elapsed:,.0f} values/s ({stored:,} in {elapsed:.2f} s), "
+          f"controller CPU "
           f"{cpu / elapsed:.0%} of a core (all threads), RSS {rss[0] / 1024:.1f} MB (peak {rss[1] / 1024:.1f} MB)")
     print(f"values per CPU second: {stored / max(cpu, 1e-9):,.0f} (target >= 60,000 on one core; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

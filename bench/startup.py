@@ -136,8 +136,8 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"{next_id - 1:,} log records written by the room's rules in {time.monotonic() - t0:.0f} s "
               f"({room.db.stat().st_size / 1e6:.0f} MB)", flush=True)
         rows = []
-        starts = [("no checkpoint yet (full replay, then one is stored)", 1), ("from the newest checkpoint", args.repeat),
-                  (f"checkpoint + {tail:,} records after it", 1)]
+        starts = [("no checkpoint yet (full replay, then one is stored)", 1),
+                  ("from the newest checkpoint", args.repeat), (f"checkpoint + {tail:,} records after it", 1)]
         for label, times in starts:
             if label.startswith("checkpoint +"):
                 next_id = fill(room.db, room.config, tail, seed=2)

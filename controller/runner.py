@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -131,13 +130,13 @@ class RoomServer:
         nodes meanwhile."""
         assert self._api is not None
         if any(n.transport == "voice" for n in self.config.nodes.values()):
-            voice = await asyncio.to_thread(importlib.import_module, "sensors.voice")
-            self.voice = voice.VoiceService(self.controller)
+            voice_service = await asyncio.to_thread(_voice_service)
+            self.voice = voice_service(self.controller)
             await self.voice.start()
             self._api.services.voice = self.voice
         if self.config.integrations is not None:
-            service = await asyncio.to_thread(importlib.import_module, "integrations.service")
-            self.integrations = service.IntegrationService(self.controller, self.config.integrations)
+            integration_service = await asyncio.to_thread(_integration_service)
+            self.integrations = integration_service(self.controller, self.config.integrations)
             await self.integrations.start()
             self._api.services.integrations = self.integrations
             self._api.services.integrations_starting = False
@@ -198,6 +197,18 @@ class RoomServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _voice_service() -> type:
+    from sensors.voice import VoiceService  # numpy and the speech engines load only for rooms that listen
+
+    return VoiceService
+
+
+def _integration_service() -> type:
+    from integrations.service import IntegrationService  # HL7 and webhooks load only where configured
+
+    return IntegrationService
 
 
 def _listen_addresses(api_host: str) -> list[str] | None:

@@ -12,7 +12,6 @@ Answers are ``application/fhir+json``; errors keep the API's one error shape.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import sys
 from types import ModuleType
 
@@ -35,8 +34,14 @@ async def _models() -> ModuleType:
     controller takes calls without waiting for them (README, Performance)."""
     module = sys.modules.get("integrations.fhir")
     if module is None:  # (two first requests at once: the import lock makes the second wait for the first)
-        module = await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "integrations.fhir")
+        module = await asyncio.get_running_loop().run_in_executor(None, _import_models)
     return module
+
+
+def _import_models() -> ModuleType:
+    from integrations import fhir
+
+    return fhir
 
 
 def _respond(resource: dict) -> web.Response:

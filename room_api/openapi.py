@@ -264,8 +264,7 @@ def _operation(route: Any, doc: S) -> S:
     else:
         responses["200"] = {"description": "OK", "content": _json(_ref(doc["ok"]) if doc["ok"] else None)}
     for status in doc.get("errors", []):
-        responses[str(status)] = _error({400: "Bad request", 404: "Not found", 409: "Refused by the room's rules",
-                                              503: "Configured, and still starting (in the first second after a start)"}[status])
+        responses[str(status)] = _error(ERROR_TEXT[status])
     if route.roles is not None:
         op["security"] = [{"bearer": []}]
         op["x-roles"] = sorted(route.roles)
@@ -278,6 +277,10 @@ def _operation(route: Any, doc: S) -> S:
     else:
         op["security"] = []
     return op
+
+
+ERROR_TEXT = {400: "Bad request", 404: "Not found", 409: "Refused by the room's rules",
+              503: "Configured, and still starting (in the moment after a start)"}
 
 
 def _slug(path: str) -> str:

@@ -88,8 +88,9 @@ def test_a_plain_room_starts_without_the_optional_libraries_and_loads_fhir_on_it
 
         asyncio.run(main())
     """)
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "room.db")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["at_start"] == []
