@@ -43,6 +43,22 @@ def test_a_bad_message_says_what_is_wrong_with_it(obj, detail):
     assert (info.value.reason, info.value.detail) == ("bad_message", detail)
 
 
+# The readings path remembers node ids and measure names it has found well-formed (so it matches each
+# once): a malformed one is refused every time it comes, never remembered as good.
+@pytest.mark.parametrize("obj, detail", [
+    ({**READING, "n": "Env"}, "node id 'Env' is not [a-z0-9-]{1,32}"),
+    ({**READING, "m": {"temp\\c": 1}}, "$.m: bad key 'temp\\\\c'"),
+    ({**READING, "m": {"temp_mdegc": 1, "é": 1}}, "$.m: bad key 'é'"),
+])
+def test_a_malformed_reading_is_refused_again_and_again(obj, detail):
+    for _ in range(3):
+        with pytest.raises(p.ProtocolError) as info:
+            p.parse_node_message(obj)
+        assert (info.value.reason, info.value.detail) == ("bad_message", detail)
+    good = p.parse_node_message(READING)  # and a good one beside it is taken every time
+    assert p.parse_node_message(READING) == good
+
+
 def test_the_edges_of_the_integers_on_the_wire_are_accepted():
     ev = p.parse_node_message({**EVENT, "val": 2**31 - 1, "x": {"lo": -2**31}})
     assert (ev.val, dict(ev.features)) == (2**31 - 1, {"lo": -2**31})
