@@ -43,6 +43,7 @@ from .room.hospital import Patient
 from .room.supervision import MAPPED_KINDS
 from .security.files import others_may_read
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
+from .store.events import data_json
 from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
 log = logging.getLogger("smartroom.controller")
@@ -273,7 +274,7 @@ class RoomController:
                         item.done.set_result([])
                     continue
                 first = self.store.reserve_ids(len(entries))
-                records = [LogRecord(first + i, now, e.kind, e.data) for i, e in enumerate(entries)]
+                records = [LogRecord(first + i, now, e.kind, e.data, data_json(e.data)) for i, e in enumerate(entries)]
                 self.room.apply_all(records)  # ahead of the store: the next input is decided on it
                 stored.append((item, records))
             if stored:

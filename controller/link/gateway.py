@@ -430,8 +430,9 @@ class NodeConnection:
                     payload = await link.next_frame()
                 except asyncio.CancelledError:
                     raise
-                except BaseException:  # the end: what came before it is answered first
-                    await self._settled()
+                except BaseException:  # the end: what came before it is answered first, if it can be
+                    if not self.writer.is_closing():
+                        await self._settled()
                     raise
                 await self._settled()  # what came before this frame is answered first, in order
                 await self._handle(payload, hello_expected=False)
@@ -586,6 +587,7 @@ class NodeConnection:
         """Ack the pipeline's events from its oldest on, as far as each is answered (stored, or not)."""
         pipeline = self._pipeline
         stats = self.gateway.stats
+        acks: list[bytes] = []  # written at once: one send for the events one commit stored
         while pipeline and pipeline[0][0].done():
             done, ev = pipeline.popleft()
             if done.cancelled():
@@ -596,9 +598,8 @@ class NodeConnection:
                 if not self.delivered:
                     self.delivered = True
                     self.gateway.delivered(ev.node)
-                if not self.writer.is_closing():
-                    self.out_seq += 1
-                    self.writer.write(p.ack_frame(self.key, self.sid, self.out_seq, ev.seq, ev.e, ev.origin_boot))
+                self.out_seq += 1
+                acks.append(p.ack_frame(self.key, self.sid, self.out_seq, ev.seq, ev.e, ev.origin_boot))
             elif isinstance(exc, StorageError):  # not acked: the node keeps it and offers it again after
                 stats.rejected["storage_unavailable"] += 1  # its ack timeout (the alarm is up)
                 log.warning("node=%s event e=%d not stored (%s); not acked, so the node resends it",
@@ -609,6 +610,8 @@ class NodeConnection:
                 log.error("node=%s peer=%s: internal error; closing so the node resends", self.node, self.peer,
                           exc_info=exc)
                 self.writer.close()
+        if acks and not self.writer.is_closing():
+            self.writer.write(b"".join(acks))
         if not pipeline and self._pipeline_empty is not None and not self._pipeline_empty.done():
             self._pipeline_empty.set_result(None)
 

@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -76,15 +76,38 @@ class LogEntry:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """A stored room event; ``id`` is the cursor the API and the event stream page by."""
+    """A stored room event; ``id`` is the cursor the API and the event stream page by.
+
+    ``data_json``, when given, is ``data`` as the log stores it (:func:`data_json`): encoded once
+    for the store and the live stream alike. It is not part of the record's value."""
 
     id: int
     ts_ms: int
     kind: str
     data: Mapping[str, Any]
+    data_json: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "ts_ms": self.ts_ms, "kind": self.kind, "data": dict(self.data)}
+
+    def json_text(self) -> str:
+        """``to_json()`` as compact JSON, the data encoded once (the event stream's ``data:``)."""
+        data = self.data_json if self.data_json is not None else data_json(self.data)
+        return '{"id":%d,"ts_ms":%d,"kind":%s,"data":%s}' % (self.id, self.ts_ms, _json_str(self.kind), data)
+
+
+def data_json(data: Mapping[str, Any]) -> str:
+    """A record's data as the log stores it: compact JSON."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _json_str(text: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 (a few dozen kinds, each once)
+    out = _cache.get(text)
+    if out is None:
+        out = json.dumps(text)
+        if len(_cache) < 256:
+            _cache[text] = out
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +259,7 @@ class Store:
         marks: dict[str, SeqMark] = {}
         for records, node_event, seq_mark in group:
             for r in records:
-                log_rows.append((r.id, ts_ms, r.kind, json.dumps(r.data, separators=(",", ":"))))
+                log_rows.append((r.id, ts_ms, r.kind, r.data_json if r.data_json is not None else data_json(r.data)))
             if node_event is not None:
                 event_rows.append((*node_event, records[0].id))
             if seq_mark is not None:
@@ -251,8 +274,8 @@ class Store:
                 if event_rows:
                     db.executemany("INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)",
                                    event_rows)
-                for mark in marks.values():
-                    _upsert_mark(db, mark)
+                if marks:
+                    db.executemany(_UPSERT_MARK, [(m.node, m.boot, m.max_seq) for m in marks.values()])
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -406,11 +429,11 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
+_UPSERT_MARK = ("INSERT INTO node_seq (node, boot, max_seq) VALUES (?, ?, ?) "
+                "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
+                "WHERE excluded.boot > node_seq.boot OR "
+                "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)")
+
+
 def _upsert_mark(db: sqlite3.Connection, mark: SeqMark) -> None:
-    db.execute(
-        "INSERT INTO node_seq (node, boot, max_seq) VALUES (?, ?, ?) "
-        "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
-        "WHERE excluded.boot > node_seq.boot OR "
-        "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)",
-        (mark.node, mark.boot, mark.max_seq),
-    )
+    db.execute(_UPSERT_MARK, (mark.node, mark.boot, mark.max_seq))
