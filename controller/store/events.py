@@ -97,8 +97,11 @@ class LogRecord:
 
 
 def data_json(data: Mapping[str, Any]) -> str:
-    """A record's data as the log stores it: compact JSON."""
-    return json.dumps(data, separators=(",", ":"))
+    """A record's data as the log stores it: compact JSON (``json.dumps(data, separators=(",", ":"))``)."""
+    return _COMPACT(data)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # (json.dumps would build an encoder per call)
 
 
 def _json_str(text: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 (a few dozen kinds, each once)
