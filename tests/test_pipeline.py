@@ -301,3 +301,43 @@ def test_a_records_json_text_is_its_json_encoded(record_id, ts_ms, kind, data, e
     record = LogRecord(record_id, ts_ms, kind, data, data_json(data) if encoded else None)
     assert record.json_text() == json.dumps(record.to_json(), separators=(",", ":"))
     assert record == LogRecord(record_id, ts_ms, kind, data), "the encoded data is not part of its value"
+
+
+# ---------------------------------------------------------------------- a group's rows, one statement a table
+@settings(max_examples=60, deadline=None)
+@given(datas=st.lists(st.dictionaries(st.text(), json_values, max_size=4), min_size=1, max_size=6),
+       kinds=st.lists(st.text(min_size=1), min_size=6, max_size=6),
+       marks=st.lists(st.tuples(st.sampled_from(["a", "b", "c\"d"]), st.integers(1, 2**31 - 1),
+                                st.integers(1, 2**31 - 1)), max_size=5))
+def test_a_group_is_stored_as_given_text_for_text(tmp_path_factory, datas, kinds, marks):
+    from controller.store import SeqMark, Store
+    from controller.store.events import data_json
+
+    async def run() -> None:
+        store = Store(tmp_path_factory.mktemp("store") / "room.db")
+        await store.open()
+        try:
+            await store.save_mark(SeqMark("a", 5, 100))
+            first = store.reserve_ids(len(datas))
+            records = [LogRecord(first + i, 7, kinds[i], d, data_json(d) if i % 2 else None)
+                       for i, d in enumerate(datas)]
+            group = [([r], ("n", 1, r.id), SeqMark(*marks[i]) if i < len(marks) else None)
+                     for i, r in enumerate(records)]
+            await store.append_group(7, group)
+            assert await store.read_log(0, 100) == records
+            db = sqlite3.connect(store.path)
+            try:
+                assert [t for (t,) in db.execute("SELECT data FROM log ORDER BY id")] == [data_json(d) for d in datas]
+                assert list(db.execute("SELECT node, boot, e, log_id FROM node_events ORDER BY e")) == \
+                    [("n", 1, r.id, r.id) for r in records]
+            finally:
+                db.close()
+            want = {"a": (5, 100)}
+            for node, boot, seq in marks[:len(records)]:
+                if node not in want or (boot, seq) > want[node]:
+                    want[node] = (boot, seq)
+            assert {n: (m.boot, m.max_seq) for n, m in (await store.load_marks()).items()} == want
+        finally:
+            await store.close()
+
+    asyncio.run(run())

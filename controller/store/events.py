@@ -257,28 +257,29 @@ class Store:
         ``node_event`` (node, boot, e) is recorded against its first record, so a resent event is
         recognised as a duplicate; ``seq_mark`` moves its node's accepted-sequence mark.
         """
-        log_rows: list[tuple[int, int, str, str]] = []
+        log_rows: list[tuple[int, str, str]] = []
         event_rows: list[tuple[str, int, int, int]] = []
         marks: dict[str, SeqMark] = {}
         for records, node_event, seq_mark in group:
             for r in records:
-                log_rows.append((r.id, ts_ms, r.kind, r.data_json if r.data_json is not None else data_json(r.data)))
+                log_rows.append((r.id, r.kind, r.data_json if r.data_json is not None else data_json(r.data)))
             if node_event is not None:
                 event_rows.append((*node_event, records[0].id))
             if seq_mark is not None:
                 old = marks.get(seq_mark.node)
                 if old is None or (seq_mark.boot, seq_mark.max_seq) > (old.boot, old.max_seq):
                     marks[seq_mark.node] = seq_mark
+        # Each table's rows go in one statement (a JSON array, unpacked by SQLite): the store's thread
+        # then takes the interpreter's lock a few times per group, not a few times per row.
+        mark_rows = [(m.node, m.boot, m.max_seq) for m in marks.values()]
+        log_json, events_json, marks_json = _COMPACT(log_rows), _COMPACT(event_rows), _COMPACT(mark_rows)
 
         def _append(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("INSERT INTO log (id, ts_ms, kind, data) VALUES (?, ?, ?, ?)", log_rows)
-                if event_rows:
-                    db.executemany("INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)",
-                                   event_rows)
-                if marks:
-                    db.executemany(_UPSERT_MARK, [(m.node, m.boot, m.max_seq) for m in marks.values()])
+                _insert_rows(db, _INSERT_LOG_ROWS, _INSERT_LOG_ROW, log_rows, log_json, ts_ms)
+                _insert_rows(db, _INSERT_EVENT_ROWS, _INSERT_EVENT_ROW, event_rows, events_json)
+                _insert_rows(db, _UPSERT_MARK_ROWS, _UPSERT_MARK, mark_rows, marks_json)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -432,6 +433,29 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
+def _insert_rows(db: sqlite3.Connection, many_sql: str, one_sql: str, rows: list[tuple[Any, ...]], rows_json: str,
+                 *lead: Any) -> None:
+    """``rows`` (``rows_json``: them as a JSON array) in one statement; one by one if a string in
+    them holds a NUL, where SQLite's text from JSON would end."""
+    if not rows:
+        return
+    if "\\u0000" not in rows_json:
+        db.execute(many_sql, (*lead, rows_json))
+    else:
+        db.executemany(one_sql, [(*lead, *row) for row in rows])
+
+
+_INSERT_LOG_ROW = "INSERT INTO log (ts_ms, id, kind, data) VALUES (?, ?, ?, ?)"
+_INSERT_LOG_ROWS = ("INSERT INTO log (id, ts_ms, kind, data) "
+                    "SELECT value->>0, ?1, value->>1, value->>2 FROM json_each(?2)")
+_INSERT_EVENT_ROW = "INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT_ROWS = ("INSERT INTO node_events (node, boot, e, log_id) "
+                      "SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)")
+_UPSERT_MARK_ROWS = ("INSERT INTO node_seq (node, boot, max_seq) "
+                     "SELECT value->>0, value->>1, value->>2 FROM json_each(?) WHERE true "
+                     "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
+                     "WHERE excluded.boot > node_seq.boot OR "
+                     "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)")
 _UPSERT_MARK = ("INSERT INTO node_seq (node, boot, max_seq) VALUES (?, ?, ?) "
                 "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
                 "WHERE excluded.boot > node_seq.boot OR "
