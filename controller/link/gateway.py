@@ -18,7 +18,6 @@ import hmac
 import logging
 import socket
 import ssl
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
