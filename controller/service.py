@@ -43,6 +43,7 @@ from .room.hospital import Patient
 from .room.supervision import MAPPED_KINDS
 from .security.files import others_may_read
 from .store import LogEntry, LogRecord, SeqMark, StorageError, Store
+from .store.events import data_json
 from .store.health import READINGS_MIN_FREE_BYTES, StorageStatus
 
 log = logging.getLogger("smartroom.controller")
@@ -273,7 +274,7 @@ class RoomController:
                         item.done.set_result([])
                     continue
                 first = self.store.reserve_ids(len(entries))
-                records = [LogRecord(first + i, now, e.kind, e.data) for i, e in enumerate(entries)]
+                records = [LogRecord(first + i, now, e.kind, e.data, data_json(e.data)) for i, e in enumerate(entries)]
                 self.room.apply_all(records)  # ahead of the store: the next input is decided on it
                 stored.append((item, records))
             if stored:
@@ -368,25 +369,45 @@ class RoomController:
     async def node_event(self, ev: NodeEvent) -> list[LogRecord]:
         """Store a node's event; when this returns it is durable and may be acked."""
         key = (ev.node, ev.event_boot, ev.e)  # the event's own boot: protocol §9
-        mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         earlier = self._unsettled.get(key)
         if earlier is not None:  # the same event is already in a group: it is stored once
+            self.accept_mark(ev.node, ev.boot, ev.seq)
             return await asyncio.shield(earlier)
+        return await self._submit_event(ev, key)
+
+    def new_node_event(self, ev: NodeEvent) -> asyncio.Future[list[LogRecord]] | None:
+        """The pipelined :meth:`node_event`: when ``ev`` is known to be new without asking the store
+        (a number above its boot's highest stored one, no copy of it in a group), queue it for the
+        next group commit and return its future (its stored records; StorageError if it could not
+        be stored). None when that takes the store: the caller then uses is_duplicate/node_event."""
+        key = (ev.node, ev.event_boot, ev.e)
+        known = self._stored_event_no.get(ev.node)
+        if known is None or known[0] != ev.event_boot or ev.e <= known[1] or key in self._unsettled:
+            return None
+        return self._submit_event(ev, key)
+
+    def _submit_event(self, ev: NodeEvent, key: tuple[str, int, int]) -> asyncio.Future[list[LogRecord]]:
+        mark = self.accept_mark(ev.node, ev.boot, ev.seq)
         self.room.note_seen(ev.node, self.clock())
         self._count_unmapped(ev)
-        done = self._submit(lambda now: self.room.decide_node_event(ev, now)
-                            + self.room.decide_delivers(ev.node, "an event was stored", now), key, mark)
+        room = self.room
+        done = self._submit(lambda now: room.decide_node_event(ev, now)
+                            + room.decide_delivers(ev.node, "an event was stored", now), key, mark)
         self._unsettled[key] = done
-        done.add_done_callback(lambda _: self._unsettled.pop(key, None))
-        try:
-            records = await done
-        except StorageError:
+        done.add_done_callback(lambda fut: self._event_settled(ev, key, fut))
+        return done
+
+    def _event_settled(self, ev: NodeEvent, key: tuple[str, int, int], done: asyncio.Future[list[LogRecord]]) -> None:
+        self._unsettled.pop(key, None)
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is None:
+            known = self._stored_event_no.get(ev.node)
+            if known is not None and known[0] == ev.event_boot and ev.e > known[1]:
+                self._stored_event_no[ev.node] = (ev.event_boot, ev.e)
+        elif isinstance(exc, StorageError):
             self._not_stored(ev.node, ev.src)  # not acked: the node keeps it and resends
-            raise
-        known = self._stored_event_no.get(ev.node)
-        if known is not None and known[0] == ev.event_boot and ev.e > known[1]:
-            self._stored_event_no[ev.node] = (ev.event_boot, ev.e)
-        return records
 
     def _count_unmapped(self, ev: NodeEvent) -> None:
         if ev.kind in MAPPED_KINDS and self.config.meaning(ev.node, ev.src) is None:

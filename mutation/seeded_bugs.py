@@ -51,7 +51,7 @@ BUGS = (
     Bug("a hello reusing the highest accepted seq is accepted", "controller/link/gateway.py",
         "hello.seq <= mark.max_seq", "hello.seq < mark.max_seq", ("tests/test_limits.py",)),
     Bug("no hello timeout", "controller/link/gateway.py",
-        "read_frame(self.reader, self.gateway.hello_timeout_s)", "read_frame(self.reader, None)",
+        "self.link.set_deadline(self.gateway.hello_timeout_s)", "self.link.set_deadline(None)",
         ("tests/test_limits.py",)),
     Bug("idle link closed after 30 heartbeats instead of 3", "controller/link/gateway.py",
         "return 3 * self.controller.config.heartbeat_ms", "return 30 * self.controller.config.heartbeat_ms",

@@ -83,3 +83,39 @@ def write_room_files(tmp: Path, room_id: str, extra_toml: str = "") -> tuple[Pat
         keys.write_text(json.dumps({"nodes": {n: node_key(n).hex() for n in ROOM_DOC["nodes"]}}))
         keys.chmod(0o600)  # as `smartroom keygen` writes it; wider is a warning (security/files.py)
     return room, keys
+
+
+class HandTransport:
+    """The transport under a node link fed by hand (tests of the gateway without sockets)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.closed = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("10.0.0.9", 5000) if name == "peername" else default
+
+
+def fed_link(*chunks: bytes, eof: bool = False):
+    """A gateway's reader (controller/link/gateway.py, ``_NodeLink``) that was sent ``chunks``."""
+    from controller.link.gateway import _NodeLink
+
+    link = _NodeLink(asyncio.get_running_loop(), tls=False)
+    link.connection_made(HandTransport())  # type: ignore[arg-type]
+    for chunk in chunks:
+        link.data_received(chunk)
+    if eof:
+        link.eof_received()
+    return link

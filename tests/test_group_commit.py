@@ -20,7 +20,7 @@ from controller.model import Heartbeat, Hello, NodeEvent
 from controller.room import CallNotFound, Room
 from controller.room.supervision import DROP_GRACE_MS
 from controller.service import RoomController
-from tests.helpers import keys_for, node_key, room_config, sse_events
+from tests.helpers import fed_link, keys_for, node_key, room_config, sse_events
 from tests.roomsim import FakeClock
 
 BURST = 30
@@ -214,11 +214,9 @@ def test_indicators_in_one_pass_agree_with_each_nodes_own():
 
 # ------------------------------------------------------------------ framing
 async def _read(data: bytes, eof: bool, timeout_s: float = 0.05) -> bytes:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    if eof:
-        reader.feed_eof()
-    return await gw.read_frame(reader, timeout_s)
+    link = fed_link(data, eof=eof)
+    link.set_deadline(timeout_s)
+    return await link.next_frame()
 
 
 async def test_read_frame_one_deadline_per_frame():

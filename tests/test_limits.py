@@ -663,6 +663,19 @@ async def test_a_connection_that_sends_no_hello_is_closed_after_the_hello_timeou
     assert gateway.stats.accepted == {}
 
 
+async def test_a_connection_that_begins_a_hello_and_stops_is_closed_after_the_hello_timeout(link):
+    """protocol.md §3: the hello timeout covers the whole hello, not only its first byte (that is how
+    the gateway tells TLS from plain TCP: it has come, the hello has not)."""
+    gateway, port = await link.open(hello_timeout_s=0.2)
+    slow = NodeClient("bedside-a", node_key("bedside-a"))
+    slow.reader, slow.writer = await asyncio.open_connection("127.0.0.1", port)
+    hello = p.encode_frame(slow.key, slow.hello_msg())
+    slow.writer.write(hello[:3])                 # the length and one byte of the body, then nothing
+    waited = await closed_within(slow, 5.0)      # without a hello timeout it would stay open
+    assert waited >= 0.2 - 0.02, "closed before the hello timeout"
+    assert gateway.stats.accepted == {} and gateway.stats.rejected == {"malformed_frame": 1}
+
+
 async def test_a_silent_link_is_closed_after_three_missed_heartbeats_and_a_beating_one_is_not(link):
     """protocol.md §3: no frame for 3 × hb_ms + 1 s closes the link; here hb_ms = 400 ms, no grace."""
     link.controller.config = dataclasses.replace(link.controller.config, heartbeat_ms=400)

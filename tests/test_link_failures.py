@@ -16,7 +16,7 @@ from controller.link.nodeclient import NodeClient
 from controller.model import NodeEvent
 from controller.service import RoomController
 from controller.store import StorageError
-from tests.helpers import keys_for, node_key, room_config
+from tests.helpers import fed_link, keys_for, node_key, room_config
 from tests.roomsim import FakeClock
 
 GUARD_S = 10.0  # a guard only: each step below ends within milliseconds
@@ -57,7 +57,7 @@ class StuckWriter:
     a node that stopped reading looks like once the kernel's buffers are full. What it was given
     since its last drain is its write buffer; closing it ends its reader, as a real transport does."""
 
-    def __init__(self, drains_before_stuck: int, reader: asyncio.StreamReader | None = None) -> None:
+    def __init__(self, drains_before_stuck: int, reader=None) -> None:
         self.frames: list[bytes] = []
         self.left = drains_before_stuck
         self.pending = 0
@@ -88,13 +88,11 @@ class StuckWriter:
     def close(self) -> None:
         self.closed = True
         if self.reader is not None:
-            self.reader.feed_eof()
+            self.reader.connection_lost(None)
 
 
-def _hello_reader(client: NodeClient) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(p.encode_frame(client.key, client.hello_msg()))   # and then nothing: the node waits
-    return reader
+def _hello_reader(client: NodeClient):
+    return fed_link(p.encode_frame(client.key, client.hello_msg()))   # and then nothing: the node waits
 
 
 async def test_a_send_past_the_high_mark_to_a_node_that_stopped_reading_drops_it_after_the_write_timeout(
@@ -104,7 +102,7 @@ async def test_a_send_past_the_high_mark_to_a_node_that_stopped_reading_drops_it
     gate = NodeGateway(controller)
     client = NodeClient("bedside-a", node_key("bedside-a"))
     reader = _hello_reader(client)
-    reader.feed_data(p.encode_frame(client.key, client.hb_msg()))    # its heartbeat's ack will not be taken
+    reader.data_received(p.encode_frame(client.key, client.hb_msg()))    # its heartbeat's ack will not be taken
     writer = StuckWriter(drains_before_stuck=1, reader=reader)       # the welcome is taken, nothing after
     async with asyncio.timeout(GUARD_S):
         await gate._accept(reader, writer, encrypted=False)
@@ -155,7 +153,7 @@ async def test_commands_under_the_limit_do_not_close_the_node(controller, monkey
 async def test_a_send_waits_for_the_write_timeout_and_no_longer(controller, monkeypatch):
     monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 0.05)
     monkeypatch.setattr(gw, "WRITE_BUFFER_HIGH", 0)
-    conn = gw.NodeConnection(NodeGateway(controller), asyncio.StreamReader(), StuckWriter(drains_before_stuck=0))
+    conn = gw.NodeConnection(NodeGateway(controller), fed_link(), StuckWriter(drains_before_stuck=0))
     async with asyncio.timeout(GUARD_S):
         with pytest.raises(TimeoutError):
             await conn.send_ack(7)
@@ -165,7 +163,7 @@ async def test_a_send_waits_for_the_write_timeout_and_no_longer(controller, monk
 async def test_a_send_under_the_high_mark_does_not_wait(controller, monkeypatch):
     monkeypatch.setattr(gw, "WRITE_TIMEOUT_S", 60)
     writer = StuckWriter(drains_before_stuck=0)
-    conn = gw.NodeConnection(NodeGateway(controller), asyncio.StreamReader(), writer)
+    conn = gw.NodeConnection(NodeGateway(controller), fed_link(), writer)
     async with asyncio.timeout(GUARD_S):
         await conn.send_ack(7)                              # a stuck drain would hold it 60 s
     assert len(writer.frames) == 1 and writer.pending < gw.WRITE_BUFFER_HIGH
@@ -232,11 +230,11 @@ async def test_each_protocol_rejection_is_counted_against_the_node_that_proved_i
 
 
 async def test_each_event_the_store_refuses_is_counted_and_the_link_stays_up(gateway, controller, monkeypatch):
-    async def full(ev):
+    async def full(ts_ms, group):
         raise StorageError("disk full")
 
-    monkeypatch.setattr(controller, "node_event", full)
-    client = await _connected(gateway)
+    monkeypatch.setattr(controller.store, "append_group", full)
+    client = await _connected(gateway)  # (the first event is asked of the store; the second takes the fast path)
     for _ in range(2):
         await client.send(client.event_msg("button", "call"))
     hb = client.hb_msg()
@@ -327,9 +325,9 @@ async def test_the_gateway_listens_on_the_address_it_is_given(gateway):
 
 
 async def test_a_connections_end_says_how_it_ended():
-    reader = asyncio.StreamReader()
-    reader.feed_eof()
     with pytest.raises(gw._ConnectionEnded, match=r"^closed by peer$"):
-        await gw.read_frame(reader, 1.0)
+        await fed_link(eof=True).next_frame()
+    silent = fed_link()
+    silent.set_deadline(0.01)
     with pytest.raises(gw._ConnectionEnded, match=r"^silent for 0\.0 s$"):
-        await gw.read_frame(asyncio.StreamReader(), 0.01)
+        await silent.next_frame()

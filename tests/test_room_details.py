@@ -16,7 +16,7 @@ from controller.room import CallAlreadyAcknowledged, CallNotFound, CancelAtOrigi
 from controller.room.config import parse_room
 from controller.runner import RoomServer
 from controller.service import RoomController
-from tests.helpers import keys_for, node_key, room_config
+from tests.helpers import fed_link, keys_for, node_key, room_config
 from tests.roomsim import RULES_DOC, RoomSim, rules_config
 from tests.test_protocol_vectors import VECTORS
 
@@ -206,7 +206,7 @@ async def test_the_idle_limit_is_three_heartbeats_and_the_grace(tmp_path):
             return ("10.0.0.7", 40000)
 
     for grace_s, expected_s in ((1.0, 31.0), (2.5, 32.5)):
-        conn = NodeConnection(NodeGateway(controller, idle_grace_s=grace_s), asyncio.StreamReader(), Writer())
+        conn = NodeConnection(NodeGateway(controller, idle_grace_s=grace_s), fed_link(), Writer())
         assert (conn.idle_timeout_s(), conn.peer) == (expected_s, "10.0.0.7:40000")
 
 

@@ -13,11 +13,11 @@ flood cannot delay the others' calls — events are never limited.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import logging
 import socket
 import ssl
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
@@ -34,6 +34,9 @@ WRITE_TIMEOUT_S = 5.0          # a node that cannot take a 60-byte ack in 5 s is
 WRITE_BUFFER_HIGH = 16 * 1024  # unsent bytes before a send waits for the node: ~150 acks, far more than its window
 WRITE_BUFFER_MAX = 64 * 1024   # unsent bytes (~600 commands) that mean a node no longer reads at all
 FAIR_SHARE_FRAMES = 32         # frames one connection handles before the others get a turn (~1 ms)
+# Events of one connection waiting for their group commit (the node's window is smaller: a firmware
+# node's outbox holds 4); past this the connection's frames wait, and so does TCP, at the node.
+PIPELINE_MAX = 64
 IDLE_GRACE_S = 1.0             # on top of three heartbeat intervals before a silent link is closed
 # Sessions in a row, each ended by a rejection with no event delivered, before a node that keeps
 # connecting is a "cannot deliver" alarm. One or two are a glitch (a restart, a torn frame); by
@@ -50,7 +53,7 @@ DROPPED_READING_PACE_S = 0.005
 # buffer (the kernel doubles it) keeps a flooding node's backlog at the node, not in the Pi's memory,
 # so TCP slows it down within a few frames of the pacing above.
 NODE_RCVBUF_BYTES = 16 * 1024
-NODE_STREAM_LIMIT = 4 * 1024  # likewise the connection's own buffer (asyncio pauses reading at twice this)
+NODE_STREAM_LIMIT = 4 * 1024  # likewise the bytes waiting for the connection's task (reading pauses at twice this)
 # The TLS handshake from the slowest node (an RP2040 doing P-256 in software: a few seconds) fits;
 # the node itself gives up after 10 s (firmware/srnode/link.py).
 TLS_HANDSHAKE_TIMEOUT_S = 15.0
@@ -100,30 +103,161 @@ class _ConnectionEnded(Exception):
     pass
 
 
-async def read_frame(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
-    """One frame's payload (body + tag). Raises ProtocolError or _ConnectionEnded.
+class _NodeLink(asyncio.streams.FlowControlMixin, asyncio.Protocol):
+    """A node connection's reading side, at the protocol level: bytes are cut into frames as they
+    arrive (:class:`~controller.link.protocol.FrameSplitter`), no stream and no task per frame.
 
-    One deadline per frame (asyncio.timeout: one timer, where wait_for made a task per read): the
-    whole frame must be in within ``timeout_s``. A node writes a frame at once, so a frame that
-    began in time but did not end by then is broken, not slow.
+    A frame goes one of two ways, keeping the order they came in. The usual ones (a new event, a
+    reading within its budget) are handled at once by :meth:`NodeConnection._fast`, the event left
+    to ride the next group commit while the following frames are read (the connection's pipeline);
+    any other frame, and every frame behind it, waits for the connection's task, which takes them
+    one at a time with :meth:`next_frame`, as before. The task is idle meanwhile.
+
+    One deadline per connection (one timer, re-armed only when it falls due): it ends a connection
+    that completed no frame for ``timeout_s`` while nothing of it was being handled — as a
+    connection gone silent, or as a broken frame when one was begun (a node writes a frame at once).
+    Writing is the StreamWriter's (this is its flow control); reading pauses while more than twice
+    NODE_STREAM_LIMIT bytes wait for the task, so a flooding node's backlog stays at the node.
     """
-    length = -1
-    try:
-        async with asyncio.timeout(timeout_s):
-            (length,) = struct.unpack(">H", await reader.readexactly(p.LENGTH_BYTES))
-            p.check_length(length)
-            return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        if length >= 0:
-            raise p.ProtocolError("malformed_frame",
-                                  f"connection ended {len(exc.partial)}/{length} bytes into a frame") from exc
-        if exc.partial:
-            raise p.ProtocolError("malformed_frame", "connection ended inside a length prefix") from exc
-        raise _ConnectionEnded("closed by peer") from exc
-    except TimeoutError as exc:
-        if length >= 0:
-            raise p.ProtocolError("malformed_frame", "frame not completed in time") from exc
-        raise _ConnectionEnded(f"silent for {timeout_s:.1f} s") from exc
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, tls: bool) -> None:
+        super().__init__(loop)
+        self._tls = tls
+        self.transport: asyncio.Transport | None = None
+        self.splitter = p.FrameSplitter()
+        self.waiting: collections.deque[bytes | BaseException] = collections.deque()  # for the task, in order
+        self._waiting_bytes = 0
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+        self.fast: Callable[[bytes], bool] | None = None  # NodeConnection._fast, once the node is welcomed
+        self.busy: Callable[[], bool] = lambda: False      # frames of it still being handled (its pipeline)
+        self.timeout_s: float | None = None
+        self._last_s = loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed: asyncio.Future[None] = loop.create_future()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        items = self.splitter.feed(data)
+        if not items:
+            return
+        self._last_s = self._loop.time()
+        waiting = self.waiting
+        if not waiting and self._waiter is not None and self.fast is not None:
+            fast = self.fast
+            for i, item in enumerate(items):  # (a long run of frames: the rest wait for the task's turn)
+                if i == FAIR_SHARE_FRAMES or type(item) is not bytes or not fast(item):
+                    items = items[i:]
+                    break
+            else:
+                return
+        for item in items:
+            waiting.append(item)
+            if type(item) is bytes:
+                self._waiting_bytes += len(item)
+            else:
+                self._end()
+        self._wake()
+        if self._waiting_bytes > 2 * NODE_STREAM_LIMIT and not self._reading_paused and not self._ended:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self._finish(None)
+        return not self._tls  # plain TCP: half open, so the acks of what was sent still go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._finish(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _get_close_waiter(self, stream: asyncio.StreamWriter) -> asyncio.Future[None]:
+        return self._closed
+
+    # -- the end of the stream
+    def _finish(self, exc: Exception | None) -> None:
+        if self._ended:
+            return
+        cut = self.splitter.ended()
+        if cut is not None:
+            self.waiting.append(p.ProtocolError("malformed_frame", cut))
+        elif exc is not None:
+            self.waiting.append(exc)
+        else:
+            self.waiting.append(_ConnectionEnded("closed by peer"))
+        self._end()
+        self._wake()
+
+    def _end(self) -> None:
+        """Nothing after this is read (an error or the end is queued for the task)."""
+        self._ended = True
+        self.splitter.broken = True
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the deadline
+    def set_deadline(self, timeout_s: float | None) -> None:
+        """From now on, a connection that completes no frame for ``timeout_s`` is ended (None: never)."""
+        self.timeout_s = timeout_s
+        self._last_s = self._loop.time()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if timeout_s is not None:
+            self._timer = self._loop.call_at(self._last_s + timeout_s, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._ended or self.timeout_s is None:
+            return
+        now = self._loop.time()
+        if self._waiter is None or self.waiting or self.busy():  # a frame is being handled: not silent
+            self._last_s = max(self._last_s, now)
+        if self._last_s + self.timeout_s > now:
+            self._timer = self._loop.call_at(self._last_s + self.timeout_s, self._due)
+            return
+        if self.splitter.partial:
+            self.waiting.append(p.ProtocolError("malformed_frame", "frame not completed in time"))
+        else:
+            self.waiting.append(_ConnectionEnded(f"silent for {self.timeout_s:.1f} s"))
+        self._end()
+        self._wake()
+
+    # -- the task's side
+    async def next_frame(self) -> bytes:
+        """The next frame for the task, after handling those in front of it that the fast path
+        takes; raises how the stream ended (ProtocolError, _ConnectionEnded, OSError) in its turn."""
+        waiting = self.waiting
+        handled = 0
+        while True:
+            while not waiting:
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            item = waiting.popleft()
+            if type(item) is not bytes:
+                raise item  # type: ignore[misc]
+            self._waiting_bytes -= len(item)
+            if self._reading_paused and self._waiting_bytes <= NODE_STREAM_LIMIT and not self._ended:
+                self._reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            if self.fast is None or not self.fast(item):
+                return item
+            handled += 1
+            if handled % FAIR_SHARE_FRAMES == 0:  # buffered frames are handled without a pause: let others in
+                await asyncio.sleep(0)
 
 
 def _peer(peer: object) -> str:
@@ -196,13 +330,17 @@ class OtaHandler(Protocol):
 
 
 class NodeConnection:
-    def __init__(self, gateway: "NodeGateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+    def __init__(self, gateway: "NodeGateway", link: _NodeLink, writer: asyncio.StreamWriter, *,
                  encrypted: bool = False) -> None:
         self.gateway = gateway
         self.encrypted = encrypted
         self.controller = gateway.controller
-        self.reader = reader
+        self.link = link
         self.writer = writer
+        # Events handled by the fast path, oldest first, each acked when its group commit has stored
+        # it and every one before it is answered: acks leave in the order the events came.
+        self._pipeline: collections.deque[tuple[asyncio.Future[object], p.NodeEvent]] = collections.deque()
+        self._pipeline_empty: asyncio.Future[None] | None = None
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.node: str | None = None
@@ -275,16 +413,30 @@ class NodeConnection:
 
     async def run(self) -> None:
         stats = self.gateway.stats
+        link = self.link
         try:
-            first = await read_frame(self.reader, self.gateway.hello_timeout_s)
+            self.link.set_deadline(self.gateway.hello_timeout_s)
+            first = await link.next_frame()
             if not self.encrypted and not self.gateway.allow_plain:
                 self._refuse_plain(first)
             await self._handle(first, hello_expected=True)
+            link.set_deadline(self.idle_timeout_s())
+            link.busy = self._pipeline.__len__
+            link.fast = self._fast  # the node is welcomed: its usual frames take the fast path from here
             frames = 0
             while True:
-                await self._handle(await read_frame(self.reader, self.idle_timeout_s()), hello_expected=False)
+                try:
+                    payload = await link.next_frame()
+                except asyncio.CancelledError:
+                    raise
+                except BaseException:  # the end: what came before it is answered first, if it can be
+                    if not self.writer.is_closing():
+                        await self._settled()
+                    raise
+                await self._settled()  # what came before this frame is answered first, in order
+                await self._handle(payload, hello_expected=False)
                 frames += 1
-                if frames % FAIR_SHARE_FRAMES == 0:  # buffered frames are read without a pause: let others in
+                if frames % FAIR_SHARE_FRAMES == 0:
                     await asyncio.sleep(0)
         except p.ProtocolError as exc:
             stats.rejected[exc.reason] += 1
@@ -338,14 +490,7 @@ class NodeConnection:
                 raise p.ProtocolError("bad_message", "second hello on one connection")
             await self._hello(msg, key)
             return
-        if msg.node != self.node:
-            raise p.ProtocolError("node_mismatch", f"connection is {self.node}, frame says {msg.node}")
-        if msg.boot != self.boot:
-            raise p.ProtocolError("stale_boot", f"connection is boot {self.boot}, frame says {msg.boot}")
-        mark = self.controller.marks.get(msg.node)
-        max_seq = mark.max_seq if mark and mark.boot == msg.boot else 0
-        if msg.seq <= max_seq:
-            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
+        self._check_session(msg)
         if isinstance(msg, p.NodeEvent):
             if await self.controller.is_duplicate(msg):
                 self.controller.accept_mark(msg.node, msg.boot, msg.seq)
@@ -388,6 +533,92 @@ class NodeConnection:
         else:
             self.controller.accept_mark(msg.node, msg.boot, msg.seq)  # a good frame, dropped by the budget
             await asyncio.sleep(DROPPED_READING_PACE_S)
+
+    def _check_session(self, msg: p.NodeMessage) -> None:
+        """A frame after the hello must be this connection's node and boot, and above the node's
+        highest accepted ``s``; ProtocolError otherwise."""
+        if msg.node != self.node:
+            raise p.ProtocolError("node_mismatch", f"connection is {self.node}, frame says {msg.node}")
+        if msg.boot != self.boot:
+            raise p.ProtocolError("stale_boot", f"connection is boot {self.boot}, frame says {msg.boot}")
+        mark = self.controller.marks.get(msg.node)
+        max_seq = mark.max_seq if mark and mark.boot == msg.boot else 0
+        if msg.seq <= max_seq:
+            raise p.ProtocolError("replayed_seq", f"seq {msg.seq} <= highest accepted {max_seq}")
+
+    # ------------------------------------------------------------------ the fast path (pipelined)
+    def _fast(self, payload: bytes) -> bool:
+        """Handle a usual frame now, without the task: a new event (queued for the next group commit,
+        acked by :meth:`_answer` once stored) or a reading within its budget. False leaves the frame to
+        the task's general path (:meth:`_handle`), which decides it, refusals included, as before."""
+        if len(self._pipeline) >= PIPELINE_MAX or \
+                self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            return False  # the task waits for the node to read, or the pipeline to drain, first
+        body = payload[:-p.TAG_BYTES]
+        msg = p.fast_message(body)
+        if msg is None:
+            return False
+        try:
+            self.gateway.key_for(msg.node, body, payload[-p.TAG_BYTES:], hello=False)
+            self._check_session(msg)
+        except p.ProtocolError:
+            return False  # refused by the general path, which says why
+        try:
+            if type(msg) is p.NodeEvent:
+                done = self.controller.new_node_event(msg)
+                if done is None:  # a possible duplicate: the store has the answer
+                    return False
+                self._pipeline.append((done, msg))
+                done.add_done_callback(self._answer)
+                return True
+            if not self.gateway.take_reading_if_within_budget(msg.node):
+                return False  # dropped (counted) and paced by the general path
+            self.controller.node_reading(msg)  # type: ignore[arg-type]
+            self.gateway.stats.accepted["reading"] += 1
+        except Exception:  # a bug: loud, and this connection ends (as the task's general path does)
+            self.gateway.stats.rejected["internal_error"] += 1
+            self.rejected = "internal_error"
+            log.exception("node=%s peer=%s: internal error; closing so the node resends", self.node, self.peer)
+            self.writer.close()
+        return True
+
+    def _answer(self, _done: object = None) -> None:
+        """Ack the pipeline's events from its oldest on, as far as each is answered (stored, or not)."""
+        pipeline = self._pipeline
+        stats = self.gateway.stats
+        acks: list[bytes] = []  # written at once: one send for the events one commit stored
+        while pipeline and pipeline[0][0].done():
+            done, ev = pipeline.popleft()
+            if done.cancelled():
+                continue
+            exc = done.exception()
+            if exc is None:
+                stats.accepted["event"] += 1
+                if not self.delivered:
+                    self.delivered = True
+                    self.gateway.delivered(ev.node)
+                self.out_seq += 1
+                acks.append(p.ack_frame(self.key, self.sid, self.out_seq, ev.seq, ev.e, ev.origin_boot))
+            elif isinstance(exc, StorageError):  # not acked: the node keeps it and offers it again after
+                stats.rejected["storage_unavailable"] += 1  # its ack timeout (the alarm is up)
+                log.warning("node=%s event e=%d not stored (%s); not acked, so the node resends it",
+                            ev.node, ev.e, exc)
+            elif self.rejected != "internal_error":  # e.g. a bug deciding it: nothing later is acked either
+                stats.rejected["internal_error"] += 1
+                self.rejected = "internal_error"
+                log.error("node=%s peer=%s: internal error; closing so the node resends", self.node, self.peer,
+                          exc_info=exc)
+                self.writer.close()
+        if acks and not self.writer.is_closing():
+            self.writer.write(b"".join(acks))
+        if not pipeline and self._pipeline_empty is not None and not self._pipeline_empty.done():
+            self._pipeline_empty.set_result(None)
+
+    async def _settled(self) -> None:
+        """Until every pipelined event is answered."""
+        while self._pipeline:
+            self._pipeline_empty = asyncio.get_running_loop().create_future()
+            await self._pipeline_empty
 
     async def _hello(self, hello: p.Hello, key: bytes) -> None:
         mark = self.controller.marks.get(hello.node)
@@ -485,12 +716,11 @@ class NodeGateway:
         self.connections[conn.node] = conn  # type: ignore[index]
 
     async def _open(self, transport: asyncio.Transport, tls: bool) -> None:
-        """A new connection whose first byte said TLS or plain: wrap it in a stream, then serve it.
-        (Runs in the task _Sniff started, which stop() cancels with the others.)"""
+        """A new connection whose first byte said TLS or plain: give it its reader (and a writer),
+        then serve it. (Runs in the task _Sniff started, which stop() cancels with the others.)"""
         try:
             loop = asyncio.get_running_loop()
-            reader = asyncio.StreamReader(limit=NODE_STREAM_LIMIT)
-            protocol = asyncio.StreamReaderProtocol(reader)
+            protocol = _NodeLink(loop, tls=tls)
             peer = transport.get_extra_info("peername")
             if tls:
                 assert self.tls is not None
@@ -508,18 +738,18 @@ class NodeGateway:
             protocol.connection_made(transport)
             if not tls:
                 transport.resume_reading()
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            await self._accept(reader, writer, encrypted=tls)
+            writer = asyncio.StreamWriter(transport, protocol, None, loop)
+            await self._accept(protocol, writer, encrypted=tls)
         except asyncio.CancelledError:
             transport.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, encrypted: bool) -> None:
+    async def _accept(self, link: _NodeLink, writer: asyncio.StreamWriter, *, encrypted: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
         self.stats.connections += 1
         self.stats.transport["tls" if encrypted else "plain"] += 1
-        conn = NodeConnection(self, reader, writer, encrypted=encrypted)
+        conn = NodeConnection(self, link, writer, encrypted=encrypted)
         try:
             try:
                 await conn.run()
@@ -560,6 +790,12 @@ class NodeGateway:
             await self.controller.node_cannot_deliver(node, {"sessions": failing, "reason": conn.rejected})
         except Exception:  # the store failed too; the rejection counters and this log still say it
             log.exception("node=%s: could not store the cannot-deliver alarm", node)
+
+    def take_reading_if_within_budget(self, node: str) -> bool:
+        """:meth:`take_reading` for the fast path: False (nothing counted) when the reading is over
+        the budget or the node has none yet, and the general path decides it."""
+        bucket = self._budgets.get(node)
+        return bucket is not None and bucket.take(self.controller.clock())
 
     def take_reading(self, node: str) -> bool:
         """The node's readings budget (docs/configuration.md, [gateway]); False: drop it and count it."""

@@ -159,6 +159,60 @@ def check_length(length: int) -> None:
         raise ProtocolError("malformed_frame", f"length {length} < {MIN_FRAME_BYTES}")
 
 
+class FrameSplitter:
+    """Whole frames out of a byte stream, however it was cut into reads (the gateway's reader).
+
+    :meth:`feed` takes the bytes as they came and returns every payload (body + tag) completed by
+    them, in order. A length prefix out of bounds ends the stream: it is returned, after the
+    payloads before it, as a :class:`ProtocolError`, and nothing fed after it is looked at.
+    """
+
+    __slots__ = ("_buf", "broken")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.broken = False
+
+    @property
+    def partial(self) -> int:
+        """Bytes of a frame begun but not complete (0: the stream is between frames)."""
+        return len(self._buf)
+
+    def ended(self) -> str | None:
+        """What to say of a stream that ends now: None between frames, else where it was cut."""
+        buf = self._buf
+        if not buf:
+            return None
+        if len(buf) < LENGTH_BYTES:
+            return "connection ended inside a length prefix"
+        return f"connection ended {len(buf) - LENGTH_BYTES}/{(buf[0] << 8) | buf[1]} bytes into a frame"
+
+    def feed(self, data: bytes) -> list[bytes | ProtocolError]:
+        if self.broken:
+            return []
+        if self._buf:
+            data = self._buf + data
+        out: list[bytes | ProtocolError] = []
+        i, n = 0, len(data)
+        while n - i >= LENGTH_BYTES:
+            length = (data[i] << 8) | data[i + 1]
+            if length > MAX_FRAME_BYTES or length < MIN_FRAME_BYTES:
+                try:
+                    check_length(length)
+                except ProtocolError as exc:
+                    out.append(exc)
+                self.broken = True
+                self._buf = b""
+                return out
+            end = i + LENGTH_BYTES + length
+            if end > n:
+                break
+            out.append(data[i + LENGTH_BYTES:end])
+            i = end
+        self._buf = data[i:] if i < n else b""
+        return out
+
+
 def split_payload(payload: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
     """Split a frame's payload (after the length) into body, tag and parsed object.
 
@@ -277,6 +331,24 @@ def _fixed_shape_event(obj: Mapping[str, Any]) -> NodeEvent | None:
         if type(value) is not int or not INT_MIN <= value <= INT_MAX or _PRINTABLE_RE.match(name) is None:
             return None
     return NodeEvent(node, boot, seq, event_no, kind, src, val, at_ms, dict(features))
+
+
+def fast_message(body: bytes) -> NodeEvent | Reading | None:
+    """The hot path: ``body`` as a node event or reading of the usual shape, or None for anything
+    else, whatever is wrong with it (the general path, :func:`split_payload` and
+    :func:`parse_node_message`, then decides the frame and names what is wrong)."""
+    try:
+        obj = json.loads(body.decode("ascii"))
+    except ValueError:  # (UnicodeDecodeError is one)
+        return None
+    if type(obj) is not dict:
+        return None
+    keys = obj.keys()
+    if keys == _EVENT_KEYS or keys == _EVENT_KEYS_X:
+        return _fixed_shape_event(obj)
+    if keys == _READING_KEYS:
+        return _fixed_shape_reading(obj)
+    return None
 
 
 def parse_node_message(obj: Mapping[str, Any]) -> NodeMessage:

@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
@@ -78,15 +78,41 @@ class LogEntry:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """A stored room event; ``id`` is the cursor the API and the event stream page by."""
+    """A stored room event; ``id`` is the cursor the API and the event stream page by.
+
+    ``data_json``, when given, is ``data`` as the log stores it (:func:`data_json`): encoded once
+    for the store and the live stream alike. It is not part of the record's value."""
 
     id: int
     ts_ms: int
     kind: str
     data: Mapping[str, Any]
+    data_json: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "ts_ms": self.ts_ms, "kind": self.kind, "data": dict(self.data)}
+
+    def json_text(self) -> str:
+        """``to_json()`` as compact JSON, the data encoded once (the event stream's ``data:``)."""
+        data = self.data_json if self.data_json is not None else data_json(self.data)
+        return '{"id":%d,"ts_ms":%d,"kind":%s,"data":%s}' % (self.id, self.ts_ms, _json_str(self.kind), data)
+
+
+def data_json(data: Mapping[str, Any]) -> str:
+    """A record's data as the log stores it: compact JSON (``json.dumps(data, separators=(",", ":"))``)."""
+    return _COMPACT(data)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # (json.dumps would build an encoder per call)
+
+
+def _json_str(text: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 (a few dozen kinds, each once)
+    out = _cache.get(text)
+    if out is None:
+        out = json.dumps(text)
+        if len(_cache) < 256:
+            _cache[text] = out
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,28 +259,29 @@ class Store:
         ``node_event`` (node, boot, e) is recorded against its first record, so a resent event is
         recognised as a duplicate; ``seq_mark`` moves its node's accepted-sequence mark.
         """
-        log_rows: list[tuple[int, int, str, str]] = []
+        log_rows: list[tuple[int, str, str]] = []
         event_rows: list[tuple[str, int, int, int]] = []
         marks: dict[str, SeqMark] = {}
         for records, node_event, seq_mark in group:
             for r in records:
-                log_rows.append((r.id, ts_ms, r.kind, json.dumps(r.data, separators=(",", ":"))))
+                log_rows.append((r.id, r.kind, r.data_json if r.data_json is not None else data_json(r.data)))
             if node_event is not None:
                 event_rows.append((*node_event, records[0].id))
             if seq_mark is not None:
                 old = marks.get(seq_mark.node)
                 if old is None or (seq_mark.boot, seq_mark.max_seq) > (old.boot, old.max_seq):
                     marks[seq_mark.node] = seq_mark
+        # Each table's rows go in one statement (a JSON array, unpacked by SQLite): the store's thread
+        # then takes the interpreter's lock a few times per group, not a few times per row.
+        mark_rows = [(m.node, m.boot, m.max_seq) for m in marks.values()]
+        log_json, events_json, marks_json = _COMPACT(log_rows), _COMPACT(event_rows), _COMPACT(mark_rows)
 
         def _append(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("INSERT INTO log (id, ts_ms, kind, data) VALUES (?, ?, ?, ?)", log_rows)
-                if event_rows:
-                    db.executemany("INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)",
-                                   event_rows)
-                for mark in marks.values():
-                    _upsert_mark(db, mark)
+                _insert_rows(db, _INSERT_LOG_ROWS, _INSERT_LOG_ROW, log_rows, log_json, ts_ms)
+                _insert_rows(db, _INSERT_EVENT_ROWS, _INSERT_EVENT_ROW, event_rows, events_json)
+                _insert_rows(db, _UPSERT_MARK_ROWS, _UPSERT_MARK, mark_rows, marks_json)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -455,11 +482,34 @@ def _upsert_marks(db: sqlite3.Connection, marks: Iterable[SeqMark]) -> None:
             [v for m in chunk for v in (m.node, m.boot, m.max_seq)])
 
 
+def _insert_rows(db: sqlite3.Connection, many_sql: str, one_sql: str, rows: list[tuple[Any, ...]], rows_json: str,
+                 *lead: Any) -> None:
+    """``rows`` (``rows_json``: them as a JSON array) in one statement; one by one if a string in
+    them holds a NUL, where SQLite's text from JSON would end."""
+    if not rows:
+        return
+    if "\\u0000" not in rows_json:
+        db.execute(many_sql, (*lead, rows_json))
+    else:
+        db.executemany(one_sql, [(*lead, *row) for row in rows])
+
+
+_INSERT_LOG_ROW = "INSERT INTO log (ts_ms, id, kind, data) VALUES (?, ?, ?, ?)"
+_INSERT_LOG_ROWS = ("INSERT INTO log (id, ts_ms, kind, data) "
+                    "SELECT value->>0, ?1, value->>1, value->>2 FROM json_each(?2)")
+_INSERT_EVENT_ROW = "INSERT INTO node_events (node, boot, e, log_id) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT_ROWS = ("INSERT INTO node_events (node, boot, e, log_id) "
+                      "SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)")
+_UPSERT_MARK_ROWS = ("INSERT INTO node_seq (node, boot, max_seq) "
+                     "SELECT value->>0, value->>1, value->>2 FROM json_each(?) WHERE true "
+                     "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
+                     "WHERE excluded.boot > node_seq.boot OR "
+                     "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)")
+_UPSERT_MARK = ("INSERT INTO node_seq (node, boot, max_seq) VALUES (?, ?, ?) "
+                "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
+                "WHERE excluded.boot > node_seq.boot OR "
+                "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)")
+
+
 def _upsert_mark(db: sqlite3.Connection, mark: SeqMark) -> None:
-    db.execute(
-        "INSERT INTO node_seq (node, boot, max_seq) VALUES (?, ?, ?) "
-        "ON CONFLICT(node) DO UPDATE SET boot = excluded.boot, max_seq = excluded.max_seq "
-        "WHERE excluded.boot > node_seq.boot OR "
-        "(excluded.boot = node_seq.boot AND excluded.max_seq > node_seq.max_seq)",
-        (mark.node, mark.boot, mark.max_seq),
-    )
+    db.execute(_UPSERT_MARK, (mark.node, mark.boot, mark.max_seq))
