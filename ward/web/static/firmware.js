@@ -78,18 +78,27 @@ $("fw-bundle").addEventListener("change", holders);
 
 function rolloutItem(r) {
   const bad = r.state === "stopped" || r.state === "held";
-  return el("li", { class: bad ? "status-offline" : "", dataset: { rollout: String(r.id), state: r.state } },
+  return el("li", { class: bad ? "bad" : "", dataset: { rollout: String(r.id), state: r.state } },
     el("div", { class: "head" }, `#${r.id} ${r.version} for ${r.board} by ${r.by}: ${r.state.toUpperCase()}`,
       r.reason ? ` — ${r.reason}` : "",
       el("span", { class: "meta" }, " · started ", age(r.started_ms, " ago")),
       r.state === "running" || r.state === "held" ? el("button", { type: "button", onclick: () => stop(r.id) },
         "Stop rollout") : null),
-    el("ul", {}, ...r.rooms.map((p) => el("li", { dataset: { room: p.room, state: p.state } },
-      `${p.room}: ${p.state}` + (p.room_rollout ? ` (room rollout #${p.room_rollout})` : "")
-        + (p.reason ? ` — ${p.reason}` : ""),
-      el("span", { class: "meta" }, " · ",
-        p.updates.map((u) => `${u.node} ${UPDATE_STATE[u.state] || u.state}`).join(", "),
-        ...Object.entries(p.skipped).map(([n, why]) => `; ${n} left out: ${why}`))))));
+    el("ul", {}, ...r.rooms.map((p) => el("li", { class: p.state === "refused" || p.state === "stopped" ? "bad" : "",
+                                                 dataset: { room: p.room, state: p.state } },
+      el("strong", {}, `${p.room}: ${p.state}`), p.room_rollout ? ` (room rollout #${p.room_rollout})` : "",
+      p.reason ? ` — ${p.reason}` : "",
+      el("div", { class: "nodes" }, ...p.updates.map((u) => el("span", {
+        class: `chip ${BAD.has(u.state) ? "bad" : u.state === "confirmed" ? "ok" : ""}`, dataset: { node: u.node } },
+        `${u.node} ${UPDATE_STATE[u.state] || u.state}`))),
+      skippedText(p.skipped)))));
+}
+
+function skippedText(skipped) {
+  const byWhy = {};
+  for (const [node, why] of Object.entries(skipped)) (byWhy[why] = byWhy[why] || []).push(node);
+  const parts = Object.entries(byWhy).map(([why, nodes]) => `${nodes.join(", ")} (${why})`);
+  return parts.length ? el("div", { class: "meta" }, `Left out: ${parts.join("; ")}`) : null;
 }
 
 function roomTable(room) {
