@@ -461,3 +461,46 @@ async def test_a_room_restart_interrupts_its_rollout_which_stops_the_ward_rollou
         finally:
             await node.close()
             await other.close()
+
+
+async def test_a_rollout_left_running_by_a_crash_is_interrupted_at_the_next_start(bundles, tmp_path):  # noqa: F811
+    """The process dies mid-rollout (no clean stop): the next start finds the row 'running' and
+    marks it interrupted, keeping each node's last known state."""
+    from types import SimpleNamespace
+
+    from controller.ota.server import OtaServer
+    from controller.ota.store import RolloutStore
+
+    async def send(_frame) -> None:
+        pass
+
+    hello = SimpleNamespace(caps=("ota",), fw="0.1.0", hw="sim")
+    audit: list = []
+
+    async def keep(entry) -> None:
+        audit.append(entry)
+
+    def server() -> OtaServer:
+        gateway = SimpleNamespace(connections={"a": SimpleNamespace(hello=hello, sid=1, send=send)}, ota=None)
+        return OtaServer(gateway, audit=keep, clock=lambda: 1000, store=RolloutStore(tmp_path / "room.db"))
+
+    first = server()
+    await first.start()
+    rollout = first.start_rollout(bundles["new"], ["a", "b"], "Tech Tom", ward="k1")
+    await eventually(lambda: rollout.nodes["a"].state == "offered")
+    await asyncio.gather(*first._saves)
+    for task in list(first._tasks):  # the process dies: its tasks end, nothing is written on the way out
+        task.cancel()
+    await asyncio.gather(*first._tasks, return_exceptions=True)
+    await first.store.close()
+
+    second = server()
+    await second.start()
+    (kept,) = second.rollouts
+    assert (kept.id, kept.state, kept.ward, kept.actor) == (1, "interrupted", "k1", "Tech Tom")
+    assert kept.reason == ("the room controller restarted during the rollout; not finished: a, b; "
+                           "start a new rollout to go on")
+    assert {n: u.state for n, u in kept.nodes.items()} == {"a": "offered", "b": "waiting"}
+    assert [e.action for e in audit][-1] == "firmware.rollout.interrupted"
+    assert second.start_rollout(bundles["new"], ["a"], "Tech Tom").id == 2  # ids go on from the kept ones
+    await second.stop()
