@@ -53,7 +53,7 @@ RECONNECT_MAX_S = 15.0      # back-off cap: a restarted broker is reached within
 SESSION_EXPIRY_S = 0        # the room keeps no session: everything unacked is resent from its log
 FIRMWARE_MIN_INTERVAL_S = 0.5  # the nodes' firmware status: at most twice a second during a download
 FIRMWARE_REFRESH_S = 2.0    # a node linking up with a new version is seen within this (no OTA event for it)
-FIRMWARE_ROLLOUTS = 10      # the newest rollouts in the retained firmware status (the ward finds its own there)
+FIRMWARE_ROLLOUTS = 5       # the newest rollouts in the retained firmware status (the ward finds its own there)
 
 
 class UplinkError(ConfigError):
