@@ -259,7 +259,10 @@ async def test_a_ward_rollout_updates_every_node_room_by_room_and_survives_a_con
             room_12_done = servers["4b-12"].ota.rollouts[0]
             assert room_12_done.state == "done" and servers["4b-14"].ota.rollouts[0].started_ms >= \
                 max(u.at_ms for u in room_12_done.nodes.values())
-            actions = [a for _, a, _ in ward_trail(await ward.console.store.read_audit(0, 200))]
+            trail = ward_trail(await ward.console.store.read_audit(0, 200))
+            # a restarted console whose broker connection takes a while (a loaded machine) holds for it, visibly
+            assert all("no connection to the broker" in t for _, a, t in trail if a == "firmware.ward.held")
+            actions = [a for _, a, _ in trail if a not in ("firmware.ward.held", "firmware.ward.going_on")]
             assert actions == ["firmware.ward.start", "firmware.ward.room_started", "firmware.ward.resumed",
                                "firmware.ward.room_done", "firmware.ward.room_started", "firmware.ward.room_done",
                                "firmware.ward.done"]
