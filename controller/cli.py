@@ -376,7 +376,7 @@ def _ward_token(args: argparse.Namespace) -> int:
 
     from .security import tokens
 
-    roles = ("nurse", "charge", "admin")  # ward/console.py ROLES
+    roles = ("nurse", "charge", "admin", "facilities")  # ward/console.py ROLES
     db = tokens.open_db(str(args.db))
     try:
         now = time.time_ns() // 1_000_000
@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     ward_sub = ward.add_subparsers(dest="ward_command")
     ward_token = ward_sub.add_parser("token", help="create a ward token; its secret is printed once")
     ward_token.add_argument("action", choices=("create",))
-    ward_token.add_argument("--role", required=True, choices=("nurse", "charge", "admin"))
+    ward_token.add_argument("--role", required=True, choices=("nurse", "charge", "admin", "facilities"))
     ward_token.add_argument("--name", required=True, help="the person, e.g. 'Nurse Kim' (her staff view)")
     ward_token.add_argument("--db", type=Path, default=Path("ward.db"), dest="db", help="the ward's SQLite store")
     ward.set_defaults(func=_ward)

@@ -16,6 +16,7 @@ from .link.gateway import NodeGateway
 from .link.lifecycle import NodeLifecycle
 from .store.nodes import NodeRegistry
 from .ota.server import OtaServer
+from .ota.store import RolloutStore
 from .model import wall_ms
 from .service import RoomController
 from .store.health import READINGS_MIN_FREE_BYTES
@@ -65,7 +66,8 @@ class RoomServer:
         # firmware updates over the link (docs/firmware.md): bundles from firmware_bundles, checked
         # against the firmware key's public half
         self.ota = OtaServer(self.gateway, audit=self.controller.store.audit, clock=self.controller.clock,
-                             bundles_dir=firmware_bundles, public_key=firmware_public_key)
+                             bundles_dir=firmware_bundles, public_key=firmware_public_key,
+                             store=RolloutStore(db_path))  # rollouts survive a restart
         self._api_host, self._api_port = api_host, api_port
         self._node_host = node_host or config.node_host
         self._node_port = config.node_port if node_port is None else node_port
@@ -100,7 +102,9 @@ class RoomServer:
             from .uplink.uplink import WardUplink  # aiomqtt loads only for rooms on a ward broker
 
             self.uplink = WardUplink(self.controller, self.config.ward)  # raises UplinkError on a bad [ward]
+            self.uplink.ota = self.ota  # the nodes' firmware to the ward, ward rollouts in
         await self.controller.start()
+        await self.ota.start()  # the kept rollouts (one left running is now "interrupted")
         import sensors  # Pi-attached devices first: a wired pull-cord works even before the network side
 
         self.devices = sensors.attach(self.controller, pin_factory=self._pin_factory, ble_backend=self._ble_backend,

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .base import CONTROLLER, GATEWAY, PRINCIPAL, ApiError
 
-from controller.ota.bundle import BundleError, installed_size
+from controller.ota.bundle import BundleError
 
 MAX_ROLLOUT_NODES = 500  # a ward's nodes, with room to spare; more is a mistake in the request
 
@@ -27,21 +27,8 @@ def _ota(request: web.Request):  # type: ignore[no-untyped-def]
 
 async def get_firmware(request: web.Request) -> web.Response:
     ota = _ota(request)
-    gateway = request.app[GATEWAY]
     config = request.app[CONTROLLER].config
-    nodes = []
-    for node in sorted(n.id for n in config.nodes.values() if n.transport == "tcp"):
-        conn = gateway.connections.get(node)
-        hello = conn.hello if conn is not None else None
-        update = ota.updates.get(node)
-        nodes.append({"node": node, "online": hello is not None, "fw": hello.fw if hello else None,
-                      "hw": hello.hw if hello else None, "ota": bool(hello and "ota" in hello.caps),
-                      "update": update.to_json() if update else None})
-    good, bad = ota.available()
-    bundles = [{"name": b.root.name, "version": b.version, "board": b.board, "sha256": b.sha256,
-                "files": len(b.files), "bytes": installed_size(b)} for b in good]
-    return web.json_response({"nodes": nodes, "bundles": bundles, "bad_bundles": bad,
-                              **ota.to_json()})
+    return web.json_response(ota.status(sorted(n.id for n in config.nodes.values() if n.transport == "tcp")))
 
 
 async def post_rollout(request: web.Request) -> web.Response:

@@ -39,10 +39,13 @@ def mosquitto_binary() -> str:
 # --------------------------------------------------------------------------- users and ACLs
 
 
+ROOM_LEAVES = ("event", "state", "status", "firmware", "result")  # what rooms publish; "cmd" is what they are told
+
+
 @dataclass(frozen=True, slots=True)
 class RoomUser:
-    """A room controller's broker account: it may write only its own event/state/status/result
-    topics and read only its own cmd topic."""
+    """A room controller's broker account: it may write only its own event/state/status/firmware/
+    result topics and read only its own cmd topic."""
 
     username: str
     password: str
@@ -50,12 +53,10 @@ class RoomUser:
 
     def acl(self) -> list[str]:
         t = self.topics
-        return [f"user {self.username}"] + [f"topic write {t.leaf(leaf)}" for leaf in ("event", "state", "status",
-                                                                                       "result")] \
+        return [f"user {self.username}"] + [f"topic write {t.leaf(leaf)}" for leaf in ROOM_LEAVES] \
             + [f"topic read {t.cmd}"]
 
 
-ROOM_LEAVES = ("event", "state", "status", "result")  # what rooms publish; "cmd" is what they are told
 
 
 def _unit_acl(username: str, site: str, unit: str, *, rooms_say: str, commands: str) -> list[str]:
@@ -142,7 +143,7 @@ class Bridge:
                  f"remote_username {self.username}", f"remote_password {self.password}",
                  f"remote_clientid bridge-{self.name}", "cleansession false", "bridge_protocol_version mqttv311",
                  "try_private true", "restart_timeout 1 10"]
-        lines += [f"topic +/{leaf} out 1 {prefix} {prefix}" for leaf in ("event", "state", "status", "result")]
+        lines += [f"topic +/{leaf} out 1 {prefix} {prefix}" for leaf in ROOM_LEAVES]
         lines.append(f"topic +/cmd in 1 {prefix} {prefix}")
         if self.cafile:
             lines.append(f"bridge_cafile {self.cafile}")

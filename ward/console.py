@@ -33,16 +33,19 @@ from controller.room.reports import collect_calls, summarize
 from controller.security.tls import pin
 from controller.store import LogRecord
 from controller.uplink.client import MqttClient, refusal_reason
-from controller.uplink.wire import (Command, Result, RoomEvent, Topics, WireError, decode_event, decode_result,
-                                    decode_state, decode_status, parse_topic, unit_filter)
+from controller.uplink.wire import (Command, FirmwareStatus, Result, RoomEvent, Topics, WireError, decode_event,
+                                    decode_firmware, decode_result, decode_state, decode_status, parse_topic,
+                                    unit_filter)
 
 from . import routing
 from .config import WardConfig
+from .errors import WardError
+from .firmware import WardRollouts
 from .store import Route, RoomRow, Shift, WardStore
 
 log = logging.getLogger("smartroom.ward")
 
-ROLES = ("nurse", "charge", "admin")
+ROLES = ("nurse", "charge", "admin", "facilities")
 GAP_GRACE_S = 1.0            # a missing event usually arrives right behind; after this, ask the room's API
 BACKFILL_PAGE = 1000         # events per request to the room's API (its maximum page)
 BACKFILL_TIMEOUT_S = 10.0    # one page from a room's API on the LAN takes milliseconds
@@ -53,14 +56,6 @@ COMMAND_TIMEOUT_S = 10.0     # a room answers a command in milliseconds; ten sec
 COMMAND_EXPIRY_S = 30        # MQTT 5 message expiry: a command never reaches a room late
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps the ward's session (and queues for it) a week
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 15.0
-
-
-class WardError(Exception):
-    """An action the ward cannot carry out; ``status``/``code`` shape the HTTP error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(slots=True)
@@ -109,6 +104,8 @@ class WardConsole:
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.cursor = 0  # the ward log's newest id
+        self.firmware: dict[str, FirmwareStatus] = {}  # room -> its nodes' firmware (retained, so current)
+        self.ward_rollouts = WardRollouts(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -123,8 +120,10 @@ class WardConsole:
             if row.state_cursor > self.cursors.get(room, 0):
                 self._schedule_gap(room)
         self._task = asyncio.create_task(self._run(), name="ward mqtt")
+        await self.ward_rollouts.resume()  # a ward rollout running before a restart goes on
 
     async def stop(self) -> None:
+        await self.ward_rollouts.close()
         tasks = [t for t in [self._task, *self._gap_tasks.values()] if t is not None]
         for task in tasks:
             task.cancel()
@@ -158,9 +157,10 @@ class WardConsole:
                     self._client = client
                     self.stats.connects += 1
                     backoff = RECONNECT_MIN_S
-                    for leaf in ("event", "state", "status", "result"):
+                    for leaf in ("event", "state", "status", "firmware", "result"):
                         await client.subscribe(unit_filter(self.config.site, self.config.unit, leaf), qos=1)
                     self.connected.set()
+                    self.ward_rollouts.wake()
                     await self._note("ward.link", {"state": "connected"})
                     await self._receive(client)
             except aiomqtt.MqttError as exc:
@@ -175,6 +175,7 @@ class WardConsole:
             finally:
                 if self.connected.is_set():
                     self.connected.clear()
+                    self.ward_rollouts.wake()
                     try:
                         await self._note("ward.link", {"state": "disconnected"})
                     except Exception:  # the store closing at shutdown
@@ -249,6 +250,10 @@ class WardConsole:
                 await self._on_status(topics, payload)
             elif leaf == "result":
                 await self._on_result(decode_result(payload, room))
+            elif leaf == "firmware":
+                if payload:  # an empty retained message clears the topic: nothing to show
+                    self.firmware[room] = decode_firmware(payload, room)
+                    self.ward_rollouts.wake()
             else:
                 raise WireError(f"{topic}: the ward does not take {leaf} messages")
         except WireError as exc:  # counted by what it claimed to be; the ward carries on
@@ -319,6 +324,10 @@ class WardConsole:
         record = await self.store.add_ward_event(self.clock(), kind, data, room)
         self._publish([record])
         return record
+
+    async def note(self, kind: str, data: dict[str, Any], room: str | None = None) -> LogRecord:
+        """Something the ward did, in its log (and live stream)."""
+        return await self._note(kind, data, room)
 
     def _schedule_gap(self, room: str) -> None:
         task = self._gap_tasks.get(room)
@@ -425,6 +434,7 @@ class WardConsole:
                                            api_url=st.api_url or (old.api_url if old else None),
                                            fingerprint=st.fingerprint or (old.fingerprint if old else None),
                                            name=st.name or (old.name if old else None))
+        self.ward_rollouts.wake()
         if old is None or old.status != st.status or old.reason != st.reason:
             await self._note("ward.status", {"status": st.status, "reason": st.reason}, st.room)
             if st.status == "offline":
@@ -442,7 +452,8 @@ class WardConsole:
 
     # ------------------------------------------------------------------ commands
     async def command(self, room: str, action: str, by: str, *, call_id: str | None = None, bed: str | None = None,
-                      enabled: bool | None = None) -> Result:
+                      enabled: bool | None = None, bundle: str | None = None, nodes: tuple[str, ...] | None = None,
+                      rollout: str | None = None) -> Result:
         row = self.rooms.get(room)
         if row is None:
             raise WardError(404, "room_not_found", f"no room {room!r} on this ward")
@@ -452,7 +463,7 @@ class WardConsole:
         client = self._client
         if client is None or not self.connected.is_set():
             raise WardError(503, "broker_unreachable", "the ward console has no connection to the broker")
-        cmd = Command(uuid.uuid4().hex, action, by, self.clock(), call_id, bed, enabled)
+        cmd = Command(uuid.uuid4().hex, action, by, self.clock(), call_id, bed, enabled, bundle, nodes, rollout)
         topics = Topics(row.site, row.unit, room)
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[cmd.id] = fut

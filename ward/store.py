@@ -5,13 +5,13 @@
 ward's own happenings (room online/offline, routing to people, commands and their results,
 assignments). ``rooms`` holds each room's latest status and state; ``shifts``/``assignments`` who
 covers which room and bed; ``routes`` each call's escalation among people; ``commands`` every
-command sent and its answer. Tokens and the audit log use the room's token code with the ward's roles.
+command sent and its answer; ``firmware_rollouts`` the ward's rollouts (ward/firmware.py). Tokens and the audit log use the room's token code with the ward's roles.
 
 Durability: the rooms hold the record; the ward's copy of their events, states and statuses heals
 from them (a room's retained state names its cursor, and a gap is read back from the room's API).
 So those writes commit without an fsync (``synchronous=NORMAL`` in WAL mode: safe against a crash
 of the console, not of the machine), which keeps a burst from 300 rooms from queueing behind the
-disk. What only the ward knows (the shift, routes, commands, tokens, the audit log) is written with
+disk. What only the ward knows (the shift, routes, commands, ward rollouts, tokens, the audit log) is written with
 ``synchronous=FULL``: durable when the call returns.
 """
 
@@ -88,6 +88,12 @@ CREATE TABLE IF NOT EXISTS commands (
     result    TEXT,
     result_ms INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS firmware_rollouts (
+    id         INTEGER PRIMARY KEY,
+    state      TEXT NOT NULL,        -- running, held, done, stopped
+    doc        TEXT NOT NULL,        -- ward/firmware.py WardRollout.to_json(): the plan and how far each room got
+    updated_ms INTEGER NOT NULL
+);
 """
 
 
@@ -328,6 +334,17 @@ class WardStore(SidecarDb):
                      "result": json.loads(r[6]) if r[6] else None, "result_ms": r[7]} for r in rows]
 
         return await self._run(_read)
+
+    # -- ward rollouts ---------------------------------------------------------------------------
+    async def save_firmware_rollout(self, rollout_id: int, doc: dict[str, Any], state: str) -> None:
+        """Only the ward knows its rollout's plan: durable when this returns."""
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO firmware_rollouts (id, state, doc, updated_ms) VALUES (?, ?, ?, ?)",
+            (rollout_id, state, json.dumps(doc, separators=(",", ":")), doc.get("updated_ms", 0))), durable=True)
+
+    async def firmware_rollouts(self) -> list[dict[str, Any]]:
+        return await self._run(lambda db: [json.loads(r[0]) for r in db.execute(
+            "SELECT doc FROM firmware_rollouts ORDER BY id")])
 
     # -- tokens and audit -----------------------------------------------------------------------
     async def find_token(self, secret: str) -> tokens.Principal | None:

@@ -38,7 +38,8 @@ from ..store import LogRecord
 from . import commands
 from .client import MqttClient, PublishRefused, refusal_reason
 from .marks import UplinkMarks
-from .wire import Command, RoomEvent, RoomStatus, Topics, WireError, decode_command, encode_state
+from .wire import (Command, FirmwareStatus, RoomEvent, RoomStatus, Topics, WireError, decode_command,
+                   encode_state)
 
 log = logging.getLogger("smartroom.uplink")
 
@@ -50,6 +51,9 @@ STATE_REFRESH_S = 10.0      # readings and timers change the state without log r
 RECONNECT_MIN_S = 0.5       # first retry after a lost connection
 RECONNECT_MAX_S = 15.0      # back-off cap: a restarted broker is reached within 15 s
 SESSION_EXPIRY_S = 0        # the room keeps no session: everything unacked is resent from its log
+FIRMWARE_MIN_INTERVAL_S = 0.5  # the nodes' firmware status: at most twice a second during a download
+FIRMWARE_REFRESH_S = 2.0    # a node linking up with a new version is seen within this (no OTA event for it)
+FIRMWARE_ROLLOUTS = 5       # the newest rollouts in the retained firmware status (the ward finds its own there)
 
 
 class UplinkError(ConfigError):
@@ -67,6 +71,7 @@ class UplinkStats:
     events_resent: int = 0          # published again after an outage (at-least-once)
     publish_refused: Counter[str] = field(default_factory=Counter)  # by topic leaf
     states_published: int = 0
+    firmware_published: int = 0
     commands: Counter[str] = field(default_factory=Counter)         # by result code
     commands_rejected: Counter[str] = field(default_factory=Counter)  # malformed, by reason
     commands_repeated: int = 0      # delivered again: answered from the stored result, not done twice
@@ -76,7 +81,8 @@ class UplinkStats:
                 "disconnects": self.disconnects, "link_errors": self.link_errors, "last_error": self.last_error,
                 "events_published": self.events_published,
                 "events_resent": self.events_resent, "publish_refused": dict(self.publish_refused),
-                "states_published": self.states_published, "commands": dict(self.commands),
+                "states_published": self.states_published, "firmware_published": self.firmware_published,
+                "commands": dict(self.commands),
                 "commands_rejected": dict(self.commands_rejected), "commands_repeated": self.commands_repeated}
 
 
@@ -112,6 +118,8 @@ class WardUplink:
         self._task: asyncio.Task[None] | None = None
         self._client: MqttClient | None = None
         self._published_max = 0      # the highest cursor this process published: below it is a resend
+        self.ota: Any = None         # the room's OtaServer: its nodes' firmware out, ward rollouts in
+        self._firmware_changed = asyncio.Event()
 
     @property
     def remote(self) -> str:
@@ -200,6 +208,8 @@ class WardUplink:
         self.connected.set()
         tasks = [asyncio.create_task(self._send_loop(client), name="uplink send"),
                  asyncio.create_task(self._command_loop(client), name="uplink commands")]
+        if self.ota is not None:
+            tasks.append(asyncio.create_task(self._firmware_loop(client), name="uplink firmware"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -289,6 +299,37 @@ class WardUplink:
         await self.marks.save_acked(self.broker_key, cursor, self.controller.clock())
         self._saved, self._last_save = cursor, loop.time()
 
+    # ------------------------------------------------------------------ the nodes' firmware out
+    def firmware_status(self) -> FirmwareStatus:
+        config = self.controller.config
+        doc = self.ota.status(sorted(n.id for n in config.nodes.values() if n.transport == "tcp"))
+        return FirmwareStatus(self.topics.room, self.controller.clock(), tuple(doc["nodes"]), tuple(doc["bundles"]),
+                              tuple(doc["rollouts"][-FIRMWARE_ROLLOUTS:]), tuple(doc["bad_bundles"]))
+
+    async def _firmware_loop(self, client: MqttClient) -> None:
+        """The retained firmware status whenever it changes (an update's state at once, a download's
+        progress at most twice a second, a node's version within FIRMWARE_REFRESH_S)."""
+        listener = self._firmware_changed.set
+        self.ota.listeners.append(listener)
+        loop = asyncio.get_running_loop()
+        sent: str | None = None  # a new connection sends it again (the broker may be new)
+        try:
+            while True:
+                self._firmware_changed.clear()
+                status = self.firmware_status()
+                body = json.dumps({**status.to_json(), "ts_ms": 0}, sort_keys=True)
+                if body != sent:
+                    await self._publish(client, self.topics.firmware, status.encode(), retain=True)
+                    self.stats.firmware_published += 1
+                    sent = body
+                    await asyncio.sleep(FIRMWARE_MIN_INTERVAL_S)  # a rate limit, not a wait for a condition
+                try:
+                    await asyncio.wait_for(self._firmware_changed.wait(), FIRMWARE_REFRESH_S)
+                except TimeoutError:
+                    pass
+        finally:
+            self.ota.listeners.remove(listener)
+
     # ------------------------------------------------------------------ commands in
     async def _command_loop(self, client: MqttClient) -> None:
         async for message in client.messages:
@@ -308,7 +349,7 @@ class WardUplink:
             self.stats.commands_repeated += 1
             result = commands.Result(**stored)
         else:
-            result = await commands.execute(self.controller, cmd)
+            result = await commands.execute(self.controller, cmd, self.ota)
             now = self.controller.clock()
             await self.marks.save_command(cmd.id, result.to_json(), now)
             await self.controller.store.audit(commands.audit_entry(cmd, result, now, self.remote))

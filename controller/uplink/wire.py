@@ -5,7 +5,8 @@ Topics name the site, the unit and the room::
     smartroom/<site>/<unit>/<room>/event    room -> ward  QoS 1       every stored room event, with its cursor
     smartroom/<site>/<unit>/<room>/state    room -> ward  QoS 1, retained   the room now (calls, dome light, ...)
     smartroom/<site>/<unit>/<room>/status   room -> ward  QoS 1, retained   online / offline (the last will)
-    smartroom/<site>/<unit>/<room>/cmd      ward -> room  QoS 1       ack, clear, silence, fall-risk
+    smartroom/<site>/<unit>/<room>/firmware room -> ward  QoS 1, retained   its nodes' firmware, bundles, rollouts
+    smartroom/<site>/<unit>/<room>/cmd      ward -> room  QoS 1       ack, clear, silence, fall-risk, firmware
     smartroom/<site>/<unit>/<room>/result   room -> ward  QoS 1       the answer to one command
 
 Payloads are JSON objects with ``"v": 1``. Decoding checks every field and raises :class:`WireError`
@@ -22,9 +23,11 @@ from typing import Any, Mapping
 
 ROOT = "smartroom"
 VERSION = 1
-LEAVES = ("event", "state", "status", "cmd", "result")
+LEAVES = ("event", "state", "status", "firmware", "cmd", "result")
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # no MQTT wildcards or separators in a name
-ACTIONS = ("ack", "clear", "silence", "fall_risk")
+ACTIONS = ("ack", "clear", "silence", "fall_risk", "firmware")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_ROLLOUT_NODES = 500  # a room's nodes, with room to spare (room_api/firmware.py has the same bound)
 STATUSES = ("online", "offline")
 MAX_PAYLOAD = 256 * 1024  # a room's state with many calls is a few KB; anything far bigger is not ours
 MAX_NAME_LEN = 64
@@ -71,6 +74,10 @@ class Topics:
     @property
     def status(self) -> str:
         return self.leaf("status")
+
+    @property
+    def firmware(self) -> str:
+        return self.leaf("firmware")
 
     @property
     def cmd(self) -> str:
@@ -216,8 +223,54 @@ def decode_state(payload: bytes, room: str) -> RoomState:
 
 
 @dataclass(frozen=True, slots=True)
+class FirmwareStatus:
+    """A room's nodes' firmware (``OtaServer.status()``'s shape): each node's version, board and
+    update, the bundles it holds verified, its rollouts (each naming the ward rollout it is part of)."""
+
+    room: str
+    ts_ms: int
+    nodes: tuple[Mapping[str, Any], ...]
+    bundles: tuple[Mapping[str, Any], ...]
+    rollouts: tuple[Mapping[str, Any], ...]
+    bad_bundles: tuple[Mapping[str, Any], ...] = ()
+
+    def encode(self) -> bytes:
+        return _dump({"room": self.room, "ts_ms": self.ts_ms, "nodes": [dict(n) for n in self.nodes],
+                      "bundles": [dict(b) for b in self.bundles], "rollouts": [dict(r) for r in self.rollouts],
+                      "bad_bundles": [dict(b) for b in self.bad_bundles]})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"room": self.room, "ts_ms": self.ts_ms, "nodes": [dict(n) for n in self.nodes],
+                "bundles": [dict(b) for b in self.bundles], "rollouts": [dict(r) for r in self.rollouts],
+                "bad_bundles": [dict(b) for b in self.bad_bundles]}
+
+
+def decode_firmware(payload: bytes, room: str) -> FirmwareStatus:
+    obj = _load(payload, "firmware")
+
+    def items(key: str, needs: tuple[str, ...]) -> tuple[Mapping[str, Any], ...]:
+        value = obj.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
+            raise WireError(f"firmware: '{key}' must be a list of objects")
+        for item in value:
+            for need in needs:
+                if not isinstance(item.get(need), (str, int)) or isinstance(item.get(need), bool):
+                    raise WireError(f"firmware: an item of '{key}' lacks '{need}'")
+        return tuple(value)
+
+    st = FirmwareStatus(_field(obj, "room", str, "firmware"), _field(obj, "ts_ms", int, "firmware"),
+                        items("nodes", ("node",)), items("bundles", ("sha256", "version", "board")),
+                        items("rollouts", ("id", "state", "bundle")), items("bad_bundles", ("folder",)))
+    if st.room != room:
+        raise WireError(f"firmware: names room {st.room!r} but came on room {room!r}'s topic")
+    return st
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
-    """A nurse's action sent from the ward: ``by`` is the acting person."""
+    """A nurse's (or a technician's) action sent from the ward: ``by`` is the acting person.
+    ``firmware``: update ``nodes`` to the bundle whose manifest hashes to ``bundle``, as part of
+    ward rollout ``rollout`` (the room installs only a bundle of its own that verifies with its key)."""
 
     id: str
     action: str
@@ -226,14 +279,21 @@ class Command:
     call_id: str | None = None
     bed: str | None = None
     enabled: bool | None = None
+    bundle: str | None = None
+    nodes: tuple[str, ...] | None = None
+    rollout: str | None = None
 
     def encode(self) -> bytes:
         return _dump({k: v for k, v in (("id", self.id), ("action", self.action), ("by", self.by),
                                         ("ts_ms", self.ts_ms), ("call_id", self.call_id), ("bed", self.bed),
-                                        ("enabled", self.enabled)) if v is not None})
+                                        ("enabled", self.enabled), ("bundle", self.bundle),
+                                        ("nodes", list(self.nodes) if self.nodes is not None else None),
+                                        ("rollout", self.rollout)) if v is not None})
 
     @property
     def target(self) -> str:
+        if self.action == "firmware":
+            return f"bundle {(self.bundle or '')[:12]} to {', '.join(self.nodes or ())} (ward rollout {self.rollout})"
         return self.call_id or (f"bed {self.bed}" if self.bed else "room")
 
 
@@ -249,6 +309,16 @@ def decode_command(payload: bytes) -> Command:
     if action == "fall_risk":
         return Command(cmd.id, action, cmd.by, cmd.ts_ms, bed=_name(obj, "bed", "command"),
                        enabled=_field(obj, "enabled", bool, "command"))
+    if action == "firmware":
+        bundle = _field(obj, "bundle", str, "command")
+        if not SHA256_RE.match(bundle):
+            raise WireError("command: 'bundle' must be a manifest's SHA-256 (64 lowercase hex digits)")
+        nodes = _field(obj, "nodes", list, "command")
+        if not 1 <= len(nodes) <= MAX_ROLLOUT_NODES or len(set(map(str, nodes))) != len(nodes) or not all(
+                isinstance(n, str) and 0 < len(n) <= MAX_NAME_LEN for n in nodes):
+            raise WireError(f"command: 'nodes' must be 1 to {MAX_ROLLOUT_NODES} distinct node ids")
+        return Command(cmd.id, action, cmd.by, cmd.ts_ms, bundle=bundle, nodes=tuple(nodes),
+                       rollout=_name(obj, "rollout", "command"))
     return cmd
 
 

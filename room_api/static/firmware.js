@@ -61,7 +61,8 @@ export class FirmwarePanel {
     if (!$("fw-order").value) $("fw-order").value = doc.nodes.filter((n) => n.ota).map((n) => n.node).join(", ");
     $("fw-bad").replaceChildren(...doc.bad_bundles.map((b) => el("li", {}, `${b.folder}: ${b.error}`)));
     $("fw-rollouts").replaceChildren(...doc.rollouts.slice().reverse().map((r) => el("li", {
-      class: r.state === "stopped" ? "status-offline" : "", dataset: { rollout: String(r.id), state: r.state } },
+      class: r.state === "stopped" || r.state === "interrupted" ? "status-offline" : "",
+      dataset: { rollout: String(r.id), state: r.state } },
       `#${r.id} ${r.version} by ${r.actor}: ${r.state.toUpperCase()}`,
       r.reason ? ` — ${r.reason}` : "",
       el("span", { class: "meta" }, " · ", r.nodes.map((u) => `${u.node} ${UPDATE_STATE[u.state] || u.state}`).join(", ")))));

@@ -8,7 +8,8 @@ cursor, resumable with ``Last-Event-ID``.
 
 Roles: ``nurse`` (the staff view, the ward page, acknowledge/clear/silence/fall-risk, accept or
 decline the calls that reach her), ``charge`` (all that, plus the shift's assignments and the
-reports), ``admin`` (audit, commands, metrics).
+reports), ``admin`` (audit, commands, metrics), ``facilities`` (the ward firmware page: every room's
+nodes' firmware and ward rollouts; no patient data).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from room_api.auth import FailedAuthLimiter, make_middleware
 from room_api.base import ApiError, int_param, make_error_middleware
 
 from ..console import WardConsole, WardError
+from ..firmware import RolloutRefused
 from . import metrics as metrics_mod
 from . import openapi
 
@@ -48,7 +50,7 @@ REPORT_DEFAULT_SPAN_MS = 24 * 3600 * 1000
 
 
 def _ward_error(exc: Exception) -> ApiError | None:
-    return ApiError(exc.status, exc.code, exc.message) if isinstance(exc, WardError) else None
+    return ApiError(exc.status, exc.code, exc.message) if isinstance(exc, (WardError, RolloutRefused)) else None
 
 
 error_middleware = make_error_middleware(_ward_error, log, "ward console's")
@@ -204,6 +206,40 @@ async def staff_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "staff.html")
 
 
+async def firmware_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "firmware.html")
+
+
+# --------------------------------------------------------------------------- firmware (ward rollouts)
+async def get_firmware(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONSOLE].ward_rollouts.view())
+
+
+async def post_firmware_rollout(request: web.Request) -> web.Response:
+    """A ward rollout: ``bundle`` (a hash the rooms report, or 8+ leading digits), optional ``rooms``
+    (the order: the first room's first node is the canary; default every room of the ward)."""
+    body = await _body(request)
+    bundle = body.get("bundle")
+    if not isinstance(bundle, str) or not bundle.strip():
+        raise ApiError(400, "bad_parameter", "'bundle' must be a bundle's SHA-256 (or its first 8+ digits)")
+    rooms = body.get("rooms")
+    if rooms is not None:
+        if not isinstance(rooms, list) or not rooms or len(set(map(str, rooms))) != len(rooms):
+            raise ApiError(400, "bad_parameter", "'rooms' must be a list of distinct room ids")
+        rooms = [_name(r, "rooms[]") for r in rooms]
+    rollout = await request.app[CONSOLE].ward_rollouts.start(bundle.strip().lower(), rooms, _by(body, request))
+    return web.json_response(rollout.to_json(), status=201)
+
+
+async def post_firmware_stop(request: web.Request) -> web.Response:
+    try:
+        rollout_id = int(request.match_info["rollout"])
+    except ValueError:
+        raise ApiError(400, "bad_parameter", "the rollout id must be a number") from None
+    by = _by(await _body(request), request)
+    return web.json_response((await request.app[CONSOLE].ward_rollouts.stop(rollout_id, by)).to_json())
+
+
 # --------------------------------------------------------------------------- actions
 async def post_ack(request: web.Request) -> web.Response:
     by = _by(await _body(request), request)
@@ -279,10 +315,12 @@ READERS = frozenset({"nurse", "charge", "admin"})
 CHARGE = frozenset({"charge"})
 MANAGERS = frozenset({"charge", "admin"})
 ADMIN = frozenset({"admin"})
+FACILITIES = frozenset({"facilities", "admin"})
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", ward_page, None, "Ward page: the nurse station (HTML)"),
     Route("GET", "/staff", staff_page, None, "Staff view: a nurse's phone (HTML)"),
+    Route("GET", "/firmware", firmware_page, None, "Ward firmware: every room's nodes, ward rollouts (HTML)"),
     Route("GET", "/api/v1/health", get_health, None, "Liveness and counts (no patient data)"),
     Route("GET", "/api/v1/openapi.json", get_openapi, None, "This API's OpenAPI 3 description"),
     Route("GET", "/api/v1/ward", get_ward, READERS, "Every active call in priority order, the room grid, alarms"),
@@ -303,6 +341,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/commands", get_commands, MANAGERS, "Commands sent to rooms and their answers"),
     Route("GET", "/api/v1/audit", get_audit, ADMIN, "Audit log of state-changing requests, newest first"),
     Route("GET", "/metrics", get_metrics, ADMIN, "Prometheus metrics"),
+    Route("GET", "/api/v1/firmware", get_firmware, FACILITIES,
+          "Every room's nodes (firmware version, board, update), the bundles the rooms hold, ward rollouts"),
+    Route("POST", "/api/v1/firmware/rollouts", post_firmware_rollout, FACILITIES,
+          "Start a ward rollout: one node first, then the rest of its room, then each other room"),
+    Route("POST", "/api/v1/firmware/rollouts/{rollout}/stop", post_firmware_stop, FACILITIES,
+          "Stop a ward rollout: no further room is started"),
 )
 
 

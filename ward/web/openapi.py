@@ -55,6 +55,29 @@ SCHEMAS: dict[str, S] = {
     "Commands": _obj(["commands"], commands={"type": "array", "items": {"type": "object"}}),
     "AuditPage": _obj(["entries"], entries={"type": "array", "items": {"type": "object"}}),
     "Health": _obj(["status"], status=STR, ward=STR, broker=STR, rooms=INT, alarms=INT, active_calls=INT),
+    "WardRollout": _obj(["id", "key", "bundle", "version", "board", "by", "state", "rooms"], id=INT, key=STR,
+                        bundle=STR, version=STR, board=STR, by=STR, started_ms=MS, updated_ms=MS,
+                        state={"type": "string", "enum": ["running", "held", "done", "stopped"]},
+                        reason={"type": "string", "nullable": True}, rooms={"type": "array", "items": _obj(
+                            ["room", "nodes", "state"], room=STR, nodes={"type": "array", "items": STR},
+                            skipped={"type": "object", "additionalProperties": STR},
+                            state={"type": "string", "enum": ["waiting", "starting", "running", "done", "skipped",
+                                                              "refused", "stopped"]},
+                            room_rollout={"type": "integer", "nullable": True},
+                            reason={"type": "string", "nullable": True},
+                            updates={"type": "array", "items": {"type": "object"}})}),
+    "WardFirmware": _obj(["rooms", "bundles", "rollouts"], rooms={"type": "array", "items": _obj(
+        ["room", "status", "nodes"], room=STR, name=STR, status=STR, reported_ms={"type": "integer", "nullable": True},
+        nodes={"type": "array", "items": _obj(["node", "online"], node=STR, online=BOOL, ota=BOOL,
+                                              fw={"type": "string", "nullable": True},
+                                              hw={"type": "string", "nullable": True},
+                                              update={"type": "object", "nullable": True})},
+        rollout={"type": "object", "nullable": True})},
+        bundles={"type": "array", "items": _obj(["sha256", "version", "board", "rooms"], sha256=STR, version=STR,
+                                                board=STR, rooms={"type": "array", "items": STR},
+                                                missing={"type": "array", "items": STR},
+                                                refused={"type": "object", "additionalProperties": STR})},
+        rollouts={"type": "array", "items": _ref("WardRollout")}),
 }
 BY = _obj(by={"type": "string", "minLength": 1, "maxLength": 64, "description": "who; default the token's name"})
 DOCS: dict[tuple[str, str], S] = {
@@ -83,6 +106,12 @@ DOCS: dict[tuple[str, str], S] = {
     ("GET", "/api/v1/commands"): {"ok": "Commands", "query": {"limit": INT}, "errors": [400]},
     ("GET", "/api/v1/audit"): {"ok": "AuditPage", "query": {"after_ms": INT, "limit": INT}, "errors": [400]},
     ("GET", "/metrics"): {"text": True},
+    ("GET", "/firmware"): {"html": True},
+    ("GET", "/api/v1/firmware"): {"ok": "WardFirmware"},
+    ("POST", "/api/v1/firmware/rollouts"): {"ok": "WardRollout", "status": 201, "errors": [400, 404, 409],
+                                            "body": _obj(["bundle"], bundle=STR, rooms={"type": "array", "items": STR},
+                                                         by=BY["properties"]["by"])},
+    ("POST", "/api/v1/firmware/rollouts/{rollout}/stop"): {"ok": "WardRollout", "body": BY, "errors": [400, 404, 409]},
 }
 _ERRORS = {400: "Bad request", 404: "Not found", 409: "Refused by the room's rules", 503: "The room or broker is "
            "unreachable (the room is offline)", 504: "The room did not answer"}
@@ -111,7 +140,8 @@ def _operation(route: Any, doc: S) -> S:
         r["200"] = {"description": "Server-Sent Events; id is the ward log cursor",
                     "content": {"text/event-stream": {"schema": STR}}}
     else:
-        r["200"] = {"description": "OK", "content": _json(_ref(doc["ok"]) if doc["ok"] else None)}
+        r[str(doc.get("status", 200))] = {"description": "Created" if doc.get("status") == 201 else "OK",
+                                          "content": _json(_ref(doc["ok"]) if doc["ok"] else None)}
     for status in doc.get("errors", []):
         r[str(status)] = {"description": _ERRORS[status], "content": _json(_ref("Error"))}
     if route.roles is not None:
@@ -135,7 +165,8 @@ def build(routes: Iterable[Any]) -> S:
             "info": {"title": "smartroom ward console", "version": "1",
                      "description": "Every room of a unit over MQTT: calls in priority order, rooms offline as "
                                     "technical alarms, commands to rooms, escalation to people, assignments and "
-                                    "reports. Roles: nurse, charge, admin (x-roles on each operation)."},
+                                    "reports, ward firmware rollouts. Roles: nurse, charge, admin, facilities (x-roles on each "
+                                    "operation)."},
             "paths": paths,
             "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
 
