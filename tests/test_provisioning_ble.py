@@ -53,6 +53,9 @@ class Bridge:
         self.subscribers: dict[str, Any] = {}
         self.writes: list[tuple[str, bytes]] = []  # what went over the air, for the test to inspect
         self.encrypted = False
+        # one request at a time: the technician's press and the provisioning flow share the pipe
+        # (two readers of one stdout raise "readuntil() called while another coroutine is waiting")
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,10 @@ class Bridge:
         await self.proc.wait()
 
     async def request(self, op: str, **fields: Any) -> bytes | None:
+        async with self._lock:
+            return await self._request(op, **fields)
+
+    async def _request(self, op: str, **fields: Any) -> bytes | None:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write((json.dumps({"op": op, **fields}) + "\n").encode())
         await self.proc.stdin.drain()
