@@ -101,6 +101,15 @@ async def _welcomed(gateway: NodeGateway, client: NodeClient) -> None:
     await client.send_event(first)
 
 
+async def _welcomed_with_commits_held(gateway: NodeGateway, commits: HeldCommits) -> NodeClient:
+    """A node past its first event (the general path), with the next commits held until released."""
+    client = NodeClient(NODE, node_key(NODE))
+    await _welcomed(gateway, client)
+    commits.forget()
+    commits.hold()
+    return client
+
+
 async def _acks(client: NodeClient, count: int) -> list[int]:
     out: list[int] = []
     async with asyncio.timeout(GUARD_S):
@@ -127,11 +136,8 @@ def _stored_event_numbers(controller: RoomController) -> list[int]:
 
 # ---------------------------------------------------------------------- acks: in order, after the commit
 async def test_frames_are_handled_while_earlier_events_wait_and_acked_in_order_after_their_commit(
-        gateway, controller, commits, monkeypatch):
-    client = NodeClient(NODE, node_key(NODE))
-    await _welcomed(gateway, client)
-    commits.forget()
-    commits.hold()
+        gateway, controller, commits):
+    client = await _welcomed_with_commits_held(gateway, commits)
     first = quiet(client)
     await client.send(first)
     async with asyncio.timeout(GUARD_S):
@@ -153,11 +159,8 @@ async def test_frames_are_handled_while_earlier_events_wait_and_acked_in_order_a
 
 
 async def test_a_frame_that_fails_verification_mid_pipeline_is_refused_and_the_ones_before_it_are_acked(
-        gateway, controller, commits, monkeypatch):
-    client = NodeClient(NODE, node_key(NODE))
-    await _welcomed(gateway, client)
-    commits.forget()
-    commits.hold()
+        gateway, controller, commits):
+    client = await _welcomed_with_commits_held(gateway, commits)
     good = [quiet(client) for _ in range(3)]
     forged = quiet(client)
     after = quiet(client)
@@ -178,11 +181,8 @@ async def test_a_frame_that_fails_verification_mid_pipeline_is_refused_and_the_o
 
 
 async def test_a_connection_closed_mid_pipeline_loses_nothing_and_the_resends_are_duplicates(
-        gateway, controller, commits, monkeypatch):
-    client = NodeClient(NODE, node_key(NODE))
-    await _welcomed(gateway, client)
-    commits.forget()
-    commits.hold()
+        gateway, controller, commits):
+    client = await _welcomed_with_commits_held(gateway, commits)
     pending = [quiet(client) for _ in range(4)]
     await client.send_raw(b"".join(p.encode_frame(client.key, m) for m in pending))
     conn = gateway.connections[NODE]
@@ -204,10 +204,7 @@ async def test_a_connection_closed_mid_pipeline_loses_nothing_and_the_resends_ar
 
 async def test_an_event_the_store_refuses_mid_pipeline_is_not_acked_and_the_others_are(
         gateway, controller, commits, monkeypatch):
-    client = NodeClient(NODE, node_key(NODE))
-    await _welcomed(gateway, client)
-    commits.forget()
-    commits.hold()
+    client = await _welcomed_with_commits_held(gateway, commits)
     first = quiet(client)
     await client.send(first)
     async with asyncio.timeout(GUARD_S):
