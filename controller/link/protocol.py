@@ -118,30 +118,21 @@ def canonical_json(obj: Mapping[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- framing
 
 
-_SHA256_BLOCK = 64
-_IPAD = bytes(b ^ 0x36 for b in range(256))  # HMAC's pads, as translation tables (RFC 2104)
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-TAG_KEYS_CACHED = 4096  # keys whose pads are kept (a room has tens of nodes; a ward's bridge a few hundred)
+TAG_KEYS_CACHED = 4096  # keys whose HMAC state is kept (a room has tens of nodes; a ward's bridge a few hundred)
 
 
 @functools.lru_cache(maxsize=TAG_KEYS_CACHED)
-def _pads(key: bytes) -> tuple[Any, Any]:
-    """SHA-256 states with the key's inner and outer pad already hashed, copied for each tag."""
-    if len(key) > _SHA256_BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_SHA256_BLOCK, b"\0")
-    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+def _keyed(key: bytes) -> "hmac.HMAC":
+    """The key's HMAC-SHA256 with its pads hashed once; each tag starts from a copy of it."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def compute_tag(key: bytes, body: bytes) -> bytes:
-    """HMAC-SHA256 of ``body`` (RFC 2104), from the key's pads hashed once: 2 µs a tag where
-    ``hmac.digest`` takes 10 (OpenSSL 3 sets up a MAC each call), and every frame has a tag."""
-    inner_pad, outer_pad = _pads(key)
-    inner = inner_pad.copy()
-    inner.update(body)
-    outer = outer_pad.copy()
-    outer.update(inner.digest())
-    return outer.digest()
+    """HMAC-SHA256 of ``body``, from a copy of the key's prepared HMAC: every frame has a tag, and
+    ``hmac.digest`` sets a MAC up from the key each call (1.5 µs a tag here against 2.5)."""
+    mac = _keyed(key).copy()
+    mac.update(body)
+    return mac.digest()
 
 
 def encode_frame(key: bytes, obj: Mapping[str, Any]) -> bytes:
