@@ -235,7 +235,10 @@ async def test_a_ward_rollout_updates_every_node_room_by_room_and_survives_a_con
             assert not servers["4b-14"].ota.rollouts  # no other room is touched before the first is done
             ward = await restart_ward(ward, tmp_path)
             (again,) = ward.console.ward_rollouts.rollouts
-            assert again.id == rollout["id"] and again.state in ("running", "held")
+            # the same rollout, taken up again (not restarted, not dropped); on a loaded machine the
+            # restarted console may already have driven the second room to the end while starting
+            # (the second room had no rollout before the restart, so only the new console began it)
+            assert again.id == rollout["id"] and again.state in ("running", "held", "done")
 
             done = await rollout_state(ward, rollout["id"], ("done", "stopped"))
             assert (done.state, done.reason) == ("done", None)
