@@ -231,3 +231,41 @@ async def test_store_failure_means_no_ack_and_the_resend_is_stored(server, monke
     await again.send_event(again.resend(ev))
     assert [c["source"]["node"] for c in server.controller.snapshot()["calls"]] == ["bedside-a"]
     await again.close()
+
+
+async def test_a_commit_commands_only_the_nodes_whose_outputs_change(server, monkeypatch):
+    """The room's lights and tone are worked out once per commit and only the connections whose
+    light (or, when the tone changes, every connection) differ are commanded: a call at one bed
+    does not go over every node in the room."""
+    from controller.link.gateway import NodeConnection
+
+    shown: list[str] = []
+    real_show = NodeConnection.show
+
+    def spy(self, indicator, tone):
+        shown.append(self.node)
+        real_show(self, indicator, tone)
+
+    monkeypatch.setattr(NodeConnection, "show", spy)
+    clients = {n: await connected(server, n) for n in ("bedside-a", "good", "env", "wearable-a")}
+    everyone = sorted(clients)
+
+    async def press(node: str, inp: str) -> list[str]:
+        shown.clear()
+        await asyncio.wait_for(clients[node].send_event(clients[node].event_msg("button", inp)), 5)
+        return sorted(shown)  # the sync runs in the commit, before the ack goes out
+
+    # The tone goes from off to medium: every connection is commanded once.
+    assert await press("bedside-a", "call") == everyone
+    # The same call pressed again changes nothing any node shows.
+    assert await press("bedside-a", "call") == []
+    # A second call of the same priority: the tone stays, one light changes.
+    assert await press("good", "call") == ["good"]
+    # A node welcomed again is sent the room by its own sync; the sync after that goes over all.
+    await clients["env"].close()
+    clients["env"] = await connected(server, "env", boot=2)
+    assert await press("wearable-a", "pendant") == everyone
+    # Cancelled in the room: every light and the tone go off.
+    assert await press("bedside-a", "cancel") == everyone
+    for client in clients.values():
+        await client.close()

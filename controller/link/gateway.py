@@ -20,7 +20,7 @@ import socket
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Iterable, Protocol
 
 from . import protocol as p
 from ..model import wall_ms
@@ -405,7 +405,7 @@ class NodeConnection:
         if self.node is None:
             return
         room = self.controller.room
-        self.show(room.indicator_for(self.node), self.controller.outputs().tone)
+        self.show(room.indicator_for(self.node), room.tone(self.controller.clock()))
 
     # ------------------------------------------------------------------ receiving
     def idle_timeout_s(self) -> float:
@@ -664,6 +664,8 @@ class NodeGateway:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.nodes = None  # link.lifecycle.NodeLifecycle: provisioned nodes' keys and adoption, when set
+        # The lights and tone the last sync sent every connection (None: the next goes over them all).
+        self._synced: tuple[dict[str, str], str] | None = None
         controller.on_outputs_changed(self._schedule_sync)
 
     def key_for(self, node: str, body: bytes, tag: bytes, *, hello: bool) -> bytes:
@@ -714,6 +716,7 @@ class NodeGateway:
             log.info("node=%s reconnected from %s; closing older connection %s", conn.node, conn.peer, old.peer)
             old.writer.close()
         self.connections[conn.node] = conn  # type: ignore[index]
+        self._synced = None  # it shows what sync_outputs sends it: the next sync goes over every node
 
     async def _open(self, transport: asyncio.Transport, tls: bool) -> None:
         """A new connection whose first byte said TLS or plain: give it its reader (and a writer),
@@ -814,11 +817,25 @@ class NodeGateway:
         return False
 
     def _schedule_sync(self) -> None:
-        """After each commit: the wanted light and tone, computed once for the room; only the nodes
-        that show something else are sent a command (no task, no await, per node)."""
+        """After each commit that changed the room: the wanted lights and tone, computed once for the
+        room, and a command only to the nodes whose light (or, when the tone changed, tone) differs
+        from what the last sync sent: a repeat press, or a call at one bed, touches the nodes whose
+        light it changes, not every connection (no task, no await, per node). A welcomed node is
+        sent the room's state by its own :meth:`NodeConnection.sync_outputs`; the sync after it
+        then goes over every connection again (``_synced`` forgotten in :meth:`attach`)."""
         if not self.connections:
+            self._synced = None
             return
-        indicators = self.controller.room.indicators()
-        tone = self.controller.outputs().tone
-        for node, conn in self.connections.items():
+        room = self.controller.room
+        indicators, tone = room.indicators(), room.tone(self.controller.clock())
+        last, self._synced = self._synced, (indicators, tone)
+        if last is None or last[1] != tone:
+            targets: Iterable[tuple[str, NodeConnection]] = list(self.connections.items())
+        else:
+            before = last[0]
+            if before == indicators:
+                return
+            targets = [(node, conn) for node in before.keys() | indicators.keys()
+                       if before.get(node) != indicators.get(node) and (conn := self.connections.get(node)) is not None]
+        for node, conn in targets:
             conn.show(indicators.get(node, "off"), tone)

@@ -261,12 +261,28 @@ class CallRules:
         return lights
 
     def outputs(self, now_ms: int) -> RoomOutputs:
-        """The tone sounds for the highest call nobody has answered and staff presence does not hold: a call
-        raised while staff are in the room sounds like any other. Before presence ends by itself, the
-        tone gives the low-priority pulse if nothing else sounds (the presence reminder)."""
-        calls = [c for c in self.active_calls()]
+        """The dome shows the highest active call; the tone is :meth:`tone`'s; the reassurance lights
+        are :meth:`indicators`'."""
+        calls = self.active_calls()
         top = calls[0] if calls else None
         colour, pattern = top.ctype.dome if top else ("off", "off")
+        tone, silenced = self._tone(calls, now_ms)
+        ending = self.staff_present and self.presence_reminded_ms is not None
+        lights = self.indicators()
+        indicators = tuple((n, lights.get(n, "off")) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
+        return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present, tone, silenced, indicators,
+                           ending)
+
+    def tone(self, now_ms: int) -> str:
+        """The in-room tone alone (what the nodes' sync needs after each commit, without the rest of
+        :meth:`outputs`)."""
+        return self._tone(self.active_calls(), now_ms)[0]
+
+    def _tone(self, calls: list[Call], now_ms: int) -> tuple[str, bool]:
+        """(tone, silenced): the tone sounds for the highest call nobody has answered and staff
+        presence does not hold: a call raised while staff are in the room sounds like any other.
+        Before presence ends by itself, the tone gives the low-priority pulse if nothing else sounds
+        (the presence reminder)."""
         sounding = [c for c in calls if not c.answered and not c.held and c.ctype.level != "info"]
         tone, silenced = "off", False
         if sounding:
@@ -277,13 +293,9 @@ class CallRules:
                     silenced = True
         if silenced:
             tone = "off"
-        ending = self.staff_present and self.presence_reminded_ms is not None
-        if ending and tone == "off":
+        if tone == "off" and self.staff_present and self.presence_reminded_ms is not None:
             tone = PRESENCE_REMINDER_TONE
-        lights = self.indicators()
-        indicators = tuple((n, lights.get(n, "off")) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
-        return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present, tone, silenced, indicators,
-                           ending)
+        return tone, silenced
 
     def call_due_ms(self, call: Call) -> int | None:
         """When this call's next escalation or reminder falls due (None: nothing pending, or held while
