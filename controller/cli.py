@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"smartroom: configuration error: {exc}", file=sys.stderr)
         return 2
-    if (loose := others_may_read(args.keys)) is not None:
+    if args.keys and (loose := others_may_read(args.keys)) is not None:
         print(f"smartroom: warning: {loose}", file=sys.stderr)
     if (args.tls_cert is None) != (args.tls_key is None):
         print("smartroom: --tls-cert and --tls-key go together (or leave both out for a self-signed pair "

@@ -160,6 +160,17 @@ def test_a_key_file_others_can_read_is_a_warning_at_check_and_run(tmp_path, caps
     assert (warning in capsys.readouterr().err) == loud
 
 
+def test_run_without_a_key_file_goes_on_to_start(tmp_path, capsys):
+    """--keys is optional (provisioned nodes' keys are in the database): without it `smartroom run`
+    checks no key file and goes on; here to the half TLS pair, which stops it with its own message."""
+    room, _keys = write_room_files(tmp_path, "check")
+    (tmp_path / "key.pem").write_text("a key without its certificate")
+    assert cli.main(["run", "--config", str(room), "--db", str(tmp_path / "room.db"),
+                     "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "key.pem")]) == 2
+    err = capsys.readouterr().err
+    assert "smartroom: TLS:" in err and "node keys" not in err, err
+
+
 async def test_a_heartbeat_naming_an_unmapped_input_is_an_alarm_before_any_press(tmp_path, caplog):
     """The node's heartbeat lists its inputs: a typo ('cal' for 'call') shows at installation, not at
     the first patient press (which would raise no call)."""
