@@ -824,18 +824,15 @@ class NodeGateway:
         sent the room's state by its own :meth:`NodeConnection.sync_outputs`; the sync after it
         then goes over every connection again (``_synced`` forgotten in :meth:`attach`)."""
         if not self.connections:
-            self._synced = None
             return
         room = self.controller.room
         indicators, tone = room.indicators(), room.tone(self.controller.clock())
         last, self._synced = self._synced, (indicators, tone)
-        if last is None or last[1] != tone:
-            targets: Iterable[tuple[str, NodeConnection]] = list(self.connections.items())
-        else:
-            before = last[0]
-            if before == indicators:
+        targets: Iterable[tuple[str, NodeConnection]] = self.connections.items()
+        if last is not None and last[1] == tone:
+            if last[0] == indicators:
                 return
-            targets = [(node, conn) for node in before.keys() | indicators.keys()
-                       if before.get(node) != indicators.get(node) and (conn := self.connections.get(node)) is not None]
+            changed = {node for node in last[0].keys() | indicators.keys() if last[0].get(node) != indicators.get(node)}
+            targets = [(node, conn) for node in changed if (conn := self.connections.get(node)) is not None]
         for node, conn in targets:
             conn.show(indicators.get(node, "off"), tone)

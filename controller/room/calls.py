@@ -267,11 +267,10 @@ class CallRules:
         top = calls[0] if calls else None
         colour, pattern = top.ctype.dome if top else ("off", "off")
         tone, silenced = self._tone(calls, now_ms)
-        ending = self.staff_present and self.presence_reminded_ms is not None
         lights = self.indicators()
         indicators = tuple((n, lights.get(n, "off")) for n, cfg in sorted(self.config.nodes.items()) if cfg.indicator)
         return RoomOutputs(colour, pattern, top.id if top else None, self.staff_present, tone, silenced, indicators,
-                           ending)
+                           self._presence_ending())
 
     def tone(self, now_ms: int) -> str:
         """The in-room tone alone (what the nodes' sync needs after each commit, without the rest of
@@ -293,9 +292,13 @@ class CallRules:
                     silenced = True
         if silenced:
             tone = "off"
-        if tone == "off" and self.staff_present and self.presence_reminded_ms is not None:
+        if tone == "off" and self._presence_ending():
             tone = PRESENCE_REMINDER_TONE
         return tone, silenced
+
+    def _presence_ending(self) -> bool:
+        """Staff presence will end by itself soon: the reminder has been given."""
+        return self.staff_present and self.presence_reminded_ms is not None
 
     def call_due_ms(self, call: Call) -> int | None:
         """When this call's next escalation or reminder falls due (None: nothing pending, or held while
