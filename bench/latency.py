@@ -15,8 +15,13 @@ In this process, against it:
   controller's own share of a call's latency (decide, store with fsync, publish, stream);
 * a nurse's event stream (Server-Sent Events over HTTPS with a nurse token) takes delivery.
 
+The probe nodes and the nurse's stream run in a process of their own (the measurer), so what they
+time is the controller and the kernel, not this process's loop serving 500 load nodes: in one
+process, a probe's stamp and its delivery each waited behind the load generator's callbacks.
+
 Printed: button edge -> nurse stream p50/p90/p99/max over the firmware presses; the controller's
-share p50/p99 over the probe presses; the controller's memory with all nodes connected. Then a
+share p50/p99 over the probe presses; the controller's processor use under that load (and per
+reading frame received); its memory with all nodes connected. Then a
 flood: every load node sends readings as fast as the controller takes them for ``--flood-seconds``;
 printed are the values stored durably per second and the controller's processor use. The bench
 room gives each node a readings budget past what it can send (``readings_per_s = 10000``), so the
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -123,13 +129,13 @@ def firmware_node(name: str, key: bytes, port: int, work: Path, i: int, every_ms
     return SimNode(cfg, work / "nodes")
 
 
-async def stream(room: RoomProcess, received: dict[tuple[str, int], int], probe_ms: list[float],
-                 ready: asyncio.Event) -> None:
+async def stream(api_url: str, ssl: object, headers: dict[str, str], received: dict[tuple[str, int], int],
+                 probe_ms: list[float], ready: asyncio.Event) -> None:
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
-        async with http.get(room.api_url + "/api/v1/events/stream?endpoint=bench", ssl=room.ssl,
-                            headers=room.headers, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        async with http.get(api_url + "/api/v1/events/stream?endpoint=bench", ssl=ssl,
+                            headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as resp:
             resp.raise_for_status()
             ready.set()
             async for raw in resp.content:
@@ -141,6 +147,83 @@ async def stream(room: RoomProcess, received: dict[tuple[str, int], int], probe_
                     probe_ms.append((got % T_MOD - data["x"]["t_us"]) % T_MOD / 1000)
                 elif data["kind"] == "button":
                     received[(data["node"], data["e"])] = got
+
+
+def measurer(conn: "multiprocessing.connection.Connection", api_url: str, fingerprint: str, token: str,
+             node_port: int, probes: list[tuple[str, bytes]], every_s: float) -> None:
+    """The measuring side, in its own process: the nurse's stream and the probe nodes. Sends
+    "ready" once both are up, presses from "start" to "stop", then sends (received, probe_ms)."""
+    from controller.security.tls import pin
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        received: dict[tuple[str, int], int] = {}
+        probe_ms: list[float] = []
+        ready = asyncio.Event()
+        sse = asyncio.create_task(stream(api_url, pin(fingerprint), {"Authorization": f"Bearer {token}"},
+                                         received, probe_ms, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        nodes = [RawNode(name, key) for name, key in probes]
+        await asyncio.gather(*(node.connect(node_port) for node in nodes))
+        drains = [asyncio.create_task(n.discard_incoming()) for n in nodes]
+        conn.send("ready")
+
+        async def told(word: str) -> None:
+            said = await loop.run_in_executor(None, conn.recv)
+            if said != word:
+                raise RuntimeError(f"the measuring process was told {said!r}, not {word!r}")
+
+        await told("start")
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(probe(n, every_s, stop, 0.5 + 0.37 * i)) for i, n in enumerate(nodes)]
+        await told("stop")
+        stop.set()
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(DRAIN_S)  # the last deliveries
+        for task in drains + [sse]:
+            task.cancel()
+        await asyncio.gather(*drains, sse, return_exceptions=True)
+        for node in nodes:
+            await node.close()
+        conn.send((received, probe_ms))
+
+    asyncio.run(run())
+
+
+class Measurer:
+    """:func:`measurer` in a child process, driven from this one's event loop."""
+
+    def __init__(self, room: RoomProcess, probes: list[tuple[str, bytes]], every_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop and threads
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=measurer, name="latency-measurer", daemon=True,
+                                args=(child, room.api_url, room.fingerprint, room.token, room.node_port,
+                                      probes, every_s))
+
+    async def _recv(self, timeout_s: float) -> object:
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self._conn.poll, timeout_s):
+            raise RuntimeError(f"the measuring process did not answer in {timeout_s:g} s "
+                               f"(exit code {self.proc.exitcode})")
+        return self._conn.recv()
+
+    async def start(self) -> None:
+        self.proc.start()
+        if await self._recv(60) != "ready":
+            raise RuntimeError("the measuring process did not get ready")
+
+    def press(self) -> None:
+        self._conn.send("start")
+
+    async def results(self) -> tuple[dict[tuple[str, int], int], list[float]]:
+        self._conn.send("stop")
+        received, probe_ms = await self._recv(60 + DRAIN_S)  # type: ignore[misc]
+        self.proc.join(10)
+        return received, probe_ms
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 def edge_latencies(sims: list[SimNode], received: dict[tuple[str, int], int]) -> tuple[list[float], int]:
@@ -194,38 +277,36 @@ async def main(argv: list[str] | None = None) -> int:
     print(f"bench: smartroom run (TLS, tokens), {args.load_nodes} load nodes x {args.rate_hz:g} Hz readings, "
           f"{args.button_nodes} firmware + {args.probe_nodes} probe nodes pressing every {args.press_every_ms} ms, "
           f"{args.seconds:g} s, then a {args.flood_seconds:g} s readings flood", flush=True)
-    received: dict[tuple[str, int], int] = {}
-    probe_ms: list[float] = []
     try:
         async with RoomProcess(work, nodes, keys, gateway=FLOOD_BUDGET) as room:
-            ready = asyncio.Event()
-            sse = asyncio.create_task(stream(room, received, probe_ms, ready))
-            await asyncio.wait_for(ready.wait(), 30)
-            loaders = [RawNode(n, keys[n]) for n in load_names]
-            for i in range(0, len(loaders), 100):
-                await asyncio.gather(*(node.connect(room.node_port) for node in loaders[i:i + 100]))
-            probes = [RawNode(n, keys[n]) for n in probe_names]
-            await asyncio.gather(*(node.connect(room.node_port) for node in probes))
-            drains = [asyncio.create_task(n.discard_incoming()) for n in loaders + probes]
-            sims = [firmware_node(n, keys[n], room.node_port, work, i, args.press_every_ms)
-                    for i, n in enumerate(button_names)]
-            for sim in sims:
-                await sim.start()
-            stop, sent = asyncio.Event(), [0]
-            tasks = [asyncio.create_task(load(n, args.rate_hz, stop, sent)) for n in loaders]
-            tasks += [asyncio.create_task(probe(n, args.press_every_ms / 1000, stop, 0.5 + 0.37 * i))
-                      for i, n in enumerate(probes)]
-            stored_before = (await room.get("/api/v1/gateway"))["readings_stored"]
-            t0 = time.monotonic()
-            await asyncio.sleep(args.seconds)
-            elapsed = time.monotonic() - t0
-            gw = await room.get("/api/v1/gateway")
-            rss = room.rss_kb()
-            stop.set()
-            await asyncio.gather(*tasks)
-            for sim in sims:
-                await sim.stop()
-            await asyncio.sleep(DRAIN_S)  # the last deliveries
+            measure = Measurer(room, [(n, keys[n]) for n in probe_names], args.press_every_ms / 1000)
+            try:
+                await measure.start()
+                loaders = [RawNode(n, keys[n]) for n in load_names]
+                for i in range(0, len(loaders), 100):
+                    await asyncio.gather(*(node.connect(room.node_port) for node in loaders[i:i + 100]))
+                drains = [asyncio.create_task(n.discard_incoming()) for n in loaders]
+                sims = [firmware_node(n, keys[n], room.node_port, work, i, args.press_every_ms)
+                        for i, n in enumerate(button_names)]
+                for sim in sims:
+                    await sim.start()
+                stop, sent = asyncio.Event(), [0]
+                tasks = [asyncio.create_task(load(n, args.rate_hz, stop, sent)) for n in loaders]
+                measure.press()
+                before = await room.get("/api/v1/gateway")
+                stored_before, accepted_before = before["readings_stored"], before["accepted"].get("reading", 0)
+                t0, load_cpu0 = time.monotonic(), cpu_s(room.proc.pid)
+                await asyncio.sleep(args.seconds)
+                elapsed, load_cpu = time.monotonic() - t0, cpu_s(room.proc.pid) - load_cpu0
+                gw = await room.get("/api/v1/gateway")
+                rss = room.rss_kb()
+                stop.set()
+                await asyncio.gather(*tasks)
+                for sim in sims:
+                    await sim.stop()
+                received, probe_ms = await measure.results()  # after its last deliveries
+            finally:
+                measure.kill()
 
             # The flood: readings as fast as the controller takes them. Measured over a window
             # while it runs (the sockets hold a backlog; what is stored in the window counts).
@@ -243,10 +324,10 @@ async def main(argv: list[str] | None = None) -> int:
             await asyncio.gather(*floods, return_exceptions=True)
             for node in loaders:
                 node.writer.transport.abort()  # the backlog is not wanted any more
-            for task in drains + [sse]:
+            for task in drains:
                 task.cancel()
-            await asyncio.gather(*drains, sse, return_exceptions=True)
-            for node in loaders + probes:
+            await asyncio.gather(*drains, return_exceptions=True)
+            for node in loaders:
                 await node.close()
         disk = commit_ms(work)
     finally:
@@ -259,7 +340,8 @@ async def main(argv: list[str] | None = None) -> int:
     stored = gw["readings_stored"] - stored_before
     print(f"readings under load: {stored / elapsed:,.0f} values/s stored (offered "
           f"{args.load_nodes * args.rate_hz * 3:,.0f}/s: {args.load_nodes} nodes x {args.rate_hz:g} Hz x 3 measures); "
-          f"rejected {gw['rejected']}")
+          f"rejected {gw['rejected']}; the controller at {load_cpu / elapsed:.0%} of a core "
+          f"({load_cpu / max(1, gw['accepted'].get('reading', 0) - accepted_before) * 1e6:,.0f} us per reading frame received)")
     print(f"controller RSS with {len(nodes)} nodes connected: {rss[0] / 1024:.1f} MB (peak {rss[1] / 1024:.1f} MB)")
     flood_cpu = (cpu1 - cpu0) / flood_s
     if lost:

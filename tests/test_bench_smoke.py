@@ -25,7 +25,7 @@ FIGURES = {
                         r"controller RSS at 10 nodes, MB +[\d.]+"],
     "bench/latency.py": [r"button edge -> nurse stream.*\n  p50 +[\d.]+ ms .* p99 +[\d.]+ ms",
                          r"controller's share .*\n  p50 +[\d.]+ ms .* p99 +[\d.]+ ms",
-                         r"readings under load: [\d,]+ values/s stored",
+                         r"readings under load: [\d,]+ values/s stored .*the controller at \d+% of a core \([\d,]+ us per reading frame received\)",
                          r"controller RSS with 7 nodes connected: [\d.]+ MB",
                          r"readings flood: [\d,]+ values/s stored durably"],
     "bench/readings.py": [r"readings stored durably: [\d,]+ values/s \(6,003 in [\d.]+ s\)",
