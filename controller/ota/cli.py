@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
 ROLLOUT_POLL_S = 2.0      # how often `rollout` asks the controller how far it got
 HTTP_TIMEOUT_S = 10.0     # one API call to the room controller
+# While `rollout` follows a rollout, how long it keeps asking a controller that stopped answering (a
+# restart takes seconds; the rollout then shows as interrupted, which is what the technician needs).
+ROLLOUT_UNREACHABLE_S = 120.0
 
 
 def add_commands(sub: Any) -> None:
@@ -117,14 +121,41 @@ def _print_rollout(r: dict[str, Any]) -> None:
 
 
 def _rollout(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    async def poll() -> dict[str, Any]:
+        """The firmware view; a controller that stops answering (restarting) is asked again for up to
+        ROLLOUT_UNREACHABLE_S, saying so once, and once more when it answers again."""
+        since = None
+        while True:
+            try:
+                doc = await _api(args, "GET", "/api/v1/firmware")
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                    print(f"smartroom: the controller does not answer ({exc or type(exc).__name__}); asking again "
+                          f"every {ROLLOUT_POLL_S:g} s for up to {ROLLOUT_UNREACHABLE_S:g} s", file=sys.stderr)
+                elif now - since >= ROLLOUT_UNREACHABLE_S:
+                    raise RuntimeError(f"the controller has not answered for {now - since:.0f} s ({exc or type(exc).__name__});"
+                                       " `smartroom firmware status` shows how far the rollout got") from exc
+                await asyncio.sleep(ROLLOUT_POLL_S)
+                continue
+            if since is not None:
+                print("smartroom: the controller answers again", file=sys.stderr)
+            return doc
+
     async def main() -> int:
         started = await _api(args, "POST", "/api/v1/firmware/rollouts",
                              {"bundle": args.bundle, "nodes": [n for n in args.nodes.split(",") if n]})
         rid = started["id"]
         last = None
         while True:
-            doc = await _api(args, "GET", "/api/v1/firmware")
-            (r,) = [r for r in doc["rollouts"] if r["id"] == rid]
+            doc = await poll()
+            found = [r for r in doc["rollouts"] if r["id"] == rid]
+            if not found:
+                raise RuntimeError(f"the controller no longer lists rollout #{rid}")
+            r = found[0]
             line = (r["state"], [(u["state"], u["chunks"] // 20) for u in r["nodes"]])
             if line != last:
                 _print_rollout(r)
@@ -132,8 +163,6 @@ def _rollout(args: argparse.Namespace) -> int:
             if r["state"] != "running":
                 return 0 if r["state"] == "done" else 1
             await asyncio.sleep(ROLLOUT_POLL_S)
-
-    import aiohttp
 
     try:
         return asyncio.run(main())
