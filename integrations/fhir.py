@@ -20,6 +20,7 @@ from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
 
 from controller.room import CALL_TYPES
+from controller.room.calls import TIMELINE_FIRST_STEPS
 from controller.room.reports import CallTimes, collect_calls
 from controller.service import RoomController
 from controller.store import LogRecord
@@ -176,6 +177,9 @@ def communication(controller: RoomController, call: CallTimes) -> dict[str, Any]
         notes = [{"time": iso(step["at_ms"]), "text": " ".join(
             str(x) for x in (step["step"].replace("_", " "), step.get("by", ""), step.get("status", "")) if x)}
             for step in active.timeline]
+        if active.timeline_omitted:  # the timeline keeps its first and latest steps (controller/room/calls.py)
+            notes.insert(TIMELINE_FIRST_STEPS, {"text": f"{active.timeline_omitted} steps between not shown "
+                                                        "(the room's event log has them)"})
     else:
         for what, at, by in (("acknowledged", call.acknowledged_at_ms, call.acknowledged_by),
                              ("staff present", call.present_at_ms, call.present_by),

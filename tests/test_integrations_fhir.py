@@ -106,3 +106,20 @@ async def test_facilities_may_not_read_patient_data(server):
             async with http.get("/fhir/r4/Communication",
                                 headers={"Authorization": f"Bearer {server.tokens[role]}"}) as resp:
                 assert resp.status == status
+
+
+async def test_a_long_calls_notes_say_where_steps_are_left_out(server, fhir):
+    from controller.room.calls import TIMELINE_FIRST_STEPS, TIMELINE_LATEST_STEPS
+
+    controller = server.controller
+    await controller.node_event(NodeEvent("bath", 1, 5, 5, "button", "cord", 1, 0))
+    call_id = next(iter(controller.room.calls))
+    extra = 3
+    for i in range(TIMELINE_FIRST_STEPS + TIMELINE_LATEST_STEPS + extra - 1):  # after the raise
+        await controller.call_delivery(call_id, f"delivered phone {i}", "alarm manager AM")
+    notes = [n.text for n in (await fhir(f"Communication/{call_id}", Communication)).note]
+    assert len(notes) == TIMELINE_FIRST_STEPS + TIMELINE_LATEST_STEPS + 1
+    assert notes[TIMELINE_FIRST_STEPS] == f"{extra} steps between not shown (the room's event log has them)"
+    assert notes[TIMELINE_FIRST_STEPS - 1].endswith(f"delivered phone {TIMELINE_FIRST_STEPS - 2}")
+    assert notes[TIMELINE_FIRST_STEPS + 1].endswith(f"delivered phone {TIMELINE_FIRST_STEPS - 2 + extra + 1}")
+    assert notes[-1].endswith(f"delivered phone {TIMELINE_FIRST_STEPS + TIMELINE_LATEST_STEPS + extra - 2}")

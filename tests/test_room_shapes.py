@@ -65,7 +65,7 @@ async def test_a_busy_room_snapshot_names_every_field(room):
         "reminders": 0, "next_due_ms": T0_MS + 60_000, "held_by_presence": False, "detail": {},
         "timeline": [{"step": "raised", "at_ms": T0_MS, "by": "bedside-a/call"},
                      {"step": "annunciated", "at_ms": T0_MS, "by": "nurse station (sim)"}],
-        "patient": None,
+        "timeline_omitted": 0, "patient": None,
     }
     assert snap["occupancy"] == {"state": "in_bathroom", "room": False, "bath": True, "beds": {"A": False, "B": False},
                                  "staff_present": False, "staff_since_ms": None, "presence_ends_at_ms": None}

@@ -116,6 +116,15 @@ class UnknownBed(RoomError):
     status = 404
 
 
+# What a call's timeline keeps in the room's state: its first steps (how it began: raised, the first
+# answer and escalations) and its latest ones; the steps between are counted (``timeline_omitted``),
+# not kept. A call that stays active for days (a condition nobody clears, acknowledged and reminded
+# every few minutes) would otherwise grow the state, every checkpoint and every answer about the
+# room without bound. The log keeps every step (GET /api/v1/events).
+TIMELINE_FIRST_STEPS = 10
+TIMELINE_LATEST_STEPS = 40
+
+
 @dataclass(slots=True)
 class Call:
     id: str
@@ -140,6 +149,7 @@ class Call:
     held: bool = False                      # on when staff registered presence: its clocks wait while they stay
     timeline: list[dict[str, Any]] = field(default_factory=list)
     patient: dict[str, str] | None = None   # from the hospital's admissions (hospital.py), where known
+    timeline_omitted: int = 0               # steps dropped from the timeline's middle (TIMELINE_FIRST_STEPS)
 
     @property
     def ctype(self) -> CallType:
@@ -175,7 +185,7 @@ class Call:
             "escalated_to": levels[self.level - 1] if 0 < self.level <= len(levels) else None,
             "reminders": self.reminders, "next_due_ms": due_ms, "held_by_presence": self.held,
             "detail": self.detail,
-            "timeline": list(self.timeline), "patient": self.patient,
+            "timeline": list(self.timeline), "timeline_omitted": self.timeline_omitted, "patient": self.patient,
         }
 
 
@@ -401,7 +411,11 @@ class CallRules:
             if "by" in d:
                 entry["by"] = d["by"]
             entry.update(extra)
-            call.timeline.append(entry)
+            timeline = call.timeline
+            timeline.append(entry)
+            if len(timeline) > TIMELINE_FIRST_STEPS + TIMELINE_LATEST_STEPS:
+                del timeline[TIMELINE_FIRST_STEPS]  # the oldest of the latest steps
+                call.timeline_omitted += 1
         return call
 
     def _apply_raised(self, d: dict[str, Any]) -> None:

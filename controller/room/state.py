@@ -37,7 +37,7 @@ from .supervision import (BATTERY_MEASURE, FAULT_CORD_REMOVED, LIVE_NODE_FIELDS,
 
 # Bump when the meaning of a checkpoint's fields changes: older checkpoints are then ignored and the
 # room is rebuilt by a full replay (and checkpointed again).
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: a call's timeline is bounded (timeline_omitted)
 
 
 class Room(PresenceRules, EnvironmentRules, SupervisionRules, HospitalRules, CallRules):
