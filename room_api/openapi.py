@@ -11,6 +11,7 @@ import re
 from typing import Any, Iterable
 
 from controller.room import CALL_TYPES, TIERS
+from controller.room.calls import TIMELINE_FIRST_STEPS, TIMELINE_LATEST_STEPS
 from controller.security.tokens import ROLES
 
 S = dict[str, Any]
@@ -44,7 +45,8 @@ SCHEMAS: dict[str, S] = {
         acknowledged_at_ms=_nullable(MS), acknowledged_by=_nullable(STR), present_at_ms=_nullable(MS),
         present_by=_nullable(STR), escalation_level=INT, escalated_to=_nullable(STR), reminders=INT,
         next_due_ms=_nullable(MS), held_by_presence=BOOL, detail={"type": "object"},
-        timeline={"type": "array", "description": "the call's first 10 steps and its latest 40",
+        timeline={"type": "array", "description": f"the call's first {TIMELINE_FIRST_STEPS} steps and its latest "
+                                                 f"{TIMELINE_LATEST_STEPS}",
                   "items": _obj(["step", "at_ms"], step=STR, at_ms=MS, by=STR)},
         timeline_omitted={"type": "integer", "description": "steps between those, not shown (the log has them)"},
         patient=_nullable({"allOf": [{"$ref": "#/components/schemas/Patient"}]})),

@@ -12,6 +12,7 @@ from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
 
 from controller.model import Hello, NodeEvent, Reading
+from controller.room.calls import TIMELINE_FIRST_STEPS, TIMELINE_LATEST_STEPS
 from controller.room.hospital import ADMIT, Patient
 
 
@@ -109,8 +110,6 @@ async def test_facilities_may_not_read_patient_data(server):
 
 
 async def test_a_long_calls_notes_say_where_steps_are_left_out(server, fhir):
-    from controller.room.calls import TIMELINE_FIRST_STEPS, TIMELINE_LATEST_STEPS
-
     controller = server.controller
     await controller.node_event(NodeEvent("bath", 1, 5, 5, "button", "cord", 1, 0))
     call_id = next(iter(controller.room.calls))
