@@ -141,14 +141,16 @@ class Node:
         e = entry(ev, kind, src, val, at_ms & _INT31, x, self.boot)
         q = self.queue
         dropped = q.push(e)
+        if dropped is not e:  # on flash before it is sent, and before its line is logged
+            code = self.journal.add(e, q.items)
         extra = ""
         if x:
             extra = "".join(" %s=%d" % (k, x[k]) for k in sorted(x))
         self._hal.log("event", "e=%d kind=%s src=%s val=%d q=%d%s" % (ev, kind, src, val, len(q), extra))
         if dropped is not None:
             self._hal.log("dropped", "e=%d kind=%s src=%s" % (dropped[EV], dropped[KIND], dropped[SRC]))
-        if dropped is not e:  # on flash before it is sent
-            self._kept(self.journal.add(e, q.items))
+        if dropped is not e:
+            self._kept(code)  # a fault it raises is logged after this event's line
             if dropped is not None:
                 self._kept(self.journal.ack(dropped[BOOT], dropped[EV], q.items))
         self.link.wake()

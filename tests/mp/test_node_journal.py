@@ -112,6 +112,32 @@ def state_lost():
     check("so the kept event is sent as an earlier boot's", node.event_msg(node.queue.items[0], 1)["ob"] == 7)
 
 
+class WatchedHal(Hal):
+    """Reads the journal back whenever the node logs an event line."""
+
+    def __init__(self, d):
+        Hal.__init__(self, d)
+        self.on_flash_at_line = []
+
+    def log(self, tag, text=""):
+        if tag == "event":
+            self.on_flash_at_line.append([e[EV] for e in Journal(self.flash_path("journal")).load()])
+        Hal.log(self, tag, text)
+
+
+def logged_once_on_flash():
+    # A test (or an operator) that sees the event line and then cuts the power must find the event
+    # held at the next boot: the line is only logged once the journal has the event.
+    import os
+    os.mkdir(DIR + "/watched")
+    hal = WatchedHal(DIR + "/watched")
+    node = Node(CFG, hal)
+    node.emit("button", "call", 1, 5)
+    node.emit("button", "call", 0, 9)
+    check("each event line comes after its record is on flash", hal.on_flash_at_line == [[1], [1, 2]],
+          hal.on_flash_at_line)
+
+
 def full_journal():
     hal = Hal(DIR + "/full")
     import os
@@ -122,7 +148,9 @@ def full_journal():
     kinds = [(e[KIND], e[SRC], e[VAL]) for e in node.queue.items]
     check("a call the journal cannot keep is still queued, with a fault event after it",
           kinds == [("button", "call", 1), ("fault", "journal", 5)], kinds)
-    check("the fault is logged", ("fault", "src=journal code=5") in [(t, x) for _, t, x in hal.logged])
+    lines = [(t, x.split(" ")[0]) for _, t, x in hal.logged if t in ("event", "fault")]
+    check("logged in that order: the call, the fault, its event",
+          lines == [("event", "e=1"), ("fault", "src=journal"), ("event", "e=2")], lines)
     node.emit("button", "call", 1, 6)
     check("one fault event while it stays full", [e[KIND] for e in node.queue.items].count("fault") == 1)
     node.journal.limit = 4096
@@ -137,6 +165,7 @@ async def main():
     first = await light_while_undelivered()
     restart(first)
     state_lost()
+    logged_once_on_flash()
     full_journal()
     done()
 
