@@ -33,9 +33,10 @@ async def test_room_serves_https_and_is_discovered_with_its_fingerprint(tmp_path
         assert code == 0 and listed[0]["state"].startswith("ok") and listed[0]["health"]["status"] == "ok"
 
 
-async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(tmp_path):
+async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(tmp_path, capsys):
     """The command a hospital runs: a self-signed certificate made on first start, its fingerprint
-    printed; plain http is refused."""
+    printed; plain http is refused. Its start-up heap is frozen out of the collector's walk
+    (controller/cli.py, README "Performance"), which its metrics show."""
     import re
     import sys
     from pathlib import Path
@@ -45,6 +46,9 @@ async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(
 
     api_port = free_port()
     room, keys = write_room_files(tmp_path, "kill-test")
+    assert cli.main(["token", "create", "--role", "integration", "--name", "scraper",
+                     "--db", str(tmp_path / "room.db")]) == 0
+    scraper = {"Authorization": "Bearer " + capsys.readouterr().out.strip().splitlines()[-1]}
     exe = Path(sys.executable).with_name("smartroom")
     proc = await asyncio.create_subprocess_exec(
         str(exe), "run", "--config", str(room), "--keys", str(keys),
@@ -58,6 +62,11 @@ async def test_smartroom_run_serves_https_with_a_printed_fingerprint_by_default(
         async with aiohttp.ClientSession() as session:
             async with session.get(f"https://127.0.0.1:{api_port}/api/v1/health", ssl=pin(fingerprint)) as resp:
                 assert resp.status == 200
+            async with session.get(f"https://127.0.0.1:{api_port}/metrics", ssl=pin(fingerprint),
+                                   headers=scraper) as resp:
+                assert resp.status == 200
+                frozen = re.search(r"^smartroom_gc_frozen_objects (\S+)$", await resp.text(), re.M)
+                assert frozen and float(frozen.group(1)) > 1000, "the start-up heap is not frozen"
             try:
                 async with session.get(f"http://127.0.0.1:{api_port}/api/v1/health") as resp:
                     assert resp.status == 400, "plain http to a TLS port must not be served"
