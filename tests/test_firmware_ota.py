@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from controller.link import protocol as p
 from controller.ota import bundle as fwb
 from controller.runner import RoomServer
+from tests.faults.linkfaults import until
 from tests.helpers import keys_for, room_config
 from tests.nodepeer import FIRMWARE, ROOT, FirmwareNode
 
@@ -206,13 +208,23 @@ async def test_bad_bundles_are_refused_reported_and_the_node_keeps_running(room,
     await board.off()
 
 
-# Each step of the update at which the power goes: (cut point, the version the next boot runs).
-CUTS = [("chunk:1", "-"), ("chunk:40", "-"), ("staged", "-"), ("cleared", "-"), ("renamed", "-"),
-        ("switched", "0.2.0")]
+def chunks_of(bundle: fwb.Bundle) -> list[int]:
+    """How many ota_data chunks each item of the bundle takes: the manifest (item 0), then each file."""
+    return [-(-len(bundle.data(i)) // p.OTA_CHUNK_BYTES) for i in range(len(bundle.files) + 1)]
 
 
-@pytest.mark.parametrize("cut, runs", CUTS)
-async def test_power_cut_at_each_step_boots_old_or_new_and_calls(room, bundles, tmp_path, cut, runs):
+# Each step of the update at which the power goes: (cut point, the version the next boot runs,
+# the chunks the stage still holds then). A download goes on from its stage when the controller
+# offers the bundle again, which it does on its own when the node comes back: a manifest is staged
+# whole once verified (one chunk of it is not kept), a file's chunks as they come, and a stage
+# already renamed to its slot is gone.
+ALL = -1
+CUTS = [("chunk:1", "-", 0), ("chunk:40", "-", 40), ("staged", "-", ALL), ("cleared", "-", ALL), ("renamed", "-", 0),
+        ("switched", "0.2.0", None)]
+
+
+@pytest.mark.parametrize("cut, runs, kept", CUTS)
+async def test_power_cut_at_each_step_boots_old_or_new_and_calls(room, bundles, tmp_path, cut, runs, kept):
     board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"]), tmp_path)
     node = await board.boot(cut_at=cut)
     await running(node)
@@ -223,12 +235,72 @@ async def test_power_cut_at_each_step_boots_old_or_new_and_calls(room, bundles, 
     slot, version = await running(node)
     assert version == runs
     await calls(node)
-    if runs == "-":  # the old firmware: the update can simply be offered again, and completes
-        await room.ota.offer(NODE, bundles["new"])
+    if runs == "-":  # the old firmware: offered the bundle again, it fetches only what it lacks
+        await node.wait_line("ota", st="accepted", ver="0.2.0", timeout_s=WAIT_S)
         await resets(node)
+        assert room.ota.updates[NODE].state == "staged"
+        full = sum(chunks_of(bundles["new"]))
+        assert room.ota.updates[NODE].chunks == (0 if kept == ALL else full - kept)
         node = await board.boot()
     assert await running(node) == ("a", "0.2.0")
     await node.wait_line("ota", st="confirmed", timeout_s=WAIT_S)
+    await board.off()
+
+
+async def test_a_staged_file_that_is_not_the_start_of_its_file_is_fetched_whole_again(room, bundles, tmp_path):
+    """What the stage kept is checked by the whole file's hash: a kept part that is not the file's
+    start (a flash bit gone bad) costs that file's chunks again, never a refused update."""
+    board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"]), tmp_path)
+    node = await board.boot(cut_at="chunk:40")
+    await running(node)
+    await room.ota.offer(NODE, bundles["new"])
+    await node.wait_line("cut", step="chunk:40", timeout_s=WAIT_S)
+    await board.off()
+    stage = tmp_path / "flash" / "fw" / "stage"
+    kept = sorted((f for f in stage.rglob("*") if f.is_file() and f.name != "manifest.json" and f.stat().st_size),
+                  key=lambda f: f.stat().st_size)
+    spoilt = kept[-1]
+    data = bytearray(spoilt.read_bytes())
+    data[0] ^= 0xFF
+    spoilt.write_bytes(bytes(data))
+    node = await board.boot()
+    await running(node)
+    await resets(node)
+    path = str(spoilt.relative_to(stage))
+    item = 1 + [f.path for f in bundles["new"].files].index(path)
+    assert node.find("stage", f=item, kept=len(data)), node.tail(30)
+    full = sum(chunks_of(bundles["new"]))
+    assert room.ota.updates[NODE].chunks == full - 40 + -(-len(data) // p.OTA_CHUNK_BYTES)
+    assert not node.find("ota", st="refused")
+    node = await board.boot()
+    assert await running(node) == ("a", "0.2.0")
+    await node.wait_line("ota", st="confirmed", timeout_s=WAIT_S)
+    await board.off()
+
+
+async def test_a_link_drop_during_a_download_is_waited_out_and_the_download_goes_on(room, bundles, tmp_path):
+    """The controller's side of the node's connection goes (a switch restarted, Wi-Fi roamed) in the
+    middle of a download: the node links up again, is offered the same bundle, and asks at once for
+    the chunk it was waiting for; no chunk is fetched twice but that one, and nothing fails."""
+    board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"]), tmp_path)
+    node = await board.boot()
+    await running(node)
+    full = sum(chunks_of(bundles["new"]))
+    await room.ota.offer(NODE, bundles["new"])
+    await until(lambda: room.ota.updates[NODE].chunks >= full // 2, "half the bundle served", WAIT_S)
+    room.gateway.connections[NODE].writer.transport.abort()
+    down = await node.wait_line("link", "down", timeout_s=WAIT_S)
+    await node.wait_line("link", "up", start=node.lines.index(down) + 1, timeout_s=WAIT_S)
+    await node.wait_line("ota", st="staged", ver="0.2.0", timeout_s=WAIT_S)
+    await resets(node)
+    assert not node.find("ota", st="failed")
+    assert not node.find("stage", "timed_out"), "the chunk it waited for was not asked for again at once"
+    served = room.ota.updates[NODE].chunks  # since the offer after the reconnect
+    assert full // 2 <= full - served <= full - 1, (served, full)
+    node = await board.boot()
+    assert await running(node) == ("a", "0.2.0")
+    assert (await room.ota.wait_final(NODE, "0.2.0", WAIT_S)).state == "confirmed"
+    await calls(node)
     await board.off()
 
 

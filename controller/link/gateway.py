@@ -328,6 +328,8 @@ class OtaHandler(Protocol):
 
     def on_message(self, conn: "NodeConnection", msg: p.OtaGet | p.OtaReport) -> Awaitable[None]: ...
 
+    def on_welcome(self, conn: "NodeConnection") -> Awaitable[None]: ...
+
 
 class NodeConnection:
     def __init__(self, gateway: "NodeGateway", link: _NodeLink, writer: asyncio.StreamWriter, *,
@@ -639,6 +641,8 @@ class NodeConnection:
         await self.sync_outputs()
         if self.gateway.nodes is not None:
             await self.gateway.nodes.welcomed(self)
+        if self.gateway.ota is not None:
+            await self.gateway.ota.on_welcome(self)
         log.info("node=%s boot=%d fw=%s hw=%s online from %s", hello.node, hello.boot, hello.fw, hello.hw, self.peer)
 
 

@@ -102,6 +102,7 @@ class OtaServer:
         self.bundles: dict[str, Bundle] = {}       # by bundle hash: what nodes may fetch
         self._checked: dict[str, tuple[tuple, Bundle | dict[str, str]]] = {}  # folder -> (files' stat, result)
         self.updates: dict[str, NodeUpdate] = {}   # node -> its latest update
+        self._offered: dict[str, Bundle] = {}      # node -> the bundle last offered to it
         self.refused: Counter[tuple[str, str]] = Counter()   # (node, reason): refusals and failures
         self.rollouts: list[Rollout] = []
         self._changed: dict[str, asyncio.Event] = {}
@@ -214,8 +215,24 @@ class OtaServer:
         await conn.send(lambda s: p.command(conn.sid, s, "ota", ver=bundle.version, board=bundle.board,
                                             mh=bundle.sha256, msz=len(bundle.manifest),
                                             sig=bundle.signature.hex()))
+        self._offered[node] = bundle
         log.info("node=%s offered firmware %s (%s, bundle %s)", node, bundle.version, bundle.board, bundle.sha256[:12])
         return update
+
+    async def on_welcome(self, conn: NodeConnection) -> None:
+        """A node came back (its link dropped, it lost power) while its update was offered or
+        downloading: the same bundle is offered again, and the node goes on from what it has on
+        flash (firmware/srnode/ota.py). Not after ``staged`` (it resets into the new bundle) nor a
+        final state: a failed or refused update is a person's to offer again."""
+        assert conn.hello is not None
+        node = conn.hello.node
+        update, bundle = self.updates.get(node), self._offered.get(node)
+        if (update is None or bundle is None or update.state not in ("offered", "accepted")
+                or update.version != bundle.version or conn.hello.fw == bundle.version):
+            return
+        log.warning("node=%s came back during its update to %s (%d chunks served): offered again; "
+                    "it goes on from what it has", node, bundle.version, update.chunks)
+        await self.offer(node, bundle)
 
     async def on_message(self, conn: NodeConnection, msg: p.OtaGet | p.OtaReport) -> None:
         if isinstance(msg, p.OtaGet):

@@ -6,6 +6,10 @@
 # checking each one's hash -> rename the stage to the slot that is not running -> boot.json
 # "next" (the trial) = that slot -> reset. bootsel.py boots the trial once; the new firmware confirms on its
 # first verified welcome, or the node rolls back by itself.
+# A download cut short (the link dropped, the power went) goes on where it stopped when the same
+# bundle is offered again: the stage keeps the verified manifest and the bytes of each file written
+# so far, which the hash of the whole file checks in the end. The same offer during the download
+# (the controller offers again after a reconnect) asks again for the chunk it waits for.
 import asyncio
 import json
 import os
@@ -60,6 +64,24 @@ def _mkdir(path):
         os.mkdir(path)
     except OSError:
         pass  # exists
+
+
+def _kept(path, size, h):
+    """Bytes of `path` already staged (0: none, or more than the file's `size`), hashed into `h`."""
+    try:
+        n = os.stat(path)[6]
+    except OSError:
+        return 0
+    if n > size:
+        return 0
+    buf = bytearray(512)
+    with open(path, "rb") as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                break
+            h.update(memoryview(buf)[:k])
+    return n
 
 
 def start(node, hal, fw, cfg):
@@ -152,6 +174,10 @@ class Ota:
                 or type(sig) is not str or len(sig) != 128:
             raise ValueError("ota")
         sig = unhexlify(sig)  # a bad one raises here, before anything changed (bad_command)
+        if self.busy and mh == self._mh:  # offered again after a reconnect: this download goes on
+            self.report("accepted", ver)
+            self._ask()
+            return
         if self.busy or self._fw[2]:
             self.report("refused", ver, "busy")
             return
@@ -185,25 +211,29 @@ class Ota:
             waited += _POLL_MS
         self._dev.reset()
 
-    async def _chunk(self, mh, item, offset):
-        node = self._node
+    def _ask(self):
+        if self._want is not None:
+            node = self._node
+            node.link.post({"v": 2, "t": "ota_get", "n": node.node_id, "b": node.boot, "mh": self._mh,
+                            "f": self._want[0], "o": self._want[1]})
+
+    async def _chunk(self, item, offset):
         for _ in range(_CHUNK_TRIES):
             self._want = (item, offset)
             self._ev.clear()
-            node.link.post({"v": 2, "t": "ota_get", "n": node.node_id, "b": node.boot, "mh": mh,
-                            "f": item, "o": offset})
+            self._ask()
             try:
                 await self._hal.wait_for_ms(self._ev.wait(), _CHUNK_TIMEOUT_MS)
             except asyncio.TimeoutError:
+                self._hal.log("stage", "f=%d o=%d timed_out" % (item, offset))
                 continue
             return self._got
         self._want = None
         return None
 
-    async def _fetch(self, mh, item, size, write, h):
-        n = 0
+    async def _fetch(self, item, size, write, h, n=0):
         while n < size:
-            d = await self._chunk(mh, item, n)
+            d = await self._chunk(item, n)
             if d is None:
                 return "timeout"
             if not d or n + len(d) > size:
@@ -219,14 +249,22 @@ class Ota:
         fw = self._dev.flash + "/fw"
         stage = fw + "/stage"
         _mkdir(fw)
-        rmtree(stage)
-        os.mkdir(stage)
-        manifest = bytearray()
         h = sha256()
-        why = await self._fetch(mh, 0, msz, manifest.extend, h)
-        if why:
-            return why
+        n = _kept(stage + "/manifest.json", msz, h)  # staged only once its signature was checked
         digest = h.digest()
+        if n == msz and hexlify(digest).decode() == mh:
+            with open(stage + "/manifest.json", "rb") as f:
+                manifest = f.read()
+        else:  # nothing staged, or another bundle's download: start afresh
+            rmtree(stage)
+            os.mkdir(stage)
+            manifest = bytearray()
+            h = sha256()
+            why = await self._fetch(0, msz, manifest.extend, h)
+            if why:
+                return why
+            n = 0
+            digest = h.digest()
         if hexlify(digest).decode() != mh:
             return "bad_hash"
         if not ed25519.verify(self._pub, _SIG_CONTEXT + digest, sig):
@@ -235,8 +273,9 @@ class Ota:
         why = self._refusal(doc["version"], doc["board"])  # the signed manifest decides, not the offer
         if why:
             return why
-        with open(stage + "/manifest.json", "wb") as f:
-            f.write(manifest)
+        if not n:
+            with open(stage + "/manifest.json", "wb") as f:
+                f.write(manifest)
         del manifest
         for i, spec in enumerate(doc["files"]):
             path = spec["p"]
@@ -247,13 +286,21 @@ class Ota:
             for p in parts[:-1]:
                 d += "/" + p
                 _mkdir(d)
-            h = sha256()
-            with open(stage + "/" + path, "wb") as out:
-                why = await self._fetch(mh, i + 1, spec["n"], out.write, h)
-            if why:
-                return why
-            if hexlify(h.digest()).decode() != spec["h"]:
-                return "bad_hash"
+            path = stage + "/" + path
+            while True:
+                h = sha256()
+                n = _kept(path, spec["n"], h)
+                if n:
+                    self._hal.log("stage", "f=%d kept=%d" % (i + 1, n))
+                with open(path, "ab" if n else "wb") as out:
+                    why = await self._fetch(i + 1, spec["n"], out.write, h, n)
+                if why:
+                    return why
+                if hexlify(h.digest()).decode() == spec["h"]:
+                    break
+                if not n:
+                    return "bad_hash"
+                os.remove(path)  # what was kept is not this file's start: fetch it whole
         self._dev.cut("staged")
         slot = "b" if self._fw[0] == "a" else "a"
         rmtree(fw + "/" + slot)  # never the running slot
