@@ -55,13 +55,21 @@ def bundles(tmp_path_factory):
     }
 
 
-def node_cfg(tmp: Path, port: int, pub: bytes, **extra: Any) -> dict[str, Any]:
+# The new bundle's deadline to reach the controller after its first boot, on the node's clock (speed
+# 2: 20 s of wall time). A loaded machine (two test workers and other work on two cores) took over
+# the 4 s an 8 s deadline left to boot, link up and be welcomed, and rolled a good bundle back; a
+# bundle that never confirms is given NEVER_CONFIRMS_MS, since only its deadline's length is waited.
+CONFIRM_MS = 40_000
+NEVER_CONFIRMS_MS = 8_000
+
+
+def node_cfg(tmp: Path, port: int, pub: bytes, confirm_ms: int = CONFIRM_MS, **extra: Any) -> dict[str, Any]:
     scenario = tmp / "scenario.json"
     scenario.write_text(json.dumps({"steps": [{"at_ms": 1500, "pin": "call", "press_ms": 200}]}))
     return {"node_id": NODE, "key_hex": keys_for(room_config())[NODE].hex(), "link_plain": True,  # in-process gateway
             "controller": {"host": "127.0.0.1", "port": port}, "hw": "sim-esp32s3", "hb_ms": 10000,
             "inputs": [{"name": "call", "kind": "button", "pin": "call"}], "indicator": {"pin": "led"}, "tone": {"pin": "buzzer"},
-            "ota": {"pub_hex": pub.hex(), "confirm_ms": 8000},
+            "ota": {"pub_hex": pub.hex(), "confirm_ms": confirm_ms},
             "sim": {"scenario": str(scenario), "speed": 2, "state_dir": str(tmp / "flash"), "seed": 1}, **extra}
 
 
@@ -161,7 +169,7 @@ async def test_update_end_to_end_then_the_new_bundle_runs_and_calls(room, bundle
 
 
 async def test_a_bundle_that_never_confirms_rolls_back_by_itself(room, bundles, tmp_path):
-    board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"]), tmp_path)
+    board = Board(node_cfg(tmp_path, room.endpoints.node_port, bundles["pub"], NEVER_CONFIRMS_MS), tmp_path)
     node = await board.boot()
     await running(node)
     await room.ota.offer(NODE, bundles["silent"])

@@ -24,7 +24,8 @@ from controller.link.nodeclient import NodeClient
 from controller.runner import RoomServer
 from controller.uplink.wire import Command, WireError, decode_command, decode_firmware
 from tests.helpers import keys_for, node_key, room_config
-from tests.test_firmware_ota import OTA_HEAP, RESET_EXIT, WAIT_S, Board, bundles, node_cfg, running  # noqa: F401
+from tests.test_firmware_ota import (CONFIRM_MS, NEVER_CONFIRMS_MS, OTA_HEAP, RESET_EXIT, WAIT_S, Board,  # noqa: F401
+                                     bundles, node_cfg, running)
 from tests.test_ward_uplink import eventually
 from tests.wardkit import Cutter, broker, ward_config, ward_room  # noqa: F401
 from ward.server import WardServer
@@ -67,14 +68,15 @@ class Powered:
         await self.board.off()
 
 
-async def power_on(servers: dict[str, RoomServer], tmp: Path, pub: bytes, nodes=NODES) -> dict[tuple[str, str], Powered]:
+async def power_on(servers: dict[str, RoomServer], tmp: Path, pub: bytes, nodes=NODES,
+                   confirm_ms: int = CONFIRM_MS) -> dict[tuple[str, str], Powered]:
     """Real firmware nodes, ``nodes`` in each room, each on its own flash folder."""
     boards = {}
     for room, server in servers.items():
         for node in nodes:
             folder = tmp / room / node
             folder.mkdir(parents=True)
-            cfg = node_cfg(folder, server.endpoints.node_port, pub, node_id=node,
+            cfg = node_cfg(folder, server.endpoints.node_port, pub, confirm_ms, node_id=node,
                            key_hex=keys_for(room_config())[node].hex())
             boards[(room, node)] = await Powered(Board(cfg, folder)).start()
     return boards
@@ -282,7 +284,7 @@ async def test_a_canary_that_never_confirms_rolls_back_and_stops_the_ward_rollou
     silent = bundles["silent"]  # 0.3.0 never links up: its trial misses the confirm deadline
     holdings = {"4b-12": [("v0.3.0", silent)], "4b-14": [("v0.3.0", silent)]}
     async with rooms_and_ward(broker, tmp_path, holdings, bundles["pub"]) as (servers, ward):
-        boards = await power_on(servers, tmp_path, bundles["pub"])
+        boards = await power_on(servers, tmp_path, bundles["pub"], confirm_ms=NEVER_CONFIRMS_MS)
         try:
             for room in servers:
                 await reports(ward, room, bedside_a="0.1.0", good="0.1.0")
