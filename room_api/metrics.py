@@ -231,7 +231,9 @@ def _uplink_metrics(uplink: Any) -> Iterable[Metric]:
     yield from counters("smartroom_ward_uplink_", (
         ("events_published", s.events_published, "Room events the broker acknowledged"),
         ("events_resent", s.events_resent, "Room events published again after an outage"),
-        ("commands_rejected", sum(s.commands_rejected.values()), "Malformed ward commands")))
+        ("commands_rejected", sum(s.commands_rejected.values()), "Malformed ward commands"),
+        ("storage_errors", s.storage_errors, "Reads and writes of the uplink's cursor and command results in "
+                                             "the room database that failed")))
     commands = CounterMetricFamily("smartroom_ward_uplink_commands", "Ward commands carried out, by result",
                                    labels=["result"])
     for code, n in sorted(s.commands.items()):

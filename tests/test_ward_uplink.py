@@ -159,6 +159,56 @@ async def test_ward_commands_run_under_the_rooms_rules_answered_and_audited(brok
         assert server.uplink.stats.commands == {"ok": 3, "cancel_at_origin": 1, "call_not_found": 1}
 
 
+async def test_a_room_database_that_fails_under_the_uplink_is_loud_and_the_uplink_goes_on(broker, tmp_path, caplog):
+    """The uplink's marks share the room's database, which can be locked for long (a loaded SD card)
+    or fail. Found under load: one `database is locked` while saving the acknowledged cursor ended
+    the uplink's task for good, and the ward heard nothing more from a room that went on working."""
+    import sqlite3
+
+    config = ward_room("4b-12", broker, tmp_path)
+    async with WardListener(broker) as ward, \
+            RoomServer(config, keys_for(config), tmp_path / "room.db", api_port=0, node_port=0) as server:
+        await ward.wait_for("status", lambda p: p["status"] == "online")
+        marks, uplink = server.uplink.marks, server.uplink
+        failing = {"save_acked", "command_result"}
+        for name in list(failing):
+            real = getattr(marks, name)
+
+            async def flaky(*args, _real=real, _name=name):
+                if _name in failing:
+                    raise sqlite3.OperationalError("database is locked")
+                return await _real(*args)
+
+            setattr(marks, name, flaky)
+        await press(server, "bedside-a", "call")
+        first = server.controller.room.cursor
+        await eventually(lambda: cursors(ward, "4b-12")[-1:] == [first])
+        assert uplink.stats.storage_errors >= 1 and "database is locked" in uplink.stats.last_error
+        assert "could not keep the acknowledged cursor" in caplog.text
+        await press(server, "bath", "cord")  # the uplink goes on: the next events go out too
+        second = server.controller.room.cursor
+        await eventually(lambda: cursors(ward, "4b-12")[-1:] == [second])
+        assert uplink.stats.connects == 1, "the session went on, not reconnected"
+        # A command whose earlier result cannot be looked up is not carried out: 503, and the ward is told.
+        call = next(c.id for c in server.controller.room.calls.values() if c.type == "patient_call")
+        await ward.command("4b-12", {"id": "cmd-1", "action": "ack", "call_id": call, "by": "Nurse Kim", "ts_ms": 1})
+        res = await ward.wait_for("result", lambda p: p["id"] == "cmd-1")
+        assert (res.payload["ok"], res.payload["status"], res.payload["code"]) == (False, 503, "storage_unavailable")
+        assert server.controller.room.calls[call].acknowledged_by is None
+        # The database works again: the same command is carried out, and the cursor is kept.
+        failing.clear()
+        await ward.command("4b-12", {"id": "cmd-1", "action": "ack", "call_id": call, "by": "Nurse Kim", "ts_ms": 1})
+        await eventually(lambda: len([m for m in ward.of("result") if m.payload["id"] == "cmd-1"]) == 2)
+        assert server.controller.room.calls[call].acknowledged_by == "Nurse Kim"
+        last = server.controller.room.cursor
+        await eventually(lambda: uplink.acked == last)
+        await press(server, "wearable-a", "pendant")
+        final = server.controller.room.cursor
+        await eventually(lambda: uplink.acked == final)
+    assert await _saved_mark(tmp_path / "room.db") == final
+    assert uplink.stats.storage_errors >= 2
+
+
 async def test_wrong_credentials_are_refused_and_counted_and_the_room_still_works(broker, tmp_path):
     config = ward_room("4b-12", broker, tmp_path, password="not-the-password")
     async with RoomServer(config, keys_for(config), tmp_path / "room.db", api_port=0, node_port=0) as server:

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import random
+import sqlite3
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class UplinkStats:
     commands: Counter[str] = field(default_factory=Counter)         # by result code
     commands_rejected: Counter[str] = field(default_factory=Counter)  # malformed, by reason
     commands_repeated: int = 0      # delivered again: answered from the stored result, not done twice
+    storage_errors: int = 0         # the marks' reads and writes in the room database that failed
 
     def to_json(self) -> dict[str, Any]:
         return {"connects": self.connects, "connect_refused": dict(self.connect_refused),
@@ -83,7 +85,8 @@ class UplinkStats:
                 "events_resent": self.events_resent, "publish_refused": dict(self.publish_refused),
                 "states_published": self.states_published, "firmware_published": self.firmware_published,
                 "commands": dict(self.commands),
-                "commands_rejected": dict(self.commands_rejected), "commands_repeated": self.commands_repeated}
+                "commands_rejected": dict(self.commands_rejected), "commands_repeated": self.commands_repeated,
+                "storage_errors": self.storage_errors}
 
 
 def read_password(link: WardLink) -> str | None:
@@ -193,6 +196,10 @@ class WardUplink:
                     self.stats.link_errors += 1
                     log.warning("ward uplink: %s: %s; retrying in %.1f s", self.remote, exc, backoff)
                 self.stats.last_error = str(exc)
+            except Exception as exc:  # a fault of ours must not end the uplink for good: loud, then again
+                self.stats.link_errors += 1
+                self.stats.last_error = f"internal error: {exc!r}"
+                log.exception("ward uplink: the session failed; reconnecting in %.1f s", backoff)
             finally:
                 if self.connected.is_set():
                     self.stats.disconnects += 1
@@ -296,8 +303,18 @@ class WardUplink:
         if self.acked <= self._saved or (not force and loop.time() - self._last_save < MARK_SAVE_S):
             return
         cursor = self.acked
-        await self.marks.save_acked(self.broker_key, cursor, self.controller.clock())
+        try:
+            await self.marks.save_acked(self.broker_key, cursor, self.controller.clock())
+        except sqlite3.Error as exc:  # the events went out all the same: only a restart would resend them
+            self._storage_failed(f"keep the acknowledged cursor {cursor} (a restart before the next save "
+                                 f"resends from {self._saved}; the ward drops repeats)", exc)
+            return
         self._saved, self._last_save = cursor, loop.time()
+
+    def _storage_failed(self, what: str, exc: sqlite3.Error) -> None:
+        self.stats.storage_errors += 1
+        self.stats.last_error = f"room database: {exc}"
+        log.error("ward uplink: could not %s: %s", what, exc)
 
     # ------------------------------------------------------------------ the nodes' firmware out
     def firmware_status(self) -> FirmwareStatus:
@@ -344,17 +361,31 @@ class WardUplink:
             self.stats.commands_rejected["malformed"] += 1
             log.warning("ward command rejected: %s", exc)
             return
-        stored = await self.marks.command_result(cmd.id)
-        if stored is not None:
-            self.stats.commands_repeated += 1
-            result = commands.Result(**stored)
+        try:
+            stored = await self.marks.command_result(cmd.id)
+        except sqlite3.Error as exc:  # whether it was done already is unknown: do nothing, and say so
+            self._storage_failed(f"look up ward command {cmd.id}; nothing done", exc)
+            result = commands.Result(cmd.id, self.topics.room, False, 503, "storage_unavailable",
+                                     f"the room database cannot be read ({exc}); nothing was done: "
+                                     "send the command again")
         else:
-            result = await commands.execute(self.controller, cmd, self.ota)
-            now = self.controller.clock()
-            await self.marks.save_command(cmd.id, result.to_json(), now)
-            await self.controller.store.audit(commands.audit_entry(cmd, result, now, self.remote))
-            self.stats.commands[result.code] += 1
+            if stored is not None:
+                self.stats.commands_repeated += 1
+                result = commands.Result(**stored)
+            else:
+                result = await self._carry_out(cmd)
         await self._publish(client, self.topics.result, result.encode())
+
+    async def _carry_out(self, cmd: Command) -> commands.Result:
+        result = await commands.execute(self.controller, cmd, self.ota)
+        now = self.controller.clock()
+        try:
+            await self.marks.save_command(cmd.id, result.to_json(), now)
+        except sqlite3.Error as exc:  # done and answered; a repeat of this command would be done again
+            self._storage_failed(f"keep the result of ward command {cmd.id}", exc)
+        await self.controller.store.audit(commands.audit_entry(cmd, result, now, self.remote))
+        self.stats.commands[result.code] += 1
+        return result
 
 
 class _Lagged(Exception):
