@@ -268,9 +268,12 @@ async def node_state(srv: Any, node: str) -> str | None:
 
 
 async def waiting(srv: Any, node: str) -> None:
-    """The node connected (after its restart from provisioning) and waits for adoption."""
+    """The node connected (after its restart from provisioning) and waits for adoption. Both: the
+    registry says "waiting" at the node's hello, a moment before its welcome attaches the connection."""
     async def is_waiting() -> bool:
-        return await node_state(srv, node) == "waiting"
+        _, doc = await api(srv, "GET", "/api/v1/nodes")
+        listed = next((n for n in doc["nodes"] if n["node"] == node), {})
+        return listed.get("state") == "waiting" and bool(listed.get("connected"))
     await eventually(is_waiting, f"{node} connected and waiting for adoption")
 
 
